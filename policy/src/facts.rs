@@ -1,0 +1,159 @@
+//! The facts about one connection that rules can ask for, and what a classification produces.
+//!
+//! The evaluator (rules::eval) runs in the classifier; the classifier implements [`Facts`] by
+//! asking the resolver process and its own history table. Everything expensive is asked for only
+//! when a matcher needs it, and each answer is cached by the implementation for the life of the
+//! connection, so asking twice costs nothing. This module does no I/O itself.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// Result of the reverse lookup of the peer address with forward confirmation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HnStatus {
+    /// The PTR name exists and lists the peer address: KNOWN.
+    Good,
+    /// No PTR name: UNKNOWN.
+    Unknown,
+    /// The PTR name does not resolve at all (part of PARANOID).
+    NoForward,
+    /// The PTR name resolves, but not to the peer address (part of PARANOID).
+    AddrMismatch,
+}
+
+impl HnStatus {
+    /// The word `hnstatus:` matches and `%(hnstatus)s` expands to.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HnStatus::Good => "good",
+            HnStatus::Unknown => "unknown",
+            HnStatus::NoForward => "noforward",
+            HnStatus::AddrMismatch => "addrmismatch",
+        }
+    }
+
+    pub fn from_word(word: &str) -> Option<HnStatus> {
+        match word {
+            "good" => Some(HnStatus::Good),
+            "unknown" => Some(HnStatus::Unknown),
+            "noforward" => Some(HnStatus::NoForward),
+            "addrmismatch" => Some(HnStatus::AddrMismatch),
+            _ => None,
+        }
+    }
+}
+
+/// What the hostname lookup found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub status: HnStatus,
+    /// The claimed (PTR) name, verified or not; None when status is Unknown.
+    pub claimed: Option<String>,
+}
+
+impl HostInfo {
+    /// The verified hostname: the claimed name only when forward confirmation succeeded.
+    pub fn verified(&self) -> Option<&str> {
+        match self.status {
+            HnStatus::Good => self.claimed.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// First and last connection times of the peer address, as seconds before this connection.
+///
+/// Asking for these records the current connection in the history (portnanny keeps history only
+/// for addresses that met a time matcher). For an address never seen before (or expired by
+/// dropipafter): `first_secs_ago == 0` and `last_secs_ago == None`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenTimes {
+    pub first_secs_ago: u64,
+    pub last_secs_ago: Option<u64>,
+}
+
+/// A lookup the evaluator may ask the implementation to start early, so that several of them
+/// (an or-list of `dnsbl:` zones, say) run in parallel. Starting is only a hint: the answers are
+/// still read through the normal [`Facts`] methods, in left-to-right order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Lookup {
+    Host,
+    Identd,
+    Forward(String),
+    Dnsbl(String),
+    AnswersOn(u16),
+}
+
+/// The connection's facts, as the evaluator sees them. Methods that need a lookup block until it
+/// is answered or timed out; a failed lookup answers "no" (no hostname, no identd, not listed,
+/// does not answer), never an error.
+pub trait Facts {
+    /// The peer's address (v4-mapped IPv6 already presented as IPv4).
+    fn remote(&self) -> SocketAddr;
+    /// The local address the connection arrived on.
+    fn local(&self) -> SocketAddr;
+    /// Reverse lookup plus forward confirmation of the peer address.
+    fn host_info(&mut self) -> HostInfo;
+    /// The identd (RFC 1413) user name, if the peer's identd answered with one.
+    fn identd(&mut self) -> Option<String>;
+    /// The addresses `name` resolves to (empty if it does not resolve).
+    fn forward_lookup(&mut self, name: &str) -> Vec<IpAddr>;
+    /// The addresses a DNS blocklist returns for the peer under `zone`; empty means not listed.
+    fn dnsbl(&mut self, zone: &str) -> Vec<IpAddr>;
+    /// Whether a TCP connection to the peer on `port` can be established.
+    fn answers_on(&mut self, port: u16) -> bool;
+    /// First and last seen times; see [`SeenTimes`].
+    fn seen(&mut self) -> SeenTimes;
+    /// A hint that these lookups will probably be needed soon; start them together.
+    fn prefetch(&mut self, _lookups: &[Lookup]) {}
+}
+
+/// One class the connection became a member of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchedClass {
+    pub name: String,
+    /// Starting line of the rule that matched (0 for GLOBAL and aftermaxthreads classes).
+    pub lineno: u32,
+    /// The rule's /label, exactly as written (underscores are turned into spaces only by the
+    /// `%(label)s` substitution).
+    pub label: Option<String>,
+}
+
+/// The classes a connection is a member of, in the order they first matched, GLOBAL last when
+/// anything matched.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Classification {
+    pub classes: Vec<MatchedClass>,
+}
+
+/// The pseudo-class every classified connection also belongs to.
+pub const GLOBAL: &str = "GLOBAL";
+
+impl Classification {
+    /// The classification used when `aftermaxthreads CLASS` applies: CLASS, then GLOBAL.
+    pub fn forced(class: &str) -> Classification {
+        Classification {
+            classes: vec![
+                MatchedClass {
+                    name: class.to_owned(),
+                    lineno: 0,
+                    label: None,
+                },
+                MatchedClass {
+                    name: GLOBAL.to_owned(),
+                    lineno: 0,
+                    label: None,
+                },
+            ],
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.classes.iter().map(|c| c.name.as_str())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&MatchedClass> {
+        self.classes.iter().find(|c| c.name == name)
+    }
+}

@@ -1,0 +1,473 @@
+//! Every type that crosses a process boundary, one enum per direction (`<Sender>To<Receiver>`).
+//!
+//! Decoded by every role; the bytes come from a less (or differently) privileged peer and are
+//! checked twice: shape while decoding (newtypes with `serde(try_from)`), meaning by the receiver
+//! (the parent's `admit_*` functions). Append new variants at the end and never reorder them:
+//! bincode encodes the variant index.
+//!
+//! Protocol summary:
+//! - parent → child: `Hello` first, exactly once; the child answers `Hello` with the same build.
+//! - parent → classifier: `Policy` (gen N) before the first `ConnAccepted`; the classifier answers
+//!   `PolicyLoaded`. Every `ConnAccepted` gets exactly one `Verdict` naming the gen it was decided
+//!   under. `ConnClosed` tells the classifier to release the connection's counts.
+//! - classifier → resolver: `Lookup` with a fresh `ReqId`; the resolver answers `LookupResult`
+//!   echoing the id and the query.
+//! - children → parent: `Log` records at any time after `Hello`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// Longest hostname we accept from a peer (RFC 1035 presentation form without the final dot).
+pub const MAX_HOSTNAME: usize = 253;
+/// Longest identd user id we accept; RFC 1413 allows 512 octets, we keep less.
+pub const MAX_IDENT_USER: usize = 256;
+/// Longest class name or label carried in a verdict.
+pub const MAX_CLASS_NAME: usize = 256;
+/// Longest log line a child may send; longer lines are a violation.
+pub const MAX_LOG_LINE: usize = 2048;
+
+/// A connection, numbered by the parent when it accepts it. Never reused in one parent's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConnId(pub u64);
+
+/// Policy generation: bumped by the parent every time it ships new rules or actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Gen(pub u32);
+
+/// Index of a class in one generation's actions table (`policy::actions::Actions`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClassId(pub u32);
+
+/// A lookup request, numbered by the classifier; the resolver echoes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ReqId(pub u64);
+
+/// Identifies the binary: a child whose build differs from the parent's is killed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BuildId(pub String);
+
+/// Why a newtype refused a value while decoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShapeError(pub &'static str);
+
+impl fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+/// A DNS name that passed the Postfix `valid_hostname` style checks: letters, digits, `-`, `_`
+/// and dots; no empty label; labels at most 63 bytes; whole name at most [`MAX_HOSTNAME`].
+/// Stored lower-case without a trailing dot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostName(String);
+
+impl HostName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HostName {
+    type Error = ShapeError;
+    fn try_from(s: String) -> Result<Self, ShapeError> {
+        let s = s.strip_suffix('.').map(str::to_owned).unwrap_or(s);
+        if s.is_empty() || s.len() > MAX_HOSTNAME {
+            return Err(ShapeError("hostname length"));
+        }
+        for label in s.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return Err(ShapeError("hostname label length"));
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ShapeError("hostname character"));
+            }
+        }
+        Ok(HostName(s.to_ascii_lowercase()))
+    }
+}
+
+impl From<HostName> for String {
+    fn from(h: HostName) -> String {
+        h.0
+    }
+}
+
+/// An identd user id: printable ASCII (space allowed), at most [`MAX_IDENT_USER`] bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IdentUser(String);
+
+impl IdentUser {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for IdentUser {
+    type Error = ShapeError;
+    fn try_from(s: String) -> Result<Self, ShapeError> {
+        if s.is_empty() || s.len() > MAX_IDENT_USER {
+            return Err(ShapeError("identd user length"));
+        }
+        if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(ShapeError("identd user character"));
+        }
+        Ok(IdentUser(s))
+    }
+}
+
+impl From<IdentUser> for String {
+    fn from(u: IdentUser) -> String {
+        u.0
+    }
+}
+
+/// A class name or rule label: non-empty, at most [`MAX_CLASS_NAME`] bytes, printable ASCII
+/// without spaces (the rules language cannot produce anything else).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClassName(String);
+
+impl ClassName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ClassName {
+    type Error = ShapeError;
+    fn try_from(s: String) -> Result<Self, ShapeError> {
+        if s.is_empty() || s.len() > MAX_CLASS_NAME {
+            return Err(ShapeError("class name length"));
+        }
+        if !s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err(ShapeError("class name character"));
+        }
+        Ok(ClassName(s))
+    }
+}
+
+impl From<ClassName> for String {
+    fn from(c: ClassName) -> String {
+        c.0
+    }
+}
+
+/// A label: like a class name, but a /label with no `=` takes the whole rule expression, which
+/// may contain spaces. Printable ASCII, at most [`MAX_CLASS_NAME`] bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Label(String);
+
+impl Label {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Label {
+    type Error = ShapeError;
+    fn try_from(s: String) -> Result<Self, ShapeError> {
+        if s.len() > MAX_CLASS_NAME || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(ShapeError("label"));
+        }
+        Ok(Label(s))
+    }
+}
+
+impl From<Label> for String {
+    fn from(l: Label) -> String {
+        l.0
+    }
+}
+
+/// Hostname lookup status; mirrors `policy::facts::HnStatus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HnStatus {
+    Good,
+    Unknown,
+    NoForward,
+    AddrMismatch,
+}
+
+/// The reverse-lookup result as it crosses a boundary. `claimed` is None exactly when
+/// status is Unknown (checked by receivers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    pub status: HnStatus,
+    pub claimed: Option<HostName>,
+}
+
+/// One matched class of a verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchedClassFact {
+    pub name: ClassName,
+    pub lineno: u32,
+    pub label: Option<Label>,
+}
+
+/// First/last seen, seconds before the connection; mirrors `policy::facts::SeenTimes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenFacts {
+    pub first_secs_ago: u64,
+    pub last_secs_ago: Option<u64>,
+}
+
+/// What the classifier learned about a connection, for the parent's substitutions and
+/// environment. Every field is a validated newtype; `None` means "not looked up".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictFacts {
+    pub classes: Vec<MatchedClassFact>,
+    pub host: Option<HostFacts>,
+    pub identd: Option<IdentUser>,
+    pub seen: Option<SeenFacts>,
+}
+
+/// Which limit or directive refused a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    Reject,
+    IpMax,
+    ConnMax,
+}
+
+/// What the parent is to do with the connection. The parent checks that the action class
+/// actually has the directive named (through its own `see`-resolved table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Disposition {
+    /// `run` of the action class.
+    Run,
+    /// `msg` of the action class.
+    Msg,
+    /// `failrun` of the refusing class.
+    FailRun,
+    /// `failmsg` of the refusing class (possibly from DEFAULT-<why> / DEFAULTMSGS).
+    FailMsg,
+    /// `drop` of the action class, or a refusal with nothing to send: close quietly.
+    Close,
+}
+
+/// The classifier's decision for one connection; it names things in the parent's tables and
+/// carries no command, user, environment or message text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The action class, if any (None: no class had anything to do; the parent closes).
+    pub action_class: Option<ClassId>,
+    pub disposition: Disposition,
+    pub refusal: Option<Refusal>,
+    /// Whether the connection was counted against ipmax/connmax (run and failrun only); the
+    /// parent must send `ConnClosed` for it when the service ends.
+    pub counted: bool,
+    /// Log the action class's `log` (accepted) or `faillog` (refused, with defaults).
+    pub log: bool,
+    /// Classes whose `record` message is to be logged, in match order.
+    pub records: Vec<ClassId>,
+}
+
+/// Log severity of a child's record; the parent maps it to syslog levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LogLevel {
+    Crit,
+    Err,
+    Warning,
+    Notice,
+    Info,
+    Debug,
+}
+
+/// A log line from a child. The parent escapes control characters, caps the length and prefixes
+/// the role before writing it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub level: LogLevel,
+    /// Verbosity needed to show it (0 = always); compared with -v / -V.
+    pub verbosity: u8,
+    pub text: String,
+}
+
+/// Settings from nanny.conf and the command line that the classifier needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassifierSettings {
+    /// Evaluations running at once (at least 1).
+    pub maxthreads: u32,
+    pub aftermaxthreads: Option<ClassName>,
+    pub dropipafter_secs: Option<u64>,
+    pub expireevery_secs: u64,
+}
+
+/// A live connection, for re-seeding a restarted classifier so that counts stay exact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveConn {
+    pub conn: ConnId,
+    pub remote: SocketAddr,
+    pub classes: Vec<ClassName>,
+}
+
+/// Sent by the parent; decoded only by the classifier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParentToClassifier {
+    /// First message, exactly once.
+    Hello { build: BuildId },
+    /// New rules and actions text (already checked by the parent) for generation `gen`. `None`
+    /// for a file means "empty": onfileerror drop after a failed reload.
+    Policy {
+        gen: Gen,
+        rules: Option<String>,
+        actions: Option<String>,
+        settings: ClassifierSettings,
+    },
+    /// Live counted connections after a classifier restart (sent once, before any
+    /// `ConnAccepted`).
+    Seed { live: Vec<LiveConn> },
+    /// A new connection to classify; answered by exactly one `Verdict`.
+    ConnAccepted {
+        conn: ConnId,
+        remote: SocketAddr,
+        local: SocketAddr,
+    },
+    /// A counted connection ended (its service exited, or spawning failed).
+    ConnClosed { conn: ConnId },
+    /// SIGUSR1: empty the IP history and any caches.
+    Flush,
+    /// SIGUSR2: answer with `Status`.
+    StatusRequest,
+}
+
+/// Sent by the classifier; decoded only by the parent, which admits it in `parent/admit.rs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClassifierToParent {
+    /// First message, exactly once, echoing the parent's build.
+    Hello { build: BuildId },
+    /// The classifier now evaluates with generation `gen`.
+    PolicyLoaded { gen: Gen },
+    /// The decision for `conn`, made with the actions of generation `gen`.
+    Verdict {
+        conn: ConnId,
+        gen: Gen,
+        decision: Decision,
+        facts: VerdictFacts,
+    },
+    Log(LogRecord),
+    /// Answer to `StatusRequest`.
+    Status {
+        evaluations: u64,
+        eval_micros_total: u64,
+        class_counts: Vec<(ClassName, u32)>,
+        history_entries: u64,
+    },
+}
+
+/// A lookup the classifier asks of the resolver.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Query {
+    /// Reverse lookup of the address with forward confirmation.
+    Host { ip: IpAddr },
+    /// Forward lookup (forwhn:).
+    Forward { name: HostName },
+    /// DNS blocklist query for `ip` under `zone`.
+    Dnsbl { ip: IpAddr, zone: HostName },
+    /// RFC 1413 query about the connection `remote` → `local`, sent from `local`'s address.
+    Identd { remote: SocketAddr, local: SocketAddr },
+    /// Can a TCP connection be made to `ip:port` (from `local_ip`)?
+    AnswersOn {
+        ip: IpAddr,
+        port: u16,
+        local_ip: IpAddr,
+    },
+}
+
+/// The resolver's answer to a `Query`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    Host(HostFacts),
+    /// Addresses found (forward lookup or DNSBL); empty = none / not listed / failed.
+    Addrs(Vec<IpAddr>),
+    Identd(Option<IdentUser>),
+    AnswersOn(bool),
+}
+
+/// Sent by the classifier; decoded only by the resolver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClassifierToResolver {
+    Hello { build: BuildId },
+    Lookup { req: ReqId, query: Query },
+}
+
+/// Sent by the resolver; decoded only by the classifier, which drops replies to ids it never
+/// sent or no longer waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResolverToClassifier {
+    Hello { build: BuildId },
+    LookupResult {
+        req: ReqId,
+        query: Query,
+        answer: Answer,
+    },
+}
+
+/// Settings from nanny.conf and the command line that the resolver needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolverSettings {
+    /// Worker threads doing blocking lookups.
+    pub threads: u32,
+    pub dns_timeout_ms: u32,
+    pub identd_timeout_ms: u32,
+    pub answerson_timeout_ms: u32,
+    pub cache_ttl_secs: u32,
+    pub cache_entries: u32,
+}
+
+/// Sent by the parent; decoded only by the resolver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParentToResolver {
+    Hello {
+        build: BuildId,
+        settings: ResolverSettings,
+    },
+    /// SIGUSR1: empty the caches.
+    Flush,
+}
+
+/// Sent by the resolver; decoded only by the parent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResolverToParent {
+    Hello { build: BuildId },
+    Log(LogRecord),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostname_shapes() {
+        let ok = |s: &str| HostName::try_from(s.to_owned()).map(|h| h.0);
+        assert_eq!(ok("Mail.Example.COM."), Ok("mail.example.com".to_owned()));
+        assert!(ok("").is_err());
+        assert!(ok("a..b").is_err());
+        assert!(ok("a\nb").is_err());
+        assert!(ok("a b").is_err());
+        assert!(ok(&"x".repeat(64)).is_err());
+        assert!(ok(&["a"; 130].join(".")).is_err());
+    }
+
+    #[test]
+    fn ident_and_class_shapes() {
+        assert!(IdentUser::try_from("cks".to_owned()).is_ok());
+        assert!(IdentUser::try_from("a\u{1b}[2J".to_owned()).is_err());
+        assert!(IdentUser::try_from("x".repeat(MAX_IDENT_USER + 1)).is_err());
+        assert!(ClassName::try_from("bl-a".to_owned()).is_ok());
+        assert!(ClassName::try_from("a b".to_owned()).is_err());
+        assert!(Label::try_from("dip DE".to_owned()).is_ok());
+        assert!(Label::try_from("a\tb".to_owned()).is_err());
+    }
+}
