@@ -302,6 +302,14 @@ pub struct ClassifierSettings {
     pub aftermaxthreads: Option<ClassName>,
     pub dropipafter_secs: Option<u64>,
     pub expireevery_secs: u64,
+    /// How long an evaluation waits for a DNS answer (host name, forwhn:, dnsbl:); nanny.conf
+    /// `dnstimeout_ms`, the same value the resolver enforces. The classifier adds a small margin
+    /// so the resolver's own "no answer" normally arrives first.
+    pub dns_timeout_ms: u32,
+    /// As `dns_timeout_ms`, for identd: (nanny.conf `identdtimeout_ms`).
+    pub identd_timeout_ms: u32,
+    /// As `dns_timeout_ms`, for answerson: (nanny.conf `answersontimeout_ms`).
+    pub answerson_timeout_ms: u32,
 }
 
 /// A live connection, for re-seeding a restarted classifier so that counts stay exact.
