@@ -1,6 +1,21 @@
 //! portnanny's process split: the message contract between roles ([`proto`]), framing
-//! ([`wire`]), channels, re-exec of worker roles and the privilege-drop checklist.
+//! ([`wire`]), typed channels ([`channel`]), re-exec of worker roles ([`spawn`]) and the
+//! privilege-drop checklist ([`drop`], [`verify`]).
 //!
-//! No policy logic lives here.
+//! Runs in every process (parent, classifier, resolver). No policy logic lives here. Anything
+//! derived from a peer's bytes goes through `Result`; panicking helpers are denied outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
+pub mod channel;
+pub mod error;
 pub mod proto;
+pub mod spawn;
+pub mod wire;
+
+pub use channel::{Channel, Receiver, Sender};
+pub use error::{ChannelError, DropCause, DropError, SpawnError, Violation};
+pub use spawn::{build_id, spawn_worker, take_worker_fds, Role, Worker, ROLE_ARG};
+pub use wire::MAX_FRAME;

@@ -1,0 +1,480 @@
+//! Framing: a 4-byte big-endian length, then a bincode body. The ONLY file that calls bincode,
+//! so the codec can be swapped without touching anything else.
+//!
+//! Runs in every role, on bytes that come from another process (a less privileged one when the
+//! parent decodes). Invariants:
+//! - a declared length of 0 or more than [`MAX_FRAME`] is refused before anything is allocated
+//!   ([`frame_len`]);
+//! - a body is decoded with a byte limit equal to its own length, so no length field inside it
+//!   can make the decoder allocate more than the frame already holds;
+//! - every byte of the body must be consumed ([`Violation::Trailing`]).
+//!
+//! Codec choice: bincode 1.3.3 (`=1.3.3`, complete and in maintenance; RUSTSEC-2025-0141 marks
+//! it unmaintained, acknowledged because it is pinned and confined to this file) with
+//! `DefaultOptions` switched to FIXINT encoding, little-endian bodies. Fixint over varint
+//! because every value then has exactly one encoding (no over-long varints), which makes
+//! `encode(decode(x)) == x` hold byte for byte — a property the frame fuzz targets assert — and
+//! the size of fixed-shape messages is predictable. Our messages are small, so the bytes varint
+//! would save do not matter.
+//!
+//! Trailing bytes: bincode's `reject_trailing_bytes()` only reports a leftover as an opaque
+//! string error and only on the slice reader, whose byte limit bincode 1.3.3 silently replaces
+//! with "infinite". We therefore decode through a reader that honours the limit and check the
+//! remaining length ourselves, which gives the same guarantee and the exact count.
+
+use std::io;
+
+use bincode::Options;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use crate::error::Violation;
+
+/// Largest frame body in bytes. The parent ships the rules and actions text in one `Policy`
+/// frame, so this bounds the policy size; everything else is far smaller. A peer can make a
+/// receiver buffer at most this much (plus one read chunk) per channel.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Length of the frame header (a big-endian u32 body length).
+pub const HEADER: usize = 4;
+
+fn options(limit: u64) -> impl Options + Copy {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(limit)
+        .allow_trailing_bytes()
+}
+
+/// Check a frame header and return the body length it declares. Refuses 0 and anything over
+/// [`MAX_FRAME`] before the caller allocates a byte for the body.
+pub fn frame_len(header: [u8; HEADER]) -> Result<usize, Violation> {
+    let len = u32::from_be_bytes(header);
+    match usize::try_from(len) {
+        Ok(n) if n > 0 && n <= MAX_FRAME => Ok(n),
+        // A u32 that does not fit a usize is certainly over MAX_FRAME.
+        Ok(n) => Err(Violation::FrameSize(n)),
+        Err(_) => Err(Violation::FrameSize(usize::MAX)),
+    }
+}
+
+/// Encode `msg` as one complete frame: header plus body.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, Violation> {
+    // Counting first avoids building an oversize body only to throw it away.
+    let size = options(u64::MAX)
+        .serialized_size(msg)
+        .map_err(|e| Violation::Encode(e.to_string()))?;
+    let body_len = usize::try_from(size).map_err(|_| Violation::FrameSize(usize::MAX))?;
+    if body_len == 0 || body_len > MAX_FRAME {
+        return Err(Violation::FrameSize(body_len));
+    }
+    let header = u32::try_from(body_len).map_err(|_| Violation::FrameSize(body_len))?;
+    let mut frame = Vec::with_capacity(HEADER + body_len);
+    frame.extend_from_slice(&header.to_be_bytes());
+    options(size)
+        .serialize_into(&mut frame, msg)
+        .map_err(|e| Violation::Encode(e.to_string()))?;
+    if frame.len() != HEADER + body_len {
+        // serialized_size and serialize disagree: a bug in a Serialize impl, not the peer.
+        return Err(Violation::Encode(format!(
+            "encoded {} bytes, expected {body_len}",
+            frame.len().saturating_sub(HEADER)
+        )));
+    }
+    Ok(frame)
+}
+
+/// Decode one frame body (without its header) as a `T`. The body must be 1..=MAX_FRAME bytes
+/// and must be consumed exactly.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Violation> {
+    if body.is_empty() || body.len() > MAX_FRAME {
+        return Err(Violation::FrameSize(body.len()));
+    }
+    let mut rest = body;
+    // The limit equals the body length: a length field claiming more than the frame holds
+    // fails before the reader sizes a buffer for it.
+    let msg = options(body.len() as u64)
+        .deserialize_from(&mut rest)
+        .map_err(classify)?;
+    if !rest.is_empty() {
+        return Err(Violation::Trailing(rest.len()));
+    }
+    Ok(msg)
+}
+
+fn classify(e: bincode::Error) -> Violation {
+    match e.as_ref() {
+        bincode::ErrorKind::SizeLimit => Violation::Truncated,
+        bincode::ErrorKind::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => {
+            Violation::Truncated
+        }
+        other => Violation::Decode(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use super::*;
+    use crate::proto::*;
+
+    fn body(frame: &[u8]) -> &[u8] {
+        &frame[HEADER..]
+    }
+
+    /// encode → check header → decode gives the same value, and re-encoding is byte-identical.
+    fn round_trip<T>(label: &str, msg: T)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let frame = encode(&msg).unwrap_or_else(|e| panic!("{label}: encode: {e}"));
+        let len = frame_len(frame[..HEADER].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - HEADER, "{label}: header");
+        let back: T = decode(body(&frame)).unwrap_or_else(|e| panic!("{label}: decode: {e}"));
+        assert_eq!(back, msg, "{label}");
+        assert_eq!(encode(&back).unwrap(), frame, "{label}: canonical");
+    }
+
+    fn name(s: &str) -> ClassName {
+        ClassName::try_from(s.to_owned()).unwrap()
+    }
+
+    fn host(s: &str) -> HostName {
+        HostName::try_from(s.to_owned()).unwrap()
+    }
+
+    fn v4(a: u8, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, a)), port)
+    }
+
+    fn v6(port: u16) -> SocketAddr {
+        SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7)),
+            port,
+        )
+    }
+
+    fn build() -> BuildId {
+        BuildId("0.1.0-1:2-3-4.5".to_owned())
+    }
+
+    fn log() -> LogRecord {
+        LogRecord {
+            level: LogLevel::Warning,
+            verbosity: 2,
+            text: "dnsbl timeout".to_owned(),
+        }
+    }
+
+    fn facts() -> VerdictFacts {
+        VerdictFacts {
+            classes: vec![
+                MatchedClassFact {
+                    name: name("remote"),
+                    lineno: 3,
+                    label: None,
+                },
+                MatchedClassFact {
+                    name: name("bl"),
+                    lineno: 9,
+                    label: Some(Label::try_from("dip DE".to_owned()).unwrap()),
+                },
+            ],
+            host: Some(HostFacts {
+                status: HnStatus::Good,
+                claimed: Some(host("mail.example.org")),
+            }),
+            identd: Some(IdentUser::try_from("cks".to_owned()).unwrap()),
+            seen: Some(SeenFacts {
+                first_secs_ago: 100,
+                last_secs_ago: Some(5),
+            }),
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let settings = ClassifierSettings {
+            maxthreads: 4,
+            aftermaxthreads: Some(name("busy")),
+            dropipafter_secs: Some(3600),
+            expireevery_secs: 60,
+            dns_timeout_ms: 5000,
+            identd_timeout_ms: 10000,
+            answerson_timeout_ms: 5000,
+        };
+        let p2c = [
+            ParentToClassifier::Hello { build: build() },
+            ParentToClassifier::Policy {
+                gen: Gen(7),
+                rules: Some("remote: ALL\n".to_owned()),
+                actions: None,
+                settings,
+            },
+            ParentToClassifier::Seed {
+                live: vec![LiveConn {
+                    conn: ConnId(1),
+                    remote: v6(25),
+                    classes: vec![name("a")],
+                }],
+            },
+            ParentToClassifier::ConnAccepted {
+                conn: ConnId(2),
+                remote: v4(7, 4711),
+                local: v6(25),
+            },
+            ParentToClassifier::ConnClosed { conn: ConnId(2) },
+            ParentToClassifier::Flush,
+            ParentToClassifier::StatusRequest,
+        ];
+        for (i, m) in p2c.into_iter().enumerate() {
+            round_trip(&format!("ParentToClassifier #{i}"), m);
+        }
+        let decision = Decision {
+            action_class: Some(ClassId(3)),
+            disposition: Disposition::FailMsg,
+            refusal: Some(Refusal::IpMax),
+            counted: false,
+            log: true,
+            records: vec![ClassId(1), ClassId(4)],
+        };
+        let c2p = [
+            ClassifierToParent::Hello { build: build() },
+            ClassifierToParent::PolicyLoaded { gen: Gen(7) },
+            ClassifierToParent::Verdict {
+                conn: ConnId(2),
+                gen: Gen(7),
+                decision,
+                facts: facts(),
+            },
+            ClassifierToParent::Log(log()),
+            ClassifierToParent::Status {
+                evaluations: 10,
+                eval_micros_total: 1234,
+                class_counts: vec![(name("remote"), 3)],
+                history_entries: 2,
+            },
+        ];
+        for (i, m) in c2p.into_iter().enumerate() {
+            round_trip(&format!("ClassifierToParent #{i}"), m);
+        }
+        let queries = [
+            Query::Host { ip: v4(1, 0).ip() },
+            Query::Forward {
+                name: host("example.org"),
+            },
+            Query::Dnsbl {
+                ip: v6(0).ip(),
+                zone: host("zen.example.net"),
+            },
+            Query::Identd {
+                remote: v4(7, 4711),
+                local: v4(1, 25),
+            },
+            Query::AnswersOn {
+                ip: v4(7, 0).ip(),
+                port: 113,
+                local_ip: v4(1, 0).ip(),
+            },
+        ];
+        let answers = [
+            Answer::Host(HostFacts {
+                status: HnStatus::Unknown,
+                claimed: None,
+            }),
+            Answer::Addrs(vec![v4(2, 0).ip(), v6(0).ip()]),
+            Answer::Identd(None),
+            Answer::AnswersOn(true),
+        ];
+        round_trip(
+            "ClassifierToResolver::Hello",
+            ClassifierToResolver::Hello { build: build() },
+        );
+        round_trip(
+            "ResolverToClassifier::Hello",
+            ResolverToClassifier::Hello { build: build() },
+        );
+        for (i, q) in queries.iter().enumerate() {
+            round_trip(
+                &format!("Lookup #{i}"),
+                ClassifierToResolver::Lookup {
+                    req: ReqId(i as u64),
+                    query: q.clone(),
+                },
+            );
+            for (j, a) in answers.iter().enumerate() {
+                round_trip(
+                    &format!("LookupResult #{i}/{j}"),
+                    ResolverToClassifier::LookupResult {
+                        req: ReqId(9),
+                        query: q.clone(),
+                        answer: a.clone(),
+                    },
+                );
+            }
+        }
+        let rs = ResolverSettings {
+            threads: 8,
+            dns_timeout_ms: 5000,
+            identd_timeout_ms: 10000,
+            answerson_timeout_ms: 5000,
+            cache_ttl_secs: 300,
+            cache_entries: 10000,
+        };
+        round_trip(
+            "ParentToResolver::Hello",
+            ParentToResolver::Hello {
+                build: build(),
+                settings: rs,
+            },
+        );
+        round_trip("ParentToResolver::Flush", ParentToResolver::Flush);
+        round_trip(
+            "ResolverToParent::Hello",
+            ResolverToParent::Hello { build: build() },
+        );
+        round_trip("ResolverToParent::Log", ResolverToParent::Log(log()));
+    }
+
+    /// Table of malformed frames, each with the violation it must produce.
+    #[test]
+    fn violations() {
+        let hello = encode(&ClassifierToParent::Hello { build: build() }).unwrap();
+        let verdict = encode(&ClassifierToParent::PolicyLoaded { gen: Gen(1) }).unwrap();
+        let mut trailing = body(&verdict).to_vec();
+        trailing.extend_from_slice(&[0, 0]);
+        // Variant index 5 is one past the last ClassifierToParent variant.
+        let unknown_variant = 5u32.to_le_bytes().to_vec();
+        // Hello whose BuildId string claims 1000 bytes but the frame holds 3.
+        let mut lying_len = 0u32.to_le_bytes().to_vec();
+        lying_len.extend_from_slice(&1000u64.to_le_bytes());
+        lying_len.extend_from_slice(b"abc");
+        // A Hello whose BuildId is not UTF-8.
+        let bad_utf8 = {
+            let mut b = 0u32.to_le_bytes().to_vec();
+            b.extend_from_slice(&2u64.to_le_bytes());
+            b.extend_from_slice(&[0xff, 0xfe]);
+            b
+        };
+        // A Log record whose Warning level index is out of range.
+        let bad_level = {
+            let mut b = 3u32.to_le_bytes().to_vec();
+            b.extend_from_slice(&99u32.to_le_bytes());
+            b
+        };
+        let bad_host = encode(&ResolverToClassifier::LookupResult {
+            req: ReqId(1),
+            query: Query::Forward {
+                name: host("example.org"),
+            },
+            answer: Answer::AnswersOn(false),
+        })
+        .unwrap();
+        // Replace "example.org" by "example\norg" inside the encoded body: the HostName shape
+        // check must refuse it while decoding.
+        let mut bad_host = body(&bad_host).to_vec();
+        let at = bad_host
+            .windows(11)
+            .position(|w| w == b"example.org")
+            .unwrap();
+        bad_host[at + 7] = b'\n';
+
+        let oversize = vec![0u8; MAX_FRAME + 1];
+        type Row<'a> = (&'a str, &'a [u8], fn(&Violation) -> bool);
+        let rows: Vec<Row> = vec![
+            ("empty frame", &[], |v| *v == Violation::FrameSize(0)),
+            ("oversize frame", &oversize, |v| {
+                *v == Violation::FrameSize(MAX_FRAME + 1)
+            }),
+            (
+                "truncated frame",
+                &body(&hello)[..body(&hello).len() - 1],
+                |v| *v == Violation::Truncated,
+            ),
+            ("length field past the end", &lying_len, |v| {
+                *v == Violation::Truncated
+            }),
+            ("trailing bytes", &trailing, |v| {
+                *v == Violation::Trailing(2)
+            }),
+            ("unknown variant", &unknown_variant, |v| {
+                matches!(v, Violation::Decode(_))
+            }),
+            ("invalid utf-8", &bad_utf8, |v| {
+                matches!(v, Violation::Decode(_))
+            }),
+            ("nested unknown variant", &bad_level, |v| {
+                matches!(v, Violation::Decode(_))
+            }),
+            (
+                "hostname shape",
+                &bad_host,
+                |v| matches!(v, Violation::Decode(s) if s.contains("hostname")),
+            ),
+        ];
+        for (label, input, want) in rows {
+            let got = if label == "hostname shape" {
+                decode::<ResolverToClassifier>(input).map(|_| ())
+            } else {
+                decode::<ClassifierToParent>(input).map(|_| ())
+            };
+            match got {
+                Err(v) => assert!(want(&v), "{label}: wrong violation {v:?}"),
+                Ok(()) => panic!("{label}: decoded"),
+            }
+        }
+    }
+
+    #[test]
+    fn header_limits() {
+        assert_eq!(frame_len(0u32.to_be_bytes()), Err(Violation::FrameSize(0)));
+        assert_eq!(frame_len(1u32.to_be_bytes()), Ok(1));
+        assert_eq!(frame_len((MAX_FRAME as u32).to_be_bytes()), Ok(MAX_FRAME));
+        assert_eq!(
+            frame_len((MAX_FRAME as u32 + 1).to_be_bytes()),
+            Err(Violation::FrameSize(MAX_FRAME + 1))
+        );
+        assert!(frame_len(u32::MAX.to_be_bytes()).is_err());
+    }
+
+    #[test]
+    fn encode_refuses_oversize_and_empty() {
+        // A Policy whose text alone exceeds the frame: refused, not truncated.
+        let big = ParentToClassifier::Policy {
+            gen: Gen(1),
+            rules: Some("x".repeat(MAX_FRAME)),
+            actions: None,
+            settings: ClassifierSettings {
+                maxthreads: 1,
+                aftermaxthreads: None,
+                dropipafter_secs: None,
+                expireevery_secs: 60,
+                dns_timeout_ms: 5000,
+                identd_timeout_ms: 10000,
+                answerson_timeout_ms: 5000,
+            },
+        };
+        assert!(matches!(encode(&big), Err(Violation::FrameSize(n)) if n > MAX_FRAME));
+        // The largest body that fits is accepted (limit, then limit + 1 above).
+        let fits = LogRecord {
+            level: LogLevel::Info,
+            verbosity: 0,
+            text: String::new(),
+        };
+        let overhead = encode(&fits).unwrap().len() - HEADER;
+        let fits = LogRecord {
+            text: "y".repeat(MAX_FRAME - overhead),
+            ..fits
+        };
+        let frame = encode(&fits).unwrap();
+        assert_eq!(frame.len(), HEADER + MAX_FRAME);
+        assert_eq!(decode::<LogRecord>(body(&frame)).unwrap(), fits);
+        let over = LogRecord {
+            text: "y".repeat(MAX_FRAME - overhead + 1),
+            ..fits
+        };
+        assert_eq!(encode(&over), Err(Violation::FrameSize(MAX_FRAME + 1)));
+        // A zero-sized message cannot be framed (a length of 0 is refused on receipt).
+        assert_eq!(encode(&()), Err(Violation::FrameSize(0)));
+    }
+}
