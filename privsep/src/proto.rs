@@ -354,9 +354,13 @@ pub enum ParentToClassifier {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClassifierToParent {
     /// First message, exactly once, echoing the parent's build.
-    Hello { build: BuildId },
+    Hello {
+        build: BuildId,
+    },
     /// The classifier now evaluates with generation `gen`.
-    PolicyLoaded { gen: Gen },
+    PolicyLoaded {
+        gen: Gen,
+    },
     /// The decision for `conn`, made with the actions of generation `gen`.
     Verdict {
         conn: ConnId,
@@ -384,7 +388,10 @@ pub enum Query {
     /// DNS blocklist query for `ip` under `zone`.
     Dnsbl { ip: IpAddr, zone: HostName },
     /// RFC 1413 query about the connection `remote` → `local`, sent from `local`'s address.
-    Identd { remote: SocketAddr, local: SocketAddr },
+    Identd {
+        remote: SocketAddr,
+        local: SocketAddr,
+    },
     /// Can a TCP connection be made to `ip:port` (from `local_ip`)?
     AnswersOn {
         ip: IpAddr,
@@ -414,7 +421,9 @@ pub enum ClassifierToResolver {
 /// sent or no longer waits for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResolverToClassifier {
-    Hello { build: BuildId },
+    Hello {
+        build: BuildId,
+    },
     LookupResult {
         req: ReqId,
         query: Query,
