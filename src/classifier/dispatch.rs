@@ -1,0 +1,355 @@
+//! The classifier's handlers for parent messages, one `on_<variant>` each, run on the dispatch
+//! thread.
+//!
+//! Runs in the classifier. Every message here came from the parent, which is trusted (it runs
+//! as root and checked the policy text it ships), but its order is still checked: a second
+//! `Hello`, or a connection before any policy, ends the process (exit 111) so the parent
+//! restarts a classifier in a known state.
+//!
+//! Invariants:
+//! - Nothing here waits for a lookup: evaluations go to the pool; only the aftermaxthreads
+//!   shortcut decides on this thread, and it needs no lookup.
+//! - Every `ConnAccepted` is answered by exactly one `Verdict` (from the pool, from the
+//!   aftermaxthreads shortcut, or a close verdict when the queue is full).
+//! - The pool is started once, on the first policy, and only then are new processes forbidden.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError};
+
+use policy::facts::Classification;
+use privsep::proto::{
+    ClassName, ClassifierSettings, ClassifierToParent, ConnId, Gen, LiveConn, LogLevel,
+    ParentToClassifier,
+};
+
+use super::facts::{canonical, Observed};
+use super::lookups::Timeouts;
+use super::pool::{Job, Pool};
+use super::{verdict, Loaded, Options, Shared, EXIT_TEMP};
+
+/// Evaluation threads, at most, whatever maxthreads says: each one reserves a stack, and past
+/// this many concurrent lookups the resolver's own pool is the bottleneck anyway.
+pub const MAX_EVAL_THREADS: usize = 1024;
+
+/// Whether the dispatch loop goes on.
+pub(crate) enum Flow {
+    Continue,
+    Exit(u8),
+}
+
+pub(crate) struct Dispatcher {
+    shared: Arc<Shared>,
+    opts: Options,
+    pool: Option<Pool>,
+    settings: Option<ClassifierSettings>,
+}
+
+impl Dispatcher {
+    pub fn new(shared: Arc<Shared>, opts: Options) -> Dispatcher {
+        Dispatcher {
+            shared,
+            opts,
+            pool: None,
+            settings: None,
+        }
+    }
+
+    pub fn on_message(&mut self, msg: ParentToClassifier) -> Flow {
+        match msg {
+            ParentToClassifier::Hello { .. } => self.on_hello(),
+            ParentToClassifier::Policy {
+                gen,
+                rules,
+                actions,
+                settings,
+            } => self.on_policy(gen, rules, actions, settings),
+            ParentToClassifier::Seed { live } => self.on_seed(live),
+            ParentToClassifier::ConnAccepted {
+                conn,
+                remote,
+                local,
+            } => self.on_conn_accepted(conn, remote, local),
+            ParentToClassifier::ConnClosed { conn } => self.on_conn_closed(conn),
+            ParentToClassifier::Flush => self.on_flush(),
+            ParentToClassifier::StatusRequest => self.on_status_request(),
+        }
+    }
+
+    fn log(&self, level: LogLevel, verbosity: u8, text: String) {
+        self.shared.parent.log(level, verbosity, text);
+    }
+
+    fn on_hello(&mut self) -> Flow {
+        self.log(
+            LogLevel::Crit,
+            0,
+            "protocol: second Hello from the parent".to_string(),
+        );
+        Flow::Exit(EXIT_TEMP)
+    }
+
+    fn on_policy(
+        &mut self,
+        gen: Gen,
+        rules: Option<String>,
+        actions: Option<String>,
+        settings: ClassifierSettings,
+    ) -> Flow {
+        let rules_text = rules.unwrap_or_default();
+        let actions_text = actions.unwrap_or_default();
+        let parsed_rules = policy::rules::parse_rules("rules", &rules_text);
+        let parsed_actions = policy::actions::parse_actions("actions", &actions_text);
+        let (rules, actions) = match (parsed_rules.value, parsed_actions.value) {
+            (Some(r), Some(a)) => (r, a),
+            _ => {
+                let mut errors = parsed_rules
+                    .diagnostics
+                    .iter()
+                    .chain(parsed_actions.diagnostics.iter())
+                    .filter(|d| d.severity == policy::Severity::Error);
+                let first = errors
+                    .next()
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "no diagnostic".to_string());
+                let more = errors.count();
+                self.log(
+                    LogLevel::Crit,
+                    0,
+                    format!(
+                        "policy gen={} does not parse in the classifier (the parent accepted \
+                         it): {first} (+{more} more); keeping the old policy",
+                        gen.0
+                    ),
+                );
+                if self.pool.is_none() {
+                    // No old policy to keep: nothing could ever be decided.
+                    return Flow::Exit(EXIT_TEMP);
+                }
+                return Flow::Continue;
+            }
+        };
+        *self
+            .shared
+            .policy
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(Loaded {
+            gen,
+            rules,
+            actions,
+        }));
+        self.shared
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .configure(settings.dropipafter_secs, settings.expireevery_secs);
+        self.shared
+            .lookups
+            .set_timeouts(Timeouts::from_settings(&settings));
+
+        let wanted = usize::try_from(settings.maxthreads.max(1))
+            .unwrap_or(MAX_EVAL_THREADS)
+            .min(MAX_EVAL_THREADS);
+        match &self.pool {
+            None => {
+                if wanted < settings.maxthreads as usize {
+                    self.log(
+                        LogLevel::Warning,
+                        0,
+                        format!(
+                            "maxthreads {} capped at {MAX_EVAL_THREADS}",
+                            settings.maxthreads
+                        ),
+                    );
+                }
+                match Pool::start(wanted, &self.shared) {
+                    Ok(pool) => self.pool = Some(pool),
+                    Err(e) => {
+                        self.log(
+                            LogLevel::Crit,
+                            0,
+                            format!("starting {wanted} evaluation threads: {e}"),
+                        );
+                        return Flow::Exit(EXIT_TEMP);
+                    }
+                }
+                // ORDER: all threads exist now; from here on none can be created.
+                if self.opts.forbid_new_processes {
+                    if let Err(e) = privsep::drop::forbid_new_processes() {
+                        self.log(LogLevel::Crit, 0, format!("forbidding new processes: {e}"));
+                        return Flow::Exit(EXIT_TEMP);
+                    }
+                }
+            }
+            Some(pool) if pool.size() != wanted => {
+                self.log(
+                    LogLevel::Warning,
+                    0,
+                    format!(
+                        "maxthreads changed to {} but the classifier keeps {} threads until it \
+                         restarts",
+                        settings.maxthreads,
+                        pool.size()
+                    ),
+                );
+            }
+            Some(_) => {}
+        }
+        self.settings = Some(settings);
+        self.shared
+            .parent
+            .send(&ClassifierToParent::PolicyLoaded { gen });
+        self.log(LogLevel::Info, 2, format!("policy gen={} loaded", gen.0));
+        Flow::Continue
+    }
+
+    fn on_seed(&mut self, live: Vec<LiveConn>) -> Flow {
+        let count = live.len();
+        self.shared
+            .conntrack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .seed(live.into_iter().map(|c| {
+                (
+                    c.conn,
+                    c.remote.ip().to_canonical(),
+                    c.classes.into_iter().map(String::from).collect(),
+                )
+            }));
+        self.log(
+            LogLevel::Info,
+            1,
+            format!("seeded with {count} live connections"),
+        );
+        Flow::Continue
+    }
+
+    fn on_conn_accepted(&mut self, conn: ConnId, remote: SocketAddr, local: SocketAddr) -> Flow {
+        let Some(pool) = &self.pool else {
+            self.log(
+                LogLevel::Crit,
+                0,
+                format!("protocol: conn={} arrived before any policy", conn.0),
+            );
+            return Flow::Exit(EXIT_TEMP);
+        };
+        let remote = canonical(remote);
+        let now = self.shared.clock.now_secs();
+        let expired = self
+            .shared
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .maybe_expire(now);
+        if expired > 0 {
+            self.log(
+                LogLevel::Debug,
+                3,
+                format!("expired {expired} IP history entries"),
+            );
+        }
+
+        if let Some(class) = self.overflow_class() {
+            if pool.busy() {
+                // aftermaxthreads: decided here at once, without rules or lookups.
+                let classification = Classification::forced(class.as_str());
+                self.log(
+                    LogLevel::Info,
+                    2,
+                    format!(
+                        "all evaluation threads busy; conn={} goes to class {}",
+                        conn.0,
+                        class.as_str()
+                    ),
+                );
+                let verdict = verdict::decide(
+                    &self.shared,
+                    conn,
+                    remote.ip(),
+                    &classification,
+                    Observed::default(),
+                );
+                if let Some(msg) = verdict {
+                    self.shared.parent.send(&msg);
+                }
+                return Flow::Continue;
+            }
+        }
+        if let Err(job) = pool.submit(Job {
+            conn,
+            remote,
+            local,
+        }) {
+            self.log(
+                LogLevel::Warning,
+                0,
+                format!("evaluation queue full; closing conn={}", job.conn.0),
+            );
+            if let Some(msg) = verdict::close(&self.shared, job.conn) {
+                self.shared.parent.send(&msg);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The aftermaxthreads class, if it applies: as in the original, only when maxthreads
+    /// enables threading at all (maxthreads 0 means "evaluate one at a time, always").
+    fn overflow_class(&self) -> Option<ClassName> {
+        let settings = self.settings.as_ref()?;
+        if settings.maxthreads == 0 {
+            return None;
+        }
+        settings.aftermaxthreads.clone()
+    }
+
+    fn on_conn_closed(&mut self, conn: ConnId) -> Flow {
+        let released = self
+            .shared
+            .conntrack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .down(conn);
+        if !released {
+            self.log(
+                LogLevel::Info,
+                2,
+                format!("ConnClosed for conn={} which was not counted", conn.0),
+            );
+        }
+        Flow::Continue
+    }
+
+    fn on_flush(&mut self) -> Flow {
+        self.shared
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.log(LogLevel::Info, 1, "IP history flushed".to_string());
+        Flow::Continue
+    }
+
+    fn on_status_request(&mut self) -> Flow {
+        let class_counts = self
+            .shared
+            .conntrack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .class_counts()
+            .into_iter()
+            .filter_map(|(name, n)| ClassName::try_from(name).ok().map(|c| (c, n)))
+            .collect();
+        let history_entries = self
+            .shared
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len() as u64;
+        self.shared.parent.send(&ClassifierToParent::Status {
+            evaluations: self.shared.stats.evaluations(),
+            eval_micros_total: self.shared.stats.eval_micros(),
+            class_counts,
+            history_entries,
+        });
+        Flow::Continue
+    }
+}

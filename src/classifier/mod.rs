@@ -1,0 +1,341 @@
+//! The classifier worker: evaluates the rules for each new connection, decides its action
+//! against the live per-class and per-IP counts, and answers the parent with a verdict that
+//! only names an action.
+//!
+//! Runs as the unprivileged privsep user, chrooted into an empty directory, with no
+//! capabilities and no_new_privs (the role main in main.rs drops privileges before calling
+//! [`run`]); after its threads are started it also gives up creating processes
+//! (`privsep::drop::forbid_new_processes`, RLIMIT_NPROC 0: Linux counts threads against it, so
+//! it must come after the pool exists). It handles bytes from the parent (fd 3, trusted: the
+//! parent checked the policy text it ships) and from the resolver (fd 4, less trusted: answers
+//! are matched against what was asked, see lookups.rs).
+//!
+//! Protocol (see privsep::proto):
+//! 1. parent → `Hello`; we answer `Hello` with our build id. Anything else first: exit 111.
+//! 2. we send the resolver `Hello` and expect its `Hello` with the same build.
+//! 3. parent → `Policy` (before any `ConnAccepted`): on the first one the evaluation pool is
+//!    started, then new processes are forbidden; each good policy is answered `PolicyLoaded`.
+//!    A policy that fails to parse (the parent checked it, so this is a bug) is logged at Crit
+//!    and the old one stays, without `PolicyLoaded`.
+//! 4. `ConnAccepted` → exactly one `Verdict`; `ConnClosed` releases counts; `Seed` rebuilds
+//!    them after a restart; `Flush` empties the history; `StatusRequest` → `Status`.
+//!
+//! Threads: the dispatch thread (this function's), one reader per channel, and the evaluation
+//! pool. The dispatch thread never waits for a lookup. After the handshake nothing is written to
+//! stderr: logs go to the parent as `ClassifierToParent::Log`.
+//!
+//! Exit codes: 0 when the parent closes the channel; 111 for everything else (resolver gone,
+//! protocol violation, failed set-up); the parent restarts the workers.
+
+mod conntrack;
+mod dispatch;
+mod facts;
+mod history;
+mod lookups;
+mod pool;
+mod verdict;
+
+#[cfg(test)]
+mod tests;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel as cb;
+use policy::actions::Actions;
+use policy::rules::Rules;
+use privsep::proto::{
+    ClassifierToParent, ClassifierToResolver, Gen, LogLevel, LogRecord, ParentToClassifier,
+    ResolverToClassifier, MAX_LOG_LINE,
+};
+use privsep::{Channel, ChannelError, Sender};
+
+use self::conntrack::Conntrack;
+use self::dispatch::{Dispatcher, Flow};
+use self::history::{History, MAX_HISTORY};
+use self::lookups::{Lookups, ResolverEnd};
+
+/// Normal end: the parent closed our channel.
+const EXIT_OK: u8 = 0;
+/// Temporary or system error (s6 convention): the parent restarts us.
+const EXIT_TEMP: u8 = 111;
+
+/// Parent messages read ahead of the dispatch thread, at most; beyond that the reader waits and
+/// the socket buffers push back on the parent.
+const MAX_EVENTS_QUEUED: usize = 1024;
+
+/// Entry point of the classifier role, called by the role main after the privilege drop.
+pub fn run(
+    parent: Channel<ClassifierToParent, ParentToClassifier>,
+    resolver: Channel<ClassifierToResolver, ResolverToClassifier>,
+) -> ExitCode {
+    serve(
+        parent,
+        resolver,
+        Options {
+            forbid_new_processes: true,
+        },
+    )
+}
+
+/// How [`serve`] sets itself up; tests run it inside the test process, where RLIMIT_NPROC 0
+/// would break every later test.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    pub forbid_new_processes: bool,
+}
+
+/// The sending half of the parent channel, shared by every thread.
+pub(crate) struct ParentLink {
+    /// `Sender` writes each frame whole under its own lock, so threads share it freely.
+    tx: Sender<ClassifierToParent>,
+}
+
+impl ParentLink {
+    fn new(tx: Sender<ClassifierToParent>) -> ParentLink {
+        ParentLink { tx }
+    }
+
+    /// Send one message. A failure means the parent is gone; the parent reader sees the same EOF
+    /// and ends the process, so the caller need not act.
+    pub fn send(&self, msg: &ClassifierToParent) -> bool {
+        self.tx.send(msg).is_ok()
+    }
+
+    /// Log through the parent; the text is cut to [`MAX_LOG_LINE`] (longer is a violation).
+    pub fn log(&self, level: LogLevel, verbosity: u8, text: String) {
+        let text = truncate(text, MAX_LOG_LINE);
+        self.send(&ClassifierToParent::Log(LogRecord {
+            level,
+            verbosity,
+            text,
+        }));
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+/// One generation's policy. Evaluations hold an `Arc` to the generation they started with.
+pub(crate) struct Loaded {
+    pub gen: Gen,
+    pub rules: Rules,
+    pub actions: Actions,
+}
+
+/// Evaluation counters for `Status`.
+#[derive(Default)]
+pub(crate) struct Stats {
+    evaluations: AtomicU64,
+    eval_micros: AtomicU64,
+}
+
+impl Stats {
+    pub fn record(&self, took: Duration) {
+        self.evaluations.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.eval_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub fn evaluations(&self) -> u64 {
+        self.evaluations.load(Ordering::Relaxed)
+    }
+
+    pub fn eval_micros(&self) -> u64 {
+        self.eval_micros.load(Ordering::Relaxed)
+    }
+}
+
+/// Whole seconds on a monotonic clock, for the history (immune to wall-clock steps; history is
+/// not kept across restarts anyway).
+pub(crate) struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    pub fn now_secs(&self) -> u64 {
+        self.start.elapsed().as_secs()
+    }
+}
+
+/// State shared by the dispatch thread, the evaluation pool and the resolver reader.
+pub(crate) struct Shared {
+    pub parent: ParentLink,
+    pub lookups: Lookups,
+    pub history: Mutex<History>,
+    pub conntrack: Mutex<Conntrack>,
+    pub policy: RwLock<Option<Arc<Loaded>>>,
+    pub stats: Stats,
+    pub clock: Clock,
+}
+
+impl Shared {
+    #[cfg(test)]
+    pub fn new(parent: Sender<ClassifierToParent>, resolver: Sender<ClassifierToResolver>) -> Self {
+        Shared::with_link(ParentLink::new(parent), resolver)
+    }
+
+    fn with_link(parent: ParentLink, resolver: Sender<ClassifierToResolver>) -> Self {
+        Shared {
+            parent,
+            lookups: Lookups::new(resolver),
+            history: Mutex::new(History::new(MAX_HISTORY)),
+            conntrack: Mutex::new(Conntrack::new()),
+            policy: RwLock::new(None),
+            stats: Stats::default(),
+            clock: Clock {
+                start: Instant::now(),
+            },
+        }
+    }
+
+    pub fn current_policy(&self) -> Option<Arc<Loaded>> {
+        self.policy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// What the dispatch thread waits for.
+pub(crate) enum Event {
+    Parent(ParentToClassifier),
+    /// The parent channel ended: None at EOF, else why it broke.
+    ParentEnd(Option<String>),
+    ResolverEnd(ResolverEnd),
+}
+
+pub(crate) fn serve(
+    mut parent: Channel<ClassifierToParent, ParentToClassifier>,
+    mut resolver: Channel<ClassifierToResolver, ResolverToClassifier>,
+    opts: Options,
+) -> ExitCode {
+    let build = privsep::spawn::build_id();
+    // ORDER: the parent's Hello comes first; until it is answered, stderr (the parent's) is the
+    // only place to report.
+    match parent.recv() {
+        Ok(ParentToClassifier::Hello { .. }) => {}
+        Ok(_) => {
+            eprintln!("portnanny classifier: first message from the parent is not Hello");
+            return ExitCode::from(EXIT_TEMP);
+        }
+        Err(e) => {
+            eprintln!("portnanny classifier: reading the parent's Hello: {e}");
+            return ExitCode::from(EXIT_TEMP);
+        }
+    }
+    if let Err(e) = parent.send(&ClassifierToParent::Hello {
+        build: build.clone(),
+    }) {
+        eprintln!("portnanny classifier: answering the parent's Hello: {e}");
+        return ExitCode::from(EXIT_TEMP);
+    }
+    let (parent_tx, mut parent_rx) = match parent.split() {
+        Ok(halves) => halves,
+        Err(e) => {
+            eprintln!("portnanny classifier: splitting the parent channel: {e}");
+            return ExitCode::from(EXIT_TEMP);
+        }
+    };
+    let link = ParentLink::new(parent_tx);
+    let crit = |text: String| {
+        link.log(LogLevel::Crit, 0, text);
+        ExitCode::from(EXIT_TEMP)
+    };
+
+    if let Err(e) = resolver.send(&ClassifierToResolver::Hello {
+        build: build.clone(),
+    }) {
+        return crit(format!("sending Hello to the resolver: {e}"));
+    }
+    match resolver.recv() {
+        Ok(ResolverToClassifier::Hello { build: theirs }) if theirs == build => {}
+        Ok(ResolverToClassifier::Hello { build: theirs }) => {
+            return crit(format!(
+                "resolver build {:?} differs from ours {:?}",
+                theirs.0, build.0
+            ));
+        }
+        Ok(_) => return crit("first message from the resolver is not Hello".to_string()),
+        Err(e) => return crit(format!("reading the resolver's Hello: {e}")),
+    }
+    let (resolver_tx, resolver_rx) = match resolver.split() {
+        Ok(halves) => halves,
+        Err(e) => return crit(format!("splitting the resolver channel: {e}")),
+    };
+
+    let shared = Arc::new(Shared::with_link(link, resolver_tx));
+    let (events_tx, events_rx) = cb::bounded::<Event>(MAX_EVENTS_QUEUED);
+
+    let spawned = {
+        let events = events_tx.clone();
+        std::thread::Builder::new()
+            .name("parent-reader".to_string())
+            .spawn(move || loop {
+                let event = match parent_rx.recv() {
+                    Ok(msg) => Event::Parent(msg),
+                    Err(ChannelError::Closed) => Event::ParentEnd(None),
+                    Err(e) => Event::ParentEnd(Some(e.to_string())),
+                };
+                let last = !matches!(event, Event::Parent(_));
+                if events.send(event).is_err() || last {
+                    break;
+                }
+            })
+    }
+    .and_then(|_| {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("resolver-reader".to_string())
+            .spawn(move || {
+                let end = lookups::read_resolver(resolver_rx, &shared.lookups, &shared.parent);
+                let _ = events_tx.send(Event::ResolverEnd(end));
+            })
+    });
+    if let Err(e) = spawned {
+        return ExitCode::from(fail(&shared, format!("starting reader threads: {e}")));
+    }
+
+    let mut dispatcher = Dispatcher::new(Arc::clone(&shared), opts);
+    // Bounded by the channel: every pass handles one event, and the loop ends when a reader
+    // reports the end of its channel.
+    loop {
+        let event = match events_rx.recv() {
+            Ok(event) => event,
+            Err(_) => return ExitCode::from(fail(&shared, "event channel closed".to_string())),
+        };
+        match event {
+            Event::Parent(msg) => {
+                if let Flow::Exit(code) = dispatcher.on_message(msg) {
+                    return ExitCode::from(code);
+                }
+            }
+            Event::ParentEnd(None) => return ExitCode::from(EXIT_OK),
+            Event::ParentEnd(Some(why)) => {
+                return ExitCode::from(fail(&shared, format!("parent channel broke: {why}")));
+            }
+            Event::ResolverEnd(ResolverEnd::Closed) => {
+                return ExitCode::from(fail(&shared, "resolver closed its channel".to_string()));
+            }
+            Event::ResolverEnd(ResolverEnd::Broken(why)) => {
+                return ExitCode::from(fail(&shared, format!("resolver channel broke: {why}")));
+            }
+        }
+    }
+}
+
+/// Log a fatal condition at Crit and give the exit code for it.
+fn fail(shared: &Shared, text: String) -> u8 {
+    shared.parent.log(LogLevel::Crit, 0, text);
+    EXIT_TEMP
+}

@@ -1,0 +1,170 @@
+//! From a classification to the `Verdict` message: the decision against live counts, the
+//! counting itself, and the conversion into the typed, validated values of `privsep::proto`.
+//!
+//! Runs in the classifier, on evaluation threads and (for aftermaxthreads) on the dispatch
+//! thread. The classification came from our own rules evaluation; class names and labels are
+//! re-validated into `ClassName`/`Label` because the parent trusts only newtypes.
+//!
+//! Invariants:
+//! - The decision uses the actions current at decision time (nanny's actions are not frozen
+//!   during an evaluation) and the verdict names that actions table's generation, because a
+//!   `ClassId` indexes that table.
+//! - Check-and-count happens under the conntrack lock, so concurrent decisions never exceed a
+//!   limit; a counted connection is recorded before its verdict leaves.
+//! - A value that fails newtype validation is left out (treated as not known) and logged.
+
+use std::net::IpAddr;
+use std::sync::PoisonError;
+
+use policy::decide;
+use policy::facts::Classification;
+use privsep::proto::{
+    ClassId, ClassName, ClassifierToParent, ConnId, Decision, Disposition, Label, LogLevel,
+    MatchedClassFact, Refusal, SeenFacts, VerdictFacts,
+};
+
+use super::conntrack::IpCounts;
+use super::facts::Observed;
+use super::Shared;
+
+/// Decide `conn` from `ip` with its classification and build its verdict. None only if no
+/// policy was ever loaded (the dispatcher refuses connections before the first policy).
+pub fn decide(
+    shared: &Shared,
+    conn: ConnId,
+    ip: IpAddr,
+    classification: &Classification,
+    observed: Observed,
+) -> Option<ClassifierToParent> {
+    let Some(policy) = shared.current_policy() else {
+        shared.parent.log(
+            LogLevel::Crit,
+            0,
+            format!("no policy loaded while deciding conn={}", conn.0),
+        );
+        return None;
+    };
+    let ip = ip.to_canonical();
+    let decision = {
+        let mut table = shared
+            .conntrack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let decision = decide::decide(
+            &policy.actions,
+            classification,
+            &IpCounts { table: &table, ip },
+        );
+        if decision.counted {
+            let classes = classification.names().map(str::to_owned).collect();
+            if !table.up(conn, ip, classes) {
+                shared.parent.log(
+                    LogLevel::Err,
+                    0,
+                    format!("conn={} was already counted; counted again", conn.0),
+                );
+            }
+        }
+        decision
+    };
+    Some(ClassifierToParent::Verdict {
+        conn,
+        gen: policy.gen,
+        decision: to_proto(&decision),
+        facts: verdict_facts(shared, classification, observed),
+    })
+}
+
+/// The verdict for a connection the classifier cannot classify (its queue is full): close it.
+pub fn close(shared: &Shared, conn: ConnId) -> Option<ClassifierToParent> {
+    let policy = shared.current_policy()?;
+    Some(ClassifierToParent::Verdict {
+        conn,
+        gen: policy.gen,
+        decision: Decision {
+            action_class: None,
+            disposition: Disposition::Close,
+            refusal: None,
+            counted: false,
+            log: false,
+            records: Vec::new(),
+        },
+        facts: VerdictFacts {
+            classes: Vec::new(),
+            host: None,
+            identd: None,
+            seen: None,
+        },
+    })
+}
+
+pub fn to_proto(d: &decide::Decision) -> Decision {
+    Decision {
+        action_class: d.action_class.map(ClassId),
+        disposition: match d.disposition {
+            decide::Disposition::Run => Disposition::Run,
+            decide::Disposition::Msg => Disposition::Msg,
+            decide::Disposition::FailRun => Disposition::FailRun,
+            decide::Disposition::FailMsg => Disposition::FailMsg,
+            decide::Disposition::Close => Disposition::Close,
+        },
+        refusal: d.refusal.map(|r| match r {
+            decide::Refusal::Reject => Refusal::Reject,
+            decide::Refusal::IpMax => Refusal::IpMax,
+            decide::Refusal::ConnMax => Refusal::ConnMax,
+        }),
+        counted: d.counted,
+        log: d.log,
+        records: d.records.iter().copied().map(ClassId).collect(),
+    }
+}
+
+fn verdict_facts(
+    shared: &Shared,
+    classification: &Classification,
+    observed: Observed,
+) -> VerdictFacts {
+    let mut classes = Vec::with_capacity(classification.classes.len());
+    for class in &classification.classes {
+        let name = match ClassName::try_from(class.name.clone()) {
+            Ok(name) => name,
+            Err(e) => {
+                shared.parent.log(
+                    LogLevel::Err,
+                    0,
+                    format!("class name left out of a verdict: {e}"),
+                );
+                continue;
+            }
+        };
+        let label = match class.label.clone().map(Label::try_from) {
+            None => None,
+            Some(Ok(label)) => Some(label),
+            Some(Err(e)) => {
+                shared.parent.log(
+                    LogLevel::Err,
+                    0,
+                    format!(
+                        "label of class {} left out of a verdict: {e}",
+                        name.as_str()
+                    ),
+                );
+                None
+            }
+        };
+        classes.push(MatchedClassFact {
+            name,
+            lineno: class.lineno,
+            label,
+        });
+    }
+    VerdictFacts {
+        classes,
+        host: observed.host,
+        identd: observed.identd,
+        seen: observed.seen.map(|s| SeenFacts {
+            first_secs_ago: s.first_secs_ago,
+            last_secs_ago: s.last_secs_ago,
+        }),
+    }
+}
