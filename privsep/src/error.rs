@@ -140,6 +140,29 @@ pub struct DropError {
     pub source: DropCause,
 }
 
+impl DropError {
+    pub(crate) fn os(step: &'static str, e: impl Into<io::Error>) -> Self {
+        DropError {
+            step,
+            source: DropCause::Os(e.into()),
+        }
+    }
+
+    pub(crate) fn caps(step: &'static str, e: caps::errors::CapsError) -> Self {
+        DropError {
+            step,
+            source: DropCause::Caps(e),
+        }
+    }
+
+    pub(crate) fn check(step: &'static str, what: impl Into<String>) -> Self {
+        DropError {
+            step,
+            source: DropCause::Check(what.into()),
+        }
+    }
+}
+
 impl fmt::Display for DropError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "privilege drop failed at {}: {}", self.step, self.source)

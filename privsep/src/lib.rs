@@ -10,12 +10,15 @@
 )]
 
 pub mod channel;
+pub mod drop;
 pub mod error;
 pub mod proto;
 pub mod spawn;
+mod verify;
 pub mod wire;
 
 pub use channel::{Channel, Receiver, Sender};
+pub use drop::{check_chroot_dir, demote, forbid_new_processes, DropPlan};
 pub use error::{ChannelError, DropCause, DropError, SpawnError, Violation};
 pub use spawn::{build_id, spawn_worker, take_worker_fds, Role, Worker, ROLE_ARG};
 pub use wire::MAX_FRAME;
