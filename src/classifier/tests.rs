@@ -900,3 +900,36 @@ fn ipmax_is_exact_under_50_concurrent_decisions() {
         assert_eq!(race("svc: run /bin/cat : ipmax 3\n", "svc", true), (3, 3));
     }
 }
+
+#[test]
+fn an_or_list_of_five_dnsbl_zones_costs_one_round_trip() {
+    let mut run = start(
+        "bl/label=listed_somewhere: dnsbl: a.bl.example dnsbl: b.bl.example \
+         dnsbl: c.bl.example dnsbl: d.bl.example dnsbl: e.bl.example\n",
+        "bl: msg go away\n",
+        settings(2, None),
+    );
+    accept(&mut run, 1, "192.0.2.9:4000");
+    // Five requests arrive before any answer: they were started together.
+    let mut asked: Vec<(ReqId, Query)> = (0..5).map(|_| expect_lookup(&mut run.resolver)).collect();
+    asked.sort_by_key(|(req, _)| *req);
+    for (req, query) in asked {
+        let listed = matches!(&query, Query::Dnsbl { zone, .. } if zone.as_str() == "e.bl.example");
+        let addrs = if listed {
+            vec![ip("127.0.0.2")]
+        } else {
+            vec![]
+        };
+        answer(&mut run.resolver, req, query, Answer::Addrs(addrs));
+    }
+    let (decision, facts) = expect_verdict(&mut run.parent, 1);
+    assert_eq!(class_names(&facts), ["bl", GLOBAL]);
+    assert_eq!(
+        facts.classes[0].label.as_ref().map(|l| l.as_str()),
+        Some("listed_somewhere")
+    );
+    assert_eq!(facts.classes[0].lineno, 1);
+    assert_eq!(decision.disposition, Disposition::Msg);
+    assert!(recv_within(&mut run.resolver, QUIET).is_none());
+    finish(run);
+}
