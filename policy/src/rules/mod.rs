@@ -1,0 +1,503 @@
+//! The rules file: `CLASS[/NOTES]: EXPRESSION` lines that sort a connection into classes.
+//!
+//! Parsing runs in the parent (start, reload, `-C`) and in the classifier (which re-parses the
+//! text the parent sends); evaluation runs in the classifier, once per connection, over the
+//! lazy [`Facts`] interface. The text is the administrator's; it is trusted but every mistake
+//! gets a diagnostic with file, line and column, and no input makes the parser panic.
+//!
+//! Pipeline: [`SourceFile::logical_lines`] → rule head (class, notes) here → [`lex`] →
+//! [`parse`] (chumsky) → [`ast`] → [`compile`] (matchers, merged address sets) → [`Rules`].
+//!
+//! Evaluation (as the original portnanny): rules in file order; a rule whose class already
+//! matched is skipped (its expression is not evaluated at all, so it causes no lookups); after
+//! the first match of a rule that is not `/nt`, only `/always` rules are still evaluated; GLOBAL
+//! is appended when anything matched.
+//!
+//! Diagnostic codes: R001 no `CLASS:`; R002 empty class name; R003 bad class-name character or
+//! length; R004 unknown note; R005 bad label; R006 empty expression; R010 unterminated quote;
+//! R011 syntax error; R020 unknown matcher; R021 bad matcher argument; R022 bad bare operand;
+//! R023 matcher glued to its argument. Warnings: R101 a `class:` operand that can never be
+//! true at that point; R102 a rule that can never be evaluated.
+
+pub mod ast;
+pub mod compile;
+pub mod eval;
+pub mod lex;
+pub mod matchers;
+pub mod parse;
+
+use std::fmt;
+use std::ops::Range;
+
+use crate::facts::{Classification, Facts};
+use crate::source::{Diagnostic, LogicalLine, Parsed, Severity, SourceFile};
+
+use compile::Node;
+
+/// Longest class name or label, matching what the process boundary accepts.
+pub const MAX_NAME: usize = 256;
+
+/// One compiled rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub class: String,
+    /// Physical line where the rule starts.
+    pub lineno: u32,
+    pub label: Option<String>,
+    /// `/nt` or `/nonterminal`: a match does not stop evaluation.
+    pub nonterminal: bool,
+    /// `/always`: evaluated even after evaluation stopped.
+    pub always: bool,
+    pub expr: Node,
+}
+
+impl fmt::Display for Rule {
+    /// `class/nt/always/label=L: expression` in canonical form (a label with spaces, from a bare
+    /// /label, is shown as `/label`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.class)?;
+        if self.nonterminal {
+            f.write_str("/nt")?;
+        }
+        if self.always {
+            f.write_str("/always")?;
+        }
+        match &self.label {
+            Some(l) if l.bytes().any(|b| b == b' ' || b == b'/' || b == b':') => {
+                f.write_str("/label")?
+            }
+            Some(l) => write!(f, "/label={l}")?,
+            None => {}
+        }
+        write!(f, ": {}", self.expr)
+    }
+}
+
+/// A parsed rules file. Immutable after parsing; `Send + Sync`, so one copy can be shared by
+/// every evaluation thread behind an `Arc`.
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    rules: Vec<Rule>,
+    has_always: bool,
+    classes: Vec<String>,
+}
+
+impl Rules {
+    /// Classifies one connection. Lazy and short-circuit: `facts` is asked only for what the
+    /// rules reached need.
+    pub fn evaluate(&self, facts: &mut dyn Facts) -> Classification {
+        eval::evaluate(self, facts)
+    }
+
+    /// Every class some rule can produce, in file order, without duplicates.
+    pub fn class_names(&self) -> Vec<String> {
+        self.classes.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+}
+
+impl fmt::Display for Rules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for r in &self.rules {
+            writeln!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the warning pass needs to know about every rule whose head parsed, even when its
+/// expression had errors (so that a broken rule does not cause false warnings).
+struct Head {
+    class: String,
+    lineno: u32,
+    nonterminal: bool,
+    always: bool,
+    /// Some(answer) when the compiled expression is constant; None if unknown or not compiled.
+    constant: Option<bool>,
+    /// `class:` operands with their spans (in the logical line).
+    class_refs: Vec<(String, Range<usize>)>,
+    line: usize,
+}
+
+/// Parses a rules file; returns the rules when there is no error, and every diagnostic.
+pub fn parse_rules(name: &str, text: &str) -> Parsed<Rules> {
+    let src = SourceFile::new(name, text);
+    let mut diags: Vec<Diagnostic> = Vec::new();
+    let lines = match src.logical_lines() {
+        Ok(l) => l,
+        Err(d) => {
+            return Parsed {
+                value: None,
+                diagnostics: vec![d],
+            }
+        }
+    };
+    let mut rules = Vec::new();
+    let mut heads = Vec::new();
+    for (idx, ll) in lines.iter().enumerate() {
+        if let Some((rule, head)) = parse_line(&src, ll, idx, &mut diags) {
+            if let Some(r) = rule {
+                rules.push(r);
+            }
+            heads.push(head);
+        }
+    }
+    warn(&src, &lines, &heads, &mut diags);
+    diags.sort_by_key(|d| (d.line, d.col));
+    let has_errors = diags.iter().any(|d| d.severity == Severity::Error);
+    let value = (!has_errors).then(|| {
+        let mut classes: Vec<String> = Vec::new();
+        for r in &rules {
+            if !classes.contains(&r.class) {
+                classes.push(r.class.clone());
+            }
+        }
+        Rules {
+            has_always: rules.iter().any(|r| r.always),
+            rules,
+            classes,
+        }
+    });
+    Parsed {
+        value,
+        diagnostics: diags,
+    }
+}
+
+fn is_ws(c: char) -> bool {
+    c.is_ascii() && lex::is_space(c as u8)
+}
+
+/// Parses one logical line. Returns None when the head (class and notes) is unusable;
+/// otherwise the compiled rule (None if the expression had errors) and its head.
+fn parse_line(
+    src: &SourceFile,
+    ll: &LogicalLine,
+    idx: usize,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(Option<Rule>, Head)> {
+    let text = ll.text.as_str();
+    let err = |diags: &mut Vec<Diagnostic>, code, range: Range<usize>, msg: String| {
+        diags.push(src.diag_at(Severity::Error, code, ll, range, msg));
+    };
+    let word_end = text.find(is_ws).unwrap_or(text.len());
+    let word = &text[..word_end];
+    let expr_start = text[word_end..]
+        .find(|c: char| !is_ws(c))
+        .map_or(text.len(), |i| word_end + i);
+    let expr_text = text[expr_start..].trim_end_matches(is_ws);
+
+    let Some(head) = word.strip_suffix(':') else {
+        let msg = match word.find(':') {
+            Some(i) => format!(
+                "a rule starts with 'CLASS:' and a space; put a space after '{}'",
+                &word[..=i]
+            ),
+            None => format!(
+                "a rule starts with 'CLASS:' (a class name and a colon); '{word}' has no colon"
+            ),
+        };
+        err(diags, "R001", 0..word_end, msg);
+        return None;
+    };
+    let (class, notes) = match head.find('/') {
+        Some(i) => (&head[..i], Some((i + 1, &head[i + 1..]))),
+        None => (head, None),
+    };
+    if class.is_empty() {
+        err(
+            diags,
+            "R002",
+            0..word_end,
+            "the rule has no class name before ':' or '/'".to_owned(),
+        );
+        return None;
+    }
+    if class.len() > MAX_NAME {
+        err(
+            diags,
+            "R003",
+            0..class.len(),
+            format!("a class name may be at most {MAX_NAME} bytes long"),
+        );
+        return None;
+    }
+    if let Some((i, c)) = class.char_indices().find(|&(_, c)| !(c.is_ascii_graphic())) {
+        err(
+            diags,
+            "R003",
+            i..i + c.len_utf8(),
+            format!("class names are printable ASCII; {c:?} is not allowed"),
+        );
+        return None;
+    }
+
+    let mut nonterminal = false;
+    let mut always = false;
+    let mut label: Option<String> = None;
+    let mut head_ok = true;
+    if let Some((start, notes)) = notes {
+        let mut off = start;
+        for note in notes.split('/') {
+            let range = off..off + note.len();
+            off += note.len() + 1;
+            match note {
+                "nt" | "nonterminal" => nonterminal = true,
+                "always" => always = true,
+                "label" => label = Some(expr_text.to_owned()),
+                _ => {
+                    if let Some(l) = note.strip_prefix("label=") {
+                        if l.is_empty() {
+                            err(diags, "R005", range, "'label=' needs a label".to_owned());
+                            head_ok = false;
+                        } else if label.as_deref().is_some_and(|old| old != l) {
+                            err(
+                                diags,
+                                "R005",
+                                range,
+                                "a rule can have only one label".to_owned(),
+                            );
+                            head_ok = false;
+                        } else {
+                            label = Some(l.to_owned());
+                        }
+                    } else {
+                        let shown = if note.is_empty() {
+                            "an empty note".to_owned()
+                        } else {
+                            format!("'{note}'")
+                        };
+                        err(
+                            diags,
+                            "R004",
+                            if note.is_empty() {
+                                range.start.saturating_sub(1)..range.start
+                            } else {
+                                range
+                            },
+                            format!(
+                                "unknown rule note {shown} (notes are /always, /nt, \
+                                 /nonterminal, /label and /label=LABEL)"
+                            ),
+                        );
+                        head_ok = false;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(l) = &label {
+        if l.len() > MAX_NAME || !l.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            err(
+                diags,
+                "R005",
+                0..word_end,
+                format!(
+                    "a label must be printable ASCII of at most {MAX_NAME} bytes (a bare /label \
+                     uses the whole expression)"
+                ),
+            );
+            head_ok = false;
+        }
+    }
+
+    let mut head = Head {
+        class: class.to_owned(),
+        lineno: ll.lineno,
+        nonterminal,
+        always,
+        constant: None,
+        class_refs: Vec::new(),
+        line: idx,
+    };
+
+    if expr_text.is_empty() {
+        err(
+            diags,
+            "R006",
+            0..word_end,
+            format!("the rule for class {class} has no expression (use ALL to match everything)"),
+        );
+        return Some((None, head));
+    }
+
+    let tokens = match lex::tokenize(expr_text) {
+        Ok(t) => t,
+        Err(e) => {
+            err(
+                diags,
+                "R010",
+                expr_start + e.start..expr_start + e.end,
+                e.to_string(),
+            );
+            return Some((None, head));
+        }
+    };
+    let ast = match parse::parse_tokens(&tokens, expr_text.len()) {
+        Ok(a) => a,
+        Err(errs) => {
+            for e in errs {
+                err(
+                    diags,
+                    "R011",
+                    expr_start + e.span.start..expr_start + e.span.end,
+                    e.message,
+                );
+            }
+            return Some((None, head));
+        }
+    };
+    let mut cerrs = Vec::new();
+    let node = compile::compile(&ast, &mut cerrs);
+    for e in cerrs {
+        err(
+            diags,
+            e.code,
+            expr_start + e.span.start..expr_start + e.span.end,
+            e.message,
+        );
+    }
+    let node = node?;
+    head.constant = node.constant();
+    let mut refs = Vec::new();
+    node.class_refs(&mut refs);
+    head.class_refs = refs
+        .into_iter()
+        .map(|c| {
+            let span = class_ref_span(&tokens, c)
+                .map_or(0..word_end, |s| expr_start + s.start..expr_start + s.end);
+            (c.to_owned(), span)
+        })
+        .collect();
+    if !head_ok {
+        return Some((None, head));
+    }
+    Some((
+        Some(Rule {
+            class: class.to_owned(),
+            lineno: ll.lineno,
+            label,
+            nonterminal,
+            always,
+            expr: node,
+        }),
+        head,
+    ))
+}
+
+/// The span of the argument word of the first `class: NAME` in the tokens.
+fn class_ref_span(tokens: &[lex::Spanned], name: &str) -> Option<Range<usize>> {
+    tokens
+        .windows(2)
+        .find_map(|w| match (&w[0].tok, &w[1].tok) {
+            (lex::Tok::Word(m), lex::Tok::Word(a)) if m == "class:" && a == name => {
+                Some(w[1].span.clone())
+            }
+            _ => None,
+        })
+}
+
+/// The warning pass: `class:` operands that can never be true, and rules never evaluated.
+fn warn(src: &SourceFile, lines: &[LogicalLine], heads: &[Head], diags: &mut Vec<Diagnostic>) {
+    for (k, h) in heads.iter().enumerate() {
+        let earlier = &heads[..k];
+        let Some(ll) = lines.get(h.line) else {
+            continue;
+        };
+        // R101: class: X at rule k. If k is /always, X can be a member if any earlier rule can
+        // produce X. Otherwise k runs only while nothing terminal has matched, so X must come
+        // from an earlier /nt rule.
+        let mut seen_refs: Vec<&str> = Vec::new();
+        for (c, span) in &h.class_refs {
+            if seen_refs.contains(&c.as_str()) {
+                continue;
+            }
+            seen_refs.push(c);
+            let producers: Vec<&Head> = earlier
+                .iter()
+                .filter(|e| e.class == *c && e.constant != Some(false))
+                .collect();
+            let possible = if h.always {
+                !producers.is_empty()
+            } else {
+                producers.iter().any(|e| e.nonterminal)
+            };
+            if possible {
+                continue;
+            }
+            let why = if *c == h.class {
+                "this rule is skipped once the connection is in its own class".to_owned()
+            } else if producers.is_empty() {
+                format!("no earlier rule can put a connection in class {c}")
+            } else {
+                format!(
+                    "the earlier rules for {c} are terminal, so when one matched this rule \
+                     (not /always) is never evaluated"
+                )
+            };
+            diags.push(src.diag_at(
+                Severity::Warning,
+                "R101",
+                ll,
+                span.clone(),
+                format!("'class: {c}' can never be true here: {why}"),
+            ));
+        }
+        // R102: an earlier rule j that always matches when evaluated.
+        for (j, e) in earlier.iter().enumerate() {
+            if e.constant != Some(true) {
+                continue;
+            }
+            let same_class = e.class == h.class;
+            // j stops evaluation for sure only if it is terminal and no earlier /nt rule of its
+            // class can have matched first (which would make j skipped, not matched).
+            let stops = !e.nonterminal
+                && !heads[..j]
+                    .iter()
+                    .any(|p| p.class == e.class && p.nonterminal && p.constant != Some(false));
+            let word_end = ll.text.find(is_ws).unwrap_or(ll.text.len());
+            // A later rule of j's class is skipped once j matched; j is evaluated whenever rule k
+            // would be, unless k is /always and j is not.
+            if same_class && (e.always || !h.always) {
+                diags.push(src.diag_at(
+                    Severity::Warning,
+                    "R102",
+                    ll,
+                    0..word_end,
+                    format!(
+                        "this rule is never evaluated: the rule at line {} always puts the \
+                         connection in class {} first",
+                        e.lineno, e.class
+                    ),
+                ));
+                break;
+            }
+            if stops && !h.always {
+                diags.push(src.diag_at(
+                    Severity::Warning,
+                    "R102",
+                    ll,
+                    0..word_end,
+                    format!(
+                        "this rule is never evaluated: the rule at line {} matches every \
+                         connection and stops evaluation (mark this rule /always, or move it \
+                         earlier)",
+                        e.lineno
+                    ),
+                ));
+                break;
+            }
+        }
+    }
+}
