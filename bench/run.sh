@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# bench/run.sh: connections per second and p50/p99 latency of portnanny (run, msg, drop) against
+# tcpserver serving the same trivial handler, at several concurrencies, in one interleaved run;
+# then the parent's and classifier's RSS idle and with HOLD held connections.
+#
+# Usage: bench/run.sh            (env: DURATION=5 CONCS="1 8 64" HOLD=1000 CARGO_TARGET_DIR=...)
+# Everything listens on 127.0.0.1 only; rules are IP-only, tcpserver runs with -H -R -l 0, so no
+# DNS query is made. Every process this script starts is killed by pid on exit.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+if [ -d "$HOME/.cargo/bin" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+DURATION=${DURATION:-5}
+CONCS=${CONCS:-"1 8 64"}
+HOLD=${HOLD:-1000}
+HANDLER=(/bin/echo hello)
+target=${CARGO_TARGET_DIR:-$root/target}
+
+command -v tcpserver >/dev/null || { echo "bench: tcpserver missing (apt-get install ucspi-tcp)" >&2; exit 1; }
+
+echo "bench: building (release)..." >&2
+cargo build -q --release --bin portnanny --manifest-path "$root/Cargo.toml" --target-dir "$target"
+cargo build -q --release --manifest-path "$here/loadgen/Cargo.toml"
+PN="$target/release/portnanny"
+LG="$here/loadgen/target/release/portnanny-loadgen"
+
+work=$(mktemp -d /tmp/portnanny-bench.XXXXXX)
+chmod 0755 "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    sleep 0.3
+    for p in "${pids[@]}"; do
+        kill -9 "$p" 2>/dev/null || true
+    done
+    if [ -z "${KEEP:-}" ]; then rm -rf "$work"; else echo "bench: kept $work" >&2; fi
+}
+trap cleanup EXIT
+
+# Held connections and their services need descriptors.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q LISTEN; }
+
+free_port() {
+    local p tries=0
+    while :; do
+        p=$(( 20000 + RANDOM % 20000 ))
+        listening "$p" || { echo "$p"; return; }
+        tries=$((tries + 1))
+        [ "$tries" -lt 100 ] || { echo "bench: no free port" >&2; exit 1; }
+    done
+}
+
+wait_listen() {
+    local port=$1 pid=$2 i
+    for i in $(seq 1 200); do
+        listening "$port" && return 0
+        kill -0 "$pid" 2>/dev/null || { echo "bench: server $pid died; log:" >&2; cat "$work"/*.log >&2; exit 1; }
+        sleep 0.05
+    done
+    echo "bench: port $port never listened" >&2
+    exit 1
+}
+
+# start_pn NAME ACTION -> sets PORT_<NAME>, PID_<NAME>
+start_pn() {
+    local name=$1 action=$2 port
+    port=$(free_port)
+    mkdir -p "$work/$name" "$work/$name-empty"
+    chmod 0755 "$work/$name" "$work/$name-empty"
+    printf 'all: ALL\n' > "$work/$name/rules"
+    printf 'all: %s\n' "$action" > "$work/$name/actions"
+    {
+        printf 'rulefile %s\nactionfile %s\nlisten %s@127.0.0.1\n' \
+            "$work/$name/rules" "$work/$name/actions" "$port"
+        if [ "$(id -u)" -eq 0 ]; then
+            printf 'chrootdir %s\nprivsepuser nobody\n' "$work/$name-empty"
+        fi
+    } > "$work/$name/nanny.conf"
+    "$PN" "$work/$name/nanny.conf" 2> "$work/$name.log" &
+    local pid=$!
+    pids+=("$pid")
+    wait_listen "$port" "$pid"
+    printf -v "PORT_$name" '%s' "$port"
+    printf -v "PID_$name" '%s' "$pid"
+}
+
+start_tcpserver() {
+    local port
+    port=$(free_port)
+    tcpserver -q -H -R -l 0 -b 1024 -c 1024 127.0.0.1 "$port" "${HANDLER[@]}" 2> "$work/tcpserver.log" &
+    local pid=$!
+    pids+=("$pid")
+    wait_listen "$port" "$pid"
+    PORT_tcpserver=$port
+}
+
+start_tcpserver
+start_pn run "run ${HANDLER[*]}"
+start_pn msg 'msg hello%(nl)s'
+start_pn drop 'drop'
+
+declare -A expect=([tcpserver]='hello\n' [run]='hello\n' [msg]='hello\n' [drop]='')
+declare -A rate p50 p99 errs
+servers=(tcpserver run msg drop)
+
+echo "bench: ${DURATION}s per cell, concurrency $CONCS, handler '${HANDLER[*]}'" >&2
+net=100
+for c in $CONCS; do
+    for s in "${servers[@]}"; do
+        portvar="PORT_$s"
+        net=$(( net + 1 ))
+        # Short warm-up, then the measured run.
+        "$LG" fetch --addr "127.0.0.1:${!portvar}" --concurrency "$c" --duration 0.5 \
+            --expect "${expect[$s]}" --src-net "$net" > /dev/null 2>&1 || true
+        line=$("$LG" fetch --addr "127.0.0.1:${!portvar}" --concurrency "$c" \
+            --duration "$DURATION" --expect "${expect[$s]}" --src-net "$net" 2> "$work/lg.err")
+        echo "  $s c=$c: $line" >&2
+        if [ -s "$work/lg.err" ]; then sed 's/^/    /' "$work/lg.err" >&2; fi
+        for kv in $line; do
+            k=${kv%%=*}; v=${kv#*=}
+            case $k in
+                rate) rate[$s,$c]=$v ;;
+                p50_ms) p50[$s,$c]=$v ;;
+                p99_ms) p99[$s,$c]=$v ;;
+                errors) errs[$s,$c]=$v ;;
+            esac
+        done
+    done
+done
+
+echo
+printf '%-10s %5s %10s %9s %9s %8s %12s\n' server conc conn/s p50_ms p99_ms errors vs_tcpserver
+for c in $CONCS; do
+    for s in "${servers[@]}"; do
+        base=${rate[tcpserver,$c]:-0}
+        ratio=$(awk -v a="${rate[$s,$c]:-0}" -v b="$base" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }')
+        printf '%-10s %5s %10s %9s %9s %8s %12s\n' "$s" "$c" "${rate[$s,$c]:-?}" \
+            "${p50[$s,$c]:-?}" "${p99[$s,$c]:-?}" "${errs[$s,$c]:-?}" "$ratio"
+    done
+done
+
+# RSS: a fresh instance whose service announces itself and holds the connection.
+printf '#!/bin/sh\necho held\nexec cat >/dev/null\n' > "$work/hold.sh"
+chmod 0755 "$work/hold.sh"
+start_pn hold "run $work/hold.sh"
+sleep 1
+classifier_of() {
+    local ppid=$1 p
+    for p in $(ps -o pid= --ppid "$ppid"); do
+        if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- '--privsep-role classifier'; then
+            echo "$p"
+            return
+        fi
+    done
+}
+rss() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+cpid=$(classifier_of "$PID_hold")
+idle_parent=$(rss "$PID_hold")
+idle_class=$( [ -n "$cpid" ] && rss "$cpid" || echo "?")
+
+mkfifo "$work/holdctl"
+"$LG" hold --addr "127.0.0.1:$PORT_hold" --count "$HOLD" --duration 300 --src-net 90 \
+    < "$work/holdctl" > "$work/hold.out" 2>&1 &
+lgpid=$!
+pids+=("$lgpid")
+exec 9> "$work/holdctl"
+for i in $(seq 1 1200); do
+    grep -q '^held=' "$work/hold.out" 2>/dev/null && break
+    sleep 0.1
+done
+held_line=$(cat "$work/hold.out")
+sleep 1
+cpid=$(classifier_of "$PID_hold")
+held_parent=$(rss "$PID_hold")
+held_class=$( [ -n "$cpid" ] && rss "$cpid" || echo "?")
+exec 9>&-
+wait "$lgpid" 2>/dev/null || true
+
+echo
+echo "RSS (KiB)        idle    with $HOLD held ($held_line)"
+printf 'parent      %10s %10s\n' "$idle_parent" "$held_parent"
+printf 'classifier  %10s %10s\n' "$idle_class" "$held_class"

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): formatting, lints, every test of the workspace,
+# and a build of the fuzz workspace. Runs every step even after a failure and ends with one
+# summary line; exits non-zero if any step failed.
+#
+# The end-to-end tests start the real daemon; as root (CI) they also check the privilege drop,
+# run the daemon in private mount namespaces with a loopback dnsmasq as its resolver, and talk
+# to a private rsyslogd. Packages they need: see .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ -d "$HOME/.cargo/bin" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+start=$(date +%s)
+results=()
+failed=0
+
+step() {
+    local name="$1"
+    shift
+    local t0
+    t0=$(date +%s)
+    echo "==> $name: $*"
+    if "$@"; then
+        results+=("$name ok ($(( $(date +%s) - t0 ))s)")
+    else
+        results+=("$name FAILED ($(( $(date +%s) - t0 ))s)")
+        failed=1
+    fi
+}
+
+fuzz_build() {
+    if [ ! -f fuzz/Cargo.toml ]; then
+        echo "fuzz: no fuzz/Cargo.toml, nothing to build"
+        return 0
+    fi
+    # The fuzz workspace is separate (its own [workspace]); its targets link libFuzzer through
+    # libfuzzer-sys, which builds on stable without cargo-fuzz. Its own target dir keeps it from
+    # invalidating the main build.
+    cargo build --manifest-path fuzz/Cargo.toml --target-dir fuzz/target
+}
+
+step fmt cargo fmt --all --check
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+step test cargo test --workspace
+step fuzz fuzz_build
+
+summary=""
+for r in "${results[@]}"; do
+    summary="${summary:+$summary; }$r"
+done
+total=$(( $(date +%s) - start ))
+if [ "$failed" -eq 0 ]; then
+    echo "test.sh: PASS in ${total}s: ${summary}"
+else
+    echo "test.sh: FAIL in ${total}s: ${summary}"
+fi
+exit "$failed"
