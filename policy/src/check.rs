@@ -1,0 +1,153 @@
+//! Check mode (`portnanny -C`): every error and warning of all three files at once, plus
+//! warnings about how the files fit together.
+//!
+//! Runs in the parent, before any privilege is dropped or socket bound, on the administrator's
+//! files; it only reads the texts it is given. Nothing here changes what a load accepts: the
+//! cross-file findings are warnings, because each of them describes a configuration that works
+//! (a class with actions but no rule is just never used).
+//!
+//! Cross-file warnings:
+//! - W001: a class in the actions file that no rule can produce. Exempt: GLOBAL, the default
+//!   message classes (DEFAULT-REJECT, DEFAULT-IPMAX, DEFAULT-CONNMAX, DEFAULTMSGS), classes that
+//!   other classes `see`, and the aftermaxthreads class.
+//! - W002: the aftermaxthreads class has no action (not in the actions file, or defined without
+//!   drop/run/msg and without any refusal), so overflow connections are just closed.
+//! - W003: a default message class that rules can also produce (the original refused this in
+//!   its check mode; the document advises against it).
+//! - W004 / W005: the rules file has no rules / the actions file defines no classes.
+
+use std::collections::HashSet;
+
+use crate::actions::{parse_actions, DEFAULTMSGS, DEFAULT_CONNMAX, DEFAULT_IPMAX, DEFAULT_REJECT};
+use crate::conf::parse_conf_positions;
+use crate::facts::GLOBAL;
+use crate::rules::parse_rules;
+use crate::source::{Diagnostic, Severity, SourceFile};
+
+const DEFAULT_CLASSES: [&str; 4] = [DEFAULT_REJECT, DEFAULT_IPMAX, DEFAULT_CONNMAX, DEFAULTMSGS];
+
+/// Parses all three files and returns every diagnostic, in file order (nanny.conf, rules,
+/// actions) and by position within each file. `rules`/`actions` are `(name, text)`; None when the
+/// caller could not read the file (and reports that itself).
+pub fn check_all(
+    conf: (&str, &str),
+    rules: Option<(&str, &str)>,
+    actions: Option<(&str, &str)>,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let (conf_parsed, conf_pos) = parse_conf_positions(conf.0, conf.1);
+    out.extend(conf_parsed.diagnostics);
+    let conf_value = conf_parsed.value;
+
+    let rule_classes: Option<Vec<String>> = rules.and_then(|(name, text)| {
+        let parsed = parse_rules(name, text);
+        out.extend(parsed.diagnostics);
+        let rules = parsed.value?;
+        if rules.is_empty() {
+            out.push(SourceFile::new(name, text).diagnostic(
+                Severity::Warning,
+                "W004",
+                1,
+                1,
+                1,
+                "the rules file has no rules, so every connection will be closed".to_owned(),
+            ));
+        }
+        Some(rules.class_names())
+    });
+
+    let actions_value = actions.and_then(|(name, text)| {
+        let parsed = parse_actions(name, text);
+        out.extend(parsed.diagnostics);
+        let acts = parsed.value?;
+        if acts.is_empty() {
+            out.push(
+                SourceFile::new(name, text).diagnostic(
+                    Severity::Warning,
+                    "W005",
+                    1,
+                    1,
+                    1,
+                    "the actions file defines no classes, so every connection will be closed"
+                        .to_owned(),
+                ),
+            );
+        }
+        Some((SourceFile::new(name, text), acts))
+    });
+
+    let after = conf_value
+        .as_ref()
+        .and_then(|c| c.aftermaxthreads.as_deref());
+
+    if let (Some(produced), Some((asrc, acts))) = (&rule_classes, &actions_value) {
+        let produced: HashSet<&str> = produced.iter().map(String::as_str).collect();
+        let see_targets: HashSet<&str> = acts.iter().filter_map(|c| c.see.as_deref()).collect();
+        for c in acts.iter() {
+            let name = c.name.as_str();
+            let width = u32::try_from(name.chars().count()).unwrap_or(1);
+            let is_default = DEFAULT_CLASSES.contains(&name);
+            if is_default && produced.contains(name) {
+                out.push(asrc.diagnostic(
+                    Severity::Warning,
+                    "W003",
+                    c.lineno,
+                    1,
+                    width,
+                    format!(
+                        "'{name}' supplies default messages, but rules can also put connections \
+                         in it; use another name for the rules' class"
+                    ),
+                ));
+            }
+            if produced.contains(name)
+                || name == GLOBAL
+                || is_default
+                || see_targets.contains(name)
+                || after == Some(name)
+            {
+                continue;
+            }
+            out.push(asrc.diagnostic(
+                Severity::Warning,
+                "W001",
+                c.lineno,
+                1,
+                width,
+                format!(
+                    "no rule puts connections in class '{name}', so this action rule is never used"
+                ),
+            ));
+        }
+    }
+
+    if let (Some(class), Some((_, acts)), Some((line, col, width))) =
+        (after, &actions_value, conf_pos.aftermaxthreads)
+    {
+        let acting = acts
+            .by_name(class)
+            .is_some_and(|c| c.has_action() || !c.limits.is_empty());
+        if !acting {
+            out.push(SourceFile::new(conf.0, conf.1).diagnostic(
+                Severity::Warning,
+                "W002",
+                line,
+                col,
+                width,
+                format!(
+                    "aftermaxthreads class '{class}' has no action (drop, run, msg or a refusal) \
+                     in the actions file, so connections over the thread limit are just closed"
+                ),
+            ));
+        }
+    }
+
+    let rank = |file: &str| -> usize {
+        [Some(conf.0), rules.map(|r| r.0), actions.map(|a| a.0)]
+            .iter()
+            .position(|n| *n == Some(file))
+            .unwrap_or(3)
+    };
+    out.sort_by_key(|d| (rank(&d.file), d.line, d.col));
+    out
+}

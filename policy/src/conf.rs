@@ -1,0 +1,526 @@
+//! nanny.conf: the main configuration file, read once at start (and by `-C`).
+//!
+//! Runs in the parent, as root, before anything else; the bytes are the administrator's file.
+//! Every directive takes exactly one argument (`directive ARGUMENT`). All directives except
+//! `listen` may be given once. The file must name the rules file and the actions file and have
+//! at least one `listen`. Every problem is reported (not just the first), each with file, line
+//! and column; the value is returned only when there were none.
+//!
+//! Besides portnanny's own directives this accepts the extensions of this implementation:
+//! `privsepuser`, `chrootdir`, `dnstimeout`, `identdtimeout`, `answersontimeout`, `cachettl` and
+//! `cachesize`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::source::{Diagnostic, LogicalLine, Parsed, Severity, SourceFile};
+use crate::timespec::parse_timespec;
+
+/// The parsed nanny.conf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NannyConf {
+    /// The rules file, as written (the binary resolves a relative path against the directory
+    /// of the configuration file).
+    pub rulefile: String,
+    /// The actions file, as written.
+    pub actionfile: String,
+    /// Where to listen; never empty.
+    pub listens: Vec<Listen>,
+    /// Services run as this user.
+    pub user: Option<String>,
+    /// Forget an address's connection times after this many idle seconds.
+    pub dropipafter: Option<u64>,
+    /// Seconds between expiry sweeps (0: at every connection). Default 60.
+    pub expireevery: u64,
+    pub onfileerror: OnFileError,
+    /// `substitutions on|off`; default on.
+    pub substitutions: bool,
+    /// Rules evaluations at once; 0 (the default) means one at a time.
+    pub maxthreads: u32,
+    /// The class connections get when `maxthreads` evaluations are already running.
+    pub aftermaxthreads: Option<String>,
+    /// Extension: the user the classifier and the resolver run as.
+    pub privsepuser: Option<String>,
+    /// Extension: the classifier's empty root directory (the binary picks a default).
+    pub chrootdir: Option<String>,
+    /// Extension: per-query DNS timeout in milliseconds (default 5000).
+    pub dnstimeout_ms: u32,
+    /// Extension: identd query timeout in milliseconds (default 10000).
+    pub identdtimeout_ms: u32,
+    /// Extension: `answerson:` connect timeout in milliseconds (default 5000).
+    pub answersontimeout_ms: u32,
+    /// Extension: how long the resolver caches an answer, in seconds (default 300).
+    pub cachettl_secs: u32,
+    /// Extension: most entries the resolver caches (default 10000; 0 turns caching off).
+    pub cachesize: u32,
+}
+
+/// One `listen PORT[@IP]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Listen {
+    pub port: u16,
+    /// None: every address of the machine (`PORT`, `PORT@`, `PORT@*`).
+    pub addr: Option<IpAddr>,
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            None => write!(f, "{}@*", self.port),
+            Some(a) => write!(f, "{}@{a}", self.port),
+        }
+    }
+}
+
+/// What to do when a reloaded rules or actions file has an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnFileError {
+    /// Keep using the old version until the new one loads.
+    #[default]
+    UseOld,
+    /// Act as if the file were empty until it loads.
+    Drop,
+}
+
+pub const DEFAULT_EXPIREEVERY: u64 = 60;
+pub const DEFAULT_DNSTIMEOUT_MS: u32 = 5000;
+pub const DEFAULT_IDENTDTIMEOUT_MS: u32 = 10_000;
+pub const DEFAULT_ANSWERSONTIMEOUT_MS: u32 = 5000;
+pub const DEFAULT_CACHETTL_SECS: u32 = 300;
+pub const DEFAULT_CACHESIZE: u32 = 10_000;
+
+/// Every directive nanny.conf knows, in the order the documentation gives them.
+pub const DIRECTIVES: &[&str] = &[
+    "rulefile",
+    "actionfile",
+    "listen",
+    "user",
+    "dropipafter",
+    "expireevery",
+    "onfileerror",
+    "substitutions",
+    "maxthreads",
+    "aftermaxthreads",
+    "privsepuser",
+    "chrootdir",
+    "dnstimeout",
+    "identdtimeout",
+    "answersontimeout",
+    "cachettl",
+    "cachesize",
+];
+
+/// Where some directives were written, for check mode's cross-file warnings.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConfPositions {
+    /// (line, col, width) of the aftermaxthreads argument.
+    pub aftermaxthreads: Option<(u32, u32, u32)>,
+}
+
+/// A whitespace-separated word of a logical line and its byte range there.
+pub(crate) fn words(text: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            if let Some(s) = start.take() {
+                out.push((s, &text[s..i]));
+            }
+        } else if start.is_none() {
+            start = Some(i);
+        }
+    }
+    if let Some(s) = start {
+        out.push((s, &text[s..]));
+    }
+    out
+}
+
+/// Parses nanny.conf.
+pub fn parse_conf(name: &str, text: &str) -> Parsed<NannyConf> {
+    parse_conf_positions(name, text).0
+}
+
+#[derive(Default)]
+struct Builder {
+    seen: HashMap<&'static str, u32>,
+    rulefile: Option<String>,
+    actionfile: Option<String>,
+    listens: Vec<(Listen, u32, u32, u32)>,
+    user: Option<String>,
+    dropipafter: Option<u64>,
+    expireevery: Option<u64>,
+    onfileerror: Option<OnFileError>,
+    substitutions: Option<bool>,
+    maxthreads: Option<u32>,
+    aftermaxthreads: Option<String>,
+    privsepuser: Option<String>,
+    chrootdir: Option<String>,
+    dnstimeout_ms: Option<u32>,
+    identdtimeout_ms: Option<u32>,
+    answersontimeout_ms: Option<u32>,
+    cachettl_secs: Option<u32>,
+    cachesize: Option<u32>,
+}
+
+pub(crate) fn parse_conf_positions(name: &str, text: &str) -> (Parsed<NannyConf>, ConfPositions) {
+    let src = SourceFile::new(name, text);
+    let mut diags = Vec::new();
+    let mut pos = ConfPositions::default();
+    let lines = match src.logical_lines() {
+        Ok(l) => l,
+        Err(d) => {
+            return (
+                Parsed {
+                    value: None,
+                    diagnostics: vec![d],
+                },
+                pos,
+            )
+        }
+    };
+    let mut b = Builder::default();
+    for ll in &lines {
+        parse_line(&src, ll, &mut b, &mut diags, &mut pos);
+    }
+
+    // Completeness: these are file-level errors, so they point at the start of the file.
+    let missing = |what: &str, why: &str| {
+        src.diagnostic(
+            Severity::Error,
+            "C006",
+            1,
+            1,
+            1,
+            format!("there is no '{what}' directive; {why}"),
+        )
+    };
+    if b.rulefile.is_none() {
+        diags.push(missing(
+            "rulefile",
+            "the configuration must name the rules file",
+        ));
+    }
+    if b.actionfile.is_none() {
+        diags.push(missing(
+            "actionfile",
+            "the configuration must name the actions file",
+        ));
+    }
+    if b.listens.is_empty() {
+        diags.push(missing(
+            "listen",
+            "the configuration needs at least one 'listen PORT[@IP]'",
+        ));
+    }
+
+    diags.sort_by_key(|d| (d.line, d.col));
+    let has_errors = diags.iter().any(|d| d.severity == Severity::Error);
+    let value = match (b.rulefile, b.actionfile) {
+        (Some(rulefile), Some(actionfile)) if !has_errors => Some(NannyConf {
+            rulefile,
+            actionfile,
+            listens: b.listens.iter().map(|l| l.0).collect(),
+            user: b.user,
+            dropipafter: b.dropipafter,
+            expireevery: b.expireevery.unwrap_or(DEFAULT_EXPIREEVERY),
+            onfileerror: b.onfileerror.unwrap_or_default(),
+            substitutions: b.substitutions.unwrap_or(true),
+            maxthreads: b.maxthreads.unwrap_or(0),
+            aftermaxthreads: b.aftermaxthreads,
+            privsepuser: b.privsepuser,
+            chrootdir: b.chrootdir,
+            dnstimeout_ms: b.dnstimeout_ms.unwrap_or(DEFAULT_DNSTIMEOUT_MS),
+            identdtimeout_ms: b.identdtimeout_ms.unwrap_or(DEFAULT_IDENTDTIMEOUT_MS),
+            answersontimeout_ms: b.answersontimeout_ms.unwrap_or(DEFAULT_ANSWERSONTIMEOUT_MS),
+            cachettl_secs: b.cachettl_secs.unwrap_or(DEFAULT_CACHETTL_SECS),
+            cachesize: b.cachesize.unwrap_or(DEFAULT_CACHESIZE),
+        }),
+        _ => None,
+    };
+    (
+        Parsed {
+            value,
+            diagnostics: diags,
+        },
+        pos,
+    )
+}
+
+fn parse_line(
+    src: &SourceFile,
+    ll: &LogicalLine,
+    b: &mut Builder,
+    diags: &mut Vec<Diagnostic>,
+    pos: &mut ConfPositions,
+) {
+    let ws = words(&ll.text);
+    let Some(&(d_off, dword)) = ws.first() else {
+        return;
+    };
+    let err = |range: std::ops::Range<usize>, code: &'static str, msg: String| {
+        src.diag_at(Severity::Error, code, ll, range, msg)
+    };
+    let dspan = d_off..d_off + dword.len();
+    let Some(&directive) = DIRECTIVES.iter().find(|d| **d == dword) else {
+        diags.push(err(
+            dspan,
+            "C001",
+            format!(
+                "unknown directive '{dword}' (known: {})",
+                DIRECTIVES.join(", ")
+            ),
+        ));
+        return;
+    };
+    let Some(&(a_off, arg)) = ws.get(1) else {
+        diags.push(err(
+            dspan,
+            "C002",
+            format!("'{directive}' needs an argument ({})", usage(directive)),
+        ));
+        return;
+    };
+    if let Some(&(x_off, _)) = ws.get(2) {
+        let end = ll.text.trim_end().len();
+        diags.push(err(
+            x_off..end,
+            "C003",
+            format!(
+                "'{directive}' takes exactly one argument ({}); this is extra",
+                usage(directive)
+            ),
+        ));
+        return;
+    }
+    let aspan = a_off..a_off + arg.len();
+    if directive != "listen" {
+        if let Some(first) = b.seen.get(directive) {
+            diags.push(err(
+                dspan,
+                "C004",
+                format!(
+                    "'{directive}' may be given only once; it was already given on line {first}"
+                ),
+            ));
+            return;
+        }
+        b.seen.insert(directive, ll.lineno);
+    }
+    let bad = |msg: String| err(aspan.clone(), "C005", msg);
+    match directive {
+        "rulefile" => b.rulefile = Some(arg.to_owned()),
+        "actionfile" => b.actionfile = Some(arg.to_owned()),
+        "user" => b.user = Some(arg.to_owned()),
+        "privsepuser" => b.privsepuser = Some(arg.to_owned()),
+        "chrootdir" => b.chrootdir = Some(arg.to_owned()),
+        "aftermaxthreads" => {
+            let (line, col) = src.position(ll, a_off);
+            pos.aftermaxthreads = Some((line, col, arg.chars().count() as u32));
+            b.aftermaxthreads = Some(arg.to_owned());
+        }
+        "listen" => match parse_listen(arg) {
+            Ok(l) => {
+                let (line, col) = src.position(ll, a_off);
+                if let Some(clash) = listen_clash(&b.listens, &l) {
+                    diags.push(err(aspan.clone(), "C007", clash));
+                }
+                b.listens.push((l, line, col, arg.chars().count() as u32));
+            }
+            Err(msg) => diags.push(bad(msg)),
+        },
+        "dropipafter" => match parse_timespec(arg) {
+            Ok(s) => b.dropipafter = Some(s),
+            Err(e) => diags.push(bad(format!("bad time '{arg}': {e}"))),
+        },
+        // The document allows a bare '0' ("at every connection").
+        "expireevery" if arg == "0" => b.expireevery = Some(0),
+        "expireevery" => match parse_timespec(arg) {
+            Ok(s) => b.expireevery = Some(s),
+            Err(e) => diags.push(bad(format!("bad time '{arg}': {e}"))),
+        },
+        "onfileerror" => match arg {
+            "use-old" => b.onfileerror = Some(OnFileError::UseOld),
+            "drop" => b.onfileerror = Some(OnFileError::Drop),
+            _ => diags.push(bad(format!(
+                "onfileerror must be 'use-old' or 'drop', not '{arg}'"
+            ))),
+        },
+        "substitutions" => match arg {
+            "on" => b.substitutions = Some(true),
+            "off" => b.substitutions = Some(false),
+            _ => diags.push(bad(format!(
+                "substitutions must be 'on' or 'off', not '{arg}'"
+            ))),
+        },
+        "maxthreads" => match parse_u32(arg) {
+            Some(n) => b.maxthreads = Some(n),
+            None => diags.push(bad(format!(
+                "maxthreads must be a whole number (0 or more), not '{arg}'"
+            ))),
+        },
+        "cachesize" => match parse_u32(arg) {
+            Some(n) => b.cachesize = Some(n),
+            None => diags.push(bad(format!(
+                "cachesize must be a whole number of entries, not '{arg}'"
+            ))),
+        },
+        "cachettl" => match parse_timespec(arg).ok().and_then(|s| u32::try_from(s).ok()) {
+            Some(s) => b.cachettl_secs = Some(s),
+            None => diags.push(bad(format!(
+                "bad time '{arg}': a time is a whole number followed by s, m, h or d"
+            ))),
+        },
+        "dnstimeout" | "identdtimeout" | "answersontimeout" => match parse_timeout_ms(arg) {
+            Ok(ms) => {
+                let slot = match directive {
+                    "dnstimeout" => &mut b.dnstimeout_ms,
+                    "identdtimeout" => &mut b.identdtimeout_ms,
+                    _ => &mut b.answersontimeout_ms,
+                };
+                *slot = Some(ms);
+            }
+            Err(msg) => diags.push(bad(msg)),
+        },
+        _ => {
+            // DIRECTIVES and this match are kept in step; an unmatched name is our bug, and
+            // reporting it beats a panic in the parent.
+            diags.push(err(
+                dspan,
+                "C001",
+                format!("directive '{directive}' is not implemented"),
+            ));
+        }
+    }
+}
+
+fn usage(directive: &str) -> &'static str {
+    match directive {
+        "rulefile" | "actionfile" => "a file name",
+        "listen" => "PORT or PORT@IP",
+        "user" | "privsepuser" => "a user name",
+        "dropipafter" | "cachettl" => "a time such as 30s, 10m, 2h or 1d",
+        "expireevery" => "a time such as 30s, 10m, 2h or 1d, or 0",
+        "onfileerror" => "use-old or drop",
+        "substitutions" => "on or off",
+        "maxthreads" | "cachesize" => "a number",
+        "aftermaxthreads" => "a class name",
+        "chrootdir" => "a directory",
+        "dnstimeout" | "identdtimeout" | "answersontimeout" => "a time such as 500ms, 5s or 1m",
+        _ => "one argument",
+    }
+}
+
+fn parse_u32(arg: &str) -> Option<u32> {
+    let digits = arg.strip_prefix('+').unwrap_or(arg);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A timeout: `NNNms`, or a TIMESPEC. Must be more than zero and fit in 32-bit milliseconds.
+fn parse_timeout_ms(arg: &str) -> Result<u32, String> {
+    let ms: u64 = if let Some(digits) = arg.strip_suffix("ms") {
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "bad timeout '{arg}': milliseconds must be a whole number, as in 500ms"
+            ));
+        }
+        digits
+            .parse()
+            .map_err(|_| format!("bad timeout '{arg}': too large"))?
+    } else {
+        let secs =
+            parse_timespec(arg).map_err(|e| format!("bad timeout '{arg}': {e}, or NNNms"))?;
+        secs.checked_mul(1000)
+            .ok_or_else(|| format!("bad timeout '{arg}': too large"))?
+    };
+    if ms == 0 {
+        return Err(format!(
+            "bad timeout '{arg}': a timeout must be more than zero"
+        ));
+    }
+    u32::try_from(ms).map_err(|_| format!("bad timeout '{arg}': at most 4294967295ms"))
+}
+
+/// Parses `PORT`, `PORT@`, `PORT@*`, `PORT@IP` (IPv4 or IPv6, optionally in brackets).
+pub fn parse_listen(arg: &str) -> Result<Listen, String> {
+    let (port_s, host) = match arg.split_once('@') {
+        Some((p, h)) => (p, h),
+        None => (arg, ""),
+    };
+    if port_s.is_empty() || port_s == "*" {
+        return Err(format!(
+            "listen needs a port number, as in 80 or 80@127.0.0.1; '{arg}' has none"
+        ));
+    }
+    let port = match parse_u32(port_s) {
+        Some(p) if (1..=65535).contains(&p) => p as u16,
+        Some(_) => return Err(format!("bad port '{port_s}': a port is 1 to 65535")),
+        None if parse_ip(port_s).is_some() => {
+            return Err(format!(
+                "listen needs a port; '{arg}' is only an address (write PORT@{arg})"
+            ))
+        }
+        None => return Err(format!("bad port '{port_s}': a port must be a number")),
+    };
+    let addr = match host {
+        "" | "*" => None,
+        h => match parse_ip(h) {
+            Some(a) => Some(a),
+            None => {
+                return Err(format!(
+                    "bad address '{h}': listen takes a numeric IPv4 or IPv6 address or '*'"
+                ))
+            }
+        },
+    };
+    Ok(Listen { port, addr })
+}
+
+/// A numeric address. IPv4 octets may have leading zeros (portnanny accepted `001.010.090.05`,
+/// meaning decimal); IPv6 may be written in brackets.
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    let s = s
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(s);
+    if let Ok(a) = s.parse::<IpAddr>() {
+        return Some(a);
+    }
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.len() != 4 {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    for (o, p) in octets.iter_mut().zip(&parts) {
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = p.parse().ok()?;
+    }
+    Some(IpAddr::V4(Ipv4Addr::from(octets)))
+}
+
+/// The operating system will not bind PORT on every address and PORT on one address at the same
+/// time, nor the same PORT@IP twice.
+fn listen_clash(earlier: &[(Listen, u32, u32, u32)], new: &Listen) -> Option<String> {
+    for (l, line, _, _) in earlier {
+        if l.port != new.port {
+            continue;
+        }
+        if l == new {
+            return Some(format!("'listen {new}' was already given on line {line}"));
+        }
+        if l.addr.is_none() || new.addr.is_none() {
+            return Some(format!(
+                "port {} is listened on for all addresses and for one address (line {line}); \
+                 the operating system does not allow both",
+                new.port
+            ));
+        }
+    }
+    None
+}

@@ -1,0 +1,753 @@
+//! `%(name)s` substitution: turning a decision into the command line, environment, message and
+//! log lines for one connection.
+//!
+//! Runs in the parent, with the parent's own actions table; the facts come from the
+//! classifier's verdict (already validated into newtypes by the receiver) and from the accepted
+//! socket. The templates are the administrator's. Nothing here can make a command run that the
+//! actions file does not name: `run`/`failrun` are split into words before substitution, so a
+//! value with spaces never becomes extra arguments.
+//!
+//! Formatting follows the Python `%` operator with a mapping, which portnanny used: `%%` is a
+//! percent sign, `%(name)` is followed by optional flags (`#0- +`), width, `.precision`, a
+//! length letter (ignored) and a conversion (`s r a d i u o x X c f F`). Numbers (ports, line
+//! numbers, seconds) format with `d`; strings with `d` are an error, as in Python. A `%` that is
+//! not `%%` or `%(name)...` is an error (Python would format the whole mapping or fail).
+//!
+//! Names: built-ins win over `subst` names only when the built-in is defined for this
+//! connection (hostname facts only when looked up, identd only when it answered, and so on);
+//! an unknown name, or a built-in that is undefined and has no `subst`, is an error that names
+//! the class, the directive and the name. `subst` values are expanded once, in chain order, each
+//! seeing the ones before it. `record` strings see no `subst` names.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::actions::{Actions, ClassAction};
+use crate::decide::{faillog_source, failmsg_source, Decision, Disposition, Refusal};
+use crate::facts::{Classification, HostInfo, MatchedClass, SeenTimes};
+
+/// Every built-in substitution name.
+pub const BUILTINS: &[&str] = &[
+    "ip",
+    "remport",
+    "localip",
+    "port",
+    "hnstatus",
+    "claimedhn",
+    "hostname",
+    "identd",
+    "seensince",
+    "lastseen",
+    "connsum",
+    "connipsum",
+    "class",
+    "lineno",
+    "label",
+    "cr",
+    "nl",
+    "eol",
+    "limit",
+];
+
+/// Internal default `log` message (accepted connection).
+pub const DEFAULT_LOG: &str = "class %(class)s accepts %(connsum)s";
+/// Internal default `faillog` message for `reject`.
+pub const DEFAULT_REJECT_LOG: &str = "class %(class)s rejects %(connsum)s";
+/// Internal default `faillog` message for a connection limit.
+pub const DEFAULT_LIMIT_LOG: &str = "class %(class)s refuses %(connsum)s: %(limit)s limit reached";
+
+/// What the parent knows about a connection when it renders the decision.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpandFacts<'a> {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    /// Hostname lookup result, if the rules looked the host up.
+    pub host: Option<&'a HostInfo>,
+    /// The identd answer, if the rules asked and identd answered.
+    pub identd: Option<&'a str>,
+    /// First/last seen, if the rules consulted the history.
+    pub seen: Option<SeenTimes>,
+    pub classes: &'a Classification,
+}
+
+/// A log line and whether the class asked for `norepeatlog` (the caller compares it with the
+/// last log line it wrote).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub text: String,
+    pub norepeat: bool,
+}
+
+/// Everything the parent needs to carry out a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// Run / FailRun: the argv.
+    pub argv: Option<Result<Vec<String>, ExpandError>>,
+    /// `setenv` values for Run / FailRun (empty otherwise), merged through `see`.
+    pub env: Result<Vec<(String, String)>, ExpandError>,
+    /// Msg / FailMsg: the text to send.
+    pub message: Option<Result<String, ExpandError>>,
+    /// The `log` / `faillog` line, including defaults, when the decision says to log.
+    pub log: Option<Result<LogLine, ExpandError>>,
+    /// One per `decision.records`, in the same order.
+    pub records: Vec<Result<String, ExpandError>>,
+}
+
+/// What went wrong with a substitution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExpandErrorKind {
+    /// `%(name)...` where name is neither a built-in nor a `subst` name.
+    Unknown(String),
+    /// A built-in that is not defined for this connection (and no `subst` of that name).
+    Undefined(String),
+    /// A malformed or unsupported format (`%` alone, a bad conversion, `%(ip)d`...).
+    BadFormat(String),
+    /// The decision names a directive the class does not have (tables out of step).
+    Missing,
+    /// The decision names a class index the table does not have.
+    NoSuchClass(u32),
+}
+
+/// A substitution error: the class whose text failed, the directive, and what failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpandError {
+    /// The class whose directive holds the text (a see target or default class included).
+    pub class: String,
+    /// The directive (`run`, `faillog`, `setenv NAME`, `subst NAME`...).
+    pub directive: String,
+    /// The action class it was rendered for, when that is a different class.
+    pub for_class: Option<String>,
+    pub kind: ExpandErrorKind,
+}
+
+impl fmt::Display for ExpandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "class {}, {}", self.class, self.directive)?;
+        if let Some(c) = &self.for_class {
+            write!(f, " (used for class {c})")?;
+        }
+        match &self.kind {
+            ExpandErrorKind::Unknown(n) => {
+                write!(f, ": %({n})s is not a known substitution")
+            }
+            ExpandErrorKind::Undefined(n) => {
+                write!(f, ": %({n})s is not defined for this connection")
+            }
+            ExpandErrorKind::BadFormat(why) => write!(f, ": {why}"),
+            ExpandErrorKind::Missing => write!(f, ": the class has no such directive"),
+            ExpandErrorKind::NoSuchClass(i) => {
+                write!(f, ": no class number {i} in the actions table")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ExpandError {}
+
+/// A value a name expands to. Numbers stay numbers so `%(port)d` works as in the original.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+}
+
+impl Value {
+    fn as_text(&self) -> String {
+        match self {
+            Value::Str(s) => s.clone(),
+            Value::Int(n) => n.to_string(),
+        }
+    }
+}
+
+/// The built-in names for one class of one connection.
+struct Builtins<'a> {
+    facts: &'a ExpandFacts<'a>,
+    class: &'a str,
+    matched: Option<&'a MatchedClass>,
+    limit: Option<&'static str>,
+}
+
+impl Builtins<'_> {
+    fn get(&self, name: &str) -> Option<Value> {
+        let f = self.facts;
+        let s = |v: &str| Some(Value::Str(v.to_owned()));
+        let ip = f.remote.ip().to_string();
+        let hostname = || {
+            f.host
+                .and_then(HostInfo::verified)
+                .map_or_else(|| ip.clone(), str::to_owned)
+        };
+        let who = || match f.identd {
+            Some(id) if !id.is_empty() => format!("{id}@"),
+            _ => String::new(),
+        };
+        match name {
+            "ip" => Some(Value::Str(ip.clone())),
+            "remport" => Some(Value::Int(i64::from(f.remote.port()))),
+            "localip" => Some(Value::Str(f.local.ip().to_string())),
+            "port" => Some(Value::Int(i64::from(f.local.port()))),
+            "hnstatus" => f.host.and_then(|h| s(h.status.as_str())),
+            "claimedhn" => f.host.and_then(|h| h.claimed.as_deref()).and_then(s),
+            "hostname" => Some(Value::Str(hostname())),
+            "identd" => f.identd.filter(|i| !i.is_empty()).and_then(s),
+            "seensince" => f
+                .seen
+                .map(|t| Value::Int(i64::try_from(t.first_secs_ago).unwrap_or(i64::MAX))),
+            "lastseen" => f
+                .seen
+                .and_then(|t| t.last_secs_ago)
+                .map(|n| Value::Int(i64::try_from(n).unwrap_or(i64::MAX))),
+            "connsum" => Some(Value::Str(format!("{}{}", who(), hostname()))),
+            "connipsum" => Some(Value::Str(format!("{}{ip}", who()))),
+            "class" => s(self.class),
+            "lineno" => self.matched.map(|m| Value::Int(i64::from(m.lineno))),
+            "label" => self
+                .matched
+                .and_then(|m| m.label.as_deref())
+                .filter(|l| !l.is_empty())
+                .map(|l| Value::Str(l.replace('_', " "))),
+            "cr" => s("\r"),
+            "nl" => s("\n"),
+            "eol" => s("\r\n"),
+            "limit" => self.limit.and_then(s),
+            _ => None,
+        }
+    }
+
+    /// Built-in if defined, else `subst`, else an error saying which.
+    fn lookup(&self, name: &str, subst: &[(String, String)]) -> Result<Value, ExpandErrorKind> {
+        if let Some(v) = self.get(name) {
+            return Ok(v);
+        }
+        if let Some((_, v)) = subst.iter().find(|(n, _)| n == name) {
+            return Ok(Value::Str(v.clone()));
+        }
+        if BUILTINS.contains(&name) {
+            Err(ExpandErrorKind::Undefined(name.to_owned()))
+        } else {
+            Err(ExpandErrorKind::Unknown(name.to_owned()))
+        }
+    }
+}
+
+/// Expands a template with the `%` operator's rules, looking names up with `lookup`.
+pub fn format_template(
+    template: &str,
+    lookup: &dyn Fn(&str) -> Result<Value, ExpandErrorKind>,
+) -> Result<String, ExpandErrorKind> {
+    let bad = |m: String| Err(ExpandErrorKind::BadFormat(m));
+    let mut out = String::with_capacity(template.len());
+    let chars: Vec<char> = template.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c != '%' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let at = i;
+        i += 1;
+        match chars.get(i) {
+            Some('%') => {
+                out.push('%');
+                i += 1;
+                continue;
+            }
+            Some('(') => {}
+            Some(other) => {
+                return bad(format!(
+                    "'%{other}' at character {}: write %(name)s for a substitution or %% for a \
+                     percent sign",
+                    at + 1
+                ))
+            }
+            None => {
+                return bad(format!(
+                    "a lone '%' at the end: write %% for a percent sign (character {})",
+                    at + 1
+                ))
+            }
+        }
+        // The key runs to the matching ')', counting nested parentheses as Python does.
+        let key_start = i + 1;
+        let mut depth = 1;
+        let mut j = key_start;
+        while j < chars.len() {
+            match chars[j] {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+            j += 1;
+        }
+        if j >= chars.len() {
+            return bad(format!("'%(' at character {} has no closing ')'", at + 1));
+        }
+        let key: String = chars[key_start..j].iter().collect();
+        let value = lookup(&key)?;
+        i = j + 1;
+        let mut spec = Spec::default();
+        while let Some(&f) = chars.get(i) {
+            match f {
+                '-' => spec.left = true,
+                '+' => spec.plus = true,
+                ' ' => spec.space = true,
+                '#' => spec.alt = true,
+                '0' => spec.zero = true,
+                _ => break,
+            }
+            i += 1;
+        }
+        let number = |i: &mut usize| -> Result<Option<usize>, ExpandErrorKind> {
+            if chars.get(*i) == Some(&'*') {
+                return Err(ExpandErrorKind::BadFormat(format!(
+                    "'*' in %({key}) needs a number argument, which substitutions cannot give"
+                )));
+            }
+            let s = *i;
+            while chars.get(*i).is_some_and(char::is_ascii_digit) {
+                *i += 1;
+            }
+            if s == *i {
+                return Ok(None);
+            }
+            let digits: String = chars[s..*i].iter().collect();
+            // Python refuses widths this large too; the cap keeps a typo from allocating
+            // gigabytes in the parent.
+            match digits.parse::<usize>() {
+                Ok(n) if n <= 4096 => Ok(Some(n)),
+                _ => Err(ExpandErrorKind::BadFormat(format!(
+                    "width or precision '{digits}' in %({key}) is too large"
+                ))),
+            }
+        };
+        spec.width = number(&mut i)?;
+        if chars.get(i) == Some(&'.') {
+            i += 1;
+            spec.precision = Some(number(&mut i)?.unwrap_or(0));
+        }
+        while matches!(chars.get(i), Some('h' | 'l' | 'L')) {
+            i += 1;
+        }
+        let Some(&conv) = chars.get(i) else {
+            return bad(format!(
+                "%({key}) at character {} has no conversion letter (as in %({key})s)",
+                at + 1
+            ));
+        };
+        i += 1;
+        out.push_str(&convert(&key, &value, conv, &spec)?);
+    }
+    Ok(out)
+}
+
+#[derive(Default)]
+struct Spec {
+    left: bool,
+    plus: bool,
+    space: bool,
+    alt: bool,
+    zero: bool,
+    width: Option<usize>,
+    precision: Option<usize>,
+}
+
+fn pad(body: String, sign_prefix: &str, spec: &Spec, numeric: bool) -> String {
+    let len = body.chars().count() + sign_prefix.chars().count();
+    let width = spec.width.unwrap_or(0);
+    if len >= width {
+        return format!("{sign_prefix}{body}");
+    }
+    let fill = width - len;
+    if spec.left {
+        format!("{sign_prefix}{body}{}", " ".repeat(fill))
+    } else if spec.zero && numeric {
+        format!("{sign_prefix}{}{body}", "0".repeat(fill))
+    } else {
+        format!("{}{sign_prefix}{body}", " ".repeat(fill))
+    }
+}
+
+/// Python 2's repr of a byte string.
+fn py_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::new();
+    out.push(quote);
+    for b in s.bytes() {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'\t' => out.push_str("\\t"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b if b == quote as u8 => {
+                out.push('\\');
+                out.push(quote);
+            }
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+fn convert(key: &str, value: &Value, conv: char, spec: &Spec) -> Result<String, ExpandErrorKind> {
+    let need_number = || {
+        ExpandErrorKind::BadFormat(format!(
+            "%({key}){conv} needs a number, but {key} is text (use %({key})s)"
+        ))
+    };
+    let sign = |n: i64| -> &'static str {
+        if n < 0 {
+            "-"
+        } else if spec.plus {
+            "+"
+        } else if spec.space {
+            " "
+        } else {
+            ""
+        }
+    };
+    match conv {
+        's' | 'r' | 'a' => {
+            let mut text = if conv == 's' {
+                value.as_text()
+            } else {
+                match value {
+                    Value::Str(s) => py_repr(s),
+                    Value::Int(n) => n.to_string(),
+                }
+            };
+            if let Some(p) = spec.precision {
+                text = text.chars().take(p).collect();
+            }
+            Ok(pad(text, "", spec, false))
+        }
+        'd' | 'i' | 'u' | 'x' | 'X' | 'o' => {
+            let Value::Int(n) = value else {
+                return Err(need_number());
+            };
+            let mag = n.unsigned_abs();
+            let mut digits = match conv {
+                'x' => format!("{mag:x}"),
+                'X' => format!("{mag:X}"),
+                'o' => format!("{mag:o}"),
+                _ => mag.to_string(),
+            };
+            if let Some(p) = spec.precision {
+                if digits.len() < p {
+                    digits = format!("{}{digits}", "0".repeat(p - digits.len()));
+                }
+            }
+            let mut prefix = sign(*n).to_owned();
+            if spec.alt {
+                match conv {
+                    'x' => prefix.push_str("0x"),
+                    'X' => prefix.push_str("0X"),
+                    // Python 2's alternate octal form is a leading zero.
+                    'o' if !digits.starts_with('0') => prefix.push('0'),
+                    _ => {}
+                }
+            }
+            Ok(pad(digits, &prefix, spec, true))
+        }
+        'f' | 'F' => {
+            let Value::Int(n) = value else {
+                return Err(need_number());
+            };
+            let p = spec.precision.unwrap_or(6);
+            let mut body = format!("{:.*}", p, n.unsigned_abs() as f64);
+            if spec.alt && p == 0 {
+                body.push('.');
+            }
+            Ok(pad(body, sign(*n), spec, true))
+        }
+        'c' => {
+            let ch = match value {
+                Value::Int(n) => u32::try_from(*n).ok().and_then(char::from_u32),
+                Value::Str(s) if s.chars().count() == 1 => s.chars().next(),
+                Value::Str(_) => None,
+            };
+            match ch {
+                Some(ch) => Ok(pad(ch.to_string(), "", spec, false)),
+                None => Err(ExpandErrorKind::BadFormat(format!(
+                    "%({key})c needs a single character"
+                ))),
+            }
+        }
+        other => Err(ExpandErrorKind::BadFormat(format!(
+            "unsupported conversion '{other}' in %({key}){other} (use %({key})s)"
+        ))),
+    }
+}
+
+/// The expansion context for one class's strings.
+struct Expander<'a> {
+    builtins: Builtins<'a>,
+    subst: Vec<(String, String)>,
+    on: bool,
+}
+
+impl Expander<'_> {
+    fn expand(&self, template: &str) -> Result<String, ExpandErrorKind> {
+        if !self.on {
+            return Ok(template.to_owned());
+        }
+        format_template(template, &|n| self.builtins.lookup(n, &self.subst))
+    }
+}
+
+fn err_for(
+    src: &str,
+    directive: impl Into<String>,
+    action: &str,
+    kind: ExpandErrorKind,
+) -> ExpandError {
+    ExpandError {
+        class: src.to_owned(),
+        directive: directive.into(),
+        for_class: (src != action).then(|| action.to_owned()),
+        kind,
+    }
+}
+
+/// Renders a decision: argv, environment, message, log line and record lines.
+pub fn render(
+    actions: &Actions,
+    decision: &Decision,
+    facts: &ExpandFacts,
+    substitutions: bool,
+) -> Rendered {
+    let limit = decision.refusal.and_then(Refusal::limit_name);
+    let records = decision
+        .records
+        .iter()
+        .map(|&idx| {
+            let Some(rc) = actions.get(idx) else {
+                return Err(ExpandError {
+                    class: String::new(),
+                    directive: "record".to_owned(),
+                    for_class: None,
+                    kind: ExpandErrorKind::NoSuchClass(idx),
+                });
+            };
+            let Some(text) = rc.record.as_deref() else {
+                return Err(err_for(
+                    &rc.name,
+                    "record",
+                    &rc.name,
+                    ExpandErrorKind::Missing,
+                ));
+            };
+            let ex = Expander {
+                builtins: Builtins {
+                    facts,
+                    class: &rc.name,
+                    matched: facts.classes.get(&rc.name),
+                    limit,
+                },
+                subst: Vec::new(),
+                on: substitutions,
+            };
+            ex.expand(text)
+                .map_err(|k| err_for(&rc.name, "record", &rc.name, k))
+        })
+        .collect();
+
+    let mut out = Rendered {
+        argv: None,
+        env: Ok(Vec::new()),
+        message: None,
+        log: None,
+        records,
+    };
+    let Some(ci) = decision.action_class else {
+        return out;
+    };
+    let Some(class) = actions.get(ci) else {
+        let e = ExpandError {
+            class: String::new(),
+            directive: "action".to_owned(),
+            for_class: None,
+            kind: ExpandErrorKind::NoSuchClass(ci),
+        };
+        out.env = Err(e.clone());
+        out.log = decision.log.then(|| Err(e.clone()));
+        match decision.disposition {
+            Disposition::Run | Disposition::FailRun => out.argv = Some(Err(e)),
+            Disposition::Msg | Disposition::FailMsg => out.message = Some(Err(e)),
+            Disposition::Close => {}
+        }
+        return out;
+    };
+    let name = class.name.as_str();
+    let mut ex = Expander {
+        builtins: Builtins {
+            facts,
+            class: name,
+            matched: facts.classes.get(name),
+            limit,
+        },
+        subst: Vec::new(),
+        on: substitutions,
+    };
+
+    // subst values are expanded once, in order, each seeing those before it (which is how
+    // the first class of a chain can feed a later class's subst).
+    let mut subst_err = None;
+    if substitutions {
+        for (k, v) in &class.subst {
+            match ex.expand(v) {
+                Ok(text) => ex.subst.push((k.clone(), text)),
+                Err(kind) => {
+                    let src = source_of(actions, class, &format!("subst {k}"));
+                    subst_err = Some(err_for(src, format!("subst {k}"), name, kind));
+                    break;
+                }
+            }
+        }
+    }
+    // A failed subst spoils every string of the action class, as it did in the original.
+    let run = |src: &str, directive: &str, text: &str| -> Result<String, ExpandError> {
+        if let Some(e) = &subst_err {
+            return Err(e.clone());
+        }
+        ex.expand(text)
+            .map_err(|k| err_for(src, directive, name, k))
+    };
+
+    match decision.disposition {
+        Disposition::Run | Disposition::FailRun => {
+            let (directive, words) = if decision.disposition == Disposition::Run {
+                ("run", class.run.as_ref())
+            } else {
+                ("failrun", class.failrun.as_ref())
+            };
+            let src = source_of(actions, class, directive);
+            out.argv = Some(match words {
+                Some(words) => words.iter().map(|w| run(src, directive, w)).collect(),
+                None => Err(err_for(name, directive, name, ExpandErrorKind::Missing)),
+            });
+            out.env = class
+                .setenv
+                .iter()
+                .map(|(k, v)| {
+                    let src = source_of(actions, class, &format!("setenv {k}"));
+                    run(src, &format!("setenv {k}"), v).map(|t| (k.clone(), t))
+                })
+                .collect();
+        }
+        Disposition::Msg => {
+            let src = source_of(actions, class, "msg");
+            out.message = Some(match &class.msg {
+                Some(m) => run(src, "msg", m),
+                None => Err(err_for(name, "msg", name, ExpandErrorKind::Missing)),
+            });
+        }
+        Disposition::FailMsg => {
+            let found = decision
+                .refusal
+                .and_then(|r| failmsg_source(actions, class, r));
+            out.message = Some(match found {
+                Some((src, m)) => {
+                    let src = if std::ptr::eq(src, class) {
+                        source_of(actions, class, "failmsg")
+                    } else {
+                        src.name.as_str()
+                    };
+                    run(src, "failmsg", m)
+                }
+                None => Err(err_for(name, "failmsg", name, ExpandErrorKind::Missing)),
+            });
+        }
+        Disposition::Close => {}
+    }
+
+    if decision.log {
+        let line = match decision.refusal {
+            None => match &class.log {
+                Some(Some(m)) => {
+                    let src = source_of(actions, class, "log");
+                    run(src, "log", m)
+                }
+                Some(None) => internal(&ex, name, "log", DEFAULT_LOG),
+                None => Err(err_for(name, "log", name, ExpandErrorKind::Missing)),
+            },
+            Some(refusal) => match faillog_source(actions, class, refusal) {
+                Ok(Some((src, m))) => {
+                    let src = if std::ptr::eq(src, class) {
+                        source_of(actions, class, "faillog")
+                    } else {
+                        src.name.as_str()
+                    };
+                    run(src, "faillog", m)
+                }
+                Ok(None) => {
+                    let template = if refusal == Refusal::Reject {
+                        DEFAULT_REJECT_LOG
+                    } else {
+                        DEFAULT_LIMIT_LOG
+                    };
+                    internal(&ex, name, "faillog", template)
+                }
+                Err(()) => Err(err_for(name, "faillog", name, ExpandErrorKind::Missing)),
+            },
+        };
+        out.log = Some(line.map(|text| LogLine {
+            text,
+            norepeat: class.norepeatlog,
+        }));
+    }
+    out
+}
+
+/// Internal default messages are ours, not the administrator's, so they are expanded even when
+/// substitutions are off (the original would have logged the raw template).
+fn internal(
+    ex: &Expander,
+    class: &str,
+    directive: &str,
+    template: &str,
+) -> Result<String, ExpandError> {
+    format_template(template, &|n| ex.builtins.lookup(n, &[]))
+        .map_err(|k| err_for(class, format!("{directive} (built-in default)"), class, k))
+}
+
+/// The class in `class`'s see chain whose own text supplied `directive` (for error messages).
+fn source_of<'a>(actions: &'a Actions, class: &'a ClassAction, directive: &str) -> &'a str {
+    class
+        .chain
+        .iter()
+        .filter_map(|&i| actions.get(i))
+        .find(|c| c.own_directives.iter().any(|d| d == directive))
+        .map_or(class.name.as_str(), |c| c.name.as_str())
+}
+
+/// Looks a name up as a string, for tests and for `-C` style previews.
+pub fn builtin_value(
+    name: &str,
+    facts: &ExpandFacts,
+    class: &str,
+    refusal: Option<Refusal>,
+) -> Option<String> {
+    Builtins {
+        facts,
+        class,
+        matched: facts.classes.get(class),
+        limit: refusal.and_then(Refusal::limit_name),
+    }
+    .get(name)
+    .map(|v| v.as_text())
+}

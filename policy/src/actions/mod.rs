@@ -1,0 +1,161 @@
+//! The actions file: per-class limits, what to do with a connection, and what to log.
+//!
+//! Parsed in the parent (which keeps the table and renders commands, messages and logs from it)
+//! and in the classifier (which needs the limits to decide). The bytes are the administrator's
+//! file. A line is `CLASS: DIRECTIVE [ARGS] [ : DIRECTIVE [ARGS] ...]`, where only a colon with
+//! whitespace on both sides separates directives, so arguments may contain `a: b`.
+//!
+//! Invariants of a loaded [`Actions`]: class names are unique; every `see` target exists and no
+//! chain of `see`s loops; each [`ClassAction`] already holds the values merged along its `see`
+//! chain (the first class in the chain that gives a directive wins; `setenv` and `subst` are
+//! merged name by name, first value winning). `drop`/`run`/`msg` are merged as a group, as are
+//! `failrun`/`failmsg`, because the original picks the first class in the chain that names any
+//! of them and then uses that class's choice.
+
+mod parse;
+mod resolve;
+
+use std::collections::HashMap;
+
+use crate::source::Parsed;
+
+/// Every directive of the actions file, as the documentation lists them.
+pub const DIRECTIVES: &[&str] = &[
+    "run",
+    "msg",
+    "failrun",
+    "failmsg",
+    "drop",
+    "reject",
+    "quiet",
+    "log",
+    "faillog",
+    "norepeatlog",
+    "record",
+    "ipmax",
+    "connmax",
+    "setenv",
+    "subst",
+    "see",
+];
+
+/// The classes the decision procedure looks at for default `faillog`/`failmsg` settings.
+pub const DEFAULT_REJECT: &str = "DEFAULT-REJECT";
+pub const DEFAULT_IPMAX: &str = "DEFAULT-IPMAX";
+pub const DEFAULT_CONNMAX: &str = "DEFAULT-CONNMAX";
+pub const DEFAULTMSGS: &str = "DEFAULTMSGS";
+
+/// One check the decision procedure makes for a class, in the order it makes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `reject`: always refuses.
+    Reject,
+    /// `ipmax N`: refuses when the peer address already has N or more counted connections.
+    IpMax(i64),
+    /// `connmax N`: refuses when the class already has N or more counted connections.
+    ConnMax(i64),
+}
+
+/// One class's action rule, with everything its `see` chain supplies merged in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassAction {
+    pub name: String,
+    /// Line of the actions file where the class is defined.
+    pub lineno: u32,
+    /// `run`: argv, split on whitespace before any substitution.
+    pub run: Option<Vec<String>>,
+    pub msg: Option<String>,
+    /// `failrun`: argv, split on whitespace before any substitution.
+    pub failrun: Option<Vec<String>>,
+    pub failmsg: Option<String>,
+    pub drop: bool,
+    pub reject: bool,
+    pub quiet: bool,
+    /// `log` (Some(None)) or `log MESSAGE` (Some(Some(..))).
+    pub log: Option<Option<String>>,
+    pub faillog: Option<String>,
+    pub norepeatlog: bool,
+    pub record: Option<String>,
+    pub ipmax: Option<i64>,
+    pub connmax: Option<i64>,
+    /// Environment for run/failrun, in chain order, first value of a name winning.
+    pub setenv: Vec<(String, String)>,
+    /// Extra substitutions, in the order they are expanded (chain order, then file order).
+    pub subst: Vec<(String, String)>,
+    /// The class's own `see` target, if any.
+    pub see: Option<String>,
+    /// The `see` chain: this class first, then each class it sees, as table indices.
+    pub chain: Vec<u32>,
+    /// The refusal checks in the order the decision procedure makes them: along the chain,
+    /// `reject`, `ipmax`, `connmax` of each class, each limit only from the first class in the
+    /// chain that sets it (a later, stricter one is shadowed), and nothing after a `reject`.
+    pub limits: Vec<Limit>,
+    /// The directives this class gives itself (not through `see`), as `run`, `log`,
+    /// `setenv NAME`, `subst NAME`...; used to name the right class in error messages.
+    pub own_directives: Vec<String>,
+}
+
+impl ClassAction {
+    /// Whether this class wants something done with accepted connections.
+    pub fn has_action(&self) -> bool {
+        self.drop || self.run.is_some() || self.msg.is_some()
+    }
+}
+
+/// A loaded actions file. Cheap to share between threads (no interior mutability).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Actions {
+    classes: Vec<ClassAction>,
+    index: HashMap<String, u32>,
+}
+
+impl Actions {
+    pub fn index_of(&self, class: &str) -> Option<u32> {
+        self.index.get(class).copied()
+    }
+
+    pub fn get(&self, idx: u32) -> Option<&ClassAction> {
+        self.classes.get(idx as usize)
+    }
+
+    /// The class named `class`, if the file defines it.
+    pub fn by_name(&self, class: &str) -> Option<&ClassAction> {
+        self.index_of(class).and_then(|i| self.get(i))
+    }
+
+    pub fn len(&self) -> usize {
+        self.classes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+
+    /// Class names in file order.
+    pub fn class_names(&self) -> Vec<String> {
+        self.classes.iter().map(|c| c.name.clone()).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ClassAction> {
+        self.classes.iter()
+    }
+}
+
+/// Parses an actions file: every error and warning, and the table when there were no errors.
+pub fn parse_actions(name: &str, text: &str) -> Parsed<Actions> {
+    let (raw, mut diags, src) = parse::parse_file(name, text);
+    let value = resolve::resolve(&src, raw, &mut diags);
+    diags.sort_by_key(|d| (d.line, d.col));
+    let value = if diags
+        .iter()
+        .any(|d| d.severity == crate::source::Severity::Error)
+    {
+        None
+    } else {
+        value
+    };
+    Parsed {
+        value,
+        diagnostics: diags,
+    }
+}

@@ -1,0 +1,411 @@
+//! Reading one actions file line into a class's own directives (before `see` is resolved).
+//!
+//! Runs wherever the actions file is parsed (parent, classifier, `-C`); the bytes are the
+//! administrator's. Each line yields its class (when the `CLASS:` head is well formed) plus one
+//! diagnostic per bad directive, so `-C` can show every mistake at once. A directive that is in
+//! error is left out of the class; the line still counts as a definition of the class, so
+//! duplicate-class and `see` checks stay meaningful.
+
+use std::collections::HashMap;
+
+use crate::source::{Diagnostic, LogicalLine, Severity, SourceFile};
+
+/// A position for a diagnostic made later: physical (line, column, width).
+pub(super) type Pos = (u32, u32, u32);
+
+/// One class's own directives, as written.
+#[derive(Clone, Debug, Default)]
+pub(super) struct RawClass {
+    pub name: String,
+    pub lineno: u32,
+    pub name_pos: Pos,
+    pub run: Option<String>,
+    pub msg: Option<String>,
+    pub failrun: Option<String>,
+    pub failmsg: Option<String>,
+    pub drop: bool,
+    pub reject: bool,
+    pub quiet: bool,
+    pub norepeatlog: bool,
+    pub log: Option<Option<String>>,
+    pub faillog: Option<String>,
+    pub record: Option<String>,
+    pub ipmax: Option<i64>,
+    pub connmax: Option<i64>,
+    pub setenv: Vec<(String, String)>,
+    pub subst: Vec<(String, String)>,
+    pub see: Option<(String, Pos)>,
+}
+
+/// Longest class name the privsep protocol carries.
+const MAX_CLASS_NAME: usize = 256;
+
+/// Splits a file into raw classes plus the diagnostics of every line.
+pub(super) fn parse_file(name: &str, text: &str) -> (Vec<RawClass>, Vec<Diagnostic>, SourceFile) {
+    let src = SourceFile::new(name, text);
+    let mut diags = Vec::new();
+    let mut out = Vec::new();
+    match src.logical_lines() {
+        Ok(lines) => {
+            for ll in &lines {
+                if let Some(c) = parse_line(&src, ll, &mut diags) {
+                    out.push(c);
+                }
+            }
+        }
+        Err(d) => diags.push(d),
+    }
+    (out, diags, src)
+}
+
+/// The byte ranges of the directives of `text[start..]`: split at every colon that has
+/// whitespace on both sides, scanning left to right without overlap (as portnanny did).
+fn split_directives(text: &str, start: usize) -> Vec<std::ops::Range<usize>> {
+    let b = text.as_bytes();
+    let ws = |i: usize| b.get(i).is_some_and(|c| c.is_ascii_whitespace());
+    let mut out = Vec::new();
+    let mut from = start;
+    let mut i = start;
+    while i + 2 < b.len() {
+        if ws(i) && b[i + 1] == b':' && ws(i + 2) {
+            out.push(from..i);
+            from = i + 3;
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    out.push(from..b.len());
+    out
+}
+
+/// `range` with surrounding whitespace removed.
+fn trim_range(text: &str, range: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let s = &text[range.clone()];
+    let lead = s.len() - s.trim_start().len();
+    let t = s.trim();
+    range.start + lead..range.start + lead + t.len()
+}
+
+/// Parses an integer as portnanny did: optional sign, decimal digits.
+fn parse_int(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -> Option<RawClass> {
+    let text = ll.text.as_str();
+    let err = |range: std::ops::Range<usize>, code: &'static str, msg: String| {
+        src.diag_at(Severity::Error, code, ll, range, msg)
+    };
+    let pos_of = |range: std::ops::Range<usize>| -> Pos {
+        let (line, col) = src.position(ll, range.start);
+        let w = text.get(range).map_or(1, |s| s.chars().count().max(1));
+        (line, col, u32::try_from(w).unwrap_or(1))
+    };
+    let head_end = text.find(|c: char| c.is_whitespace()).unwrap_or(text.len());
+    let head = &text[..head_end];
+    let rest_start = text[head_end..]
+        .find(|c: char| !c.is_whitespace())
+        .map(|o| head_end + o);
+    let Some(cname) = head.strip_suffix(':') else {
+        diags.push(err(
+            0..head_end,
+            "A001",
+            format!(
+                "an action rule starts with the class name and a colon ('CLASS: DIRECTIVE ...'); \
+                 '{head}' does not end in ':'"
+            ),
+        ));
+        return None;
+    };
+    if cname.is_empty() {
+        diags.push(err(
+            0..head_end,
+            "A001",
+            "the class name is empty".to_owned(),
+        ));
+        return None;
+    }
+    if cname.len() > MAX_CLASS_NAME || !cname.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        diags.push(err(
+            0..head_end - 1,
+            "A015",
+            format!(
+                "class names are printable ASCII without spaces, at most {MAX_CLASS_NAME} bytes; \
+                 '{cname}' is not"
+            ),
+        ));
+        return None;
+    }
+    let mut class = RawClass {
+        name: cname.to_owned(),
+        lineno: ll.lineno,
+        name_pos: pos_of(0..head_end - 1),
+        ..RawClass::default()
+    };
+    let Some(rest_start) = rest_start else {
+        diags.push(err(
+            0..head_end,
+            "A002",
+            format!("class '{cname}' has no directives; an action rule needs at least one"),
+        ));
+        return Some(class);
+    };
+
+    // Where each directive kind was first given on this line (for duplicate messages).
+    let mut first_at: HashMap<&'static str, u32> = HashMap::new();
+    let mut setenv_at: HashMap<String, u32> = HashMap::new();
+    let mut subst_at: HashMap<String, u32> = HashMap::new();
+    let mut run_like: HashMap<&'static str, std::ops::Range<usize>> = HashMap::new();
+
+    for piece in split_directives(text, rest_start) {
+        let range = trim_range(text, piece.clone());
+        if range.is_empty() {
+            // Point at the colon after the empty directive, or before it at the end of line.
+            let at = if piece.end < text.len() {
+                piece.end + 1
+            } else {
+                piece.start.saturating_sub(2)
+            };
+            diags.push(err(
+                at..at + 1,
+                "A013",
+                "empty directive: a ' : ' separator must sit between two directives".to_owned(),
+            ));
+            continue;
+        }
+        let comp = &text[range.clone()];
+        let kw_len = comp.find(char::is_whitespace).unwrap_or(comp.len());
+        let kw_range = range.start..range.start + kw_len;
+        let kw = &text[kw_range.clone()];
+        let arg_range = trim_range(text, kw_range.end..range.end);
+        let arg = &text[arg_range.clone()];
+        let Some(&directive) = super::DIRECTIVES.iter().find(|d| **d == kw) else {
+            diags.push(err(
+                kw_range,
+                "A003",
+                format!(
+                    "unknown directive '{kw}' (known: {})",
+                    super::DIRECTIVES.join(", ")
+                ),
+            ));
+            continue;
+        };
+        let (kw_line, kw_col) = src.position(ll, kw_range.start);
+        let _ = kw_line;
+        if directive != "setenv" && directive != "subst" {
+            if let Some(col) = first_at.get(directive) {
+                diags.push(err(
+                    kw_range,
+                    "A007",
+                    format!(
+                        "'{directive}' is given twice for class '{cname}' (first at column {col})"
+                    ),
+                ));
+                continue;
+            }
+        }
+        let missing = |what: &str| {
+            err(
+                kw_range.clone(),
+                "A004",
+                format!("'{directive}' needs {what}"),
+            )
+        };
+        let extra = |what: &str| {
+            let hint = if arg == ":" {
+                " (a ':' at the end of a line separates nothing; it is read as an argument)"
+            } else {
+                ""
+            };
+            err(
+                arg_range.clone(),
+                "A005",
+                format!("'{directive}' {what}; '{arg}' is extra{hint}"),
+            )
+        };
+        match directive {
+            "drop" | "reject" | "quiet" | "norepeatlog" => {
+                if !arg.is_empty() {
+                    diags.push(extra("takes no argument"));
+                    continue;
+                }
+                match directive {
+                    "drop" => class.drop = true,
+                    "reject" => class.reject = true,
+                    "quiet" => class.quiet = true,
+                    _ => class.norepeatlog = true,
+                }
+            }
+            "log" => class.log = Some((!arg.is_empty()).then(|| arg.to_owned())),
+            "ipmax" | "connmax" => {
+                if arg.is_empty() {
+                    diags.push(missing("a number"));
+                    continue;
+                }
+                let Some(n) = parse_int(arg) else {
+                    diags.push(err(
+                        arg_range.clone(),
+                        "A006",
+                        format!("'{directive}' takes a whole number, not '{arg}'"),
+                    ));
+                    continue;
+                };
+                if directive == "ipmax" {
+                    class.ipmax = Some(n);
+                } else {
+                    class.connmax = Some(n);
+                }
+            }
+            "run" | "msg" | "failrun" | "failmsg" | "faillog" | "record" => {
+                if arg.is_empty() {
+                    diags.push(missing(match directive {
+                        "run" | "failrun" => "a command",
+                        "record" | "faillog" => "a message to log",
+                        _ => "a message",
+                    }));
+                    continue;
+                }
+                let v = Some(arg.to_owned());
+                match directive {
+                    "run" => class.run = v,
+                    "msg" => class.msg = v,
+                    "failrun" => class.failrun = v,
+                    "failmsg" => class.failmsg = v,
+                    "faillog" => class.faillog = v,
+                    _ => class.record = v,
+                }
+                if matches!(directive, "run" | "msg" | "failrun" | "failmsg") {
+                    let other = match directive {
+                        "run" => "msg",
+                        "msg" => "run",
+                        "failrun" => "failmsg",
+                        _ => "failrun",
+                    };
+                    if run_like.contains_key(other) {
+                        diags.push(err(
+                            kw_range.clone(),
+                            "A009",
+                            format!(
+                                "class '{cname}' has both '{other}' and '{directive}'; \
+                                 only one of them can happen"
+                            ),
+                        ));
+                    }
+                    run_like.insert(directive, kw_range.clone());
+                }
+            }
+            "setenv" | "subst" => {
+                let what = if directive == "setenv" {
+                    "a variable name and a value"
+                } else {
+                    "a substitution name and a value"
+                };
+                if arg.is_empty() {
+                    diags.push(missing(what));
+                    continue;
+                }
+                let nlen = arg.find(char::is_whitespace).unwrap_or(arg.len());
+                let vname = &arg[..nlen];
+                let value = arg[nlen..].trim_start();
+                let name_range = arg_range.start..arg_range.start + nlen;
+                if value.is_empty() {
+                    diags.push(err(
+                        name_range,
+                        "A004",
+                        format!("'{directive} {vname}' needs a value after the name"),
+                    ));
+                    continue;
+                }
+                if directive == "setenv" && (vname.contains('=') || vname.contains('\0')) {
+                    diags.push(err(
+                        name_range,
+                        "A014",
+                        format!("environment variable names cannot contain '=': '{vname}'"),
+                    ));
+                    continue;
+                }
+                let (seen, list) = if directive == "setenv" {
+                    (&mut setenv_at, &mut class.setenv)
+                } else {
+                    (&mut subst_at, &mut class.subst)
+                };
+                if let Some(col) = seen.get(vname) {
+                    diags.push(err(
+                        name_range,
+                        "A008",
+                        format!(
+                            "'{directive} {vname}' is given twice for class '{cname}' \
+                             (first at column {col})"
+                        ),
+                    ));
+                    continue;
+                }
+                seen.insert(vname.to_owned(), kw_col);
+                list.push((vname.to_owned(), value.to_owned()));
+            }
+            "see" => {
+                if arg.is_empty() {
+                    diags.push(missing("the name of a class"));
+                    continue;
+                }
+                if arg.contains(char::is_whitespace) {
+                    let nlen = arg.find(char::is_whitespace).unwrap_or(arg.len());
+                    let extra_range = trim_range(text, arg_range.start + nlen..arg_range.end);
+                    diags.push(err(
+                        extra_range,
+                        "A005",
+                        format!("'see' takes one class name; '{arg}' is more than one word"),
+                    ));
+                    continue;
+                }
+                class.see = Some((arg.to_owned(), pos_of(arg_range.clone())));
+            }
+            _ => {
+                diags.push(err(
+                    kw_range,
+                    "A003",
+                    format!("directive '{directive}' is not implemented"),
+                ));
+                continue;
+            }
+        }
+        first_at.insert(directive, kw_col);
+    }
+    Some(class)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(s: &str) -> Vec<&str> {
+        split_directives(s, 0).into_iter().map(|r| &s[r]).collect()
+    }
+
+    #[test]
+    fn separator_needs_whitespace_on_both_sides() {
+        assert_eq!(pieces("a : b"), vec!["a", "b"]);
+        assert_eq!(pieces("a: b"), vec!["a: b"]);
+        assert_eq!(pieces("a :b"), vec!["a :b"]);
+        assert_eq!(pieces("a\t:\tb"), vec!["a", "b"]);
+        assert_eq!(pieces("a : : b"), vec!["a", ": b"]);
+        assert_eq!(pieces("x :"), vec!["x :"]);
+        assert_eq!(pieces("x : "), vec!["x", ""]);
+    }
+
+    #[test]
+    fn ints() {
+        assert_eq!(parse_int("10"), Some(10));
+        assert_eq!(parse_int("-1"), Some(-1));
+        assert_eq!(parse_int("+3"), Some(3));
+        assert_eq!(parse_int("1 2"), None);
+        assert_eq!(parse_int("a"), None);
+        assert_eq!(parse_int("-"), None);
+        assert_eq!(parse_int("99999999999999999999"), None);
+    }
+}
