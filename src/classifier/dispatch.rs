@@ -31,6 +31,14 @@ use super::{verdict, Loaded, Options, Shared, EXIT_TEMP};
 /// this many concurrent lookups the resolver's own pool is the bottleneck anyway.
 pub const MAX_EVAL_THREADS: usize = 1024;
 
+/// Evaluation threads for a maxthreads setting: at least one (maxthreads 0 evaluates one
+/// connection at a time, like the original's main loop), at most [`MAX_EVAL_THREADS`].
+pub fn pool_size(maxthreads: u32) -> usize {
+    usize::try_from(maxthreads.max(1))
+        .unwrap_or(MAX_EVAL_THREADS)
+        .min(MAX_EVAL_THREADS)
+}
+
 /// Whether the dispatch loop goes on.
 pub(crate) enum Flow {
     Continue,
@@ -146,12 +154,10 @@ impl Dispatcher {
             .lookups
             .set_timeouts(Timeouts::from_settings(&settings));
 
-        let wanted = usize::try_from(settings.maxthreads.max(1))
-            .unwrap_or(MAX_EVAL_THREADS)
-            .min(MAX_EVAL_THREADS);
+        let wanted = pool_size(settings.maxthreads);
         match &self.pool {
             None => {
-                if wanted < settings.maxthreads as usize {
+                if wanted < usize::try_from(settings.maxthreads).unwrap_or(usize::MAX) {
                     self.log(
                         LogLevel::Warning,
                         0,

@@ -18,8 +18,10 @@ use privsep::proto::{
 };
 use privsep::Channel;
 
+use super::dispatch::{pool_size, MAX_EVAL_THREADS};
 use super::facts::{ConnFacts, Observed};
 use super::lookups::{self, Timeouts};
+use super::pool::MAX_QUEUED;
 use super::{serve, verdict, Loaded, Options, Shared};
 
 /// Longest any single expected event may take; generous for a loaded CI machine.
@@ -931,5 +933,45 @@ fn an_or_list_of_five_dnsbl_zones_costs_one_round_trip() {
     assert_eq!(facts.classes[0].lineno, 1);
     assert_eq!(decision.disposition, Disposition::Msg);
     assert!(recv_within(&mut run.resolver, QUIET).is_none());
+    finish(run);
+}
+
+#[test]
+fn pool_size_is_at_least_one_and_capped() {
+    // (maxthreads, threads)
+    let rows = [
+        (0, 1),
+        (1, 1),
+        (8, 8),
+        (MAX_EVAL_THREADS as u32, MAX_EVAL_THREADS),
+        (MAX_EVAL_THREADS as u32 + 1, MAX_EVAL_THREADS),
+        (u32::MAX, MAX_EVAL_THREADS),
+    ];
+    for (maxthreads, want) in rows {
+        assert_eq!(pool_size(maxthreads), want, "maxthreads {maxthreads}");
+    }
+}
+
+#[test]
+fn a_full_queue_closes_the_connection_instead_of_growing() {
+    let mut s = settings(1, None);
+    s.dns_timeout_ms = 3000;
+    let mut run = start(
+        "listed: dnsbl: bl.example.org\n",
+        "listed: msg go away\n",
+        s,
+    );
+    // conn 0 holds the only thread; MAX_QUEUED more fill the queue; the next one overflows.
+    accept(&mut run, 0, "127.0.0.2:4000");
+    expect_lookup(&mut run.resolver);
+    let overflow = MAX_QUEUED as u64 + 1;
+    for conn in 1..=overflow {
+        accept(&mut run, conn, "127.0.0.3:4000");
+    }
+    let (decision, facts) = expect_verdict(&mut run.parent, overflow);
+    assert_eq!(decision.disposition, Disposition::Close);
+    assert_eq!(decision.action_class, None);
+    assert!(!decision.counted);
+    assert!(facts.classes.is_empty());
     finish(run);
 }
