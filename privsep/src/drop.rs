@@ -42,7 +42,8 @@ pub struct DropPlan {
     /// An empty, root-owned directory to chroot into (classifier), or None (resolver: it
     /// needs /etc for the system resolver).
     pub chroot: Option<PathBuf>,
-    /// RLIMIT_NOFILE (soft and hard), or None to leave it.
+    /// RLIMIT_NOFILE (soft and hard; never raised above the current hard limit), or None to
+    /// leave it.
     pub nofile: Option<u64>,
     /// RLIMIT_FSIZE 0: the process can create no file content (classifier).
     pub fsize_zero: bool,
@@ -157,7 +158,13 @@ fn finish(plan: &DropPlan) -> Result<(), DropError> {
         ));
     }
     step("rlimit_core", setrlimit(Resource::RLIMIT_CORE, 0, 0))?;
-    if let Some(n) = plan.nofile {
+    // Only ever lower NOFILE: without root a hard limit cannot be raised, and a limit above
+    // the current one would not be "small" anyway.
+    let nofile = match plan.nofile {
+        Some(n) => Some(n.min(step("rlimit_nofile", getrlimit(Resource::RLIMIT_NOFILE))?.1)),
+        None => None,
+    };
+    if let Some(n) = nofile {
         step("rlimit_nofile", setrlimit(Resource::RLIMIT_NOFILE, n, n))?;
     }
     if plan.fsize_zero {
@@ -171,7 +178,7 @@ fn finish(plan: &DropPlan) -> Result<(), DropError> {
         step("rlimit_fsize", setrlimit(Resource::RLIMIT_FSIZE, 0, 0))?;
     }
     verify::rlimit("verify_rlimits", Resource::RLIMIT_CORE, 0)?;
-    if let Some(n) = plan.nofile {
+    if let Some(n) = nofile {
         verify::rlimit("verify_rlimits", Resource::RLIMIT_NOFILE, n)?;
     }
     if plan.fsize_zero {

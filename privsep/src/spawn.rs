@@ -16,7 +16,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -291,17 +291,16 @@ fn ensure_open(fd: RawFd) -> io::Result<()> {
         .read(true)
         .write(true)
         .open("/dev/null")?;
-    let raw = null.as_raw_fd();
-    if raw == fd {
-        // The lowest free number was the one we wanted; keep it open (no CLOEXEC needed:
-        // workers exec nothing, and std opens with CLOEXEC which we clear for tidiness).
-        let owned = OwnedFd::from(null);
-        fcntl(&owned, FcntlArg::F_SETFD(FdFlag::empty()))?;
-        std::mem::forget(owned);
+    if null.as_raw_fd() == fd {
+        // The lowest free number was the one we wanted: keep it open for the life of the
+        // process, without the CLOEXEC std opened it with (0, 1 and 2 never carry it).
+        fcntl(&null, FcntlArg::F_SETFD(FdFlag::empty()))?;
+        let _kept: RawFd = null.into_raw_fd();
         return Ok(());
     }
-    // SAFETY: dup2 onto a descriptor number we just checked is not open.
-    if unsafe { libc::dup2(raw, fd) } < 0 {
+    // SAFETY: dup2 onto a descriptor number we just checked is not open; `null` (a higher
+    // number) is closed when it goes out of scope.
+    if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
