@@ -1,1 +1,136 @@
-fn main() {}
+//! `portnanny [switches] CONFIGFILE` — and, with the hidden `--privsep-role ROLE UID GID
+//! [CHROOT]` argument, the worker roles.
+//!
+//! Runs first in every process. For the parent: parse the command line, set up logging, hand
+//! over to `parent::run`. For a worker (re-exec'd by the parent through privsep::spawn_worker):
+//! take exactly the descriptors it was given, drop privileges per the plan in argv (the parent
+//! wrote it; privsep::drop verifies the result), then run the role. Worker fd layout:
+//! classifier fd 3 = parent channel, fd 4 = resolver channel; resolver fd 3 = parent channel,
+//! fd 4 = classifier channel.
+//!
+//! Exit codes: 0 normal, 100 usage or configuration error, 111 system error (s6 convention);
+//! `-C` exits 0 when the files have no errors and 1 otherwise.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use nix::unistd::{getppid, Gid, Uid};
+use portnanny::args::{self, Command, RoleArgs};
+use portnanny::exit::{Error, Result, EXIT_SYSTEM};
+use portnanny::log;
+use portnanny::parent::spawn::{cloexec_inherited, ensure_std_fds};
+use privsep::{Channel, DropPlan, Role};
+
+/// RLIMIT_NOFILE of the classifier: its two channels and the standard descriptors; it opens
+/// nothing else.
+const CLASSIFIER_NOFILE: u64 = 64;
+/// RLIMIT_NOFILE of the resolver: one socket per concurrent DNS, identd or answerson lookup.
+const RESOLVER_NOFILE: u64 = 4096;
+
+fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if let Some((role, rest)) = privsep::spawn::worker_role(&argv) {
+        return worker_main(role, rest);
+    }
+    // Before anything is opened: standard fds exist, inherited ones do not leak to services.
+    ensure_std_fds();
+    let cloexec = cloexec_inherited();
+    match run(&argv, cloexec) {
+        Ok(code) => code,
+        Err(e) => {
+            match &e {
+                Error::Usage(m) => {
+                    log::stderr_line(args::DEFAULT_PROGNAME, m);
+                    eprintln!("{}", args::synopsis());
+                }
+                other => {
+                    for line in other.to_string().lines() {
+                        log::crit(line);
+                    }
+                }
+            }
+            e.exit_code()
+        }
+    }
+}
+
+fn run(argv: &[OsString], cloexec: std::io::Result<()>) -> Result<ExitCode> {
+    let mut words = Vec::with_capacity(argv.len());
+    for a in argv.iter().skip(1) {
+        match a.to_str() {
+            Some(s) => words.push(s.to_owned()),
+            None => return Err(Error::Usage(format!("argument is not UTF-8: {a:?}"))),
+        }
+    }
+    let args = match args::parse(&words).map_err(|e| Error::Usage(e.0))? {
+        Command::Help => {
+            println!("{}", args::help());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Version => {
+            println!("portnanny {}", env!("CARGO_PKG_VERSION"));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Run(a) => a,
+    };
+    if args.check {
+        return portnanny::parent::setup::check(&args);
+    }
+    log::init(&args.progname, args.verbosity, args.syslog).map_err(Error::System)?;
+    if let Err(e) = cloexec {
+        return Err(Error::system(
+            "marking inherited descriptors close-on-exec",
+            e,
+        ));
+    }
+    portnanny::parent::run(&args)
+}
+
+/// A worker role: descriptors, privilege drop, then the role's own main.
+fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
+    // ORDER: the parent pid first, before anything can make us outlive it (DropPlan checks it
+    // after arming PDEATHSIG).
+    let parent = getppid();
+    let name = role.as_str();
+    let fail = |what: &str| {
+        log::stderr_line(&format!("portnanny {name}"), what);
+        ExitCode::from(EXIT_SYSTEM)
+    };
+    let words: Option<Vec<String>> = rest.iter().map(|s| s.to_str().map(str::to_owned)).collect();
+    let plan = match words.map(|w| RoleArgs::parse(&w)) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => return fail(&e.0),
+        None => return fail("worker arguments are not UTF-8"),
+    };
+    let fds = match privsep::take_worker_fds(2) {
+        Ok(f) => f,
+        Err(e) => return fail(&format!("descriptors: {e}")),
+    };
+    let mut fds = fds.into_iter();
+    let (Some(fd3), Some(fd4)) = (fds.next(), fds.next()) else {
+        return fail("descriptors: expected two channels");
+    };
+    let drop_plan = DropPlan {
+        uid: Uid::from_raw(plan.uid),
+        gid: Gid::from_raw(plan.gid),
+        chroot: match role {
+            Role::Classifier => plan.chroot.clone(),
+            Role::Resolver => None,
+        },
+        nofile: Some(match role {
+            Role::Classifier => CLASSIFIER_NOFILE,
+            Role::Resolver => RESOLVER_NOFILE,
+        }),
+        fsize_zero: role == Role::Classifier,
+        parent,
+    };
+    if let Err(e) = privsep::demote(&drop_plan) {
+        return fail(&format!("privilege drop failed: {e}"));
+    }
+    match role {
+        Role::Classifier => {
+            portnanny::classifier::run(Channel::from_fd(fd3), Channel::from_fd(fd4))
+        }
+        Role::Resolver => portnanny::resolver::run(Channel::from_fd(fd3), Channel::from_fd(fd4)),
+    }
+}

@@ -1,0 +1,289 @@
+//! Logging for the whole program: stderr by default, syslog (facility daemon) with -l.
+//!
+//! Only the parent writes log lines; workers send `Log` records over their channel and the
+//! parent passes them through [`worker_line`], which caps the length, escapes control
+//! characters and prefixes the role. Anything that came from the network (hostnames, identd
+//! answers) or from a worker goes through [`escape`] before it reaches a log line, so a peer
+//! cannot forge log lines or smuggle terminal escapes to an operator's screen.
+//!
+//! The parent is single-threaded; the mutex only keeps the global sound. Workers use
+//! [`stderr_line`] for the few messages they print before their channel exists.
+//!
+//! Verbosity (-v / -V NUM): 0 shows warnings, errors and the log/faillog/record lines of the
+//! actions file; 1 adds one line per connection decision (verdict, spawn, end, reject); 2 adds
+//! accepts and reload checks; 3 and up add internal detail.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use syslog::{Facility, Formatter3164, LoggerBackend};
+
+/// Severity of a line; mapped to syslog priorities with -l.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Crit,
+    Err,
+    Warning,
+    Notice,
+    Info,
+    Debug,
+}
+
+impl From<privsep::proto::LogLevel> for Level {
+    fn from(l: privsep::proto::LogLevel) -> Level {
+        use privsep::proto::LogLevel as L;
+        match l {
+            L::Crit => Level::Crit,
+            L::Err => Level::Err,
+            L::Warning => Level::Warning,
+            L::Notice => Level::Notice,
+            L::Info => Level::Info,
+            L::Debug => Level::Debug,
+        }
+    }
+}
+
+type Syslog = syslog::Logger<LoggerBackend, Formatter3164>;
+
+enum Target {
+    Stderr,
+    Syslog(Box<Syslog>),
+}
+
+struct State {
+    progname: String,
+    pid: u32,
+    target: Target,
+}
+
+static VERBOSITY: AtomicU8 = AtomicU8::new(0);
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+/// Sets where lines go. With `syslog` true this connects to /dev/log now (while the parent can
+/// still see it); an error is returned so the caller can exit instead of losing every line.
+pub fn init(progname: &str, verbosity: u8, syslog: bool) -> Result<(), String> {
+    VERBOSITY.store(verbosity, Ordering::Relaxed);
+    let pid = std::process::id();
+    let target = if syslog {
+        Target::Syslog(Box::new(connect(progname, pid)?))
+    } else {
+        Target::Stderr
+    };
+    let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    *st = Some(State {
+        progname: progname.to_owned(),
+        pid,
+        target,
+    });
+    Ok(())
+}
+
+fn connect(progname: &str, pid: u32) -> Result<Syslog, String> {
+    // hostname None: the local-socket form `<pri>timestamp ident[pid]: msg`, which every
+    // syslog daemon accepts on /dev/log and which keeps the -p ident as the tag.
+    let f = Formatter3164 {
+        facility: Facility::LOG_DAEMON,
+        hostname: None,
+        process: progname.to_owned(),
+        pid,
+    };
+    syslog::unix(f).map_err(|e| format!("cannot connect to syslog: {e}"))
+}
+
+/// The verbosity set with -v / -V.
+pub fn verbosity() -> u8 {
+    VERBOSITY.load(Ordering::Relaxed)
+}
+
+/// Whether a line needing verbosity `v` is shown; call it before formatting expensive lines.
+pub fn enabled(v: u8) -> bool {
+    verbosity() >= v
+}
+
+/// Writes one line at `level`. The text must already be escaped where it holds foreign bytes.
+pub fn write(level: Level, text: &str) {
+    let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(st) = guard.as_mut() else {
+        stderr_line("portnanny", text);
+        return;
+    };
+    match &mut st.target {
+        Target::Stderr => stderr_pid_line(&st.progname, st.pid, text),
+        Target::Syslog(logger) => {
+            if send(logger, level, text).is_err() {
+                // The daemon may have restarted; reconnect once, then fall back to stderr
+                // rather than lose the line.
+                match connect(&st.progname, st.pid) {
+                    Ok(new) => {
+                        **logger = new;
+                        if send(logger, level, text).is_err() {
+                            stderr_pid_line(&st.progname, st.pid, text);
+                        }
+                    }
+                    Err(_) => stderr_pid_line(&st.progname, st.pid, text),
+                }
+            }
+        }
+    }
+}
+
+fn send(logger: &mut Syslog, level: Level, text: &str) -> Result<(), syslog::Error> {
+    match level {
+        Level::Crit => logger.crit(text),
+        Level::Err => logger.err(text),
+        Level::Warning => logger.warning(text),
+        Level::Notice => logger.notice(text),
+        Level::Info => logger.info(text),
+        Level::Debug => logger.debug(text),
+    }
+}
+
+fn stderr_pid_line(progname: &str, pid: u32, text: &str) {
+    let line = format!("{progname}[{pid}]: {text}\n");
+    // One write per line so lines from several processes sharing stderr do not interleave.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `progname: text` on stderr, for workers and for messages before [`init`].
+pub fn stderr_line(progname: &str, text: &str) {
+    let line = format!("{progname}: {text}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+pub fn crit(text: &str) {
+    write(Level::Crit, text);
+}
+pub fn err(text: &str) {
+    write(Level::Err, text);
+}
+pub fn warn(text: &str) {
+    write(Level::Warning, text);
+}
+pub fn notice(text: &str) {
+    write(Level::Notice, text);
+}
+pub fn info(text: &str) {
+    write(Level::Info, text);
+}
+/// A debug line shown at verbosity `v` and above.
+pub fn debug(v: u8, text: &str) {
+    if enabled(v) {
+        write(Level::Debug, text);
+    }
+}
+
+/// Formats and logs a debug line only when verbosity `$v` is on.
+#[macro_export]
+macro_rules! debug {
+    ($v:expr, $($arg:tt)*) => {
+        if $crate::log::enabled($v) {
+            $crate::log::write($crate::log::Level::Debug, &format!($($arg)*));
+        }
+    };
+}
+
+/// Makes foreign text safe for one log line: backslash, control characters (including
+/// newline and DEL) and everything outside printable ASCII become escapes (`\\`, `\x0a`,
+/// `\u{202e}`), so the result is one line of printable ASCII.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            c if (c as u32) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn cap(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
+
+/// The line the parent logs for a worker's `Log` record: the role, then the record's text capped
+/// at `MAX_LOG_LINE` bytes and escaped.
+pub fn worker_line(role: &str, text: &str) -> String {
+    let capped = cap(text, privsep::proto::MAX_LOG_LINE);
+    let more = if capped.len() < text.len() {
+        " [truncated]"
+    } else {
+        ""
+    };
+    format!("{role}: {}{more}", escape(capped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_rows() {
+        let rows: &[(&str, &str)] = &[
+            ("plain text 1.2.3.4", "plain text 1.2.3.4"),
+            ("a\nb", "a\\x0ab"),
+            ("a\r\n", "a\\x0d\\x0a"),
+            ("\u{1b}[2J", "\\x1b[2J"),
+            ("nul\0", "nul\\x00"),
+            ("del\u{7f}", "del\\x7f"),
+            ("back\\slash", "back\\\\slash"),
+            ("\u{202e}rev", "\\u{202e}rev"),
+            ("caf\u{e9}", "caf\\xe9"),
+            ("tab\there", "tab\\x09here"),
+        ];
+        for (input, want) in rows {
+            assert_eq!(escape(input), *want, "{input:?}");
+        }
+        assert!(matches!(escape("ok"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn escaped_text_is_one_printable_line() {
+        let all: String = (0u32..0x300).filter_map(char::from_u32).collect();
+        let e = escape(&all);
+        assert!(e.bytes().all(|b| (0x20..0x7f).contains(&b)));
+    }
+
+    #[test]
+    fn cap_on_char_boundary() {
+        assert_eq!(cap("abc", 5), "abc");
+        assert_eq!(cap("abcdef", 3), "abc");
+        assert_eq!(cap("a\u{e9}b", 2), "a");
+        assert_eq!(cap("", 0), "");
+    }
+
+    #[test]
+    fn worker_lines_are_capped_prefixed_and_escaped() {
+        assert_eq!(
+            worker_line("classifier", "bad\nline"),
+            "classifier: bad\\x0aline"
+        );
+        let long = "x".repeat(privsep::proto::MAX_LOG_LINE + 10);
+        let line = worker_line("resolver", &long);
+        assert!(line.starts_with("resolver: xxx"));
+        assert!(line.ends_with(" [truncated]"));
+        assert_eq!(
+            line.len(),
+            "resolver: ".len() + privsep::proto::MAX_LOG_LINE + " [truncated]".len()
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! Listening sockets: bind every `listen` of nanny.conf, and accept from them without blocking.
+//!
+//! Runs in the parent (root or not) before any worker exists (binding low ports is the reason
+//! the parent starts privileged). The peers are untrusted; all this code takes from them is the
+//! connection itself and its addresses.
+//!
+//! Invariants: every socket is close-on-exec and non-blocking (`SOCK_CLOEXEC | SOCK_NONBLOCK` at
+//! creation and on accept4), so no service child inherits a listener or another peer's
+//! connection; IPv6 listeners are IPV6_V6ONLY so `listen PORT` binds v4 and v6 separately and a
+//! v4-mapped peer can only appear on an explicit v6 listener, where it is shown as IPv4.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6,
+};
+
+/// Listen backlog: large, because a small backlog drops SYNs under bursts (tcpserver's default of
+/// 20 does at concurrency 64) and the kernel caps it at net.core.somaxconn anyway.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// One bound listening socket.
+#[derive(Debug)]
+pub struct Listener {
+    pub sock: TcpListener,
+    /// The address it is bound to (the port is the real one).
+    pub addr: SocketAddr,
+}
+
+/// Where one `listen` line binds: an explicit address, or both wildcards.
+pub fn addresses(port: u16, addr: Option<IpAddr>) -> Vec<SocketAddr> {
+    match addr {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+        ],
+    }
+}
+
+/// Binds one address. `SO_REUSEADDR` so a restart does not wait out TIME_WAIT.
+pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd: OwnedFd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    match addr {
+        SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
+        SocketAddr::V6(a) => {
+            socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+            socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?;
+        }
+    }
+    socket::listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?;
+    let sock = TcpListener::from(fd);
+    let addr = sock.local_addr()?;
+    Ok(Listener { sock, addr })
+}
+
+/// Binds every listen line. A wildcard line whose IPv6 half cannot be created because the host
+/// has no IPv6 is bound on IPv4 only (the caller gets the skipped address back to log it); any
+/// other failure is an error naming the address.
+pub fn bind_all(
+    lines: &[(u16, Option<IpAddr>)],
+) -> Result<(Vec<Listener>, Vec<SocketAddr>), (SocketAddr, io::Error)> {
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    for (port, ip) in lines {
+        for addr in addresses(*port, *ip) {
+            match bind(addr) {
+                Ok(l) => out.push(l),
+                Err(e) if ip.is_none() && addr.is_ipv6() && no_ipv6(&e) => skipped.push(addr),
+                Err(e) => return Err((addr, e)),
+            }
+        }
+    }
+    Ok((out, skipped))
+}
+
+fn no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
+    )
+}
+
+/// A v4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it is; others unchanged.
+pub fn unmap(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// One accepted connection.
+#[derive(Debug)]
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// What an accept attempt gave.
+#[derive(Debug)]
+pub enum AcceptResult {
+    Conn(Accepted),
+    /// Nothing more to accept now.
+    Empty,
+    /// Out of file descriptors or memory: stop accepting for a moment (the listener would stay
+    /// readable and spin the loop otherwise).
+    Exhausted(io::Error),
+}
+
+/// Accepts one connection (close-on-exec, non-blocking). Errors that belong to one aborted
+/// connection are skipped; the loop is bounded so a storm of them cannot hold the caller.
+pub fn accept(l: &Listener) -> AcceptResult {
+    for _ in 0..64 {
+        let raw = match socket::accept4(
+            l.sock.as_raw_fd(),
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::EAGAIN) => return AcceptResult::Empty,
+            Err(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM) => {
+                return AcceptResult::Exhausted(io::Error::last_os_error())
+            }
+            // ECONNABORTED, EPROTO, EINTR, the network errors accept(2) passes on: this one
+            // connection is gone, try the next.
+            Err(_) => continue,
+        };
+        // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+        let stream = TcpStream::from(unsafe { OwnedFd::from_raw_fd(raw) });
+        let Ok(remote) = stream.peer_addr() else {
+            // The peer already left (ENOTCONN); drop it.
+            continue;
+        };
+        let local = if l.addr.ip().is_unspecified() {
+            match stream.local_addr() {
+                Ok(a) => a,
+                Err(_) => continue,
+            }
+        } else {
+            l.addr
+        };
+        return AcceptResult::Conn(Accepted {
+            stream,
+            remote: unmap(remote),
+            local: unmap(local),
+        });
+    }
+    AcceptResult::Empty
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn unmap_rows() {
+        let rows = [
+            ("[::ffff:192.0.2.7]:4711", "192.0.2.7:4711"),
+            ("192.0.2.7:1", "192.0.2.7:1"),
+            ("[2001:db8::1]:25", "[2001:db8::1]:25"),
+            ("[::1]:25", "[::1]:25"),
+        ];
+        for (input, want) in rows {
+            let a: SocketAddr = input.parse().unwrap();
+            assert_eq!(unmap(a).to_string(), want);
+        }
+    }
+
+    #[test]
+    fn wildcard_binds_both_families() {
+        assert_eq!(addresses(25, None).len(), 2);
+        let one = addresses(25, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(one, vec!["127.0.0.1:25".parse().unwrap()]);
+    }
+
+    #[test]
+    fn bind_accept_cloexec_nonblocking() {
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(l.addr.port(), 0);
+        assert!(matches!(accept(&l), AcceptResult::Empty));
+        let mut c = TcpStream::connect(l.addr).unwrap();
+        let mut got = None;
+        for _ in 0..200 {
+            match accept(&l) {
+                AcceptResult::Conn(a) => {
+                    got = Some(a);
+                    break;
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+        let a = got.expect("accepted");
+        assert_eq!(a.remote, c.local_addr().unwrap());
+        assert_eq!(a.local, l.addr);
+        let fd = a.stream.as_raw_fd();
+        let fdflags = nix::fcntl::fcntl(&a.stream, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert!(fdflags & libc::FD_CLOEXEC != 0, "fd {fd} not CLOEXEC");
+        let flflags = nix::fcntl::fcntl(&a.stream, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert!(flflags & libc::O_NONBLOCK != 0);
+        drop(a);
+        let mut buf = [0u8; 1];
+        assert_eq!(c.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn bind_conflict_is_an_error() {
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let lines = [(l.addr.port(), Some(l.addr.ip()))];
+        // SO_REUSEADDR does not allow two listeners on one address.
+        assert!(bind_all(&lines).is_err());
+    }
+}
