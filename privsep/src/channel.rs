@@ -52,18 +52,12 @@ impl FrameReader {
     /// bytes are present, before reading any of the body.
     fn next_frame(&mut self) -> Result<Option<std::ops::Range<usize>>, Violation> {
         let avail = self.buf.get(self.start..).unwrap_or_default();
-        let Some(header) = avail.get(..HEADER) else {
+        let Some((body, _)) = wire::split_frame(avail)? else {
             return Ok(None);
         };
-        let mut h = [0u8; HEADER];
-        h.copy_from_slice(header);
-        let len = wire::frame_len(h)?;
-        if avail.len() < HEADER + len {
-            return Ok(None);
-        }
-        let body = self.start + HEADER..self.start + HEADER + len;
-        self.start = body.end;
-        Ok(Some(body))
+        let range = self.start + HEADER..self.start + HEADER + body.len();
+        self.start = range.end;
+        Ok(Some(range))
     }
 
     /// How many body bytes the frame at the front still lacks (0 if the header is incomplete).
