@@ -411,7 +411,28 @@ fn substitutions_off_sends_text_verbatim() {
         Setup::new("a: ALL\n", "a: msg raw %(ip)s\n").conf("substitutions off"),
     );
     let r = n.fetch_from(ip(0, 12, 2));
-    assert_eq!(r.text(), "raw %(ip)s", "log:\n{}", n.log());
+    // A message that does not end in CR or LF gets CRLF appended, as in the original.
+    assert_eq!(r.text(), "raw %(ip)s\r\n", "log:\n{}", n.log());
+}
+
+#[test]
+fn msg_without_a_line_end_gets_crlf() {
+    let s = Scratch::new("beh-msg-crlf");
+    let n = Nanny::start(
+        &s,
+        Setup::new("a: 127.0.12.3\nb: ALL\n", "a: msg plain\nb: msg cr%(cr)s\n"),
+    );
+    assert_eq!(
+        n.fetch_from(ip(0, 12, 3)).text(),
+        "plain\r\n",
+        "log:\n{}",
+        n.log()
+    );
+    assert_eq!(
+        n.fetch_from(ip(0, 12, 4)).text(),
+        "cr\r",
+        "ends in CR: sent as is"
+    );
 }
 
 #[test]

@@ -47,10 +47,10 @@ fn assert_every_spawn_had_a_verdict(log: &str) {
     for line in log.lines() {
         let f = fields(line);
         let Some(conn) = f.get("conn") else { continue };
-        if line.contains("verdict") {
+        if line.contains(": verdict conn=") || line.starts_with("verdict conn=") {
             verdicts.insert(conn.clone());
         }
-        if line.starts_with("spawn") || line.contains(" spawn ") {
+        if line.contains(": spawn conn=") || line.starts_with("spawn conn=") {
             assert!(
                 verdicts.contains(conn),
                 "service spawned for conn={conn} without a verdict:\n{line}\nlog:\n{log}"
@@ -64,7 +64,8 @@ fn assert_every_spawn_had_a_verdict(log: &str) {
 fn kill_worker_under_load(role: &str, also_restarts: Option<&str>) {
     let s = Scratch::new(&format!("faults-{role}"));
     let acts = actions(&s);
-    let n = Nanny::start(&s, Setup::new(RULES, &acts));
+    // -v: verdict and spawn lines, so the log shows that every service had a verdict.
+    let n = Nanny::start(&s, Setup::new(RULES, &acts).arg("-v"));
     // Fill connmax 5 with held connections.
     let mut held = Vec::new();
     for i in 0..5 {
@@ -90,7 +91,7 @@ fn kill_worker_under_load(role: &str, also_restarts: Option<&str>) {
                 i += 1;
                 if t == 0 {
                     // A hold attempt: refused or closed, never served.
-                    let src = src_ip(41, i % 5000);
+                    let src = src_ip(40, 1000 + i % 3000);
                     let r = fetch(src, addr, Duration::from_secs(5));
                     if r.text() != "full\n" && !r.closed_silently() {
                         bad.lock().unwrap_or_else(|e| e.into_inner()).push(format!(

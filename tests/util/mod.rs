@@ -95,7 +95,7 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(name: &str) -> Scratch {
-        let base = std::env::temp_dir().join("portnanny-tests");
+        let base = scratch_base();
         fs::create_dir_all(&base).expect("create scratch base");
         // Traversable by the unprivileged users that read configs and exec scripts.
         let _ = fs::set_permissions(&base, fs::Permissions::from_mode(0o755));
@@ -141,6 +141,24 @@ impl Drop for Scratch {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Where scratch dirs live. As root, the classifier's chroot dir inside the scratch dir must
+/// have no group- or world-writable ancestor (the daemon checks, as sshd does), so /tmp (mode
+/// 1777) will not do: use a root-owned 0755 directory under /run (or /var/lib).
+fn scratch_base() -> PathBuf {
+    if !is_root() {
+        return std::env::temp_dir().join("portnanny-tests");
+    }
+    for parent in ["/run", "/var/lib"] {
+        let ok = fs::metadata(parent)
+            .map(|m| m.is_dir() && m.permissions().mode() & 0o022 == 0)
+            .unwrap_or(false);
+        if ok {
+            return Path::new(parent).join("portnanny-tests");
+        }
+    }
+    std::env::temp_dir().join("portnanny-tests")
 }
 
 /// Replaces a file in one rename, so a daemon polling it never sees half a file.
