@@ -315,6 +315,12 @@ fn parse_line(
         "user" => b.user = Some(arg.to_owned()),
         "privsepuser" => b.privsepuser = Some(arg.to_owned()),
         "chrootdir" => b.chrootdir = Some(arg.to_owned()),
+        // The class crosses to the classifier as a ClassName: printable ASCII, 256 bytes.
+        "aftermaxthreads" if arg.len() > 256 || !arg.bytes().all(|c| (0x21..0x7f).contains(&c)) => {
+            diags.push(bad(format!(
+                "class names are printable ASCII without spaces, at most 256 bytes; '{arg}' is not"
+            )));
+        }
         "aftermaxthreads" => {
             let (line, col) = src.position(ll, a_off);
             pos.aftermaxthreads = Some((line, col, arg.chars().count() as u32));

@@ -272,6 +272,10 @@ fn golden_errors() {
             &["nanny.conf:4:8: error[C005]: bad port '0': a port is 1 to 65535"],
         ),
         (
+            "aftermaxthreads \u{e9}t\u{e9}\n",
+            &["nanny.conf:4:17: error[C005]: class names are printable ASCII without spaces, at most 256 bytes; '\u{e9}t\u{e9}' is not"],
+        ),
+        (
             "aftermaxthreads\n",
             &["nanny.conf:4:1: error[C002]: 'aftermaxthreads' needs an argument (a class name)"],
         ),

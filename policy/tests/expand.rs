@@ -584,6 +584,9 @@ fn format_specs_like_python() {
         ("%(q)r", "\"it's\""),
         ("%(a(b))s", "nested"),
         ("%(port)c", "P"),
+        ("%(port)05s|", "   80|"),
+        ("%(neg) d", "-5"),
+        ("%(port) d", " 80"),
     ];
     for (t, want) in ok {
         assert_eq!(format_template(t, &lookup), Ok(want.to_string()), "{t}");
