@@ -215,8 +215,9 @@ pub fn forbid_new_processes() -> Result<(), DropError> {
 }
 
 /// Check a chroot directory as sshd does for ChrootDirectory: an absolute path whose every
-/// component is a root-owned directory writable by nobody else, and which is empty (nothing
-/// to find or execute inside). Run by the parent at start and again by the worker.
+/// component (after resolving symlinks) is a root-owned directory writable by nobody else, and
+/// which is empty (nothing to find or execute inside). Run by the parent at start and again by
+/// the worker.
 pub fn check_chroot_dir(path: &Path) -> Result<(), DropError> {
     const STEP: &str = "chroot_dir";
     let shown = path.display();
@@ -226,7 +227,11 @@ pub fn check_chroot_dir(path: &Path) -> Result<(), DropError> {
             format!("{shown}: not an absolute path"),
         ));
     }
-    for dir in path.ancestors() {
+    // Check the directories the kernel will actually walk: with symlinks resolved, an
+    // innocent-looking path could lead through a directory someone else can write.
+    let real =
+        std::fs::canonicalize(path).map_err(|e| DropError::check(STEP, format!("{shown}: {e}")))?;
+    for dir in real.ancestors() {
         let m = std::fs::metadata(dir)
             .map_err(|e| DropError::check(STEP, format!("{}: {e}", dir.display())))?;
         if !m.is_dir() {
@@ -313,8 +318,12 @@ mod tests {
         let _ = std::fs::create_dir(&tmp_child);
         std::fs::set_permissions(&tmp_child, std::fs::Permissions::from_mode(0o755)).unwrap();
         let missing = good.join("missing");
+        // A symlink from a good place into a world-writable one is judged by its target.
+        let link = good.with_file_name(format!("chroot-check-link-{}", std::process::id()));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&tmp_child, &link).unwrap();
 
-        let rows: [(&str, &Path, Option<&str>); 9] = [
+        let rows: [(&str, &Path, Option<&str>); 10] = [
             ("empty root-owned 0755", &good, None),
             (
                 "not root-owned",
@@ -344,6 +353,11 @@ mod tests {
                 &tmp_child,
                 Some("group- or world-writable (mode 1777)"),
             ),
+            (
+                "symlink into /tmp",
+                &link,
+                Some("group- or world-writable (mode 1777)"),
+            ),
         ];
         for (label, path, want) in rows {
             match (check_chroot_dir(path), want) {
@@ -359,6 +373,7 @@ mod tests {
             std::fs::remove_dir_all(d).unwrap();
         }
         std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::remove_file(&link).unwrap();
     }
 
     #[test]
