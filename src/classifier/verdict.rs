@@ -45,7 +45,7 @@ pub fn decide(
         return None;
     };
     let ip = ip.to_canonical();
-    let decision = {
+    let (decision, fresh) = {
         let mut table = shared
             .conntrack
             .lock()
@@ -55,18 +55,22 @@ pub fn decide(
             classification,
             &IpCounts { table: &table, ip },
         );
-        if decision.counted {
-            let classes = classification.names().map(str::to_owned).collect();
-            if !table.up(conn, ip, classes) {
-                shared.parent.log(
-                    LogLevel::Err,
-                    0,
-                    format!("conn={} was already counted; counted again", conn.0),
-                );
-            }
-        }
-        decision
+        let fresh = !decision.counted
+            || table.up(
+                conn,
+                ip,
+                classification.names().map(str::to_owned).collect(),
+            );
+        (decision, fresh)
     };
+    // Logged outside the lock: a write to the parent may wait, decisions must not.
+    if !fresh {
+        shared.parent.log(
+            LogLevel::Err,
+            0,
+            format!("conn={} was already counted; counted again", conn.0),
+        );
+    }
     Some(ClassifierToParent::Verdict {
         conn,
         gen: policy.gen,
