@@ -3,7 +3,7 @@
 //!
 //! Runs in every role. Received bytes come from the peer process and are untrusted: a frame
 //! header is checked before any body byte is buffered, so a peer can make us hold at most
-//! [`MAX_FRAME`] + [`HEADER`] + one read chunk per channel, whatever it sends. An oversize or
+//! [`MAX_FRAME`] + [`HEADER`] + one small read chunk (16 KiB) per channel, whatever it sends. An oversize or
 //! undecodable frame is a [`Violation`]: the channel shuts the socket down (the peer sees EOF)
 //! and every later call returns [`ChannelError::Closed`].
 //!
@@ -86,6 +86,9 @@ impl FrameReader {
         }
         let want = self.missing().clamp(READ_CHUNK, MAX_READ);
         let have = self.buf.len();
+        // Exact, not amortised doubling: the allocation bound in the header must hold for the
+        // capacity too. (Wanting more than the frame lacks only happens below READ_CHUNK.)
+        self.buf.reserve_exact(want);
         self.buf.resize(have + want, 0);
         let res = match self.buf.get_mut(have..) {
             Some(space) => sock.read(space),
@@ -578,11 +581,8 @@ mod tests {
                 Some(m) => got.push(m),
                 None => wait_for(ch.as_fd(), PollFlags::POLLIN).unwrap(),
             }
-            assert!(
-                ch.rd.buf.len() <= HEADER + MAX_FRAME + MAX_READ,
-                "{}",
-                ch.rd.buf.len()
-            );
+            let cap = ch.rd.buf.capacity();
+            assert!(cap <= HEADER + MAX_FRAME + READ_CHUNK, "capacity {cap}");
         }
         assert_eq!(got, vec![big.clone(), log("tail"), big]);
         drop(writer.join().unwrap());
