@@ -547,3 +547,87 @@ fn ipv6_listen_and_rules() {
     assert_eq!(r.text(), "six ::1\n", "log:\n{}", n.log());
     assert_eq!(n.fetch_from(ip(0, 17, 1)).text(), "four 127.0.17.1\n");
 }
+
+#[test]
+fn sigusr2_reports_active_connections_and_counts() {
+    let s = Scratch::new("beh-usr2");
+    let hold = hold_script(&s);
+    let n = Nanny::start(
+        &s,
+        Setup::new("h: ALL\n", &format!("h: run {hold} : connmax 5\n")),
+    );
+    let (t, c) = attempt(&n, ip(0, 19, 1));
+    assert_eq!(t, "held\n", "log:\n{}", n.log());
+    let remport = c.local_addr().expect("local addr").port();
+    let pid = wait_for(IO_TIMEOUT, || n.services().first().copied()).expect("service pid");
+    let mark = n.mark();
+    n.signal(nix::sys::signal::Signal::SIGUSR2);
+    let peer = format!("127.0.19.1:{remport}");
+    let line = n.expect_log(mark, &["status", &format!("pid={pid}"), &peer]);
+    assert!(
+        line.contains('h'),
+        "the active line names the classes: {line}"
+    );
+    n.expect_log(mark, &["status", "class h", "count=1"]);
+    assert!(alive(n.pid), "SIGUSR2 does not stop the daemon");
+}
+
+#[test]
+fn firsttime_history_and_sigusr1_flush() {
+    let s = Scratch::new("beh-usr1");
+    let n = Nanny::start(
+        &s,
+        Setup::new(
+            "new: firsttime\nold: ALL\n",
+            "new: msg new%(nl)s\nold: msg old%(nl)s\n",
+        ),
+    );
+    assert_eq!(
+        n.fetch_from(ip(0, 20, 1)).text(),
+        "new\n",
+        "log:\n{}",
+        n.log()
+    );
+    assert_eq!(n.fetch_from(ip(0, 20, 1)).text(), "old\n", "seen before");
+    assert_eq!(
+        n.fetch_from(ip(0, 20, 2)).text(),
+        "new\n",
+        "history is per address"
+    );
+    let mark = n.mark();
+    n.signal(nix::sys::signal::Signal::SIGUSR1);
+    n.expect_log(mark, &["SIGUSR1"]);
+    let r = fetch_until(ip(0, 20, 1), n.addr, IO_TIMEOUT, |r| r.text() == "new\n");
+    assert!(
+        r.is_some(),
+        "SIGUSR1 flushes the IP history; log:\n{}",
+        n.log()
+    );
+}
+
+#[test]
+fn dropipafter_forgets_idle_addresses() {
+    let s = Scratch::new("beh-dropip");
+    let n = Nanny::start(
+        &s,
+        Setup::new(
+            "new: firsttime\nold: ALL\n",
+            "new: msg new%(nl)s\nold: msg old%(nl)s\n",
+        )
+        .conf("dropipafter 1s")
+        .conf("expireevery 0s"),
+    );
+    assert_eq!(
+        n.fetch_from(ip(0, 21, 1)).text(),
+        "new\n",
+        "log:\n{}",
+        n.log()
+    );
+    assert_eq!(n.fetch_from(ip(0, 21, 1)).text(), "old\n");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(
+        n.fetch_from(ip(0, 21, 1)).text(),
+        "new\n",
+        "not seen for longer than dropipafter: a first time again"
+    );
+}
