@@ -22,7 +22,8 @@
 //!
 //! Thread layout: the pool's workers and the deadline timer (see `dispatch`) plus two reader
 //! threads (parent, classifier); the calling thread only waits for one of the readers to stop.
-//! Every thread is started before the first lookup, and their number never changes afterwards.
+//! Every thread is started before the first lookup, and their number never changes afterwards:
+//! once they all exist, `run` sets RLIMIT_NPROC to 0 (`privsep::forbid_new_processes`).
 
 pub mod answerson;
 pub mod cache;
@@ -139,14 +140,24 @@ pub fn run(
     parent: Channel<ResolverToParent, ParentToResolver>,
     classifier: Channel<ResolverToClassifier, ClassifierToResolver>,
 ) -> ExitCode {
-    serve(parent, classifier, SystemLookups)
+    serve_with(parent, classifier, SystemLookups, true)
 }
 
-/// `run` with the lookups supplied (tests drive the whole protocol with fakes).
+/// `run` with the lookups supplied and without RLIMIT_NPROC (tests run it in-process, where
+/// the limit would stop the rest of the test binary from starting threads).
 pub fn serve<L: Lookups>(
+    parent: Channel<ResolverToParent, ParentToResolver>,
+    classifier: Channel<ResolverToClassifier, ClassifierToResolver>,
+    lookups: L,
+) -> ExitCode {
+    serve_with(parent, classifier, lookups, false)
+}
+
+fn serve_with<L: Lookups>(
     mut parent: Channel<ResolverToParent, ParentToResolver>,
     mut classifier: Channel<ResolverToClassifier, ClassifierToResolver>,
     lookups: L,
+    forbid_new_processes: bool,
 ) -> ExitCode {
     let build = privsep::build_id();
 
@@ -157,22 +168,16 @@ pub fn serve<L: Lookups>(
             settings,
         }) if theirs == build => settings,
         Ok(ParentToResolver::Hello { .. }) => {
-            log_early(
-                &mut parent,
-                "resolver: parent build differs; exiting".into(),
-            );
+            log_early(&mut parent, "parent build differs; exiting".into());
             return ExitCode::from(EXIT_TEMP);
         }
         Ok(_) => {
-            log_early(
-                &mut parent,
-                "resolver: first parent message was not Hello".into(),
-            );
+            log_early(&mut parent, "first parent message was not Hello".into());
             return ExitCode::from(EXIT_TEMP);
         }
         Err(ChannelError::Closed) => return ExitCode::from(EXIT_OK),
         Err(e) => {
-            log_early(&mut parent, format!("resolver: parent channel: {e}"));
+            log_early(&mut parent, format!("parent channel: {e}"));
             return ExitCode::from(EXIT_TEMP);
         }
     };
@@ -188,22 +193,16 @@ pub fn serve<L: Lookups>(
     match classifier.recv() {
         Ok(ClassifierToResolver::Hello { build: theirs }) if theirs == build => {}
         Ok(ClassifierToResolver::Hello { .. }) => {
-            log_early(
-                &mut parent,
-                "resolver: classifier build differs; exiting".into(),
-            );
+            log_early(&mut parent, "classifier build differs; exiting".into());
             return ExitCode::from(EXIT_TEMP);
         }
         Ok(ClassifierToResolver::Lookup { .. }) => {
-            log_early(
-                &mut parent,
-                "resolver: classifier sent Lookup before Hello".into(),
-            );
+            log_early(&mut parent, "classifier sent Lookup before Hello".into());
             return ExitCode::from(EXIT_TEMP);
         }
         Err(ChannelError::Closed) => return ExitCode::from(EXIT_OK),
         Err(e) => {
-            log_early(&mut parent, format!("resolver: classifier channel: {e}"));
+            log_early(&mut parent, format!("classifier channel: {e}"));
             return ExitCode::from(EXIT_TEMP);
         }
     }
@@ -240,7 +239,7 @@ pub fn serve<L: Lookups>(
             log(
                 LogLevel::Crit,
                 0,
-                format!("resolver: cannot start lookup threads: {e}"),
+                format!("cannot start lookup threads: {e}"),
             );
             return ExitCode::from(EXIT_TEMP);
         }
@@ -272,19 +271,15 @@ pub fn serve<L: Lookups>(
                 match parent_rx.recv() {
                     Ok(ParentToResolver::Flush) => {
                         d.flush();
-                        plog(LogLevel::Info, 1, "resolver: caches flushed".into());
+                        plog(LogLevel::Info, 1, "caches flushed".into());
                     }
                     Ok(ParentToResolver::Hello { .. }) => {
-                        plog(
-                            LogLevel::Crit,
-                            0,
-                            "resolver: second Hello from parent".into(),
-                        );
+                        plog(LogLevel::Crit, 0, "second Hello from parent".into());
                         break EXIT_TEMP;
                     }
                     Err(ChannelError::Closed) => break EXIT_OK,
                     Err(e) => {
-                        plog(LogLevel::Crit, 0, format!("resolver: parent channel: {e}"));
+                        plog(LogLevel::Crit, 0, format!("parent channel: {e}"));
                         break EXIT_TEMP;
                     }
                 }
@@ -305,7 +300,7 @@ pub fn serve<L: Lookups>(
                                 LogLevel::Warning,
                                 0,
                                 format!(
-                                    "resolver: refusing lookup about a non-peer address: {}",
+                                    "refusing lookup about a non-peer address: {}",
                                     dispatch::describe(&query)
                                 ),
                             );
@@ -315,20 +310,12 @@ pub fn serve<L: Lookups>(
                         d.submit(req, query);
                     }
                     Ok(ClassifierToResolver::Hello { .. }) => {
-                        clog(
-                            LogLevel::Crit,
-                            0,
-                            "resolver: second Hello from classifier".into(),
-                        );
+                        clog(LogLevel::Crit, 0, "second Hello from classifier".into());
                         break EXIT_TEMP;
                     }
                     Err(ChannelError::Closed) => break EXIT_OK,
                     Err(e) => {
-                        clog(
-                            LogLevel::Crit,
-                            0,
-                            format!("resolver: classifier channel: {e}"),
-                        );
+                        clog(LogLevel::Crit, 0, format!("classifier channel: {e}"));
                         break EXIT_TEMP;
                     }
                 }
@@ -336,12 +323,16 @@ pub fn serve<L: Lookups>(
             let _ = stop.send(code);
         });
     if parent_reader.is_err() || class_reader.is_err() {
-        log(
-            LogLevel::Crit,
-            0,
-            "resolver: cannot start reader threads".into(),
-        );
+        log(LogLevel::Crit, 0, "cannot start reader threads".into());
         return ExitCode::from(EXIT_TEMP);
+    }
+    // ORDER: every thread this process will ever have exists now (pool, timer, readers), so
+    // from here on none may be created: a compromised resolver cannot fork or run programs.
+    if forbid_new_processes {
+        if let Err(e) = privsep::forbid_new_processes() {
+            log(LogLevel::Crit, 0, format!("forbidding new processes: {e}"));
+            return ExitCode::from(EXIT_TEMP);
+        }
     }
     let code = stop_rx.recv().unwrap_or(EXIT_TEMP);
     ExitCode::from(code)

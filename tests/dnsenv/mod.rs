@@ -22,6 +22,7 @@
 use std::fs;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -232,6 +233,20 @@ fn run_child(name: &str) {
     }
 }
 
+/// Where environments live: under a root-owned, not world-writable directory, because the
+/// classifier's chroot directory (created inside) must have only such ancestors.
+fn scratch_base() -> PathBuf {
+    for parent in ["/run", "/var/lib"] {
+        let ok = fs::metadata(parent)
+            .map(|m| m.is_dir() && m.permissions().mode() & 0o022 == 0)
+            .unwrap_or(false);
+        if ok {
+            return Path::new(parent).join("portnanny-lookups");
+        }
+    }
+    std::env::temp_dir().join("portnanny-lookups")
+}
+
 fn mount_ns_id(pid: &str) -> std::io::Result<PathBuf> {
     fs::read_link(format!("/proc/{pid}/ns/mnt"))
 }
@@ -266,9 +281,13 @@ fn enter(name: &str, ns: Ipv4Addr, server: Nameserver) -> DnsEnv {
         assert_ne!(mine, init, "dnsenv: in init's mount namespace; refusing");
     }
 
-    let dir = std::env::temp_dir().join(format!("pn-dnsenv-{name}-{}", std::process::id()));
+    let dir = scratch_base().join(format!("{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    // Readable by the daemon's unprivileged users (config files live here too).
+    for d in [dir.as_path(), scratch_base().as_path()] {
+        let _ = fs::set_permissions(d, fs::Permissions::from_mode(0o755));
+    }
     let records = match &server {
         Nameserver::Dnsmasq(r) | Nameserver::External(r) => r.clone(),
     };
@@ -371,13 +390,27 @@ pub struct SlowDns {
 }
 
 impl SlowDns {
+    /// Names under any of `zones` are listed (A 127.0.0.2).
     pub fn start(addr: Ipv4Addr, delay: Duration, zones: &[&str]) -> SlowDns {
+        let zones: Vec<String> = zones.iter().map(|z| z.to_ascii_lowercase()).collect();
+        SlowDns::start_with(addr, delay, move |name| {
+            zones
+                .iter()
+                .any(|z| name.ends_with(&format!(".{z}")) || name == z)
+        })
+    }
+
+    /// Names for which `listed(name)` is true get A 127.0.0.2, the rest NXDOMAIN.
+    pub fn start_with(
+        addr: Ipv4Addr,
+        delay: Duration,
+        listed: impl Fn(&str) -> bool + Send + 'static,
+    ) -> SlowDns {
         let sock = UdpSocket::bind((addr, 53)).unwrap_or_else(|e| panic!("bind {addr}:53: {e}"));
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap_or_else(|e| panic!("{e}"));
         let stop = Arc::new(AtomicBool::new(false));
         let queries = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let zones: Vec<String> = zones.iter().map(|z| z.to_ascii_lowercase()).collect();
         let (st, q) = (Arc::clone(&stop), Arc::clone(&queries));
         let thread = thread::spawn(move || {
             let mut buf = [0u8; 512];
@@ -391,11 +424,7 @@ impl SlowDns {
                 if let Ok(mut g) = q.lock() {
                     g.push((name.clone(), Instant::now()));
                 }
-                let listed = qtype == 1
-                    && zones
-                        .iter()
-                        .any(|z| name.ends_with(&format!(".{z}")) || name == *z);
-                let reply = build_reply(&buf[..qend], listed);
+                let reply = build_reply(&buf[..qend], qtype == 1 && listed(&name));
                 let Ok(s) = sock.try_clone() else { continue };
                 thread::spawn(move || {
                     thread::sleep(delay);
@@ -464,4 +493,134 @@ fn build_reply(query: &[u8], listed: bool) -> Vec<u8> {
         r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 2]);
     }
     r
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real daemon inside the environment, and clients on 127.54.x.y.
+// ---------------------------------------------------------------------------------------------
+
+/// A `portnanny` started inside the environment (so it and its resolver use the sandbox DNS);
+/// stopped (TERM, then KILL) when dropped.
+pub struct Nanny {
+    child: Child,
+    pub port: u16,
+    pub stderr: PathBuf,
+}
+
+impl Drop for Nanny {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+impl Nanny {
+    /// Everything the daemon logged so far (stderr).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("free port: {e}"))
+}
+
+/// True if something listens on TCP `port` (any address), per /proc/net/tcp.
+fn listening(port: u16) -> bool {
+    let want = format!(":{port:04X} ");
+    fs::read_to_string("/proc/net/tcp")
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().nth(3) == Some("0A") && l.contains(&want))
+        })
+        .unwrap_or(false)
+}
+
+impl DnsEnv {
+    /// Start `portnanny -v` with these rules and actions, listening on 127.0.0.1, workers as
+    /// nobody with the classifier chrooted to an empty directory; `conf_extra` lines are added
+    /// to nanny.conf. Returns once the daemon listens.
+    pub fn start_nanny(&self, rules: &str, actions: &str, conf_extra: &str) -> Nanny {
+        let Some(bin) = option_env!("CARGO_BIN_EXE_portnanny") else {
+            panic!("the portnanny binary is not part of this build");
+        };
+        let port = free_port();
+        let empty = self.dir.join("empty");
+        fs::create_dir_all(&empty).unwrap_or_else(|e| panic!("mkdir empty: {e}"));
+        let _ = fs::set_permissions(&empty, fs::Permissions::from_mode(0o755));
+        let write = |file: &str, text: &str| -> PathBuf {
+            let p = self.dir.join(file);
+            fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+            let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o644));
+            p
+        };
+        let rules_p = write("rules", rules);
+        let actions_p = write("actions", actions);
+        let conf = write(
+            "nanny.conf",
+            &format!(
+                "rulefile {}\nactionfile {}\nlisten {port}@127.0.0.1\nprivsepuser nobody\n\
+                 chrootdir {}\n{conf_extra}\n",
+                rules_p.display(),
+                actions_p.display(),
+                empty.display()
+            ),
+        );
+        let stderr = self.dir.join("nanny.stderr");
+        let errf = fs::File::create(&stderr).unwrap_or_else(|e| panic!("stderr file: {e}"));
+        let child = Command::new(bin)
+            .arg("-v")
+            .arg(&conf)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(errf))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn portnanny: {e}"));
+        let mut n = Nanny {
+            child,
+            port,
+            stderr,
+        };
+        let end = Instant::now() + Duration::from_secs(20);
+        while !listening(port) {
+            if let Ok(Some(st)) = n.child.try_wait() {
+                panic!("portnanny exited ({st}):\n{}", n.log());
+            }
+            if Instant::now() > end {
+                panic!("portnanny did not listen on {port}:\n{}", n.log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        n
+    }
+}
+
+/// What a client from `src` received from 127.0.0.1:`port` until the daemon closed, and how
+/// long that took from the start of the connect.
+pub fn fetch_from(src: &str, port: u16, timeout: Duration) -> (String, Duration) {
+    let src: IpAddr = src.parse().unwrap_or_else(|e| panic!("{src}: {e}"));
+    let t = Instant::now();
+    let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let mut s = portnanny::resolver::answerson::connect_from(Some(src), dst, t + timeout)
+        .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = (t + timeout).saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let _ = s.set_read_timeout(Some(left));
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), t.elapsed())
 }
