@@ -22,6 +22,8 @@
 //! - action tables of older generations are kept while a pending connection might still get a
 //!   verdict under them.
 
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 pub mod admit;
 pub mod children;
 pub mod listen;
@@ -504,7 +506,17 @@ impl Parent {
     fn start_workers(&mut self) -> Result<()> {
         let mut ws = match children::start(&self.plan, self.gen) {
             Ok(ws) => ws,
-            Err(e) => return Err(Error::System(e)),
+            Err(e) if !self.ever_ready => return Err(Error::System(e)),
+            Err(e) => {
+                // A transient failure (fork or socketpair out of resources): back off and
+                // retry like any other worker failure.
+                log::err(&format!("{e}; retrying"));
+                let now = Instant::now();
+                return match self.backoff.failed(now, now) {
+                    Ok(_) => Ok(()),
+                    Err(fatal) => Err(Error::System(fatal)),
+                };
+            }
         };
         let live: Vec<LiveConn> = self
             .services
@@ -733,7 +745,8 @@ impl Parent {
             // admit() checked it is pending; nothing to act on otherwise.
             return;
         };
-        self.prune_tables();
+        // Old tables are pruned once a second and on PolicyLoaded, not per verdict: finding the
+        // oldest pending generation is a walk over every pending connection.
         let conn = v.conn();
         let d = v.decision();
         let disposition = d.disposition;
@@ -952,10 +965,14 @@ impl Parent {
                 &format!("accept {} conn={} local={}", a.remote, conn.0, a.local),
             );
             if self.pending.0.len() >= MAX_PENDING {
-                log::warn(&format!(
-                    "drop conn={} reason=too-many-pending ({MAX_PENDING} waiting for a verdict)",
-                    conn.0
-                ));
+                // Per connection and only with -v: under a flood this would be thousands of lines.
+                log::debug(
+                    1,
+                    &format!(
+                        "drop conn={} reason=too-many-pending ({MAX_PENDING} waiting for a verdict)",
+                        conn.0
+                    ),
+                );
                 continue;
             }
             let Some(ws) = self.workers.as_mut() else {
@@ -1219,6 +1236,7 @@ impl Parent {
                 }
             }
             if Instant::now() >= self.next_reload {
+                self.prune_tables();
                 self.reload(false);
                 self.next_reload = Instant::now() + RELOAD_EVERY;
             }
