@@ -56,6 +56,47 @@ pub struct NannyConf {
     pub cachesize: u32,
 }
 
+impl fmt::Display for NannyConf {
+    /// The configuration as a nanny.conf that parses back to the same value (every directive
+    /// written out, defaults included).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "rulefile {}", self.rulefile)?;
+        writeln!(f, "actionfile {}", self.actionfile)?;
+        for l in &self.listens {
+            writeln!(f, "listen {l}")?;
+        }
+        if let Some(u) = &self.user {
+            writeln!(f, "user {u}")?;
+        }
+        if let Some(d) = self.dropipafter {
+            writeln!(f, "dropipafter {d}s")?;
+        }
+        writeln!(f, "expireevery {}s", self.expireevery)?;
+        let ofe = match self.onfileerror {
+            OnFileError::UseOld => "use-old",
+            OnFileError::Drop => "drop",
+        };
+        writeln!(f, "onfileerror {ofe}")?;
+        let subst = if self.substitutions { "on" } else { "off" };
+        writeln!(f, "substitutions {subst}")?;
+        writeln!(f, "maxthreads {}", self.maxthreads)?;
+        if let Some(c) = &self.aftermaxthreads {
+            writeln!(f, "aftermaxthreads {c}")?;
+        }
+        if let Some(u) = &self.privsepuser {
+            writeln!(f, "privsepuser {u}")?;
+        }
+        if let Some(d) = &self.chrootdir {
+            writeln!(f, "chrootdir {d}")?;
+        }
+        writeln!(f, "dnstimeout {}ms", self.dnstimeout_ms)?;
+        writeln!(f, "identdtimeout {}ms", self.identdtimeout_ms)?;
+        writeln!(f, "answersontimeout {}ms", self.answersontimeout_ms)?;
+        writeln!(f, "cachettl {}s", self.cachettl_secs)?;
+        writeln!(f, "cachesize {}", self.cachesize)
+    }
+}
+
 /// One `listen PORT[@IP]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Listen {

@@ -195,6 +195,8 @@ proptest! {
         if let Some(c) = p.value {
             prop_assert!(!c.listens.is_empty());
             prop_assert!(c.listens.iter().all(|l| l.port != 0));
+            let again = parse_conf("again", &c.to_string()).value;
+            prop_assert_eq!(again.as_ref(), Some(&c));
         }
     }
 

@@ -344,3 +344,20 @@ fn error_excerpt_points_at_the_argument() {
         d.excerpt()
     );
 }
+
+#[test]
+fn display_parses_back_to_the_same_value() {
+    let texts = [
+        BASE.to_owned(),
+        "rulefile /r\nactionfile /a\nlisten 1@::1\nlisten 2@10.0.0.1\nlisten 3\nuser u\n\
+         dropipafter 2h\nexpireevery 0\nonfileerror drop\nsubstitutions off\nmaxthreads 4\n\
+         aftermaxthreads busy\nprivsepuser p\nchrootdir /c\ndnstimeout 1s\nidentdtimeout 7ms\n\
+         answersontimeout 1m\ncachettl 1d\ncachesize 5\n"
+            .to_owned(),
+    ];
+    for t in texts {
+        let c = ok(&t);
+        let printed = c.to_string();
+        assert_eq!(ok(&printed), c, "{printed}");
+    }
+}
