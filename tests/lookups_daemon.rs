@@ -216,3 +216,33 @@ fn five_slow_dnsbl_zones_classify_in_one_delay() {
     eprintln!("same client again (cached): {again:?}");
     assert!(again < Duration::from_millis(150), "{again:?}");
 }
+
+#[test]
+fn aftermaxthreads_applies_while_the_only_evaluation_waits_on_dns() {
+    let ns = ns_addr(24);
+    let Some(env) = isolate(
+        "aftermaxthreads_applies_while_the_only_evaluation_waits_on_dns",
+        ns,
+        Nameserver::External(Records::new()),
+    ) else {
+        return;
+    };
+    let _dns = SlowDns::start_with(ns, Duration::from_millis(1500), |_| false);
+    let rules = "bl: dnsbl: slow.test\nother: ALL\n";
+    let actions = "bl: msg listed%(nl)s\nother: msg other%(nl)s\nbusy: msg busy%(nl)s\n";
+    let n = env.start_nanny(
+        rules,
+        actions,
+        "maxthreads 1\naftermaxthreads busy\ndnstimeout 5s",
+    );
+    let port = n.port;
+    let first = thread::spawn(move || fetch_from("127.54.8.1", port, CLIENT_TIMEOUT));
+    thread::sleep(Duration::from_millis(300));
+    // The single evaluation slot is waiting on DNS: the next client goes straight to `busy`.
+    let (got, took) = fetch_from("127.54.8.2", port, CLIENT_TIMEOUT);
+    assert_eq!(got, "busy\n", "{}", n.log());
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    let (got, took) = first.join().unwrap_or_else(|_| panic!("client thread"));
+    assert_eq!(got, "other\n", "{}", n.log());
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+}

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
 use nix::errno::Errno;
@@ -51,7 +51,6 @@ pub fn connect_from(
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    use std::os::fd::AsRawFd;
     if let Some(local) = local_ip.map(|l| l.to_canonical()) {
         if local.is_ipv4() == remote.is_ipv4() && !local.is_unspecified() {
             bind(
@@ -134,12 +133,63 @@ mod tests {
     }
 
     #[test]
-    fn refuses_unprobeable_targets_and_past_deadlines() {
+    fn refuses_unprobeable_targets() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap_or_else(|e| panic!("{e}"));
         let any: IpAddr = "0.0.0.0".parse().unwrap_or_else(|e| panic!("{e}"));
         let mc: IpAddr = "224.0.0.1".parse().unwrap_or_else(|e| panic!("{e}"));
         let soon = Instant::now() + Duration::from_secs(1);
         assert!(!answers_on(any, 80, lo, soon));
         assert!(!answers_on(mc, 80, lo, soon));
+    }
+
+    #[test]
+    fn a_silent_peer_times_out_at_the_deadline() {
+        use nix::sys::socket::{getsockname, listen, Backlog, SockaddrIn};
+        // A listener that never accepts, with the smallest backlog: once its accept queue is
+        // full the kernel drops further SYNs, so a connect neither succeeds nor fails.
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let at: SocketAddr = "127.113.2.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(at)).unwrap_or_else(|e| panic!("{e}"));
+        listen(&fd, Backlog::new(0).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = getsockname::<SockaddrIn>(fd.as_raw_fd())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        let ip: IpAddr = "127.113.2.1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let lo: IpAddr = "127.0.0.1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let mut held = Vec::new();
+        let mut timed_out = None;
+        for _ in 0..8 {
+            let t = Instant::now();
+            match connect_from(
+                Some(lo),
+                SocketAddr::new(ip, port),
+                t + Duration::from_millis(300),
+            ) {
+                Ok(s) => held.push(s),
+                Err(e) => {
+                    timed_out = Some((e.kind(), t.elapsed()));
+                    break;
+                }
+            }
+        }
+        let (kind, took) = timed_out.unwrap_or_else(|| panic!("every connect completed"));
+        assert_eq!(kind, std::io::ErrorKind::TimedOut);
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_millis(800),
+            "{took:?}"
+        );
+        assert!(!answers_on(
+            ip,
+            port,
+            lo,
+            Instant::now() + Duration::from_millis(200)
+        ));
     }
 }
