@@ -113,21 +113,33 @@ pub fn failmsg_source<'a>(
     default_sources(actions, refusal).find_map(|c| c.failmsg.as_deref().map(|m| (c, m)))
 }
 
-/// The `faillog` text for a refusal by `class` and the class it comes from. `Ok(None)` means
-/// use the internal default; `Err(())` means log nothing (`quiet` and no faillog of its own).
-#[allow(clippy::result_unit_err)]
+/// Where the `faillog` of a refusal comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailLog<'a> {
+    /// This text, from this class (the refusing class, through `see`, or a default class).
+    Text(&'a ClassAction, &'a str),
+    /// The internal default for the refusal.
+    Internal,
+}
+
+/// The `faillog` for a refusal by `class`; None when nothing is logged (`quiet` and no faillog
+/// of its own, so the defaults are not looked at).
 pub fn faillog_source<'a>(
     actions: &'a Actions,
     class: &'a ClassAction,
     refusal: Refusal,
-) -> Result<Option<(&'a ClassAction, &'a str)>, ()> {
+) -> Option<FailLog<'a>> {
     if let Some(m) = &class.faillog {
-        return Ok(Some((class, m)));
+        return Some(FailLog::Text(class, m));
     }
     if class.quiet {
-        return Err(());
+        return None;
     }
-    Ok(default_sources(actions, refusal).find_map(|c| c.faillog.as_deref().map(|m| (c, m))))
+    Some(
+        default_sources(actions, refusal)
+            .find_map(|c| c.faillog.as_deref().map(|m| FailLog::Text(c, m)))
+            .unwrap_or(FailLog::Internal),
+    )
 }
 
 fn refuses(limit: Limit, class: &str, counts: &dyn Counts) -> Option<Refusal> {
@@ -176,7 +188,7 @@ pub fn decide(actions: &Actions, classes: &Classification, counts: &dyn Counts) 
                 disposition,
                 refusal: Some(refusal),
                 counted: disposition == Disposition::FailRun,
-                log: faillog_source(actions, class, refusal).is_ok(),
+                log: faillog_source(actions, class, refusal).is_some(),
                 records,
             };
         }

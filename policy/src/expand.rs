@@ -23,7 +23,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::actions::{Actions, ClassAction};
-use crate::decide::{faillog_source, failmsg_source, Decision, Disposition, Refusal};
+use crate::decide::{faillog_source, failmsg_source, Decision, Disposition, FailLog, Refusal};
 use crate::facts::{Classification, HostInfo, MatchedClass, SeenTimes};
 
 /// Every built-in substitution name.
@@ -686,7 +686,7 @@ pub fn render(
                 None => Err(err_for(name, "log", name, ExpandErrorKind::Missing)),
             },
             Some(refusal) => match faillog_source(actions, class, refusal) {
-                Ok(Some((src, m))) => {
+                Some(FailLog::Text(src, m)) => {
                     let src = if std::ptr::eq(src, class) {
                         source_of(actions, class, "faillog")
                     } else {
@@ -694,7 +694,7 @@ pub fn render(
                     };
                     run(src, "faillog", m)
                 }
-                Ok(None) => {
+                Some(FailLog::Internal) => {
                     let template = if refusal == Refusal::Reject {
                         DEFAULT_REJECT_LOG
                     } else {
@@ -702,7 +702,7 @@ pub fn render(
                     };
                     internal(&ex, name, "faillog", template)
                 }
-                Err(()) => Err(err_for(name, "faillog", name, ExpandErrorKind::Missing)),
+                None => Err(err_for(name, "faillog", name, ExpandErrorKind::Missing)),
             },
         };
         out.log = Some(line.map(|text| LogLine {
