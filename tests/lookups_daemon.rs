@@ -15,7 +15,7 @@ use std::net::{IpAddr, TcpListener};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use dnsenv::{fetch_from, isolate, ns_addr, Nameserver, Records, SlowDns};
+use dnsenv::{fetch, fetch_from, isolate, ns_addr, Nameserver, Records, SlowDns};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -245,4 +245,33 @@ fn aftermaxthreads_applies_while_the_only_evaluation_waits_on_dns() {
     let (got, took) = first.join().unwrap_or_else(|_| panic!("client thread"));
     assert_eq!(got, "other\n", "{}", n.log());
     assert!(took >= Duration::from_millis(1400), "{took:?}");
+}
+
+#[test]
+fn ipv6_client_hostname_and_nibble_dnsbl() {
+    // ::1 is listed in bl6.test under its 32-nibble name; its name comes from /etc/hosts.
+    let nibbles = format!("1{}", ".0".repeat(31));
+    let records = Records::new().a(&format!("{nibbles}.bl6.test"), "127.0.0.2");
+    let Some(env) = isolate(
+        "ipv6_client_hostname_and_nibble_dnsbl",
+        ns_addr(25),
+        Nameserver::Dnsmasq(records),
+    ) else {
+        return;
+    };
+    let rules = "v6bl: dnsbl: bl6.test/127.0.0.2 && KNOWN\nother: ALL\n";
+    let actions = "v6bl: msg v6bl %(ip)s %(hostname)s %(hnstatus)s%(nl)s\nother: msg other%(nl)s\n";
+    let n = env.start_nanny_on(rules, actions, "", true);
+    let dst: std::net::SocketAddr = format!("[::1]:{}", n.port)
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (got, took) = fetch("::1", dst, CLIENT_TIMEOUT);
+    eprintln!("ipv6 client classified in {took:?}");
+    assert_eq!(
+        got,
+        "v6bl ::1 localhost good\n",
+        "{}\n{}",
+        n.log(),
+        env.dnsmasq_log()
+    );
 }

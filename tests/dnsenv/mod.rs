@@ -544,6 +544,11 @@ impl DnsEnv {
     /// nobody with the classifier chrooted to an empty directory; `conf_extra` lines are added
     /// to nanny.conf. Returns once the daemon listens.
     pub fn start_nanny(&self, rules: &str, actions: &str, conf_extra: &str) -> Nanny {
+        self.start_nanny_on(rules, actions, conf_extra, false)
+    }
+
+    /// As [`DnsEnv::start_nanny`], listening on [::1] as well when `v6` is true.
+    pub fn start_nanny_on(&self, rules: &str, actions: &str, conf_extra: &str, v6: bool) -> Nanny {
         let Some(bin) = option_env!("CARGO_BIN_EXE_portnanny") else {
             panic!("the portnanny binary is not part of this build");
         };
@@ -562,10 +567,15 @@ impl DnsEnv {
         let conf = write(
             "nanny.conf",
             &format!(
-                "rulefile {}\nactionfile {}\nlisten {port}@127.0.0.1\nprivsepuser nobody\n\
+                "rulefile {}\nactionfile {}\nlisten {port}@127.0.0.1\n{}privsepuser nobody\n\
                  chrootdir {}\n{conf_extra}\n",
                 rules_p.display(),
                 actions_p.display(),
+                if v6 {
+                    format!("listen {port}@::1\n")
+                } else {
+                    String::new()
+                },
                 empty.display()
             ),
         );
@@ -604,9 +614,17 @@ impl DnsEnv {
 /// What a client from `src` received from 127.0.0.1:`port` until the daemon closed, and how
 /// long that took from the start of the connect.
 pub fn fetch_from(src: &str, port: u16, timeout: Duration) -> (String, Duration) {
+    fetch(
+        src,
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+        timeout,
+    )
+}
+
+/// As [`fetch_from`], to any daemon address (e.g. `[::1]:port`).
+pub fn fetch(src: &str, dst: SocketAddr, timeout: Duration) -> (String, Duration) {
     let src: IpAddr = src.parse().unwrap_or_else(|e| panic!("{src}: {e}"));
     let t = Instant::now();
-    let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
     let mut s = portnanny::resolver::answerson::connect_from(Some(src), dst, t + timeout)
         .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
     let mut out = Vec::new();
