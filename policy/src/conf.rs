@@ -152,6 +152,48 @@ pub const DIRECTIVES: &[&str] = &[
     "cachesize",
 ];
 
+/// A nanny.conf directive (the words are [`DIRECTIVES`], in the same order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Dir {
+    RuleFile,
+    ActionFile,
+    Listen,
+    User,
+    DropIpAfter,
+    ExpireEvery,
+    OnFileError,
+    Substitutions,
+    MaxThreads,
+    AfterMaxThreads,
+    PrivsepUser,
+    Chroot,
+    DnsTimeout,
+    IdentdTimeout,
+    AnswersOnTimeout,
+    CacheTtl,
+    CacheSize,
+}
+
+const DIRS: [Dir; 17] = [
+    Dir::RuleFile,
+    Dir::ActionFile,
+    Dir::Listen,
+    Dir::User,
+    Dir::DropIpAfter,
+    Dir::ExpireEvery,
+    Dir::OnFileError,
+    Dir::Substitutions,
+    Dir::MaxThreads,
+    Dir::AfterMaxThreads,
+    Dir::PrivsepUser,
+    Dir::Chroot,
+    Dir::DnsTimeout,
+    Dir::IdentdTimeout,
+    Dir::AnswersOnTimeout,
+    Dir::CacheTtl,
+    Dir::CacheSize,
+];
+
 /// Where some directives were written, for check mode's cross-file warnings.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ConfPositions {
@@ -304,7 +346,7 @@ fn parse_line(
         src.diag_at(Severity::Error, code, ll, range, msg)
     };
     let dspan = d_off..d_off + dword.len();
-    let Some(&directive) = DIRECTIVES.iter().find(|d| **d == dword) else {
+    let Some((dir, &directive)) = DIRS.iter().zip(DIRECTIVES).find(|(_, d)| **d == dword) else {
         diags.push(err(
             dspan,
             "C001",
@@ -319,7 +361,7 @@ fn parse_line(
         diags.push(err(
             dspan,
             "C002",
-            format!("'{directive}' needs an argument ({})", usage(directive)),
+            format!("'{directive}' needs an argument ({})", usage(*dir)),
         ));
         return;
     };
@@ -330,13 +372,13 @@ fn parse_line(
             "C003",
             format!(
                 "'{directive}' takes exactly one argument ({}); this is extra",
-                usage(directive)
+                usage(*dir)
             ),
         ));
         return;
     }
     let aspan = a_off..a_off + arg.len();
-    if directive != "listen" {
+    if *dir != Dir::Listen {
         if let Some(first) = b.seen.get(directive) {
             diags.push(err(
                 dspan,
@@ -350,24 +392,26 @@ fn parse_line(
         b.seen.insert(directive, ll.lineno);
     }
     let bad = |msg: String| err(aspan.clone(), "C005", msg);
-    match directive {
-        "rulefile" => b.rulefile = Some(arg.to_owned()),
-        "actionfile" => b.actionfile = Some(arg.to_owned()),
-        "user" => b.user = Some(arg.to_owned()),
-        "privsepuser" => b.privsepuser = Some(arg.to_owned()),
-        "chrootdir" => b.chrootdir = Some(arg.to_owned()),
+    match dir {
+        Dir::RuleFile => b.rulefile = Some(arg.to_owned()),
+        Dir::ActionFile => b.actionfile = Some(arg.to_owned()),
+        Dir::User => b.user = Some(arg.to_owned()),
+        Dir::PrivsepUser => b.privsepuser = Some(arg.to_owned()),
+        Dir::Chroot => b.chrootdir = Some(arg.to_owned()),
         // The class crosses to the classifier as a ClassName: printable ASCII, 256 bytes.
-        "aftermaxthreads" if arg.len() > 256 || !arg.bytes().all(|c| (0x21..0x7f).contains(&c)) => {
+        Dir::AfterMaxThreads
+            if arg.len() > 256 || !arg.bytes().all(|c| (0x21..0x7f).contains(&c)) =>
+        {
             diags.push(bad(format!(
                 "class names are printable ASCII without spaces, at most 256 bytes; '{arg}' is not"
             )));
         }
-        "aftermaxthreads" => {
+        Dir::AfterMaxThreads => {
             let (line, col) = src.position(ll, a_off);
             pos.aftermaxthreads = Some((line, col, arg.chars().count() as u32));
             b.aftermaxthreads = Some(arg.to_owned());
         }
-        "listen" => match parse_listen(arg) {
+        Dir::Listen => match parse_listen(arg) {
             Ok(l) => {
                 let (line, col) = src.position(ll, a_off);
                 if let Some(clash) = listen_clash(&b.listens, &l) {
@@ -377,85 +421,78 @@ fn parse_line(
             }
             Err(msg) => diags.push(bad(msg)),
         },
-        "dropipafter" => match parse_timespec(arg) {
+        Dir::DropIpAfter => match parse_timespec(arg) {
             Ok(s) => b.dropipafter = Some(s),
             Err(e) => diags.push(bad(format!("bad time '{arg}': {e}"))),
         },
         // The document allows a bare '0' ("at every connection").
-        "expireevery" if arg == "0" => b.expireevery = Some(0),
-        "expireevery" => match parse_timespec(arg) {
+        Dir::ExpireEvery if arg == "0" => b.expireevery = Some(0),
+        Dir::ExpireEvery => match parse_timespec(arg) {
             Ok(s) => b.expireevery = Some(s),
             Err(e) => diags.push(bad(format!("bad time '{arg}': {e}"))),
         },
-        "onfileerror" => match arg {
+        Dir::OnFileError => match arg {
             "use-old" => b.onfileerror = Some(OnFileError::UseOld),
             "drop" => b.onfileerror = Some(OnFileError::Drop),
             _ => diags.push(bad(format!(
                 "onfileerror must be 'use-old' or 'drop', not '{arg}'"
             ))),
         },
-        "substitutions" => match arg {
+        Dir::Substitutions => match arg {
             "on" => b.substitutions = Some(true),
             "off" => b.substitutions = Some(false),
             _ => diags.push(bad(format!(
                 "substitutions must be 'on' or 'off', not '{arg}'"
             ))),
         },
-        "maxthreads" => match parse_u32(arg) {
+        Dir::MaxThreads => match parse_u32(arg) {
             Some(n) => b.maxthreads = Some(n),
             None => diags.push(bad(format!(
                 "maxthreads must be a whole number (0 or more), not '{arg}'"
             ))),
         },
-        "cachesize" => match parse_u32(arg) {
+        Dir::CacheSize => match parse_u32(arg) {
             Some(n) => b.cachesize = Some(n),
             None => diags.push(bad(format!(
                 "cachesize must be a whole number of entries, not '{arg}'"
             ))),
         },
-        "cachettl" => match parse_timespec(arg).ok().and_then(|s| u32::try_from(s).ok()) {
+        Dir::CacheTtl => match parse_timespec(arg).ok().and_then(|s| u32::try_from(s).ok()) {
             Some(s) => b.cachettl_secs = Some(s),
             None => diags.push(bad(format!(
                 "bad time '{arg}': a time is a whole number followed by s, m, h or d"
             ))),
         },
-        "dnstimeout" | "identdtimeout" | "answersontimeout" => match parse_timeout_ms(arg) {
+        Dir::DnsTimeout | Dir::IdentdTimeout | Dir::AnswersOnTimeout => match parse_timeout_ms(arg)
+        {
             Ok(ms) => {
-                let slot = match directive {
-                    "dnstimeout" => &mut b.dnstimeout_ms,
-                    "identdtimeout" => &mut b.identdtimeout_ms,
+                let slot = match dir {
+                    Dir::DnsTimeout => &mut b.dnstimeout_ms,
+                    Dir::IdentdTimeout => &mut b.identdtimeout_ms,
                     _ => &mut b.answersontimeout_ms,
                 };
                 *slot = Some(ms);
             }
             Err(msg) => diags.push(bad(msg)),
         },
-        _ => {
-            // DIRECTIVES and this match are kept in step; an unmatched name is our bug, and
-            // reporting it beats a panic in the parent.
-            diags.push(err(
-                dspan,
-                "C001",
-                format!("directive '{directive}' is not implemented"),
-            ));
-        }
     }
 }
 
-fn usage(directive: &str) -> &'static str {
-    match directive {
-        "rulefile" | "actionfile" => "a file name",
-        "listen" => "PORT or PORT@IP",
-        "user" | "privsepuser" => "a user name",
-        "dropipafter" | "cachettl" => "a time such as 30s, 10m, 2h or 1d",
-        "expireevery" => "a time such as 30s, 10m, 2h or 1d, or 0",
-        "onfileerror" => "use-old or drop",
-        "substitutions" => "on or off",
-        "maxthreads" | "cachesize" => "a number",
-        "aftermaxthreads" => "a class name",
-        "chrootdir" => "a directory",
-        "dnstimeout" | "identdtimeout" | "answersontimeout" => "a time such as 500ms, 5s or 1m",
-        _ => "one argument",
+fn usage(dir: Dir) -> &'static str {
+    match dir {
+        Dir::RuleFile | Dir::ActionFile => "a file name",
+        Dir::Listen => "PORT or PORT@IP",
+        Dir::User | Dir::PrivsepUser => "a user name",
+        Dir::DropIpAfter | Dir::CacheTtl => "a time such as 30s, 10m, 2h or 1d",
+        Dir::ExpireEvery => "a time such as 30s, 10m, 2h or 1d, or 0",
+        Dir::OnFileError => "use-old or drop",
+        Dir::Substitutions => "on or off",
+        Dir::MaxThreads | Dir::CacheSize => "a number",
+        Dir::AfterMaxThreads => "a class name",
+        Dir::Chroot => "a directory",
+        Dir::DnsTimeout | Dir::IdentdTimeout | Dir::AnswersOnTimeout => {
+            "a time such as 500ms, 5s or 1m"
+        }
     }
 }
 
