@@ -354,13 +354,9 @@ pub enum ParentToClassifier {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClassifierToParent {
     /// First message, exactly once, echoing the parent's build.
-    Hello {
-        build: BuildId,
-    },
+    Hello { build: BuildId },
     /// The classifier now evaluates with generation `gen`.
-    PolicyLoaded {
-        gen: Gen,
-    },
+    PolicyLoaded { gen: Gen },
     /// The decision for `conn`, made with the actions of generation `gen`.
     Verdict {
         conn: ConnId,
@@ -368,6 +364,7 @@ pub enum ClassifierToParent {
         decision: Decision,
         facts: VerdictFacts,
     },
+    /// A log line, any time after `Hello`; the parent caps, escapes and rate-limits it.
     Log(LogRecord),
     /// Answer to `StatusRequest`.
     Status {
@@ -403,17 +400,22 @@ pub enum Query {
 /// The resolver's answer to a `Query`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
+    /// For `Query::Host`: the forward-confirmed reverse lookup.
     Host(HostFacts),
     /// Addresses found (forward lookup or DNSBL); empty = none / not listed / failed.
     Addrs(Vec<IpAddr>),
+    /// For `Query::Identd`: the user id, or None for no (usable) answer.
     Identd(Option<IdentUser>),
+    /// For `Query::AnswersOn`: whether the connection was accepted in time.
     AnswersOn(bool),
 }
 
 /// Sent by the classifier; decoded only by the resolver.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClassifierToResolver {
+    /// First message, exactly once; the resolver checks the build against its own.
     Hello { build: BuildId },
+    /// Do `query`; answered by exactly one `LookupResult` echoing `req` and the query.
     Lookup { req: ReqId, query: Query },
 }
 
@@ -421,9 +423,10 @@ pub enum ClassifierToResolver {
 /// sent or no longer waits for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResolverToClassifier {
-    Hello {
-        build: BuildId,
-    },
+    /// First message, exactly once, echoing the classifier's build.
+    Hello { build: BuildId },
+    /// The answer to `Lookup { req, query }`; the classifier checks that `req` is outstanding
+    /// and that `query` is the one it asked, and ignores the reply otherwise.
     LookupResult {
         req: ReqId,
         query: Query,
@@ -446,6 +449,7 @@ pub struct ResolverSettings {
 /// Sent by the parent; decoded only by the resolver.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ParentToResolver {
+    /// First message, exactly once, with the settings the resolver runs with.
     Hello {
         build: BuildId,
         settings: ResolverSettings,
@@ -457,7 +461,9 @@ pub enum ParentToResolver {
 /// Sent by the resolver; decoded only by the parent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResolverToParent {
+    /// First message, exactly once; the parent kills a resolver whose build differs.
     Hello { build: BuildId },
+    /// A log line, any time after `Hello`; the parent caps, escapes and rate-limits it.
     Log(LogRecord),
 }
 
