@@ -6,7 +6,8 @@
 //! bincode encodes the variant index.
 //!
 //! Protocol summary:
-//! - parent → child: `Hello` first, exactly once; the child answers `Hello` with the same build.
+//! - parent → child: `Hello` first, exactly once; the child answers `Hello` with its OWN
+//!   `privsep::build_id()` (computed before any chroot), and a differing build is killed.
 //! - parent → classifier: `Policy` (gen N) before the first `ConnAccepted`; the classifier answers
 //!   `PolicyLoaded`. Every `ConnAccepted` gets exactly one `Verdict` naming the gen it was decided
 //!   under. `ConnClosed` tells the classifier to release the connection's counts.
@@ -353,7 +354,8 @@ pub enum ParentToClassifier {
 /// Sent by the classifier; decoded only by the parent, which admits it in `parent/admit.rs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClassifierToParent {
-    /// First message, exactly once, echoing the parent's build.
+    /// First message, exactly once, carrying the classifier's own `build_id()`; the parent
+    /// kills a classifier whose build differs from its own.
     Hello { build: BuildId },
     /// The classifier now evaluates with generation `gen`.
     PolicyLoaded { gen: Gen },
@@ -423,7 +425,7 @@ pub enum ClassifierToResolver {
 /// sent or no longer waits for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResolverToClassifier {
-    /// First message, exactly once, echoing the classifier's build.
+    /// First message, exactly once, carrying the resolver's own `build_id()`.
     Hello { build: BuildId },
     /// The answer to `Lookup { req, query }`; the classifier checks that `req` is outstanding
     /// and that `query` is the one it asked, and ignores the reply otherwise.
