@@ -365,13 +365,18 @@ fn parse_line(
         ));
         return;
     };
-    if let Some(&(x_off, _)) = ws.get(2) {
+    if let Some(&(x_off, extra)) = ws.get(2) {
         let end = ll.text.trim_end().len();
+        let hint = if extra.starts_with('#') {
+            " (a comment must be on a line of its own)"
+        } else {
+            ""
+        };
         diags.push(err(
             x_off..end,
             "C003",
             format!(
-                "'{directive}' takes exactly one argument ({}); this is extra",
+                "'{directive}' takes exactly one argument ({}); this is extra{hint}",
                 usage(*dir)
             ),
         ));

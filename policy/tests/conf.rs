@@ -208,6 +208,10 @@ fn golden_errors() {
             &["nanny.conf:4:8: error[C003]: 'user' takes exactly one argument (a user name); this is extra"],
         ),
         (
+            "user a # the user\n",
+            &["nanny.conf:4:8: error[C003]: 'user' takes exactly one argument (a user name); this is extra (a comment must be on a line of its own)"],
+        ),
+        (
             "user a\nuser b\n",
             &["nanny.conf:5:1: error[C004]: 'user' may be given only once; it was already given on line 4"],
         ),

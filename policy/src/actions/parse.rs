@@ -225,10 +225,16 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
             diags.push(err(
                 kw_range,
                 "A003",
-                format!(
-                    "unknown directive '{kw}' (known: {})",
-                    super::DIRECTIVES.join(", ")
-                ),
+                match kw.strip_suffix(':') {
+                    Some(k) if SHAPES.iter().any(|(d, _)| *d == k) => format!(
+                        "unknown directive '{kw}': directives are separated by ' : ', with \
+                         whitespace on both sides of the colon"
+                    ),
+                    _ => format!(
+                        "unknown directive '{kw}' (known: {})",
+                        super::DIRECTIVES.join(", ")
+                    ),
+                },
             ));
             continue;
         };
