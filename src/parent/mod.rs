@@ -1020,6 +1020,18 @@ impl Parent {
                 _ => continue,
             };
             if let Some(s) = self.services.remove(&pid.as_raw()) {
+                let hint = match st {
+                    WaitStatus::Exited(_, spawn::EXIT_SETUP_FAILED) => {
+                        Some("its set-up failed before exec (dup2 or the user's ids)")
+                    }
+                    WaitStatus::Exited(_, spawn::EXIT_EXEC_FAILED) => {
+                        Some("execve failed (not an executable?)")
+                    }
+                    _ => None,
+                };
+                if let (Some(h), true) = (hint, s.started.elapsed() < Duration::from_secs(1)) {
+                    log::err(&format!("service pid={pid} conn={} {how}: {h}", s.conn.0));
+                }
                 log::debug(
                     1,
                     &format!(

@@ -7,17 +7,17 @@
 //!
 //! Invariants: the child gets exactly fds 0, 1, 2 (every descriptor of the parent is
 //! close-on-exec, and `main` marks inherited ones close-on-exec at start); credentials change
-//! inside `pre_exec`, in the order setgroups → setresgid → setresuid, because std's own
-//! uid/gid switching runs before `pre_exec` and knows nothing of supplementary groups; a failed
-//! step aborts that child before exec (spawn returns the error). The signal mask is emptied and
-//! SIGPIPE reset to default, since std and the parent's signal handling leave them changed.
+//! in the child between fork and exec, in the order setgroups → setresgid → setresuid (std's
+//! `Command` cannot set supplementary groups, and waits for every exec, see [`spawn_service`]);
+//! a failed step aborts that child before exec. The signal mask is emptied and the parent's
+//! signal dispositions (including the ignored SIGPIPE) are reset to default.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::OnceLock;
 
 use nix::unistd::{Gid, User};
 
@@ -47,59 +47,210 @@ pub fn resolve_user(name: &str) -> Result<Creds, String> {
     })
 }
 
+/// Exit status of a service child whose set-up failed before exec (dup2 or a credential
+/// change); the parent logs it when it reaps the child.
+pub const EXIT_SETUP_FAILED: i32 = 126;
+/// Exit status of a service child whose execve failed.
+pub const EXIT_EXEC_FAILED: i32 = 127;
+
+/// The PATH used to find a command when neither the service environment nor the parent's has
+/// one (execvp's default, without the current directory).
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The parent's own environment as `NAME=value` C strings with their names, built once: the
+/// parent never changes its environment, and every service starts from it.
+fn base_env() -> &'static [(Vec<u8>, CString)] {
+    static BASE: OnceLock<Vec<(Vec<u8>, CString)>> = OnceLock::new();
+    BASE.get_or_init(|| {
+        std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let name = k.as_bytes().to_vec();
+                let mut kv = name.clone();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).ok().map(|c| (name, c))
+            })
+            .collect()
+    })
+}
+
+fn cstring(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "argument or environment value contains a NUL byte",
+        )
+    })
+}
+
+/// The environment for one service: the parent's, with `extra` added or replacing (later
+/// entries of `extra` win, so setenv beats the built-in variables).
+fn service_env(extra: &[(String, String)]) -> io::Result<Vec<CString>> {
+    let mut out: Vec<CString> = base_env()
+        .iter()
+        .filter(|(name, _)| !extra.iter().any(|(k, _)| k.as_bytes() == name.as_slice()))
+        .map(|(_, kv)| kv.clone())
+        .collect();
+    for (i, (k, v)) in extra.iter().enumerate() {
+        if extra
+            .get(i + 1..)
+            .is_some_and(|rest| rest.iter().any(|(k2, _)| k2 == k))
+        {
+            continue;
+        }
+        if k.is_empty() || k.contains('=') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad environment variable name {k:?}"),
+            ));
+        }
+        out.push(cstring(&format!("{k}={v}"))?);
+    }
+    Ok(out)
+}
+
+/// execvp's search, done in the parent before forking so the child only calls execve: a name
+/// with a slash is used as is; otherwise the first executable `DIR/name` along PATH (the
+/// service environment's PATH if it sets one, else the parent's, else [`DEFAULT_PATH`]).
+pub fn find_program(prog: &str, env: &[(String, String)]) -> io::Result<CString> {
+    if prog.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+    }
+    if prog.contains('/') {
+        let c = cstring(prog)?;
+        // SAFETY: access only reads the NUL-terminated path.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(c);
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_else(|| DEFAULT_PATH.to_owned());
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let cand = cstring(&format!("{dir}/{prog}"))?;
+        // SAFETY: access only reads the NUL-terminated path.
+        if unsafe { libc::access(cand.as_ptr(), libc::X_OK) } == 0 {
+            return Ok(cand);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{prog} not found in PATH"),
+    ))
+}
+
 /// Starts `argv` (PATH searched like execvp) with `stream` on fds 0, 1 and 2, the parent's
 /// environment plus `env`, as `creds` (None: as the parent's own user). Returns the pid.
-/// The caller drops its copy of the stream right after, so the peer sees EOF when the service
-/// closes, as with inetd.
+///
+/// The parent does not wait for the exec (std's `Command` does, through a pipe, which
+/// serialises every spawn behind the child's exec): the program is found before the fork, and
+/// a failure after it shows up as exit status [`EXIT_SETUP_FAILED`] or [`EXIT_EXEC_FAILED`]
+/// when the child is reaped. The caller's copy of the stream is closed here, right after the
+/// fork, so the peer sees EOF when the service closes, as with inetd.
 pub fn spawn_service(
     argv: &[String],
     env: &[(String, String)],
     creds: Option<&Creds>,
     stream: TcpStream,
 ) -> io::Result<u32> {
-    let (prog, args) = argv
-        .split_first()
+    let prog = argv
+        .first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    let path = find_program(prog, env)?;
+    let args: Vec<CString> = argv.iter().map(|a| cstring(a)).collect::<io::Result<_>>()?;
+    let envs = service_env(env)?;
+    let mut argp: Vec<*const libc::c_char> = args.iter().map(|c| c.as_ptr()).collect();
+    argp.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = envs.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
     // The accepted socket is non-blocking for the parent's own use; the flag lives in the shared
     // open file description, and services expect ordinary blocking stdio.
     stream.set_nonblocking(false)?;
-    let out = stream.try_clone()?;
-    let err = stream.try_clone()?;
-    let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::from(OwnedFd::from(stream)))
-        .stdout(Stdio::from(OwnedFd::from(out)))
-        .stderr(Stdio::from(OwnedFd::from(err)));
-    let ids = creds.map(|c| (c.uid, c.gid, c.groups.clone()));
-    // SAFETY: the closure runs in the forked child between fork and exec. async-signal-safe:
-    // no alloc, no locks — it only reads the `ids` captured (allocated in the parent) and makes
-    // raw system calls (sigprocmask, signal, setgroups, setresgid, setresuid);
-    // io::Error::last_os_error does not allocate.
+    let fd = stream.as_raw_fd();
+    let ids: Option<(libc::uid_t, libc::gid_t, &[libc::gid_t])> =
+        creds.map(|c| (c.uid, c.gid, c.groups.as_slice()));
+
+    // ORDER: block every signal across the fork, so no handler of the parent's (signal-hook's
+    // self-pipe writers) can run in the child before it resets them; the parent restores its
+    // mask right after.
+    // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask only touch these sets.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe {
-        cmd.pre_exec(move || {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            if let Some((uid, gid, groups)) = &ids {
-                // ORDER: groups and gid first, while we still have the privilege to set them;
-                // the uid last, which gives that privilege up.
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::setresgid(*gid, *gid, *gid) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::setresuid(*uid, *uid, *uid) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
     }
-    let child = cmd.spawn()?;
-    Ok(child.id())
+    // SAFETY: the parent is single-threaded (no lock can be held by another thread), and the
+    // child runs only `service_child`, which is async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: in the child of fork, see service_child.
+        unsafe { service_child(fd, ids, &path, &argp, &envp) }
+    }
+    let err = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    drop(stream);
+    if pid < 0 {
+        return Err(err);
+    }
+    u32::try_from(pid).map_err(|_| io::Error::other("fork returned a bad pid"))
+}
+
+/// The child side of [`spawn_service`]. async-signal-safe: no alloc, no locks; it only reads
+/// values prepared by the parent and makes raw system calls (signal, dup2, setgroups,
+/// setresgid, setresuid, sigprocmask, execve, _exit).
+///
+/// # Safety
+/// Call only in the child of `fork`, with valid NUL-terminated `path` and NULL-terminated
+/// pointer arrays `argp` and `envp`.
+unsafe fn service_child(
+    fd: libc::c_int,
+    ids: Option<(libc::uid_t, libc::gid_t, &[libc::gid_t])>,
+    path: &CStr,
+    argp: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> ! {
+    // The parent's handlers would write to its self-pipe; defaults for everything it handles,
+    // and SIGPIPE back to default (Rust ignores it, and an ignored signal stays ignored
+    // across exec).
+    for sig in [
+        libc::SIGCHLD,
+        libc::SIGHUP,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGPIPE,
+    ] {
+        libc::signal(sig, libc::SIG_DFL);
+    }
+    // dup2 clears close-on-exec on the copies; the original (CLOEXEC, above 2 because fds 0-2
+    // are always open in the parent) closes at exec.
+    if libc::dup2(fd, 0) < 0 || libc::dup2(fd, 1) < 0 || libc::dup2(fd, 2) < 0 {
+        libc::_exit(EXIT_SETUP_FAILED);
+    }
+    if let Some((uid, gid, groups)) = ids {
+        // ORDER: groups and gid first, while we still have the privilege to set them; the uid
+        // last, which gives that privilege up. Any failure aborts this child before exec.
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            || libc::setresgid(gid, gid, gid) != 0
+            || libc::setresuid(uid, uid, uid) != 0
+        {
+            libc::_exit(EXIT_SETUP_FAILED);
+        }
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    libc::execve(path.as_ptr(), argp.as_ptr(), envp.as_ptr());
+    libc::_exit(EXIT_EXEC_FAILED)
 }
 
 /// Marks every descriptor above 2 that the process inherited close-on-exec, so nothing the
@@ -241,18 +392,58 @@ mod tests {
     }
 
     #[test]
+    fn env_merging_and_path_search() {
+        let env = service_env(&[
+            ("PROTO".into(), "TCP".into()),
+            ("X".into(), "1".into()),
+            ("X".into(), "2".into()),
+        ])
+        .unwrap();
+        let strs: Vec<&str> = env.iter().map(|c| c.to_str().unwrap()).collect();
+        assert!(strs.contains(&"PROTO=TCP"));
+        assert!(strs.contains(&"X=2") && !strs.contains(&"X=1"));
+        assert!(service_env(&[("A=B".into(), "x".into())]).is_err());
+        assert!(service_env(&[("A".into(), "x\0y".into())]).is_err());
+        assert_eq!(
+            find_program("/bin/sh", &[]).unwrap().to_str().unwrap(),
+            "/bin/sh"
+        );
+        let sh = find_program("sh", &[("PATH".into(), "/nonexistent:/bin".into())]).unwrap();
+        assert_eq!(sh.to_str().unwrap(), "/bin/sh");
+        assert!(find_program("sh", &[("PATH".into(), "/nonexistent".into())]).is_err());
+        assert!(find_program("", &[]).is_err());
+    }
+
+    #[test]
     fn missing_program_is_an_error() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
+        let addr = l.local_addr().unwrap();
         let argv = vec!["/nonexistent/portnanny-test".to_owned()];
-        assert!(spawn_service(&argv, &[], None, s).is_err());
-        assert!(spawn_service(
-            &[],
-            &[],
-            None,
-            TcpStream::connect(l.local_addr().unwrap()).unwrap()
-        )
-        .is_err());
+        assert!(spawn_service(&argv, &[], None, TcpStream::connect(addr).unwrap()).is_err());
+        let argv = vec!["no-such-program-portnanny".to_owned()];
+        assert!(spawn_service(&argv, &[], None, TcpStream::connect(addr).unwrap()).is_err());
+        assert!(spawn_service(&[], &[], None, TcpStream::connect(addr).unwrap()).is_err());
+    }
+
+    #[test]
+    fn exec_failure_after_fork_is_exit_127() {
+        // Executable by access(2) but not by execve: a truncated ELF header makes execve fail
+        // with ENOEXEC in the child, after the fork.
+        let dir = std::env::temp_dir().join(format!("pn-spawn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("noexec");
+        std::fs::write(&f, [0x7f, b'E', b'L', b'F', 0, 0]).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let argv = vec![f.to_string_lossy().into_owned()];
+        let pid = spawn_service(&argv, &[], None, s).unwrap();
+        let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None).unwrap();
+        assert_eq!(
+            st,
+            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid as i32), 127)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
