@@ -310,3 +310,35 @@ fn original_test_file_loads() {
     );
     assert_eq!(class(&a, "class1").lineno, 8);
 }
+
+#[test]
+fn warns_when_a_continuation_directive_is_swallowed() {
+    // The document's DNSBL example as printed: no ' : ' before failmsg.
+    let p = parse_actions(
+        "actions",
+        "DNSBL:\tfaillog refused %(connsum)s: DNS blocklist class %(class)s\n\
+         \t\tfailmsg\t500 Sorry, %(ip)s. Connection refused. %(blmsg)s\n\
+         \t\t: reject : norepeatlog\n",
+    );
+    let got: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        got,
+        vec!["actions:2:3: warning[A016]: 'failmsg' starts a continuation line but is part of the text of 'faillog'; if it is meant as a directive, end the line before with ' :'"]
+    );
+    // Only a warning: the file loads, with the text as written.
+    let a = p.value.expect("loads");
+    assert!(a.by_name("DNSBL").unwrap().failmsg.is_none());
+    // Not when the word is in the middle of a line, or the line ends with ' :'.
+    for text in [
+        "a: msg please run the tests\n",
+        "a: msg hello :\n  run x\n",
+        "a: log x\n  y run\n",
+    ] {
+        let p = parse_actions("actions", text);
+        assert!(
+            p.diagnostics.iter().all(|d| d.code != "A016"),
+            "{text}: {:?}",
+            p.diagnostics
+        );
+    }
+}

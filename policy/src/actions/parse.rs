@@ -283,7 +283,10 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
                     _ => class.norepeatlog = true,
                 }
             }
-            Shape::OptText => class.log = Some((!arg.is_empty()).then(|| arg.to_owned())),
+            Shape::OptText => {
+                swallowed_directive(src, ll, arg_range.clone(), directive, diags);
+                class.log = Some((!arg.is_empty()).then(|| arg.to_owned()));
+            }
             Shape::Number => {
                 if arg.is_empty() {
                     diags.push(missing("a number"));
@@ -312,6 +315,7 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
                     }));
                     continue;
                 }
+                swallowed_directive(src, ll, arg_range.clone(), directive, diags);
                 let v = Some(arg.to_owned());
                 match directive {
                     "run" => class.run = v,
@@ -411,6 +415,40 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
         first_at.insert(directive, kw_col);
     }
     Some(class)
+}
+
+/// Warns when a continuation line that starts with a directive name ends up inside the text of
+/// the directive before it, which happens when the ' : ' that should end that text is missing
+/// (the document's own DNSBL example has this mistake). Only a warning: the text is legal.
+fn swallowed_directive(
+    src: &SourceFile,
+    ll: &LogicalLine,
+    range: std::ops::Range<usize>,
+    directive: &str,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for (rel, word) in crate::conf::words(&ll.text[range.clone()]) {
+        let at = range.start + rel;
+        if !SHAPES.iter().any(|(d, _)| *d == word) {
+            continue;
+        }
+        let (line, col) = src.position(ll, at);
+        let phys = src.physical_line(line);
+        let indent = phys.len() - phys.trim_start_matches([' ', '\t']).len();
+        let starts_line = phys[..indent.min(phys.len())].chars().count() as u32 + 1 == col;
+        if line != ll.lineno && starts_line {
+            diags.push(src.diag_at(
+                Severity::Warning,
+                "A016",
+                ll,
+                at..at + word.len(),
+                format!(
+                    "'{word}' starts a continuation line but is part of the text of '{directive}'; \
+                     if it is meant as a directive, end the line before with ' :'"
+                ),
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
