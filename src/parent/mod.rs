@@ -1351,6 +1351,36 @@ fn finish_msg(w: MsgWrite<TcpStream>, how: Progress) {
         Progress::Failed(e) => log::debug(1, &format!("msg conn={} failed: {e}", conn.0)),
         Progress::Blocked => {}
     }
-    let s = w.into_inner();
+    let mut s = w.into_inner();
     let _ = s.shutdown(std::net::Shutdown::Write);
+    // Closing a socket with unread input makes the kernel send RST instead of FIN, and a
+    // client that sent a request line before the message arrived would then lose the message.
+    // Discard what is already there (bounded; the socket is non-blocking) before closing.
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match std::io::Read::read(&mut s, &mut sink) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_budget_allows_the_limit_then_summarises_the_rest() {
+        let mut b = LogBudget::default();
+        let t0 = Instant::now();
+        for i in 0..LOG_LINES_PER_SEC {
+            assert_eq!(b.admit(t0), (true, None), "line {i}");
+        }
+        // limit + 1 and beyond: dropped and counted.
+        assert_eq!(b.admit(t0), (false, None));
+        assert_eq!(b.admit(t0 + Duration::from_millis(999)), (false, None));
+        // The next window reports the two dropped lines and lets lines through again.
+        assert_eq!(b.admit(t0 + Duration::from_secs(1)), (true, Some(2)));
+        assert_eq!(b.admit(t0 + Duration::from_secs(1)), (true, None));
+    }
 }
