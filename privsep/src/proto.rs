@@ -45,9 +45,34 @@ pub struct ClassId(pub u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ReqId(pub u64);
 
-/// Identifies the binary: a child whose build differs from the parent's is killed.
+/// Identifies the binary: a child whose build differs from the parent's is killed. Decoded
+/// only if it is 1..=[`MAX_BUILD_ID`] printable ASCII bytes, so a hostile Hello cannot put a
+/// megabyte or control characters into the parent's log line about the mismatch.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct BuildId(pub String);
+
+/// Longest build id accepted from a peer (`privsep::build_id()` is far shorter).
+pub const MAX_BUILD_ID: usize = 128;
+
+impl TryFrom<String> for BuildId {
+    type Error = ShapeError;
+    fn try_from(s: String) -> Result<Self, ShapeError> {
+        if s.is_empty() || s.len() > MAX_BUILD_ID {
+            return Err(ShapeError("build id length"));
+        }
+        if !s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err(ShapeError("build id character"));
+        }
+        Ok(BuildId(s))
+    }
+}
+
+impl From<BuildId> for String {
+    fn from(b: BuildId) -> String {
+        b.0
+    }
+}
 
 /// Why a newtype refused a value while decoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -483,6 +508,15 @@ mod tests {
         assert!(ok("a b").is_err());
         assert!(ok(&"x".repeat(64)).is_err());
         assert!(ok(&["a"; 130].join(".")).is_err());
+    }
+
+    #[test]
+    fn build_id_shapes() {
+        assert!(BuildId::try_from(crate::spawn::build_id().0).is_ok());
+        assert!(BuildId::try_from(String::new()).is_err());
+        assert!(BuildId::try_from("a\nb".to_owned()).is_err());
+        assert!(BuildId::try_from("x".repeat(MAX_BUILD_ID)).is_ok());
+        assert!(BuildId::try_from("x".repeat(MAX_BUILD_ID + 1)).is_err());
     }
 
     #[test]

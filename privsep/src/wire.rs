@@ -432,6 +432,14 @@ mod tests {
             .unwrap();
         bad_host[at + 7] = b'\n';
 
+        // A Hello whose BuildId carries an escape sequence.
+        let bad_build = {
+            let mut b = 0u32.to_le_bytes().to_vec();
+            b.extend_from_slice(&4u64.to_le_bytes());
+            b.extend_from_slice(b"a\x1b[J");
+            b
+        };
+
         let oversize = vec![0u8; MAX_FRAME + 1];
         type Row<'a> = (&'a str, &'a [u8], fn(&Violation) -> bool);
         let rows: Vec<Row> = vec![
@@ -459,6 +467,11 @@ mod tests {
             ("nested unknown variant", &bad_level, |v| {
                 matches!(v, Violation::Decode(_))
             }),
+            (
+                "build id shape",
+                &bad_build,
+                |v| matches!(v, Violation::Decode(s) if s.contains("build id")),
+            ),
             (
                 "hostname shape",
                 &bad_host,
