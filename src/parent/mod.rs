@@ -945,6 +945,11 @@ impl Parent {
 
     fn accept_from(&mut self, idx: usize) {
         for _ in 0..ACCEPT_BATCH {
+            // The classifier may have failed earlier in this loop turn: leave new connections
+            // in the listen backlog until a new one is ready.
+            if !self.workers.as_ref().is_some_and(WorkerSet::ready) {
+                return;
+            }
             let Some(l) = self.listeners.get(idx) else {
                 return;
             };
@@ -976,8 +981,8 @@ impl Parent {
                 continue;
             }
             let Some(ws) = self.workers.as_mut() else {
-                // Not reached: listeners are polled only with a ready classifier.
-                continue;
+                // Not reached: checked at the top of the loop.
+                return;
             };
             let min_gen = ws.acked.unwrap_or(ws.first_sent);
             let sent = ws.classifier.queue(&ParentToClassifier::ConnAccepted {
