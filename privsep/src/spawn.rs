@@ -132,7 +132,7 @@ pub fn spawn_worker(
     }
     // If std's own exec-status pipe happened to get a number in 3..3+n, the dup2 above
     // replaces it in the child: a failed exec then reads as success here, and the worker's
-    // missing Hello (it exits 127) is what the parent notices. Nothing worse can follow.
+    // missing Hello (it exits at once) is what the parent notices. Nothing worse can follow.
     let child = cmd.spawn().map_err(|e| SpawnError::new("exec", e))?;
     // The child holds its own copies now; ours (and the originals) close here.
     drop(high);
