@@ -139,7 +139,11 @@ impl SourceFile {
                 Some(prev) if indented => {
                     let kept = prev.text.trim_end().len();
                     prev.text.truncate(kept);
-                    prev.pieces.retain(|p| p.start <= kept);
+                    // Pieces are in start order, so only trailing ones can lie past the cut;
+                    // popping them keeps a long continuation linear (retain was quadratic).
+                    while prev.pieces.last().is_some_and(|p| p.start > kept) {
+                        prev.pieces.pop();
+                    }
                     prev.text.push(' ');
                     prev.pieces.push(Piece {
                         start: prev.text.len(),

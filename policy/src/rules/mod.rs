@@ -274,9 +274,9 @@ fn parse_line(
                         }
                     } else {
                         let shown = if note.is_empty() {
-                            "an empty note".to_owned()
+                            "an empty rule note".to_owned()
                         } else {
-                            format!("'{note}'")
+                            format!("unknown rule note '{note}'")
                         };
                         err(
                             diags,
@@ -287,8 +287,8 @@ fn parse_line(
                                 range
                             },
                             format!(
-                                "unknown rule note {shown} (notes are /always, /nt, \
-                                 /nonterminal, /label and /label=LABEL)"
+                                "{shown} (notes are /always, /nt, /nonterminal, /label and \
+                                 /label=LABEL)"
                             ),
                         );
                         head_ok = false;
@@ -467,9 +467,14 @@ fn warn(src: &SourceFile, lines: &[LogicalLine], heads: &[Head], diags: &mut Vec
                     .iter()
                     .any(|p| p.class == e.class && p.nonterminal && p.constant != Some(false));
             let word_end = ll.text.find(is_ws).unwrap_or(ll.text.len());
-            // A later rule of j's class is skipped once j matched; j is evaluated whenever rule k
-            // would be, unless k is /always and j is not.
-            if same_class && (e.always || !h.always) {
+            // A later rule of j's class is skipped once j matched. j is evaluated (or skipped
+            // because its class matched) whenever rule k would be, unless k is /always and j
+            // is not and some rule before j may have stopped evaluation.
+            let j_always_reached = e.always
+                || heads[..j]
+                    .iter()
+                    .all(|p| p.nonterminal || p.constant == Some(false));
+            if same_class && (j_always_reached || !h.always) {
                 diags.push(src.diag_at(
                     Severity::Warning,
                     "R102",

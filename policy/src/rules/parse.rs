@@ -160,14 +160,20 @@ pub fn parse_tokens(tokens: &[Spanned], text_len: usize) -> Result<Expr, Vec<Syn
                     .rev()
                     .find(|t| t.span.end <= span.start)
                     .and_then(|t| match &t.tok {
-                        Tok::Word(w) if is_matcher_word(w) => Some(w.clone()),
+                        Tok::Word(w) if is_matcher_word(w) => Some((w.clone(), t.span.clone())),
                         _ => None,
                     });
-                let message = match after {
-                    Some(m) if expected == "an argument" => {
-                        format!("expected an argument for {m}, found {found}")
+                let (span, message) = match after {
+                    Some((m, mspan)) if expected == "an argument" => {
+                        let bare = m.trim_end_matches(':');
+                        if super::matchers::BARE_MATCHERS.contains(&bare) {
+                            let msg = format!("{bare} takes no argument; write it without the ':'");
+                            (mspan, msg)
+                        } else {
+                            (span, format!("expected an argument for {m}, found {found}"))
+                        }
                     }
-                    _ => format!("expected {expected}, found {found}"),
+                    _ => (span, format!("expected {expected}, found {found}")),
                 };
                 SyntaxError { span, message }
             })

@@ -1,0 +1,142 @@
+//! Property tests: the rules parser never panics, printing round-trips, and AddrSet agrees with
+//! a naive list of ranges.
+
+mod rules_common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use policy::addr::{AddrRange, AddrSet};
+use policy::rules::parse_rules;
+use proptest::prelude::*;
+use rules_common::Fake;
+
+/// Words that steer random input into the interesting corners of the grammar.
+fn vocab() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("ALL".to_owned()),
+        Just("KNOWN".to_owned()),
+        Just("NOT".to_owned()),
+        Just("!".to_owned()),
+        Just("AND".to_owned()),
+        Just("&&".to_owned()),
+        Just("EXCEPT".to_owned()),
+        Just("(".to_owned()),
+        Just(")".to_owned()),
+        Just("'".to_owned()),
+        Just("''".to_owned()),
+        Just("ip:".to_owned()),
+        Just("re:".to_owned()),
+        Just("local:".to_owned()),
+        Just("dnsbl:".to_owned()),
+        Just("class:".to_owned()),
+        Just("/nt".to_owned()),
+        Just("/always".to_owned()),
+        Just("/label=".to_owned()),
+        Just(":".to_owned()),
+        Just("\n".to_owned()),
+        Just("\n  ".to_owned()),
+        Just("#".to_owned()),
+        Just("10.0.0.0/8".to_owned()),
+        Just("127.".to_owned()),
+        Just("::1".to_owned()),
+        Just("1.2.3.4-1.2.3.9".to_owned()),
+        Just(".example.com".to_owned()),
+        "[a-z0-9.:/@*'()!& -]{0,8}",
+        any::<char>().prop_map(String::from),
+    ]
+}
+
+fn soup() -> impl Strategy<Value = String> {
+    prop::collection::vec(vocab(), 0..24).prop_map(|v| v.join(" "))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn parser_never_panics_on_any_string(text in any::<String>()) {
+        let p = parse_rules("r", &text);
+        prop_assert_eq!(p.value.is_some(), !p.has_errors());
+    }
+
+    #[test]
+    fn parser_never_panics_on_rule_soup(head in "[a-z]{1,3}(/[a-z=]{0,6}){0,2}:", body in soup()) {
+        let text = format!("{head} {body}\n");
+        let p = parse_rules("r", &text);
+        if let Some(rules) = p.value {
+            // Whatever parsed evaluates without panicking, and prints to text that parses to
+            // the same printed form.
+            let mut f = Fake::new("10.0.0.1");
+            rules.evaluate(&mut f);
+            for r in rules.rules() {
+                let printed = r.expr.to_string();
+                let again = parse_rules("r", &format!("x: {printed}\n"));
+                let again = again.value.expect("printed form parses");
+                prop_assert_eq!(again.rules()[0].expr.to_string(), printed);
+            }
+        }
+    }
+}
+
+/// A strategy for IPv4 ranges concentrated in a small window so that they overlap and touch.
+fn v4_range() -> impl Strategy<Value = (u32, u32)> {
+    prop_oneof![
+        (0u32..512, 0u32..64).prop_map(|(a, l)| (a, a.saturating_add(l))),
+        (any::<u32>(), 0u32..4).prop_map(|(a, l)| (a, a.saturating_add(l))),
+        Just((u32::MAX - 3, u32::MAX)),
+        Just((0, 0)),
+    ]
+}
+
+fn v6_range() -> impl Strategy<Value = (u128, u128)> {
+    prop_oneof![
+        (0u128..512, 0u128..64).prop_map(|(a, l)| (a, a.saturating_add(l))),
+        (any::<u128>(), 0u128..4).prop_map(|(a, l)| (a, a.saturating_add(l))),
+        Just((u128::MAX - 1, u128::MAX)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn addrset_agrees_with_naive_ranges(
+        v4 in prop::collection::vec(v4_range(), 0..40),
+        v6 in prop::collection::vec(v6_range(), 0..20),
+        probes4 in prop::collection::vec(prop_oneof![0u32..600, any::<u32>()], 0..200),
+        probes6 in prop::collection::vec(prop_oneof![0u128..600, any::<u128>()], 0..100),
+    ) {
+        let set = AddrSet::from_ranges(
+            v4.iter().map(|&(a, b)| AddrRange::V4(a, b))
+                .chain(v6.iter().map(|&(a, b)| AddrRange::V6(a, b))),
+        );
+        // Probe the edges of every range too.
+        let mut p4 = probes4.clone();
+        for &(a, b) in &v4 {
+            p4.extend([a, b, a.wrapping_sub(1), b.wrapping_add(1)]);
+        }
+        for x in p4 {
+            let naive = v4.iter().any(|&(a, b)| a <= x && x <= b);
+            prop_assert_eq!(set.contains(IpAddr::V4(Ipv4Addr::from(x))), naive, "v4 {}", x);
+        }
+        let mut p6 = probes6.clone();
+        for &(a, b) in &v6 {
+            p6.extend([a, b, a.wrapping_sub(1), b.wrapping_add(1)]);
+        }
+        for x in p6 {
+            let addr = Ipv6Addr::from(x);
+            let naive = if let Some(v4addr) = addr.to_ipv4_mapped() {
+                // v4-mapped addresses are answered from the IPv4 side, which holds both the
+                // v4 ranges and the mapped part of the v6 ranges.
+                let n = u32::from(v4addr);
+                v4.iter().any(|&(a, b)| a <= n && n <= b)
+                    || v6.iter().any(|&(a, b)| a <= x && x <= b)
+            } else {
+                v6.iter().any(|&(a, b)| a <= x && x <= b)
+            };
+            prop_assert_eq!(set.contains(IpAddr::V6(addr)), naive, "v6 {}", x);
+        }
+        // Merged: never more intervals than inputs.
+        prop_assert!(set.interval_count() <= v4.len() + 2 * v6.len());
+    }
+}
