@@ -19,7 +19,7 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
-use syslog::{Facility, Formatter3164, LoggerBackend};
+use syslog::{Facility, LogFormat, LoggerBackend, Severity};
 
 /// Severity of a line; mapped to syslog priorities with -l.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,7 +46,29 @@ impl From<privsep::proto::LogLevel> for Level {
     }
 }
 
-type Syslog = syslog::Logger<LoggerBackend, Formatter3164>;
+type Syslog = syslog::Logger<LoggerBackend, LocalFormat>;
+
+/// The local-socket syslog format `<PRI>ident[pid]: message`, without a timestamp or hostname:
+/// the daemon on /dev/log stamps messages on arrival. (The crate's RFC 3164 formatter writes a
+/// UTC time as if it were local time.)
+#[derive(Clone, Debug)]
+struct LocalFormat {
+    facility: Facility,
+    ident: String,
+    pid: u32,
+}
+
+impl<T: std::fmt::Display> LogFormat<T> for LocalFormat {
+    fn format<W: std::io::Write>(
+        &self,
+        w: &mut W,
+        severity: Severity,
+        message: T,
+    ) -> syslog::Result<()> {
+        let pri = self.facility as u8 | severity as u8;
+        write!(w, "<{pri}>{}[{}]: {message}", self.ident, self.pid).map_err(syslog::Error::Write)
+    }
+}
 
 enum Target {
     Stderr,
@@ -82,12 +104,9 @@ pub fn init(progname: &str, verbosity: u8, syslog: bool) -> Result<(), String> {
 }
 
 fn connect(progname: &str, pid: u32) -> Result<Syslog, String> {
-    // hostname None: the local-socket form `<pri>timestamp ident[pid]: msg`, which every
-    // syslog daemon accepts on /dev/log and which keeps the -p ident as the tag.
-    let f = Formatter3164 {
+    let f = LocalFormat {
         facility: Facility::LOG_DAEMON,
-        hostname: None,
-        process: progname.to_owned(),
+        ident: progname.to_owned(),
         pid,
     };
     syslog::unix(f).map_err(|e| format!("cannot connect to syslog: {e}"))
@@ -261,6 +280,21 @@ mod tests {
         let all: String = (0u32..0x300).filter_map(char::from_u32).collect();
         let e = escape(&all);
         assert!(e.bytes().all(|b| (0x20..0x7f).contains(&b)));
+    }
+
+    #[test]
+    fn syslog_lines_carry_facility_daemon_and_the_ident() {
+        let f = LocalFormat {
+            facility: Facility::LOG_DAEMON,
+            ident: "pn2".into(),
+            pid: 42,
+        };
+        let mut out = Vec::new();
+        f.format(&mut out, Severity::LOG_INFO, "hello").unwrap();
+        assert_eq!(out, b"<30>pn2[42]: hello");
+        let mut out = Vec::new();
+        f.format(&mut out, Severity::LOG_CRIT, "x").unwrap();
+        assert_eq!(out, b"<26>pn2[42]: x");
     }
 
     #[test]
