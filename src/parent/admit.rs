@@ -1015,4 +1015,65 @@ limited: run /bin/true : failrun /bin/false
             Ok(AdmittedResolver::Log { .. })
         ));
     }
+
+    /// Mutated frames: bytes → decode → admit never panics, and whatever it admits only names
+    /// what the parent's table has (STYLE.md §2.9's admit property, replayed on stable).
+    #[test]
+    fn mutated_verdicts_never_admit_out_of_range() {
+        let w = world();
+        let c = ctx(&w);
+        let n = w.tables[&Gen(4)].actions.as_ref().unwrap().len() as u32;
+        let seeds: Vec<Vec<u8>> = [
+            good(&w),
+            with(&w, |_, _, d, f| {
+                d.action_class = Some(id(&w, "remote"));
+                d.disposition = Disposition::Msg;
+                d.counted = false;
+                d.records.clear();
+                f.classes = classes(&["remote", "GLOBAL"]);
+            }),
+        ]
+        .iter()
+        .map(|m| privsep::wire::encode(m).unwrap())
+        .collect();
+        // xorshift64*: deterministic, no dependency.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let mut admitted = 0;
+        for round in 0..20_000 {
+            let mut frame = seeds[round % seeds.len()].clone();
+            // Skip the 4-byte length header: mutate the body.
+            let body_len = frame.len() - 4;
+            for _ in 0..(1 + next() % 4) {
+                let at = 4 + (next() as usize) % body_len;
+                frame[at] = match next() % 3 {
+                    0 => next() as u8,
+                    1 => frame[at].wrapping_add(1),
+                    _ => frame[at] ^ (1 << (next() % 8)),
+                };
+            }
+            let Ok(msg) = privsep::wire::decode::<ClassifierToParent>(&frame[4..]) else {
+                continue;
+            };
+            if let Ok(Admitted::Verdict(v)) = admit(&c, msg) {
+                admitted += 1;
+                let d = v.decision();
+                assert!(d.action_class.is_none_or(|a| a < n));
+                assert!(d.records.iter().all(|r| *r < n));
+                assert!(w.pending.contains_key(&v.conn()));
+                assert!(v
+                    .classification()
+                    .names()
+                    .all(|x| RULE_CLASSES.contains(&x) || x == "GLOBAL" || x == "overflow"));
+            }
+        }
+        // Mutations that keep a verdict valid exist (e.g. a lineno byte); the property held for
+        // every one of them.
+        assert!(admitted > 0);
+    }
 }
