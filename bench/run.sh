@@ -27,7 +27,10 @@ cargo build -q --release --manifest-path "$here/loadgen/Cargo.toml"
 PN="$target/release/portnanny"
 LG="$here/loadgen/target/release/portnanny-loadgen"
 
-work=$(mktemp -d /tmp/portnanny-bench.XXXXXX)
+# As root the classifier's chroot dir must have no group/world-writable ancestor, so not /tmp.
+base=/tmp
+if [ "$(id -u)" -eq 0 ] && [ -d /run ]; then base=/run; fi
+work=$(mktemp -d "$base/portnanny-bench.XXXXXX")
 chmod 0755 "$work"
 pids=()
 cleanup() {
