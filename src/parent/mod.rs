@@ -192,6 +192,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     if let Some(s) = args.stack {
         setup::set_stack(s);
     }
+    match spawn::raise_nofile() {
+        Ok(n) => log::debug(3, &format!("descriptor limit {n}")),
+        Err(e) => log::warn(&format!("cannot raise the descriptor limit: {e}")),
+    }
     let cfg = setup::load_conf(&args.config)?;
     let conf = &cfg.conf;
     let root = nix::unistd::geteuid().is_root();

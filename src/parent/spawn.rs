@@ -17,6 +17,7 @@ use std::io;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use nix::unistd::{Gid, User};
@@ -173,6 +174,7 @@ pub fn spawn_service(
     // open file description, and services expect ordinary blocking stdio.
     stream.set_nonblocking(false)?;
     let fd = stream.as_raw_fd();
+    let nofile = SERVICE_NOFILE.load(Ordering::Relaxed);
     let ids: Option<(libc::uid_t, libc::gid_t, &[libc::gid_t])> =
         creds.map(|c| (c.uid, c.gid, c.groups.as_slice()));
 
@@ -191,7 +193,7 @@ pub fn spawn_service(
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // SAFETY: in the child of fork, see service_child.
-        unsafe { service_child(fd, ids, &path, &argp, &envp) }
+        unsafe { service_child(nofile, fd, ids, &path, &argp, &envp) }
     }
     let err = io::Error::last_os_error();
     // SAFETY: restores the mask saved above.
@@ -205,12 +207,13 @@ pub fn spawn_service(
 
 /// The child side of [`spawn_service`]. async-signal-safe: no alloc, no locks; it only reads
 /// values prepared by the parent and makes raw system calls (signal, dup2, setgroups,
-/// setresgid, setresuid, sigprocmask, execve, _exit).
+/// setresgid, setresuid, getrlimit/setrlimit, sigprocmask, execve, _exit).
 ///
 /// # Safety
 /// Call only in the child of `fork`, with valid NUL-terminated `path` and NULL-terminated
 /// pointer arrays `argp` and `envp`.
 unsafe fn service_child(
+    nofile: u64,
     fd: libc::c_int,
     ids: Option<(libc::uid_t, libc::gid_t, &[libc::gid_t])>,
     path: &CStr,
@@ -246,11 +249,42 @@ unsafe fn service_child(
             libc::_exit(EXIT_SETUP_FAILED);
         }
     }
+    if nofile != u64::MAX {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = nofile;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
     libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     libc::execve(path.as_ptr(), argp.as_ptr(), envp.as_ptr());
     libc::_exit(EXIT_EXEC_FAILED)
+}
+
+/// The RLIMIT_NOFILE soft limit the parent was started with, restored in every service child
+/// (u64::MAX: not changed). See [`raise_nofile`].
+static SERVICE_NOFILE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Most descriptors the parent asks for.
+const PARENT_NOFILE: u64 = 65_536;
+
+/// Raises the parent's RLIMIT_NOFILE soft limit towards the hard limit (at most
+/// [`PARENT_NOFILE`]): every connection awaiting a verdict or a msg write holds a descriptor,
+/// and the common default of 1024 is below `MAX_PENDING`. Services get the original soft limit
+/// back, so a select()-based program never sees descriptors it cannot handle. Returns the new
+/// soft limit.
+pub fn raise_nofile() -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let want = hard.min(PARENT_NOFILE);
+    if want <= soft {
+        return Ok(soft);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard)?;
+    SERVICE_NOFILE.store(soft, Ordering::Relaxed);
+    Ok(want)
 }
 
 /// Marks every descriptor above 2 that the process inherited close-on-exec, so nothing the
