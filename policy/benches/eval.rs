@@ -126,6 +126,33 @@ fn big_ip_rules(n: usize) -> String {
     s
 }
 
+/// The same kind of blocklist written one rule per line (evaluated as one merged lookup).
+fn big_ip_lines(n: usize) -> String {
+    let mut s = String::with_capacity(n * 28);
+    let mut x: u32 = 0x8765_4321;
+    for i in 0..n {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let a = std::net::Ipv4Addr::from(x);
+        match i % 3 {
+            0 => {
+                let _ = writeln!(s, "blocked: {a}");
+            }
+            1 => {
+                let net = std::net::Ipv4Addr::from(x & 0xffff_ff00);
+                let _ = writeln!(s, "blocked: {net}/24");
+            }
+            _ => {
+                let hi = std::net::Ipv4Addr::from(x.saturating_add(1000));
+                let _ = writeln!(s, "blocked: {a}-{hi}");
+            }
+        }
+    }
+    s.push_str("rest: ALL\n");
+    s
+}
+
 fn parsed(text: &str) -> Rules {
     let p = parse_rules("bench", text);
     match p.value {
@@ -175,12 +202,27 @@ fn bench(c: &mut Criterion) {
             black_box(big.evaluate(&mut f))
         })
     });
+    let lines_text = big_ip_lines(100_000);
+    let lines = parsed(&lines_text);
+    g.bench_function("ip_100k_one_rule_per_line_varied_peers", |b| {
+        let mut x: u32 = 0x9e37_79b9;
+        b.iter(|| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let mut f = Instant {
+                remote: SocketAddr::from((x.to_be_bytes(), 40000)),
+            };
+            black_box(lines.evaluate(&mut f))
+        })
+    });
     g.finish();
 
     let mut p = c.benchmark_group("parse");
     p.sample_size(10);
     p.bench_function("ip_100k_entries", |b| {
         b.iter(|| black_box(parse_rules("bench", black_box(&big_text))))
+    });
+    p.bench_function("ip_100k_one_rule_per_line", |b| {
+        b.iter(|| black_box(parse_rules("bench", black_box(&lines_text))))
     });
     p.bench_function("realistic_50_rules", |b| {
         let text = realistic_rules();

@@ -407,6 +407,14 @@ impl AddrSet {
         self.v4.as_slice() == [(0, u32::MAX)] && v6_all
     }
 
+    /// The set's disjoint intervals, IPv4 first, each in ascending order.
+    pub fn ranges(&self) -> impl Iterator<Item = AddrRange> + '_ {
+        self.v4
+            .iter()
+            .map(|&(lo, hi)| AddrRange::V4(lo, hi))
+            .chain(self.v6.iter().map(|&(lo, hi)| AddrRange::V6(lo, hi)))
+    }
+
     /// Number of disjoint intervals (for tests and benchmarks).
     pub fn interval_count(&self) -> usize {
         self.v4.len() + self.v6.len()

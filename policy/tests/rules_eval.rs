@@ -242,3 +242,69 @@ fn hostname_rules_only_look_up_once_needed() {
     assert_eq!(matched(&r, &mut f), "names@2 GLOBAL@0");
     assert_eq!(f.lookups(), vec![Asked::Host]);
 }
+
+#[test]
+fn rules_are_shareable_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<policy::rules::Rules>();
+}
+
+#[test]
+fn runs_of_one_line_address_rules_behave_like_single_rules() {
+    // The same blocklist as one rule per line (merged into one lookup), with overlaps, labels,
+    // v6, and a different rule breaking the run.
+    let text = "\
+bl/label=first: 10.0.0.0/8
+bl/label=second: 10.1.0.0/16
+bl: 192.168.1.1-192.168.1.9
+bl: 192.168.1.5
+bl/label=v6: 2001:db8::/32
+other/nt: 172.16.
+bl: 172.16.0.1
+bl: 172.16.0.2
+nt/nt: 8.8.8.8
+nt/nt: 8.8.4.4
+loc: localip: 127.0.0.1
+loc: localip: 127.0.0.2
+last: ALL
+";
+    let r = rules(text);
+    let rows: &[(&str, &str)] = &[
+        ("10.1.2.3", "bl@1 GLOBAL@0"),
+        ("10.2.0.0", "bl@1 GLOBAL@0"),
+        ("192.168.1.5", "bl@3 GLOBAL@0"),
+        ("2001:db8::9", "bl@5 GLOBAL@0"),
+        ("172.16.0.2", "other@6 bl@8 GLOBAL@0"),
+        ("172.16.9.9", "other@6 loc@11 GLOBAL@0"),
+        ("8.8.4.4", "nt@10 loc@11 GLOBAL@0"),
+        ("1.1.1.1", "loc@11 GLOBAL@0"),
+    ];
+    for (ip, want) in rows {
+        let mut f = Fake::new(ip);
+        assert_eq!(matched(&r, &mut f), *want, "{ip}");
+        assert!(f.log.is_empty());
+    }
+    let mut f = Fake::new("10.1.2.3");
+    let c = r.evaluate(&mut f);
+    assert_eq!(c.classes[0].label.as_deref(), Some("first"));
+    // A run of 100,000 one-line rules: the first containing rule is reported.
+    let mut big = String::new();
+    for i in 0..100_000u32 {
+        big.push_str(&format!(
+            "big: 10.{}.{}.{}\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    big.push_str("big: 10.0.0.0/8\n");
+    let r = rules(&big);
+    let mut f = Fake::new("10.1.134.160");
+    assert_eq!(matched(&r, &mut f), "big@100001 GLOBAL@0");
+    let mut f = Fake::new("10.1.134.159");
+    assert_eq!(matched(&r, &mut f), "big@100000 GLOBAL@0");
+    let mut f = Fake::new("10.200.0.0");
+    assert_eq!(matched(&r, &mut f), "big@100001 GLOBAL@0");
+    let mut f = Fake::new("11.0.0.0");
+    assert_eq!(matched(&r, &mut f), "");
+}

@@ -140,3 +140,48 @@ proptest! {
         prop_assert!(set.interval_count() <= v4.len() + 2 * v6.len());
     }
 }
+
+fn spec() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u8..4, 0u8..4).prop_map(|(a, b)| format!("10.0.{a}.{b}")),
+        (0u8..4).prop_map(|a| format!("10.0.{a}.0/30")),
+        (0u8..4, 0u8..4).prop_map(|(a, b)| format!("10.0.{}.0-10.0.{}.2", a.min(b), a.max(b))),
+        Just("10.0.".to_owned()),
+        Just("::1".to_owned()),
+        Just("::/127".to_owned()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Runs of one-line address rules are evaluated as one lookup; the answer must be the one
+    /// rule-at-a-time evaluation gives (forced by making each expression not address-only).
+    #[test]
+    fn merged_address_runs_equal_rule_by_rule(
+        lines in prop::collection::vec((0u8..3, any::<bool>(), any::<bool>(), spec()), 1..30),
+        probes in prop::collection::vec((0u8..5, 0u8..5), 1..20),
+    ) {
+        let mut merged = String::new();
+        let mut single = String::new();
+        for (i, (class, nt, always, spec)) in lines.iter().enumerate() {
+            let notes = format!("{}{}", if *nt { "/nt" } else { "" }, if *always { "/always" } else { "" });
+            if i % 7 == 3 {
+                merged.push_str(&format!("c{class}{notes}/label=L{i}: ip: {spec}\n"));
+                single.push_str(&format!("c{class}{notes}/label=L{i}: ip: {spec}\n"));
+            } else {
+                merged.push_str(&format!("c{class}{notes}: {spec}\n"));
+                single.push_str(&format!("c{class}{notes}: {spec} AND ALL\n"));
+            }
+        }
+        let a = parse_rules("m", &merged).value.expect("merged parses");
+        let b = parse_rules("s", &single).value.expect("single parses");
+        let mut addrs: Vec<String> = probes.iter().map(|(x, y)| format!("10.0.{x}.{y}")).collect();
+        addrs.extend(["::1".to_owned(), "::2".to_owned(), "10.1.0.0".to_owned()]);
+        for ip in addrs {
+            let ca = a.evaluate(&mut Fake::new(&ip));
+            let cb = b.evaluate(&mut Fake::new(&ip));
+            prop_assert_eq!(ca, cb, "{}", ip);
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! Rule evaluation for one connection.
+//! Rule evaluation for one connection, and the evaluation plan built once per rules file.
 //!
 //! Runs in the classifier, once per connection, possibly on several threads at once over the
 //! same shared [`Rules`]. The facts come through the lazy [`Facts`] interface (resolver answers
@@ -8,36 +8,236 @@
 //! matched is skipped without evaluating it; once a rule without /nt matched, only /always
 //! rules are evaluated; GLOBAL is appended last when anything matched (once, even if a rule
 //! names GLOBAL itself).
+//!
+//! The plan: a run of consecutive rules with the same class and notes, each of which is only an
+//! `ip:` (or only a `localip:`) test, behaves exactly like one test "is the address in any of
+//! them, and which is the first?". Such a run (a blocklist written one address per line) is
+//! evaluated with one binary search over prioritised segments instead of one rule at a time,
+//! so 100,000 one-line rules still cost microseconds. Nothing else changes: the skip
+//! conditions are the same for every rule of the run, and the rule reported (line number,
+//! label) is the first one in file order that contains the address.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::IpAddr;
+
+use crate::addr::AddrRange;
 use crate::facts::{Classification, Facts, MatchedClass, GLOBAL};
 
-use super::matchers::Cx;
-use super::Rules;
+use super::compile::Node;
+use super::matchers::{canonical_ip, Cx, Matcher};
+use super::{Rule, Rules};
+
+/// One step of the evaluation plan.
+#[derive(Clone, Debug)]
+pub(crate) enum Step {
+    /// Evaluate `rules[i]`.
+    One(usize),
+    /// A run of address-only rules, `rules[first..first + len]`.
+    Run(AddrRun),
+}
+
+/// Prioritised address segments for a run: each address maps to the offset (within the run)
+/// of the first rule that contains it.
+#[derive(Clone, Debug)]
+pub(crate) struct AddrRun {
+    first: usize,
+    local: bool,
+    v4: Vec<(u32, u32, u32)>,
+    v6: Vec<(u128, u128, u32)>,
+}
+
+/// Shortest run worth a merged lookup.
+const MIN_RUN: usize = 2;
+
+/// The address test of a rule whose whole expression is one `ip:`/`localip:` matcher.
+fn addr_only(rule: &Rule) -> Option<bool> {
+    match &rule.expr {
+        Node::M(Matcher::Ip { local, .. }) => Some(*local),
+        _ => None,
+    }
+}
+
+fn same_head(a: &Rule, b: &Rule) -> bool {
+    a.class == b.class && a.nonterminal == b.nonterminal && a.always == b.always
+}
+
+/// Builds the plan for a list of rules.
+pub(crate) fn plan(rules: &[Rule]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut i = 0;
+    while let Some(rule) = rules.get(i) {
+        let Some(local) = addr_only(rule) else {
+            steps.push(Step::One(i));
+            i += 1;
+            continue;
+        };
+        let mut end = i + 1;
+        while rules
+            .get(end)
+            .is_some_and(|r| same_head(rule, r) && addr_only(r) == Some(local))
+        {
+            end += 1;
+        }
+        if end - i >= MIN_RUN {
+            steps.push(Step::Run(build_run(rules, i, end, local)));
+        } else {
+            steps.push(Step::One(i));
+        }
+        i = end;
+    }
+    steps
+}
+
+fn build_run(rules: &[Rule], first: usize, end: usize, local: bool) -> AddrRun {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for (off, rule) in rules.get(first..end).unwrap_or(&[]).iter().enumerate() {
+        let off = u32::try_from(off).unwrap_or(u32::MAX);
+        if let Node::M(Matcher::Ip { set, .. }) = &rule.expr {
+            for r in set.ranges() {
+                match r {
+                    AddrRange::V4(lo, hi) => v4.push((u128::from(lo), u128::from(hi), off)),
+                    AddrRange::V6(lo, hi) => v6.push((lo, hi, off)),
+                }
+            }
+        }
+    }
+    let count = end - first;
+    AddrRun {
+        first,
+        local,
+        v4: prioritise(v4, count)
+            .into_iter()
+            .map(|(lo, hi, o)| {
+                (
+                    u32::try_from(lo).unwrap_or(u32::MAX),
+                    u32::try_from(hi).unwrap_or(u32::MAX),
+                    o,
+                )
+            })
+            .collect(),
+        v6: prioritise(v6, count),
+    }
+}
+
+/// Turns overlapping tagged intervals into disjoint sorted segments tagged with the smallest
+/// tag covering them (a sweep with a min-heap: O(n log n) whatever the overlaps).
+fn prioritise(intervals: Vec<(u128, u128, u32)>, tags: usize) -> Vec<(u128, u128, u32)> {
+    // (position, is_start, tag); an interval ending at u128::MAX has no end event.
+    let mut events: Vec<(u128, bool, u32)> = Vec::with_capacity(intervals.len() * 2);
+    for &(lo, hi, tag) in &intervals {
+        events.push((lo, true, tag));
+        if let Some(after) = hi.checked_add(1) {
+            events.push((after, false, tag));
+        }
+    }
+    events.sort_unstable_by_key(|e| e.0);
+    let mut active = vec![0u32; tags];
+    let mut heap: BinaryHeap<Reverse<u32>> = BinaryHeap::new();
+    let mut out: Vec<(u128, u128, u32)> = Vec::new();
+    let mut i = 0;
+    while let Some(&(pos, _, _)) = events.get(i) {
+        while let Some(&(p, start, tag)) = events.get(i) {
+            if p != pos {
+                break;
+            }
+            if let Some(n) = active.get_mut(tag as usize) {
+                if start {
+                    *n += 1;
+                    heap.push(Reverse(tag));
+                } else {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            i += 1;
+        }
+        while let Some(&Reverse(top)) = heap.peek() {
+            if active.get(top as usize).copied().unwrap_or(0) == 0 {
+                heap.pop();
+            } else {
+                break;
+            }
+        }
+        let Some(&Reverse(top)) = heap.peek() else {
+            continue;
+        };
+        let seg_end = events.get(i).map_or(u128::MAX, |e| e.0 - 1);
+        match out.last_mut() {
+            Some(last) if last.2 == top && last.1.checked_add(1) == Some(pos) => last.1 = seg_end,
+            _ => out.push((pos, seg_end, top)),
+        }
+    }
+    out
+}
+
+fn find<T: Ord + Copy>(segs: &[(T, T, u32)], x: T) -> Option<u32> {
+    let i = segs.partition_point(|s| s.0 <= x);
+    let s = segs.get(i.checked_sub(1)?)?;
+    (x <= s.1).then_some(s.2)
+}
+
+impl AddrRun {
+    /// The offset of the first rule of the run containing the connection's address.
+    fn first_match(&self, facts: &dyn Facts) -> Option<usize> {
+        let ip = if self.local {
+            facts.local().ip()
+        } else {
+            facts.remote().ip()
+        };
+        let hit = match canonical_ip(ip) {
+            IpAddr::V4(a) => find(&self.v4, u32::from(a)),
+            IpAddr::V6(a) => find(&self.v6, u128::from(a)),
+        };
+        hit.map(|o| o as usize)
+    }
+}
+
+fn matched_class(rule: &Rule) -> MatchedClass {
+    MatchedClass {
+        name: rule.class.clone(),
+        lineno: rule.lineno,
+        label: rule.label.clone(),
+    }
+}
 
 pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
     let mut matched: Vec<MatchedClass> = Vec::new();
     let mut stopped = false;
-    for rule in &rules.rules {
-        if stopped && !rule.always {
-            continue;
-        }
-        if matched.iter().any(|m| m.name == rule.class) {
-            continue;
-        }
-        let hit = {
-            let mut cx = Cx {
-                facts: &mut *facts,
-                classes: &matched,
-            };
-            rule.expr.eval(&mut cx)
+    for step in &rules.plan {
+        let (head, hit) = match step {
+            Step::One(i) => {
+                let Some(rule) = rules.rules.get(*i) else {
+                    continue;
+                };
+                if (stopped && !rule.always) || matched.iter().any(|m| m.name == rule.class) {
+                    continue;
+                }
+                let hit = {
+                    let mut cx = Cx {
+                        facts: &mut *facts,
+                        classes: &matched,
+                    };
+                    rule.expr.eval(&mut cx)
+                };
+                (rule, hit.then_some(rule))
+            }
+            Step::Run(run) => {
+                let Some(rule) = rules.rules.get(run.first) else {
+                    continue;
+                };
+                if (stopped && !rule.always) || matched.iter().any(|m| m.name == rule.class) {
+                    continue;
+                }
+                let hit = run
+                    .first_match(facts)
+                    .and_then(|o| rules.rules.get(run.first + o));
+                (rule, hit)
+            }
         };
-        if hit {
-            matched.push(MatchedClass {
-                name: rule.class.clone(),
-                lineno: rule.lineno,
-                label: rule.label.clone(),
-            });
-            if !rule.nonterminal {
+        if let Some(rule) = hit {
+            matched.push(matched_class(rule));
+            if !head.nonterminal {
                 stopped = true;
                 if !rules.has_always {
                     break;
@@ -53,4 +253,54 @@ pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
         });
     }
     Classification { classes: matched }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prioritise_keeps_the_first_tag() {
+        let segs = prioritise(
+            vec![
+                (10, 20, 1),
+                (0, 5, 2),
+                (15, 30, 0),
+                (4, 12, 3),
+                (40, u128::MAX, 4),
+            ],
+            5,
+        );
+        assert_eq!(
+            segs,
+            vec![
+                (0, 3, 2),
+                (4, 5, 2),
+                (6, 9, 3),
+                (10, 14, 1),
+                (15, 30, 0),
+                (40, u128::MAX, 4)
+            ]
+            .into_iter()
+            .fold(Vec::<(u128, u128, u32)>::new(), |mut v, s| {
+                match v.last_mut() {
+                    Some(l) if l.2 == s.2 && l.1 + 1 == s.0 => l.1 = s.1,
+                    _ => v.push(s),
+                }
+                v
+            })
+        );
+        for (x, want) in [
+            (0, Some(2)),
+            (5, Some(2)),
+            (6, Some(3)),
+            (12, Some(1)),
+            (15, Some(0)),
+            (31, None),
+            (39, None),
+            (u128::MAX, Some(4)),
+        ] {
+            assert_eq!(find(&segs, x), want, "{x}");
+        }
+    }
 }

@@ -80,6 +80,8 @@ pub struct Rules {
     rules: Vec<Rule>,
     has_always: bool,
     classes: Vec<String>,
+    /// How to evaluate `rules` (see [`eval`]); built once here.
+    plan: Vec<eval::Step>,
 }
 
 impl Rules {
@@ -165,6 +167,7 @@ pub fn parse_rules(name: &str, text: &str) -> Parsed<Rules> {
         }
         Rules {
             has_always: rules.iter().any(|r| r.always),
+            plan: eval::plan(&rules),
             rules,
             classes,
         }
@@ -408,101 +411,133 @@ fn class_ref_span(tokens: &[lex::Spanned], name: &str) -> Option<Range<usize>> {
         })
 }
 
+/// What the warning pass knows about one class from the rules before the current one.
+#[derive(Default)]
+struct ClassState {
+    /// Some earlier rule of the class can match.
+    produced: bool,
+    /// Some earlier /nt rule of the class can match.
+    produced_nt: bool,
+    /// The first earlier rule of the class that matches every connection: (index, line).
+    first_uncond: Option<(usize, u32)>,
+    /// The same, limited to rules that are always reached (/always, or no rule before them can
+    /// stop evaluation).
+    first_uncond_reached: Option<(usize, u32)>,
+}
+
 /// The warning pass: `class:` operands that can never be true, and rules never evaluated.
+/// One pass in file order with per-class state, so it stays linear for huge files.
 fn warn(src: &SourceFile, lines: &[LogicalLine], heads: &[Head], diags: &mut Vec<Diagnostic>) {
+    let mut classes: std::collections::HashMap<&str, ClassState> = std::collections::HashMap::new();
+    // No rule so far can stop evaluation (all /nt or never matching).
+    let mut nothing_stops_yet = true;
+    // The first rule that certainly stops evaluation when reached: (index, line).
+    let mut first_stopper: Option<(usize, u32)> = None;
     for (k, h) in heads.iter().enumerate() {
-        let earlier = &heads[..k];
-        let Some(ll) = lines.get(h.line) else {
-            continue;
-        };
-        // R101: class: X at rule k. If k is /always, X can be a member if any earlier rule can
-        // produce X. Otherwise k runs only while nothing terminal has matched, so X must come
-        // from an earlier /nt rule.
-        let mut seen_refs: Vec<&str> = Vec::new();
-        for (c, span) in &h.class_refs {
-            if seen_refs.contains(&c.as_str()) {
-                continue;
-            }
-            seen_refs.push(c);
-            let producers: Vec<&Head> = earlier
-                .iter()
-                .filter(|e| e.class == *c && e.constant != Some(false))
-                .collect();
-            let possible = if h.always {
-                !producers.is_empty()
-            } else {
-                producers.iter().any(|e| e.nonterminal)
-            };
-            if possible {
-                continue;
-            }
-            let why = if *c == h.class {
-                "this rule is skipped once the connection is in its own class".to_owned()
-            } else if producers.is_empty() {
-                format!("no earlier rule can put a connection in class {c}")
-            } else {
-                format!(
-                    "the earlier rules for {c} are terminal, so when one matched this rule \
-                     (not /always) is never evaluated"
-                )
-            };
-            diags.push(src.diag_at(
-                Severity::Warning,
-                "R101",
-                ll,
-                span.clone(),
-                format!("'class: {c}' can never be true here: {why}"),
-            ));
-        }
-        // R102: an earlier rule j that always matches when evaluated.
-        for (j, e) in earlier.iter().enumerate() {
-            if e.constant != Some(true) {
-                continue;
-            }
-            let same_class = e.class == h.class;
-            // j stops evaluation for sure only if it is terminal and no earlier /nt rule of its
-            // class can have matched first (which would make j skipped, not matched).
-            let stops = !e.nonterminal
-                && !heads[..j]
-                    .iter()
-                    .any(|p| p.class == e.class && p.nonterminal && p.constant != Some(false));
+        if let Some(ll) = lines.get(h.line) {
             let word_end = ll.text.find(is_ws).unwrap_or(ll.text.len());
-            // A later rule of j's class is skipped once j matched. j is evaluated (or skipped
-            // because its class matched) whenever rule k would be, unless k is /always and j
-            // is not and some rule before j may have stopped evaluation.
-            let j_always_reached = e.always
-                || heads[..j]
-                    .iter()
-                    .all(|p| p.nonterminal || p.constant == Some(false));
-            if same_class && (j_always_reached || !h.always) {
-                diags.push(src.diag_at(
-                    Severity::Warning,
-                    "R102",
-                    ll,
-                    0..word_end,
+            warn_class_refs(src, ll, h, &classes, diags);
+            // R102. A later rule of j's class is skipped once j matched; j is evaluated (or
+            // skipped because its class matched) whenever this rule would be, unless this rule
+            // is /always and j is not always reached. A terminal j that always matches stops
+            // evaluation, unless an earlier /nt rule of its class may have matched first.
+            let own = classes.get(h.class.as_str()).and_then(|c| {
+                if h.always {
+                    c.first_uncond_reached
+                } else {
+                    c.first_uncond
+                }
+            });
+            let stopper = if h.always { None } else { first_stopper };
+            let pick = match (own, stopper) {
+                (Some(o), Some(st)) if st.0 < o.0 => Some((st, false)),
+                (Some(o), _) => Some((o, true)),
+                (None, Some(st)) => Some((st, false)),
+                (None, None) => None,
+            };
+            if let Some(((_, line), same_class)) = pick {
+                let msg = if same_class {
                     format!(
-                        "this rule is never evaluated: the rule at line {} always puts the \
+                        "this rule is never evaluated: the rule at line {line} always puts the \
                          connection in class {} first",
-                        e.lineno, e.class
-                    ),
-                ));
-                break;
-            }
-            if stops && !h.always {
-                diags.push(src.diag_at(
-                    Severity::Warning,
-                    "R102",
-                    ll,
-                    0..word_end,
+                        h.class
+                    )
+                } else {
                     format!(
-                        "this rule is never evaluated: the rule at line {} matches every \
+                        "this rule is never evaluated: the rule at line {line} matches every \
                          connection and stops evaluation (mark this rule /always, or move it \
-                         earlier)",
-                        e.lineno
-                    ),
-                ));
-                break;
+                         earlier)"
+                    )
+                };
+                diags.push(src.diag_at(Severity::Warning, "R102", ll, 0..word_end, msg));
             }
         }
+        // Now record rule k for the rules after it.
+        let can_match = h.constant != Some(false);
+        let cs = classes.entry(h.class.as_str()).or_default();
+        if h.constant == Some(true) {
+            if cs.first_uncond.is_none() {
+                cs.first_uncond = Some((k, h.lineno));
+            }
+            if (h.always || nothing_stops_yet) && cs.first_uncond_reached.is_none() {
+                cs.first_uncond_reached = Some((k, h.lineno));
+            }
+            if !h.nonterminal && !cs.produced_nt && first_stopper.is_none() {
+                first_stopper = Some((k, h.lineno));
+            }
+        }
+        if can_match {
+            cs.produced = true;
+            if h.nonterminal {
+                cs.produced_nt = true;
+            }
+        }
+        nothing_stops_yet &= h.nonterminal || !can_match;
+    }
+}
+
+/// R101: `class: X` at rule h. If h is /always, X can be a member if any earlier rule can
+/// produce X. Otherwise h runs only while nothing terminal has matched, so X must come from an
+/// earlier /nt rule.
+fn warn_class_refs(
+    src: &SourceFile,
+    ll: &LogicalLine,
+    h: &Head,
+    classes: &std::collections::HashMap<&str, ClassState>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let mut seen_refs: Vec<&str> = Vec::new();
+    for (c, span) in &h.class_refs {
+        if seen_refs.contains(&c.as_str()) {
+            continue;
+        }
+        seen_refs.push(c);
+        let state = classes.get(c.as_str());
+        let produced = state.is_some_and(|s| s.produced);
+        let possible = if h.always {
+            produced
+        } else {
+            state.is_some_and(|s| s.produced_nt)
+        };
+        if possible {
+            continue;
+        }
+        let why = if *c == h.class {
+            "this rule is skipped once the connection is in its own class".to_owned()
+        } else if !produced {
+            format!("no earlier rule can put a connection in class {c}")
+        } else {
+            format!(
+                "the earlier rules for {c} are terminal, so when one matched this rule \
+                 (not /always) is never evaluated"
+            )
+        };
+        diags.push(src.diag_at(
+            Severity::Warning,
+            "R101",
+            ll,
+            span.clone(),
+            format!("'class: {c}' can never be true here: {why}"),
+        ));
     }
 }

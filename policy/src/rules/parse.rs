@@ -137,9 +137,90 @@ fn expected_list(mut items: Vec<String>) -> String {
     }
 }
 
+/// How deeply brackets, NOT and EXCEPT may nest. Parsing, compiling and evaluating recurse once
+/// per level, and the classifier evaluates on threads with small stacks; real rules use a few
+/// levels, so a low limit turns a hostile or broken file into an error instead of a stack
+/// overflow.
+pub const MAX_DEPTH: usize = 32;
+
+/// The first token at which nesting exceeds [`MAX_DEPTH`]. Depth counts open brackets, NOTs
+/// applying to what follows, and EXCEPTs so far (EXCEPT nests to the right).
+fn too_deep(tokens: &[Spanned]) -> Option<Range<usize>> {
+    let mut parens: usize = 0;
+    let mut nots: usize = 0;
+    let mut excepts: usize = 0;
+    for t in tokens {
+        match t.tok {
+            Tok::LParen => parens += 1,
+            Tok::RParen => parens = parens.saturating_sub(1),
+            Tok::Not => nots += 1,
+            Tok::Except => excepts += 1,
+            Tok::Word(_) => nots = 0,
+            Tok::And => {}
+        }
+        if parens + nots + excepts > MAX_DEPTH {
+            return Some(t.span.clone());
+        }
+    }
+    None
+}
+
+/// The or-list of an expression without operators, built directly: the common case (one-line
+/// rules, long address lists) and the same tree the grammar gives, without setting up a
+/// parser per line. None when the expression has an operator or a matcher word lacks its
+/// argument; the grammar then handles it (and words the error).
+fn plain_or_list(tokens: &[Spanned]) -> Option<Expr> {
+    let mut items = Vec::with_capacity(tokens.len());
+    let mut it = tokens.iter();
+    while let Some(t) = it.next() {
+        let Tok::Word(w) = &t.tok else {
+            return None;
+        };
+        if is_matcher_word(w) {
+            let a = it.next()?;
+            let Tok::Word(arg) = &a.tok else {
+                return None;
+            };
+            items.push(Expr::Operand(Operand::WithArg {
+                name: w.clone(),
+                name_span: t.span.clone(),
+                arg: arg.clone(),
+                arg_span: a.span.clone(),
+            }));
+        } else {
+            items.push(Expr::Operand(Operand::Bare {
+                word: w.clone(),
+                span: t.span.clone(),
+            }));
+        }
+    }
+    match items.len() {
+        0 => None,
+        1 => items.pop(),
+        _ => Some(Expr::Or(items)),
+    }
+}
+
 /// Parses a token list. `text_len` is the length of the expression text (the span of
 /// "end of rule").
 pub fn parse_tokens(tokens: &[Spanned], text_len: usize) -> Result<Expr, Vec<SyntaxError>> {
+    if let Some(e) = plain_or_list(tokens) {
+        return Ok(e);
+    }
+    grammar_parse(tokens, text_len)
+}
+
+/// Parses a token list with the chumsky grammar.
+fn grammar_parse(tokens: &[Spanned], text_len: usize) -> Result<Expr, Vec<SyntaxError>> {
+    if let Some(span) = too_deep(tokens) {
+        return Err(vec![SyntaxError {
+            span,
+            message: format!(
+                "the expression nests too deeply (more than {MAX_DEPTH} levels of brackets, NOT \
+                 and EXCEPT)"
+            ),
+        }]);
+    }
     let pairs: Vec<(Tok, SimpleSpan)> = tokens
         .iter()
         .map(|t| (t.tok.clone(), SimpleSpan::from(t.span.clone())))
@@ -247,6 +328,71 @@ mod tests {
         for (input, want) in rows {
             let e = parse(input).unwrap_or_else(|e| panic!("{input}: {e:?}"));
             assert_eq!(show(&e), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // Run on a small stack, like a classifier evaluation thread, in a debug build.
+        let ok = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let fine = format!("{}a{}", "!(".repeat(16), ")".repeat(16));
+                assert!(parse(&fine).is_ok());
+                let limit = format!("{}a{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+                assert!(parse(&limit).is_ok());
+                for bad in [
+                    format!("{}a{}", "(".repeat(100_000), ")".repeat(100_000)),
+                    format!("{}a", "!".repeat(100_000)),
+                    vec!["a"; 100_000].join(" EXCEPT "),
+                ] {
+                    let errs = parse(&bad).expect_err("too deep");
+                    assert!(errs[0].message.contains("nests too deeply"), "{errs:?}");
+                }
+                // Long flat lists are not deep.
+                assert!(parse(&vec!["a"; 100_000].join(" ")).is_ok());
+                assert!(parse(&vec!["a"; 100_000].join(" AND ")).is_ok());
+                assert!(parse(&vec!["!a"; 10_000].join(" ")).is_ok());
+            })
+            .expect("spawn")
+            .join();
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn plain_or_lists_equal_the_grammar() {
+        for input in [
+            "a",
+            "a b c",
+            "ip: 1.2.3.4",
+            "ip: 1.2.3.4 10. .x.com re: 'a b'",
+            "ip: ip: x",
+            "'AND' x",
+            "fe80:: x",
+        ] {
+            let toks = tokenize(input).unwrap();
+            let fast = plain_or_list(&toks).expect("plain");
+            assert_eq!(Ok(fast), grammar_parse(&toks, input.len()), "{input}");
+        }
+        for input in ["", "a AND b", "!a", "(a)", "ip:", "a ip:"] {
+            let toks = tokenize(input).unwrap();
+            assert_eq!(plain_or_list(&toks), None, "{input}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_or_lists_equal_the_grammar_on_random_words(
+            words in proptest::collection::vec(
+                proptest::sample::select(vec!["ip:", "re:", "a", "10.", "'AND'", "x:", "::1", "ALL", "NOT", "&&", "(", ")"]),
+                0..12,
+            )
+        ) {
+            let input = words.join(" ");
+            let toks = tokenize(&input).unwrap();
+            if let Some(fast) = plain_or_list(&toks) {
+                proptest::prop_assert_eq!(Ok(fast), grammar_parse(&toks, input.len()));
+            }
         }
     }
 
