@@ -188,7 +188,7 @@ fn or_lists_prefetch_their_lookups_together() {
 
 #[test]
 fn single_lookup_or_lists_do_not_prefetch() {
-    let r = rules("x: KNOWN .example.com re: foo\ny: dnsbl: a.example\n");
+    let r = rules("x: KNOWN .example.com re: foo\ny: 10.9.9.9\nz: dnsbl: a.example\n");
     let mut f = Fake::new("10.0.0.1");
     r.evaluate(&mut f);
     assert!(f.prefetches().is_empty(), "{:?}", f.log);
@@ -307,4 +307,53 @@ last: ALL
     assert_eq!(matched(&r, &mut f), "big@100001 GLOBAL@0");
     let mut f = Fake::new("11.0.0.0");
     assert_eq!(matched(&r, &mut f), "");
+}
+
+#[test]
+fn consecutive_dns_rules_prefetch_together() {
+    let text = "\
+d1/label=a: dnsbl: a.example
+d2: dnsbl: b.example
+d3: .dialup.example
+lan: 10.
+d4: dnsbl: c.example
+who: identd: x
+port: answerson: 113
+";
+    let r = rules(text);
+    let mut f = Fake::new("192.0.2.1");
+    assert_eq!(matched(&r, &mut f), "");
+    assert_eq!(
+        f.log,
+        vec![
+            Asked::Prefetch(vec![
+                Lookup::Dnsbl("a.example".into()),
+                Lookup::Dnsbl("b.example".into()),
+                Lookup::Host,
+            ]),
+            Asked::Dnsbl("a.example".into()),
+            Asked::Dnsbl("b.example".into()),
+            Asked::Host,
+            Asked::Dnsbl("c.example".into()),
+            Asked::Identd,
+            Asked::AnswersOn(113),
+        ]
+    );
+    // The first rule matches: the others were announced but are not read.
+    let mut f = Fake::new("192.0.2.1").listed("a.example", "127.0.0.2");
+    assert_eq!(matched(&r, &mut f), "d1@1 GLOBAL@0");
+    assert_eq!(f.lookups(), vec![Asked::Dnsbl("a.example".into())]);
+    assert_eq!(f.prefetches().len(), 1);
+    // A skipped first rule (class already matched) still lets the block be announced from the
+    // next rule that is evaluated.
+    let r = rules("d1/nt: ALL\nd1: dnsbl: a.example\nd2: dnsbl: b.example\nd3: dnsbl: c.example\n");
+    let mut f = Fake::new("192.0.2.1");
+    assert_eq!(matched(&r, &mut f), "d1@1 GLOBAL@0");
+    assert_eq!(
+        f.prefetches(),
+        vec![vec![
+            Lookup::Dnsbl("b.example".into()),
+            Lookup::Dnsbl("c.example".into()),
+        ]]
+    );
 }

@@ -197,7 +197,7 @@ fn compile_or(flat: &[&Expr], errors: &mut Vec<CompileError>) -> Option<Node> {
 }
 
 /// The lookup certain to be needed first when `node` is evaluated.
-fn leading_lookup(node: &Node) -> Option<Lookup> {
+pub(crate) fn leading_lookup(node: &Node) -> Option<Lookup> {
     match node {
         Node::M(m) => m.lookup(),
         Node::Not(x) => leading_lookup(x),

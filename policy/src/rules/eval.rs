@@ -16,15 +16,23 @@
 //! so 100,000 one-line rules still cost microseconds. Nothing else changes: the skip
 //! conditions are the same for every rule of the run, and the rule reported (line number,
 //! label) is the first one in file order that contains the address.
+//!
+//! Prefetch across rules: several consecutive rules that each start with a DNS lookup (one
+//! `dnsbl:` per rule, as in the documentation's dialup and DNSBL examples) would otherwise wait
+//! for their answers one after another. When evaluation reaches the first of them, the DNS
+//! lookups of the whole block are announced with [`Facts::prefetch`] so they run in parallel.
+//! Only DNS lookups are announced this way: identd and `answerson:` connect to the peer, which
+//! the original did only when a rule needed it. Answers are still read in file order, so results
+//! are exactly those of strict evaluation.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::IpAddr;
 
 use crate::addr::AddrRange;
-use crate::facts::{Classification, Facts, MatchedClass, GLOBAL};
+use crate::facts::{Classification, Facts, Lookup, MatchedClass, GLOBAL};
 
-use super::compile::Node;
+use super::compile::{leading_lookup, Node};
 use super::matchers::{canonical_ip, Cx, Matcher};
 use super::{Rule, Rules};
 
@@ -49,6 +57,48 @@ pub(crate) struct AddrRun {
 
 /// Shortest run worth a merged lookup.
 const MIN_RUN: usize = 2;
+
+/// Most rules one cross-rule prefetch looks ahead (bounds the plan-building work).
+const PREFETCH_WINDOW: usize = 16;
+
+/// The DNS lookup a step needs first, if any.
+fn leading_dns(rules: &[Rule], step: &Step) -> Option<Lookup> {
+    let Step::One(i) = step else {
+        return None;
+    };
+    match leading_lookup(&rules.get(*i)?.expr)? {
+        l @ (Lookup::Host | Lookup::Forward(_) | Lookup::Dnsbl(_)) => Some(l),
+        Lookup::Identd | Lookup::AnswersOn(_) => None,
+    }
+}
+
+/// For each step: the last step of its block of DNS-needing rules and the block's distinct
+/// lookups, when there are at least two.
+pub(crate) fn prefetch_windows(rules: &[Rule], steps: &[Step]) -> Vec<Option<Window>> {
+    (0..steps.len())
+        .map(|s| {
+            let mut lookups: Vec<Lookup> = Vec::new();
+            let mut last = s;
+            for (e, step) in steps.iter().enumerate().skip(s).take(PREFETCH_WINDOW) {
+                let Some(l) = leading_dns(rules, step) else {
+                    break;
+                };
+                if !lookups.contains(&l) {
+                    lookups.push(l);
+                }
+                last = e;
+            }
+            (lookups.len() >= 2).then_some(Window { last, lookups })
+        })
+        .collect()
+}
+
+/// Lookups to announce together when evaluation reaches a step, covering steps up to `last`.
+#[derive(Clone, Debug)]
+pub(crate) struct Window {
+    last: usize,
+    lookups: Vec<Lookup>,
+}
 
 /// The address test of a rule whose whole expression is one `ip:`/`localip:` matcher.
 fn addr_only(rule: &Rule) -> Option<bool> {
@@ -204,7 +254,9 @@ fn matched_class(rule: &Rule) -> MatchedClass {
 pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
     let mut matched: Vec<MatchedClass> = Vec::new();
     let mut stopped = false;
-    for step in &rules.plan {
+    // Steps up to this index have had their DNS lookups announced.
+    let mut announced: Option<usize> = None;
+    for (s, step) in rules.plan.iter().enumerate() {
         let (head, hit) = match step {
             Step::One(i) => {
                 let Some(rule) = rules.rules.get(*i) else {
@@ -212,6 +264,12 @@ pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
                 };
                 if (stopped && !rule.always) || matched.iter().any(|m| m.name == rule.class) {
                     continue;
+                }
+                if announced.map_or(true, |a| a < s) {
+                    if let Some(Some(w)) = rules.windows.get(s) {
+                        facts.prefetch(&w.lookups);
+                        announced = Some(w.last);
+                    }
                 }
                 let hit = {
                     let mut cx = Cx {

@@ -82,6 +82,8 @@ pub struct Rules {
     classes: Vec<String>,
     /// How to evaluate `rules` (see [`eval`]); built once here.
     plan: Vec<eval::Step>,
+    /// Cross-rule DNS prefetch, one entry per plan step.
+    windows: Vec<Option<eval::Window>>,
 }
 
 impl Rules {
@@ -165,9 +167,11 @@ pub fn parse_rules(name: &str, text: &str) -> Parsed<Rules> {
                 classes.push(r.class.clone());
             }
         }
+        let plan = eval::plan(&rules);
         Rules {
             has_always: rules.iter().any(|r| r.always),
-            plan: eval::plan(&rules),
+            windows: eval::prefetch_windows(&rules, &plan),
+            plan,
             rules,
             classes,
         }
