@@ -45,7 +45,7 @@ fuzz_build() {
 
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
-step test cargo test --workspace
+step test cargo test --workspace --no-fail-fast
 step fuzz fuzz_build
 
 summary=""
