@@ -14,7 +14,8 @@
 //! IPv6 (an extension) accepts an address in any form `std` parses, a proper CIDR netblock and an
 //! `A-B` range. The prefix-with-trailing-separator form has no sensible IPv6 meaning and is not
 //! accepted. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are stored as the IPv4 addresses they
-//! stand for, because the classifier presents v4-mapped peers as IPv4.
+//! stand for, because the classifier presents v4-mapped peers as IPv4 (only specs lying wholly
+//! inside `::ffff:0:0/96`; `::/0` means every IPv6 peer and no IPv4 one).
 //!
 //! Invariant: an [`AddrSet`] holds sorted, disjoint, non-adjacent inclusive intervals, so
 //! `contains` is a binary search (O(log n)), never a scan.
@@ -345,18 +346,12 @@ impl AddrSet {
         match r {
             AddrRange::V4(lo, hi) => self.v4.push((lo, hi)),
             AddrRange::V6(lo, hi) => {
-                // The part inside ::ffff:0:0/96 is stored as IPv4.
-                let mlo = lo.max(MAPPED_LO);
-                let mhi = hi.min(MAPPED_HI);
-                if mlo <= mhi {
+                // A spec written entirely inside ::ffff:0:0/96 names IPv4 peers (which the
+                // classifier presents as IPv4). A wider spec such as ::/0 means IPv6 peers
+                // only; its mapped part is never consulted (mapped lookups use the v4 side).
+                if lo >= MAPPED_LO && hi <= MAPPED_HI {
                     self.v4
-                        .push(((mlo - MAPPED_LO) as u32, (mhi - MAPPED_LO) as u32));
-                    if lo < mlo {
-                        self.v6.push((lo, mlo - 1));
-                    }
-                    if hi > mhi {
-                        self.v6.push((mhi + 1, hi));
-                    }
+                        .push(((lo - MAPPED_LO) as u32, (hi - MAPPED_LO) as u32));
                 } else {
                     self.v6.push((lo, hi));
                 }
@@ -399,12 +394,7 @@ impl AddrSet {
 
     /// Whether every IPv4 and every IPv6 address is in the set (an `ALL` in disguise).
     pub fn is_everything(&self) -> bool {
-        let v6_all = match self.v6.as_slice() {
-            [(0, hi)] => *hi == MAPPED_LO - 1,
-            [(0, a), (b, u128::MAX)] => *a == MAPPED_LO - 1 && *b == MAPPED_HI + 1,
-            _ => false,
-        };
-        self.v4.as_slice() == [(0, u32::MAX)] && v6_all
+        self.v4.as_slice() == [(0, u32::MAX)] && self.v6.as_slice() == [(0, u128::MAX)]
     }
 
     /// The set's disjoint intervals, IPv4 first, each in ascending order.
@@ -544,6 +534,12 @@ mod tests {
         let all = AddrSet::from_ranges(["0/0", "::/0"].iter().map(|s| parse_addrspec(s).unwrap()));
         assert!(all.is_everything());
         assert!(!AddrSet::from_ranges([parse_addrspec("0/0").unwrap()]).is_everything());
+        // ::/0 is every IPv6 peer, not the IPv4 ones.
+        let v6 = AddrSet::from_ranges([parse_addrspec("::/0").unwrap()]);
+        assert!(!v6.is_everything());
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        assert!(!v6.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(v6.contains("2001:db8::1".parse().unwrap()));
     }
 
     #[test]

@@ -93,6 +93,11 @@ fn v6_range() -> impl Strategy<Value = (u128, u128)> {
         (0u128..512, 0u128..64).prop_map(|(a, l)| (a, a.saturating_add(l))),
         (any::<u128>(), 0u128..4).prop_map(|(a, l)| (a, a.saturating_add(l))),
         Just((u128::MAX - 1, u128::MAX)),
+        (0u128..512, 0u128..64).prop_map(|(a, l)| {
+            let lo = 0xffff_0000_0000u128 + a;
+            (lo, lo + l)
+        }),
+        Just((0xffff_0000_0000u128 - 2, 0xffff_0000_0005u128)),
     ]
 }
 
@@ -104,7 +109,10 @@ proptest! {
         v4 in prop::collection::vec(v4_range(), 0..40),
         v6 in prop::collection::vec(v6_range(), 0..20),
         probes4 in prop::collection::vec(prop_oneof![0u32..600, any::<u32>()], 0..200),
-        probes6 in prop::collection::vec(prop_oneof![0u128..600, any::<u128>()], 0..100),
+        probes6 in prop::collection::vec(
+            prop_oneof![0u128..600, any::<u128>(), (0u128..600).prop_map(|x| 0xffff_0000_0000u128 + x)],
+            0..100,
+        ),
     ) {
         let set = AddrSet::from_ranges(
             v4.iter().map(|&(a, b)| AddrRange::V4(a, b))
@@ -115,8 +123,14 @@ proptest! {
         for &(a, b) in &v4 {
             p4.extend([a, b, a.wrapping_sub(1), b.wrapping_add(1)]);
         }
+        let mapped = 0xffff_0000_0000u128..=0xffff_ffff_ffffu128;
         for x in p4 {
-            let naive = v4.iter().any(|&(a, b)| a <= x && x <= b);
+            // An IPv4 peer is in the v4 ranges or in a v6 range written inside ::ffff:0:0/96.
+            let m = 0xffff_0000_0000u128 + u128::from(x);
+            let naive = v4.iter().any(|&(a, b)| a <= x && x <= b)
+                || v6.iter().any(|&(a, b)| {
+                    mapped.contains(&a) && mapped.contains(&b) && a <= m && m <= b
+                });
             prop_assert_eq!(set.contains(IpAddr::V4(Ipv4Addr::from(x))), naive, "v4 {}", x);
         }
         let mut p6 = probes6.clone();
@@ -126,11 +140,13 @@ proptest! {
         for x in p6 {
             let addr = Ipv6Addr::from(x);
             let naive = if let Some(v4addr) = addr.to_ipv4_mapped() {
-                // v4-mapped addresses are answered from the IPv4 side, which holds both the
-                // v4 ranges and the mapped part of the v6 ranges.
+                // v4-mapped addresses are answered from the IPv4 side, which holds the v4
+                // ranges and the v6 ranges lying wholly inside ::ffff:0:0/96.
                 let n = u32::from(v4addr);
                 v4.iter().any(|&(a, b)| a <= n && n <= b)
-                    || v6.iter().any(|&(a, b)| a <= x && x <= b)
+                    || v6.iter().any(|&(a, b)| {
+                        mapped.contains(&a) && mapped.contains(&b) && a <= x && x <= b
+                    })
             } else {
                 v6.iter().any(|&(a, b)| a <= x && x <= b)
             };
