@@ -18,6 +18,24 @@
 //! R011 syntax error; R020 unknown matcher; R021 bad matcher argument; R022 bad bare operand;
 //! R023 matcher glued to its argument. Warnings: R101 a `class:` operand that can never be
 //! true at that point; R102 a rule that can never be evaluated.
+//!
+//! Where this differs from the original portnanny, and why:
+//! - IPv6 (an extension): `ip:`, `localip:` and `local:` take IPv6 addresses, CIDR netblocks
+//!   and ranges; a bare word containing `:` made of hex digits and `:./-` is an address (so a
+//!   bare `fe80::` is an operand, not a matcher name); see [`crate::addr`].
+//! - Every error in the file is reported, each with its position (the original stopped at the
+//!   first); warnings are new.
+//! - `re:`/`claimedre:` use the `regex` crate's syntax, which has no backreferences or
+//!   look-around (the original used Python's `re`).
+//! - `answerson:` ports are 1–65535 and `local:` ports 0–65535, compared as numbers (the
+//!   original accepted 0–65536 for `answerson:` and compared `local:` ports as strings, so
+//!   `025` never matched); `dnsbl:` zones must look like DNS names.
+//! - An empty operand (`''`) is an error (the original crashed on it).
+//! - Class names are printable ASCII (at most 256 bytes), and so are labels: a bare `/label`
+//!   on a longer or non-ASCII expression is an error, because classes and labels cross the
+//!   process boundary as checked strings.
+//! - Brackets, NOT and EXCEPT may nest at most [`parse::MAX_DEPTH`] levels.
+//! - GLOBAL is not added a second time when a rule itself names the class GLOBAL.
 
 pub mod ast;
 pub mod compile;
