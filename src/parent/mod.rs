@@ -33,6 +33,7 @@ pub mod setup;
 pub mod signals;
 pub mod spawn;
 pub mod status;
+mod verdict;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpStream};
@@ -56,12 +57,13 @@ use privsep::ChannelError;
 use crate::args::Args;
 use crate::exit::{Error, Result};
 use crate::log::{self, Level};
-use admit::{Admitted, AdmittedResolver, GenTable, Verdict};
+use admit::{Admitted, AdmittedResolver, GenTable};
 use children::{Backoff, WorkerPlan, WorkerSet};
 use listen::{AcceptResult, Listener};
 use msgwrite::{MsgWrite, Progress};
 use reload::{Outcome, PolicyFiles, Watched};
-use spawn::{Creds, ServiceEnv};
+use spawn::Creds;
+use verdict::finish_msg;
 
 /// Connections waiting for a verdict. Each holds a socket; beyond this a new connection is
 /// closed at once and logged, so a stalled classifier cannot make the parent run out of
@@ -742,209 +744,6 @@ impl Parent {
         }
     }
 
-    // ---- verdicts -----------------------------------------------------------------------
-
-    fn on_verdict(&mut self, v: Verdict) {
-        let Some(p) = self.pending.0.remove(&v.conn()) else {
-            // admit() checked it is pending; nothing to act on otherwise.
-            return;
-        };
-        // Old tables are pruned once a second and on PolicyLoaded, not per verdict: finding the
-        // oldest pending generation is a walk over every pending connection.
-        let conn = v.conn();
-        let d = v.decision();
-        let disposition = d.disposition;
-        let counted = d.counted;
-        let class = v.action_class_name().unwrap_or("-").to_owned();
-        let action = match disposition {
-            policy::decide::Disposition::Run => "run",
-            policy::decide::Disposition::Msg => "msg",
-            policy::decide::Disposition::FailRun => "failrun",
-            policy::decide::Disposition::FailMsg => "failmsg",
-            policy::decide::Disposition::Close => "close",
-        };
-        if log::enabled(1) {
-            let why = match d.refusal {
-                None => String::new(),
-                Some(r) => format!(" refused={}", refusal_word(r)),
-            };
-            log::debug(
-                1,
-                &format!(
-                    "verdict conn={} class={} action={action}{why} gen={}",
-                    conn.0,
-                    log::escape(&class),
-                    v.gen().0
-                ),
-            );
-        }
-        let Some(actions) = v.actions().cloned() else {
-            // A dropped actions file: admission let only Close through.
-            return self.finish_unserved(conn, counted, p.stream);
-        };
-        let facts = policy::expand::ExpandFacts {
-            remote: p.remote,
-            local: p.local,
-            host: v.host(),
-            identd: v.identd(),
-            seen: v.seen(),
-            classes: v.classification(),
-        };
-        let r = policy::expand::render(&actions, d, &facts, self.settings.substitutions);
-        for rec in &r.records {
-            match rec {
-                Ok(t) => log::info(&log::escape(t)),
-                Err(e) => log::err(&format!("conn={} record: {e}", conn.0)),
-            }
-        }
-        match &r.log {
-            None => {}
-            Some(Ok(line)) => {
-                let repeat = line.norepeat && self.last_log.as_deref() == Some(line.text.as_str());
-                if !repeat {
-                    log::info(&log::escape(&line.text));
-                }
-                self.last_log = Some(line.text.clone());
-            }
-            Some(Err(e)) => log::err(&format!("conn={} log: {e}", conn.0)),
-        }
-        match disposition {
-            policy::decide::Disposition::Run | policy::decide::Disposition::FailRun => {
-                let argv = match r.argv {
-                    Some(Ok(a)) => a,
-                    Some(Err(e)) => {
-                        log::err(&format!(
-                            "conn={} class={}: {e}; dropping the connection",
-                            conn.0,
-                            log::escape(&class)
-                        ));
-                        return self.finish_unserved(conn, counted, p.stream);
-                    }
-                    None => {
-                        log::err(&format!(
-                            "conn={} class={}: nothing to run; dropping",
-                            conn.0,
-                            log::escape(&class)
-                        ));
-                        return self.finish_unserved(conn, counted, p.stream);
-                    }
-                };
-                let extra = match r.env {
-                    Ok(e) => e,
-                    Err(e) => {
-                        log::err(&format!(
-                            "conn={} class={}: {e}; dropping the connection",
-                            conn.0,
-                            log::escape(&class)
-                        ));
-                        return self.finish_unserved(conn, counted, p.stream);
-                    }
-                };
-                let names: Vec<&str> = v.classification().names().collect();
-                let mut env = ServiceEnv {
-                    remote: p.remote,
-                    local: p.local,
-                    host: v.host().and_then(|h| h.verified()),
-                    identd: v.identd(),
-                    class: &class,
-                    classes: &names,
-                    label: v.label(),
-                }
-                .vars();
-                env.extend(extra);
-                let classes: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-                match spawn::spawn_service(&argv, &env, self.creds.as_ref(), p.stream) {
-                    Ok(pid) => {
-                        log::debug(1, &format!("spawn conn={} pid={pid}", conn.0));
-                        let pid = i32::try_from(pid).unwrap_or(i32::MAX);
-                        self.services.insert(
-                            pid,
-                            Service {
-                                conn,
-                                remote: p.remote,
-                                local: p.local,
-                                classes,
-                                counted,
-                                started: Instant::now(),
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        log::err(&format!(
-                            "conn={} class={}: cannot run {}: {e}",
-                            conn.0,
-                            log::escape(&class),
-                            log::escape(argv.first().map_or("", String::as_str))
-                        ));
-                        self.conn_closed(conn, counted);
-                    }
-                }
-            }
-            policy::decide::Disposition::Msg | policy::decide::Disposition::FailMsg => {
-                let text = match r.message {
-                    Some(Ok(t)) => t,
-                    Some(Err(e)) => {
-                        log::err(&format!(
-                            "conn={} class={}: {e}; dropping the connection",
-                            conn.0,
-                            log::escape(&class)
-                        ));
-                        return self.finish_unserved(conn, counted, p.stream);
-                    }
-                    None => return self.finish_unserved(conn, counted, p.stream),
-                };
-                if self.msgs.len() >= msgwrite::MAX_MSG_WRITERS {
-                    log::warn(&format!(
-                        "drop conn={} reason=too-many-messages-in-flight",
-                        conn.0
-                    ));
-                    return self.finish_unserved(conn, counted, p.stream);
-                }
-                let (bytes, cut) = msgwrite::message_bytes(&text);
-                if cut {
-                    log::warn(&format!(
-                        "conn={} class={}: message cut to {} bytes",
-                        conn.0,
-                        log::escape(&class),
-                        msgwrite::MAX_MSG_BYTES
-                    ));
-                }
-                let mut w = MsgWrite::new(conn, p.stream, bytes, Instant::now());
-                match w.advance(Instant::now()) {
-                    Progress::Blocked => self.msgs.push(w),
-                    other => finish_msg(w, other),
-                }
-                // Messages are never counted (admission refuses counted msg verdicts).
-            }
-            policy::decide::Disposition::Close => {
-                self.finish_unserved(conn, counted, p.stream);
-            }
-        }
-    }
-
-    /// Closes a connection that gets no service, and releases its count if it had one.
-    fn finish_unserved(&mut self, conn: ConnId, counted: bool, stream: TcpStream) {
-        drop(stream);
-        log::debug(2, &format!("close conn={}", conn.0));
-        self.conn_closed(conn, counted);
-    }
-
-    fn conn_closed(&mut self, conn: ConnId, counted: bool) {
-        if !counted {
-            return;
-        }
-        if let Some(ws) = self.workers.as_mut() {
-            if let Err(e) = ws
-                .classifier
-                .queue(&ParentToClassifier::ConnClosed { conn })
-            {
-                self.worker_failed(format!("sending ConnClosed: {e}"), false);
-            }
-        }
-        // Without a classifier there is nothing to tell: the next one is seeded with the live
-        // services only.
-    }
-
     // ---- accepting ----------------------------------------------------------------------
 
     fn accept_from(&mut self, idx: usize) {
@@ -1333,43 +1132,6 @@ impl Parent {
         ));
         for w in self.msgs.drain(..) {
             let _ = w.into_inner().shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-fn refusal_word(r: policy::decide::Refusal) -> &'static str {
-    match r {
-        policy::decide::Refusal::Reject => "reject",
-        policy::decide::Refusal::IpMax => "ipmax",
-        policy::decide::Refusal::ConnMax => "connmax",
-    }
-}
-
-/// Ends a message write: shut the write side (a clean FIN after the bytes) and close.
-fn finish_msg(w: MsgWrite<TcpStream>, how: Progress) {
-    let conn = w.conn;
-    match how {
-        Progress::Done => log::debug(2, &format!("msg conn={} sent", conn.0)),
-        Progress::TimedOut { written, left } => log::debug(
-            1,
-            &format!(
-                "msg conn={} timed out after {written} bytes, {left} unsent",
-                conn.0
-            ),
-        ),
-        Progress::Failed(e) => log::debug(1, &format!("msg conn={} failed: {e}", conn.0)),
-        Progress::Blocked => {}
-    }
-    let mut s = w.into_inner();
-    let _ = s.shutdown(std::net::Shutdown::Write);
-    // Closing a socket with unread input makes the kernel send RST instead of FIN, and a
-    // client that sent a request line before the message arrived would then lose the message.
-    // Discard what is already there (bounded; the socket is non-blocking) before closing.
-    let mut sink = [0u8; 4096];
-    for _ in 0..16 {
-        match std::io::Read::read(&mut s, &mut sink) {
-            Ok(n) if n > 0 => continue,
-            _ => break,
         }
     }
 }
