@@ -84,6 +84,11 @@ const RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// without a pause the loop would spin).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// Longest a connection may wait for its verdict. Every lookup the classifier makes has its
+/// own timeout (seconds), so even a long chain of them finishes well within this; a connection
+/// older than this means the classifier is stuck, and it is restarted like a dead one.
+const VERDICT_DEADLINE: Duration = Duration::from_secs(300);
+
 /// Worker log lines allowed per second per worker; more are counted and summarised, so a
 /// compromised worker cannot flood syslog.
 const LOG_LINES_PER_SEC: u32 = 200;
@@ -95,6 +100,7 @@ struct PendingConn {
     local: SocketAddr,
     /// The oldest generation its verdict may name.
     min_gen: Gen,
+    accepted: Instant,
 }
 
 struct PendingMap(HashMap<ConnId, PendingConn>);
@@ -800,6 +806,7 @@ impl Parent {
                     remote: a.remote,
                     local: a.local,
                     min_gen,
+                    accepted: Instant::now(),
                 },
             );
             if let Err(e) = sent {
@@ -1056,10 +1063,32 @@ impl Parent {
                 }
             }
             if Instant::now() >= self.next_reload {
+                self.check_verdict_deadline(Instant::now());
                 self.prune_tables();
                 self.reload(false);
                 self.next_reload = Instant::now() + RELOAD_EVERY;
             }
+        }
+    }
+
+    /// A classifier that leaves a connection without a verdict for [`VERDICT_DEADLINE`] is
+    /// treated as hung: restarted, its pending connections closed.
+    fn check_verdict_deadline(&mut self, now: Instant) {
+        let stuck = self
+            .pending
+            .0
+            .iter()
+            .find(|(_, p)| now.saturating_duration_since(p.accepted) > VERDICT_DEADLINE)
+            .map(|(c, _)| *c);
+        if let Some(conn) = stuck {
+            self.worker_failed(
+                format!(
+                    "no verdict for conn={} within {} seconds: the classifier is stuck",
+                    conn.0,
+                    VERDICT_DEADLINE.as_secs()
+                ),
+                false,
+            );
         }
     }
 
