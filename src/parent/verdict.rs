@@ -70,22 +70,26 @@ impl Parent {
             classes: v.classification(),
         };
         let r = policy::expand::render(&actions, d, &facts, self.settings.substitutions);
-        for rec in &r.records {
-            match rec {
-                Ok(t) => log::info(&log::escape(t)),
-                Err(e) => log::err(&format!("conn={} record: {e}", conn.0)),
-            }
+        // As in portnanny 2, the action is prepared as a whole: one string that cannot be
+        // expanded (an unknown or undefined %(name)s anywhere: record, log, command, environment
+        // or message) is logged and the connection is dropped, with no other line logged.
+        if let Some(e) = first_expand_error(&r) {
+            log::err(&format!(
+                "conn={} class={}: {e}; dropping the connection",
+                conn.0,
+                log::escape(&class)
+            ));
+            return self.finish_unserved(conn, counted, p.stream);
         }
-        match &r.log {
-            None => {}
-            Some(Ok(line)) => {
-                let repeat = line.norepeat && self.last_log.as_deref() == Some(line.text.as_str());
-                if !repeat {
-                    log::info(&log::escape(&line.text));
-                }
-                self.last_log = Some(line.text.clone());
+        for t in r.records.iter().flatten() {
+            log::info(&log::escape(t));
+        }
+        if let Some(Ok(line)) = &r.log {
+            let repeat = line.norepeat && self.last_log.as_deref() == Some(line.text.as_str());
+            if !repeat {
+                log::info(&log::escape(&line.text));
             }
-            Some(Err(e)) => log::err(&format!("conn={} log: {e}", conn.0)),
+            self.last_log = Some(line.text.clone());
         }
         match disposition {
             policy::decide::Disposition::Run | policy::decide::Disposition::FailRun => {
@@ -223,6 +227,20 @@ impl Parent {
         // Without a classifier there is nothing to tell: the next one is seeded with the live
         // services only.
     }
+}
+
+/// The first string of a rendered action that failed to expand, if any. The environment only
+/// matters when a program is run.
+fn first_expand_error(r: &policy::expand::Rendered) -> Option<&policy::expand::ExpandError> {
+    let runs = r.argv.is_some();
+    r.records
+        .iter()
+        .filter_map(|x| x.as_ref().err())
+        .chain(r.log.as_ref().and_then(|x| x.as_ref().err()))
+        .chain(r.argv.as_ref().and_then(|x| x.as_ref().err()))
+        .chain(r.env.as_ref().err().filter(|_| runs))
+        .chain(r.message.as_ref().and_then(|x| x.as_ref().err()))
+        .next()
 }
 
 fn refusal_word(r: policy::decide::Refusal) -> &'static str {

@@ -76,8 +76,9 @@ impl Timeouts {
 /// Fewest pool threads, whatever `-M` says: one evaluation may start several lookups at once
 /// (an or-list of five `dnsbl:` zones), and those must run in parallel.
 pub const MIN_THREADS: usize = 8;
-/// Most pool threads: each is a blocked C library call at worst; beyond this the queue waits.
-pub const MAX_THREADS: usize = 256;
+/// Most pool threads: each is a blocked C library call at worst (a small stack, little RSS);
+/// beyond this the queue waits. 64 evaluations x 8 lookups each.
+pub const MAX_THREADS: usize = 512;
 /// Queue slots per thread: enough for bursts, small enough that a stall is felt as backpressure
 /// on the classifier's socket instead of piling up here.
 pub const QUEUE_PER_THREAD: usize = 4;
