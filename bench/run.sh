@@ -3,7 +3,10 @@
 # tcpserver serving the same trivial handler, at several concurrencies, in one interleaved run;
 # then the parent's and classifier's RSS idle and with HOLD held connections.
 #
-# Usage: bench/run.sh            (env: DURATION=5 CONCS="1 8 64" HOLD=1000 CARGO_TARGET_DIR=...)
+# Usage: bench/run.sh   (env: DURATION=3 ROUNDS=3 CONCS="1 8 64" HOLD=1000 CARGO_TARGET_DIR=...)
+# Each cell is measured ROUNDS times, interleaved (every server at every concurrency, then the
+# next round), and the round with the median rate is reported, so a burst of load from
+# something else on the machine hurts every server alike and does not decide the table.
 # Everything listens on 127.0.0.1 only; rules are IP-only, tcpserver runs with -H -R -l 0, so no
 # DNS query is made. Every process this script starts is killed by pid on exit.
 set -euo pipefail
@@ -13,7 +16,8 @@ root=$(dirname "$here")
 if [ -d "$HOME/.cargo/bin" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
-DURATION=${DURATION:-5}
+DURATION=${DURATION:-3}
+ROUNDS=${ROUNDS:-3}
 CONCS=${CONCS:-"1 8 64"}
 HOLD=${HOLD:-1000}
 HANDLER=(/bin/echo hello)
@@ -113,19 +117,31 @@ declare -A expect=([tcpserver]='hello\n' [run]='hello\n' [msg]='hello\n' [drop]=
 declare -A rate p50 p99 errs
 servers=(tcpserver run msg drop)
 
-echo "bench: ${DURATION}s per cell, concurrency $CONCS, handler '${HANDLER[*]}'" >&2
+echo "bench: ${ROUNDS} rounds of ${DURATION}s per cell, concurrency $CONCS, handler '${HANDLER[*]}'" >&2
 net=100
+for round in $(seq 1 "$ROUNDS"); do
+    for c in $CONCS; do
+        for s in "${servers[@]}"; do
+            portvar="PORT_$s"
+            net=$(( net % 150 + 101 ))
+            # Short warm-up, then the measured run.
+            "$LG" fetch --addr "127.0.0.1:${!portvar}" --concurrency "$c" --duration 0.3 \
+                --expect "${expect[$s]}" --src-net "$net" > /dev/null 2>&1 || true
+            line=$("$LG" fetch --addr "127.0.0.1:${!portvar}" --concurrency "$c" \
+                --duration "$DURATION" --expect "${expect[$s]}" --src-net "$net" 2> "$work/lg.err")
+            echo "  round $round $s c=$c: $line" >&2
+            if [ -s "$work/lg.err" ]; then sed 's/^/    /' "$work/lg.err" >&2; fi
+            echo "$line" >> "$work/cell.$s.$c"
+        done
+    done
+done
+
+# The median-rate round of each cell.
 for c in $CONCS; do
     for s in "${servers[@]}"; do
-        portvar="PORT_$s"
-        net=$(( net + 1 ))
-        # Short warm-up, then the measured run.
-        "$LG" fetch --addr "127.0.0.1:${!portvar}" --concurrency "$c" --duration 0.5 \
-            --expect "${expect[$s]}" --src-net "$net" > /dev/null 2>&1 || true
-        line=$("$LG" fetch --addr "127.0.0.1:${!portvar}" --concurrency "$c" \
-            --duration "$DURATION" --expect "${expect[$s]}" --src-net "$net" 2> "$work/lg.err")
-        echo "  $s c=$c: $line" >&2
-        if [ -s "$work/lg.err" ]; then sed 's/^/    /' "$work/lg.err" >&2; fi
+        med=$(awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "rate") print kv[2], NR } }' \
+            "$work/cell.$s.$c" | sort -n | awk '{ a[NR] = $2 } END { print a[int((NR + 1) / 2)] }')
+        line=$(sed -n "${med}p" "$work/cell.$s.$c")
         for kv in $line; do
             k=${kv%%=*}; v=${kv#*=}
             case $k in
