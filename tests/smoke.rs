@@ -41,6 +41,19 @@ fn serves_two_classes(mode: Mode) {
         "run class; log:\n{}",
         n.log()
     );
+    if let Some(dns) = &n.dns {
+        // The resolver (the only process that makes DNS queries) sees our dnsmasq as its
+        // nameserver, through its own mount namespace.
+        let r = n
+            .wait_worker("resolver", START_TIMEOUT)
+            .expect("resolver pid");
+        let seen =
+            std::fs::read_to_string(format!("/proc/{r}/root/etc/resolv.conf")).unwrap_or_default();
+        assert!(
+            seen.contains(&format!("nameserver {}", dns.addr)),
+            "the resolver's resolv.conf points at the test's dnsmasq: {seen:?}"
+        );
+    }
     if is_root() && mode == Mode::NonRoot {
         assert_eq!(
             status_ids(n.pid, "Uid"),
