@@ -156,3 +156,19 @@ fn excerpt_points_at_the_text() {
         d.excerpt()
     );
 }
+
+#[test]
+fn a_rule_full_of_mistakes_reports_a_bounded_number() {
+    let text = format!("a: {}\n", "% ".repeat(1000));
+    let d = diags(&text);
+    assert_eq!(d.len(), 11);
+    assert_eq!(
+        d[10],
+        "rules:1:24: error[R024]: this and 989 more errors in this rule are not shown"
+    );
+    let mut refs = String::from("a/always:");
+    for i in 0..1000 {
+        refs.push_str(&format!(" class: c{i}"));
+    }
+    assert_eq!(diags(&refs).len(), 10);
+}

@@ -357,3 +357,23 @@ port: answerson: 113
         ]]
     );
 }
+
+#[test]
+fn many_nonterminal_classes_are_each_matched_once() {
+    // Enough classes that evaluation switches from a list to a set of matched classes.
+    let mut text = String::new();
+    for _ in 0..2 {
+        for i in 0..50 {
+            text.push_str(&format!("c{i}/nt: ALL EXCEPT class: c{i}\n"));
+        }
+    }
+    text.push_str("end: class: c49\n");
+    let r = rules(&text);
+    let mut f = Fake::new("10.0.0.1");
+    let c = r.evaluate(&mut f);
+    let lines: Vec<u32> = c.classes.iter().map(|m| m.lineno).collect();
+    let mut want: Vec<u32> = (1..=50).collect();
+    want.push(101);
+    want.push(0);
+    assert_eq!(lines, want);
+}

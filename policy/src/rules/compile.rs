@@ -212,9 +212,11 @@ pub(crate) fn leading_lookup(node: &Node) -> Option<Lookup> {
 fn prefetch_plan(items: &[Node]) -> Option<(usize, Vec<Lookup>)> {
     let first = items.iter().position(|n| leading_lookup(n).is_some())?;
     let mut lookups: Vec<Lookup> = Vec::new();
-    for n in &items[first..] {
+    // A set beside the list keeps a huge or-list of lookups linear.
+    let mut seen = std::collections::HashSet::new();
+    for n in items.get(first..).unwrap_or(&[]) {
         if let Some(l) = leading_lookup(n) {
-            if !lookups.contains(&l) {
+            if seen.insert(l.clone()) {
                 lookups.push(l);
             }
         }

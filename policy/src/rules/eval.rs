@@ -26,7 +26,7 @@
 //! are exactly those of strict evaluation.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::net::IpAddr;
 
 use crate::addr::AddrRange;
@@ -251,18 +251,64 @@ fn matched_class(rule: &Rule) -> MatchedClass {
     }
 }
 
+/// Class ids of the classes matched so far: a short list, with a set once it grows (a file of
+/// thousands of /nt rules must not make evaluation quadratic).
+#[derive(Default)]
+struct MatchedIds {
+    list: Vec<u32>,
+    set: Option<HashSet<u32>>,
+}
+
+impl MatchedIds {
+    const LIST_MAX: usize = 32;
+
+    fn contains(&self, id: u32) -> bool {
+        match &self.set {
+            Some(set) => set.contains(&id),
+            None => self.list.contains(&id),
+        }
+    }
+
+    fn insert(&mut self, id: u32) {
+        match &mut self.set {
+            Some(set) => {
+                set.insert(id);
+            }
+            None => {
+                self.list.push(id);
+                if self.list.len() > Self::LIST_MAX {
+                    self.set = Some(self.list.drain(..).collect());
+                }
+            }
+        }
+    }
+}
+
+/// A number per distinct class name, per rule (so evaluation compares integers).
+pub(crate) fn class_ids(rules: &[Rule]) -> Vec<u32> {
+    let mut ids = std::collections::HashMap::new();
+    rules
+        .iter()
+        .map(|r| {
+            let next = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+            *ids.entry(r.class.as_str()).or_insert(next)
+        })
+        .collect()
+}
+
 pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
     let mut matched: Vec<MatchedClass> = Vec::new();
+    let mut ids = MatchedIds::default();
     let mut stopped = false;
     // Steps up to this index have had their DNS lookups announced.
     let mut announced: Option<usize> = None;
     for (s, step) in rules.plan.iter().enumerate() {
-        let (head, hit) = match step {
+        let (head, id, hit) = match step {
             Step::One(i) => {
-                let Some(rule) = rules.rules.get(*i) else {
+                let (Some(rule), Some(&id)) = (rules.rules.get(*i), rules.class_ids.get(*i)) else {
                     continue;
                 };
-                if (stopped && !rule.always) || matched.iter().any(|m| m.name == rule.class) {
+                if (stopped && !rule.always) || ids.contains(id) {
                     continue;
                 }
                 if announced.map_or(true, |a| a < s) {
@@ -278,22 +324,25 @@ pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
                     };
                     rule.expr.eval(&mut cx)
                 };
-                (rule, hit.then_some(rule))
+                (rule, id, hit.then_some(rule))
             }
             Step::Run(run) => {
-                let Some(rule) = rules.rules.get(run.first) else {
+                let (Some(rule), Some(&id)) =
+                    (rules.rules.get(run.first), rules.class_ids.get(run.first))
+                else {
                     continue;
                 };
-                if (stopped && !rule.always) || matched.iter().any(|m| m.name == rule.class) {
+                if (stopped && !rule.always) || ids.contains(id) {
                     continue;
                 }
                 let hit = run
                     .first_match(facts)
                     .and_then(|o| rules.rules.get(run.first + o));
-                (rule, hit)
+                (rule, id, hit)
             }
         };
         if let Some(rule) = hit {
+            ids.insert(id);
             matched.push(matched_class(rule));
             if !head.nonterminal {
                 stopped = true;

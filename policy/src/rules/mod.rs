@@ -16,8 +16,9 @@
 //! Diagnostic codes: R001 no `CLASS:`; R002 empty class name; R003 bad class-name character or
 //! length; R004 unknown note; R005 bad label; R006 empty expression; R010 unterminated quote;
 //! R011 syntax error; R020 unknown matcher; R021 bad matcher argument; R022 bad bare operand;
-//! R023 matcher glued to its argument. Warnings: R101 a `class:` operand that can never be
-//! true at that point; R102 a rule that can never be evaluated.
+//! R023 matcher glued to its argument; R024 more errors in one rule than are shown. Warnings:
+//! R101 a `class:` operand that can never be true at that point; R102 a rule that can never be
+//! evaluated.
 //!
 //! Where this differs from the original portnanny, and why:
 //! - IPv6 (an extension): `ip:`, `localip:` and `local:` take IPv6 addresses, CIDR netblocks
@@ -54,6 +55,10 @@ use compile::Node;
 
 /// Longest class name or label, matching what the process boundary accepts.
 pub const MAX_NAME: usize = 256;
+
+/// Most diagnostics of one kind reported for one rule. Every diagnostic carries a copy of its
+/// physical line, so an enormous line full of mistakes must not produce one copy per mistake.
+const MAX_PER_RULE: usize = 10;
 
 /// One compiled rule.
 #[derive(Clone, Debug)]
@@ -102,6 +107,8 @@ pub struct Rules {
     plan: Vec<eval::Step>,
     /// Cross-rule DNS prefetch, one entry per plan step.
     windows: Vec<Option<eval::Window>>,
+    /// A number for each rule's class, indexed like `rules`.
+    class_ids: Vec<u32>,
 }
 
 impl Rules {
@@ -180,8 +187,9 @@ pub fn parse_rules(name: &str, text: &str) -> Parsed<Rules> {
     let has_errors = diags.iter().any(|d| d.severity == Severity::Error);
     let value = (!has_errors).then(|| {
         let mut classes: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for r in &rules {
-            if !classes.contains(&r.class) {
+            if seen.insert(r.class.as_str()) {
                 classes.push(r.class.clone());
             }
         }
@@ -189,6 +197,7 @@ pub fn parse_rules(name: &str, text: &str) -> Parsed<Rules> {
         Rules {
             has_always: rules.iter().any(|r| r.always),
             windows: eval::prefetch_windows(&rules, &plan),
+            class_ids: eval::class_ids(&rules),
             plan,
             rules,
             classes,
@@ -385,7 +394,9 @@ fn parse_line(
     };
     let mut cerrs = Vec::new();
     let node = compile::compile(&ast, &mut cerrs);
-    for e in cerrs {
+    let hidden = cerrs.len().saturating_sub(MAX_PER_RULE);
+    let first_hidden = cerrs.get(MAX_PER_RULE).map(|e| e.span.clone());
+    for e in cerrs.into_iter().take(MAX_PER_RULE) {
         err(
             diags,
             e.code,
@@ -393,18 +404,35 @@ fn parse_line(
             e.message,
         );
     }
+    if let Some(span) = first_hidden {
+        err(
+            diags,
+            "R024",
+            expr_start + span.start..expr_start + span.end,
+            format!(
+                "this and {} more errors in this rule are not shown",
+                hidden - 1
+            ),
+        );
+    }
     let node = node?;
     head.constant = node.constant();
     let mut refs = Vec::new();
     node.class_refs(&mut refs);
-    head.class_refs = refs
-        .into_iter()
-        .map(|c| {
-            let span = class_ref_span(&tokens, c)
-                .map_or(0..word_end, |s| expr_start + s.start..expr_start + s.end);
-            (c.to_owned(), span)
-        })
-        .collect();
+    if !refs.is_empty() {
+        let spans = class_ref_spans(&tokens);
+        let mut seen = std::collections::HashSet::new();
+        head.class_refs = refs
+            .into_iter()
+            .filter(|c| seen.insert(*c))
+            .map(|c| {
+                let span = spans
+                    .get(c)
+                    .map_or(0..word_end, |s| expr_start + s.start..expr_start + s.end);
+                (c.to_owned(), span)
+            })
+            .collect();
+    }
     if !head_ok {
         return Some((None, head));
     }
@@ -421,16 +449,20 @@ fn parse_line(
     ))
 }
 
-/// The span of the argument word of the first `class: NAME` in the tokens.
-fn class_ref_span(tokens: &[lex::Spanned], name: &str) -> Option<Range<usize>> {
-    tokens
-        .windows(2)
-        .find_map(|w| match (&w[0].tok, &w[1].tok) {
-            (lex::Tok::Word(m), lex::Tok::Word(a)) if m == "class:" && a == name => {
-                Some(w[1].span.clone())
+/// For each `class: NAME` in the tokens, the span of the first NAME word (one pass, so a line
+/// with many `class:` operands stays linear).
+fn class_ref_spans(tokens: &[lex::Spanned]) -> std::collections::HashMap<&str, Range<usize>> {
+    let mut spans = std::collections::HashMap::new();
+    for w in tokens.windows(2) {
+        if let [m, a] = w {
+            if let (lex::Tok::Word(mw), lex::Tok::Word(aw)) = (&m.tok, &a.tok) {
+                if mw == "class:" {
+                    spans.entry(aw.as_str()).or_insert_with(|| a.span.clone());
+                }
             }
-            _ => None,
-        })
+        }
+    }
+    spans
 }
 
 /// What the warning pass knows about one class from the rules before the current one.
@@ -528,12 +560,9 @@ fn warn_class_refs(
     classes: &std::collections::HashMap<&str, ClassState>,
     diags: &mut Vec<Diagnostic>,
 ) {
-    let mut seen_refs: Vec<&str> = Vec::new();
+    // class_refs holds each name once, in order of first use.
+    let mut shown = 0;
     for (c, span) in &h.class_refs {
-        if seen_refs.contains(&c.as_str()) {
-            continue;
-        }
-        seen_refs.push(c);
         let state = classes.get(c.as_str());
         let produced = state.is_some_and(|s| s.produced);
         let possible = if h.always {
@@ -554,6 +583,10 @@ fn warn_class_refs(
                  (not /always) is never evaluated"
             )
         };
+        if shown == MAX_PER_RULE {
+            break;
+        }
+        shown += 1;
         diags.push(src.diag_at(
             Severity::Warning,
             "R101",
