@@ -631,3 +631,67 @@ fn dropipafter_forgets_idle_addresses() {
         "not seen for longer than dropipafter: a first time again"
     );
 }
+
+#[test]
+fn failrun_connections_count_against_limits() {
+    let s = Scratch::new("beh-failrun-count");
+    let hold = hold_script(&s);
+    let failhold = s.script(
+        "failhold.sh",
+        "#!/bin/sh\necho failheld\nexec cat >/dev/null\n",
+    );
+    let n = Nanny::start(
+        &s,
+        Setup::new(
+            "h: ALL\n",
+            &format!(
+                "h: run {hold} : connmax 2 : failrun {}\n",
+                failhold.display()
+            ),
+        ),
+    );
+    let (a, ca) = attempt(&n, ip(0, 22, 1));
+    let (b, _cb) = attempt(&n, ip(0, 22, 2));
+    assert_eq!(
+        (a.as_str(), b.as_str()),
+        ("held\n", "held\n"),
+        "log:\n{}",
+        n.log()
+    );
+    let (c, _cc) = attempt(&n, ip(0, 22, 3));
+    assert_eq!(c, "failheld\n", "over connmax: failrun");
+    // Three connections are counted now (run, run, failrun): freeing one run slot leaves the
+    // class at its limit, so the next attempt is refused again.
+    drop(ca);
+    let ok = wait_for(IO_TIMEOUT, || (n.services().len() == 2).then_some(()));
+    assert!(ok.is_some(), "one service ended: {:?}", n.services());
+    let (d, _cd) = attempt(&n, ip(0, 22, 4));
+    assert_eq!(
+        d, "failheld\n",
+        "a failrun connection counts against connmax"
+    );
+}
+
+#[test]
+fn a_service_that_cannot_exec_closes_and_frees_its_slot() {
+    let s = Scratch::new("beh-execfail");
+    let n = Nanny::start(
+        &s,
+        Setup::new(
+            "a: ALL\n",
+            "a: run /nonexistent/portnanny-test-program : connmax 1 : failmsg full%(nl)s\n",
+        ),
+    );
+    for i in 1..=3 {
+        let r = n.fetch_from(ip(0, 23, i));
+        assert!(
+            r.closed_silently(),
+            "attempt {i}: the connection is closed, and the slot freed again: {r:?}\nlog:\n{}",
+            n.log()
+        );
+        // The next attempt may only come after the failed child was reaped.
+        let ok = wait_for(IO_TIMEOUT, || n.services().is_empty().then_some(()));
+        assert!(ok.is_some());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

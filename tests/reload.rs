@@ -176,3 +176,43 @@ fn sighup_reloads() {
     assert!(served(&n, "new\n"), "reloaded; log:\n{}", n.log());
     assert!(alive(n.pid), "SIGHUP does not stop the daemon");
 }
+
+#[test]
+fn counts_survive_a_reload() {
+    let s = Scratch::new("reload-counts");
+    let hold = s.script("hold.sh", "#!/bin/sh\necho held\nexec cat >/dev/null\n");
+    let h = hold.display().to_string();
+    let n = Nanny::start(
+        &s,
+        Setup::new(
+            "h: ALL\n",
+            &format!("h: run {h} : connmax 2 : failmsg full-old%(nl)s\n"),
+        ),
+    );
+    let mut held = Vec::new();
+    for i in 10..12 {
+        let mut c = connect_from(src(i), n.addr, IO_TIMEOUT).expect("connect");
+        assert_eq!(
+            read_line(&mut c, IO_TIMEOUT).text(),
+            "held\n",
+            "log:\n{}",
+            n.log()
+        );
+        held.push(c);
+    }
+    write_atomic(
+        &n.actions,
+        &format!("h: run {h} : connmax 2 : failmsg full-new%(nl)s\n"),
+        0o644,
+    );
+    // The new actions are in force and the two live connections still count.
+    let r = fetch_until(src(12), n.addr, RELOAD_TIMEOUT, |r| {
+        r.text() != "full-old\n"
+    });
+    assert_eq!(
+        r.map(|r| r.text()).as_deref(),
+        Some("full-new\n"),
+        "after the reload the class is still full; log:\n{}",
+        n.log()
+    );
+}

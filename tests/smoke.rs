@@ -197,3 +197,22 @@ fn sigterm_exits_0_and_leaves_running_services_alone() {
     let gone = wait_for(IO_TIMEOUT, || (!alive(services[0])).then_some(()));
     assert!(gone.is_some(), "the service ends when its client closes");
 }
+
+#[test]
+fn unknown_service_user_is_a_startup_error() {
+    let s = Scratch::new("smoke-nouser");
+    let setup = Setup::new("a: ALL\n", "a: msg hi%(nl)s\n").conf("user no-such-user-pntest");
+    let conf = s.write("nanny.conf", &setup.conf_text(&s));
+    s.write("nanny-rules", &setup.rules);
+    s.write("nanny-actions", &setup.actions);
+    let (code, out, err) = Nanny::run_once(&[&conf.to_string_lossy()], Duration::from_secs(20));
+    let all = format!("{out}{err}");
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "a user that does not exist stops the daemon: {code:?} {all}"
+    );
+    assert!(
+        all.contains("no-such-user-pntest"),
+        "the message names the user: {all}"
+    );
+}
