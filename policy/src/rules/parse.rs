@@ -77,8 +77,9 @@ where
             .at_least(1)
             .collect::<Vec<Expr>>()
             .map(|mut v| {
+                // at_least(1): a one-item list is just its item (as the original did).
                 if v.len() == 1 {
-                    v.pop().map_or(Expr::Or(Vec::new()), |e| e)
+                    v.pop().unwrap_or(Expr::Or(Vec::new()))
                 } else {
                     Expr::Or(v)
                 }
@@ -89,7 +90,7 @@ where
             .collect::<Vec<Expr>>()
             .map(|mut v| {
                 if v.len() == 1 {
-                    v.pop().map_or(Expr::And(Vec::new()), |e| e)
+                    v.pop().unwrap_or(Expr::And(Vec::new()))
                 } else {
                     Expr::And(v)
                 }
