@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if [ -d "$HOME/.cargo/bin" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
+if [ -d "${HOME:-/root}/.cargo/bin" ]; then
+    export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 

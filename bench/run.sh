@@ -13,8 +13,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-if [ -d "$HOME/.cargo/bin" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
+if [ -d "${HOME:-/root}/.cargo/bin" ]; then
+    export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 fi
 DURATION=${DURATION:-3}
 ROUNDS=${ROUNDS:-3}
