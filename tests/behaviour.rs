@@ -695,3 +695,26 @@ fn a_service_that_cannot_exec_closes_and_frees_its_slot() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn global_joins_only_connections_in_some_class() {
+    let s = Scratch::new("beh-global-only");
+    let n = Nanny::start(
+        &s,
+        Setup::new(
+            "member: 127.0.24.1\n",
+            "GLOBAL: msg from-global %(class)s%(nl)s\n",
+        ),
+    );
+    assert_eq!(
+        n.fetch_from(ip(0, 24, 1)).text(),
+        "from-global GLOBAL\n",
+        "a member of some class is also in GLOBAL, whose action applies; log:\n{}",
+        n.log()
+    );
+    let r = n.fetch_from(ip(0, 24, 2));
+    assert!(
+        r.closed_silently(),
+        "in no class, so not in GLOBAL either: {r:?}"
+    );
+}

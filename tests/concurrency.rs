@@ -145,3 +145,33 @@ fn aftermaxthreads_class_applies_beyond_maxthreads() {
     // The slot is free again: normal evaluation resumes.
     assert_eq!(n.fetch_from(Ipv4Addr::new(127, 82, 0, 4)).text(), "quick\n");
 }
+
+#[test]
+fn dash_m_overrides_maxthreads() {
+    if skip_unless_root("dash_m_overrides_maxthreads") {
+        return;
+    }
+    let s = Scratch::new("conc-dash-m");
+    let identd = StallingIdentd::start(Ipv4Addr::new(127, 85, 0, 1));
+    let n = Nanny::start(
+        &s,
+        Setup::new(&rules(85), ACTIONS)
+            .arg("-M")
+            .arg("1")
+            .conf("maxthreads 8")
+            .conf("aftermaxthreads busy")
+            .conf("identdtimeout 4000ms"),
+    );
+    let _a = connect_from(Ipv4Addr::new(127, 85, 0, 1), n.addr, IO_TIMEOUT).expect("connect");
+    assert!(
+        identd.wait_query(),
+        "the evaluation is stalled; log:\n{}",
+        n.log()
+    );
+    assert_eq!(
+        n.fetch_from(Ipv4Addr::new(127, 85, 0, 2)).text(),
+        "busy\n",
+        "-M 1 wins over maxthreads 8; log:\n{}",
+        n.log()
+    );
+}
