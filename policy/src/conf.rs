@@ -402,6 +402,12 @@ fn parse_line(
         Dir::ActionFile => b.actionfile = Some(arg.to_owned()),
         Dir::User => b.user = Some(arg.to_owned()),
         Dir::PrivsepUser => b.privsepuser = Some(arg.to_owned()),
+        // The classifier's root must not depend on the directory portnanny was started from.
+        Dir::Chroot if !arg.starts_with('/') => {
+            diags.push(bad(format!(
+                "chrootdir must be an absolute path; '{arg}' is not"
+            )));
+        }
         Dir::Chroot => b.chrootdir = Some(arg.to_owned()),
         // The class crosses to the classifier as a ClassName: printable ASCII, 256 bytes.
         Dir::AfterMaxThreads

@@ -204,6 +204,10 @@ fn golden_errors() {
         ),
         ("user\n", &["nanny.conf:4:1: error[C002]: 'user' needs an argument (a user name)"]),
         (
+            "chrootdir relative/empty\n",
+            &["nanny.conf:4:11: error[C005]: chrootdir must be an absolute path; 'relative/empty' is not"],
+        ),
+        (
             "user a b c\n",
             &["nanny.conf:4:8: error[C003]: 'user' takes exactly one argument (a user name); this is extra"],
         ),

@@ -278,7 +278,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         onfileerror: conf.onfileerror,
         substitutions: conf.substitutions,
         classifier: ClassifierSettings {
-            maxthreads: maxthreads.max(1),
+            // Sent as configured: 0 (threading off) means aftermaxthreads never applies, as in
+            // portnanny 2; the classifier still evaluates on one thread.
+            maxthreads,
             aftermaxthreads: aftermax,
             dropipafter_secs: conf.dropipafter,
             expireevery_secs: conf.expireevery,
