@@ -5,7 +5,7 @@
 #
 # The end-to-end tests start the real daemon; as root (CI) they also check the privilege drop,
 # run the daemon in private mount namespaces with a loopback dnsmasq as its resolver, and talk
-# to a private rsyslogd. Packages they need: see .ci/run.
+# to a private rsyslogd. The packages they need are installed by .ci/install-test-deps (below).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -42,6 +42,9 @@ fuzz_build() {
     # invalidating the main build.
     cargo build --manifest-path fuzz/Cargo.toml --target-dir fuzz/target
 }
+
+# Debian packages and the service test user the end-to-end tests need (root only).
+./.ci/install-test-deps
 
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings

@@ -282,14 +282,12 @@ mod tests {
 
     use super::*;
 
-    /// A fresh directory under the test binary's own directory (root-owned and not writable by
-    /// others when the tests run as root; /tmp would fail the ancestor check).
+    /// A fresh directory under /run/portnanny-tests: root-owned and not writable by others
+    /// whatever the checkout's location (a clone under /tmp would fail the ancestor check).
     fn scratch(tag: &str) -> PathBuf {
-        let base = std::env::current_exe()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .to_path_buf();
+        let base = PathBuf::from("/run/portnanny-tests");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
         let dir = base.join(format!("chroot-check-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir).unwrap();

@@ -440,10 +440,13 @@ fn needs_root() -> bool {
     }
 }
 
-/// An empty chroot dir under a root-owned, non-writable base (not /tmp: sticky
-/// world-writable ancestors are refused, as sshd refuses them).
+/// An empty chroot dir under a root-owned, non-writable base (not under /tmp, nor under the
+/// checkout, which may itself be under /tmp: sticky world-writable ancestors are refused, as
+/// sshd refuses them).
 fn chroot_dir(tag: &str) -> PathBuf {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let base = Path::new("/run/portnanny-tests");
+    std::fs::create_dir_all(base).unwrap();
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = base.join(format!("chroot-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
