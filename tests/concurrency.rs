@@ -175,3 +175,36 @@ fn dash_m_overrides_maxthreads() {
         n.log()
     );
 }
+
+/// With threading off (maxthreads unset = 0), aftermaxthreads never applies: a second connection
+/// waits for the single evaluation instead of being sorted into the overflow class (portnanny 2;
+/// found when the parent sent `maxthreads.max(1)` and the classifier could not tell).
+#[test]
+fn aftermaxthreads_is_ignored_with_threading_off() {
+    if skip_unless_root("aftermaxthreads_is_ignored_with_threading_off") {
+        return;
+    }
+    let s = Scratch::new("conc-aftermax-off");
+    let identd = StallingIdentd::start(Ipv4Addr::new(127, 86, 0, 1));
+    let n = Nanny::start(
+        &s,
+        Setup::new(&rules(86), ACTIONS)
+            .conf("aftermaxthreads busy")
+            .conf("identdtimeout 1500ms"),
+    );
+    let mut a = connect_from(Ipv4Addr::new(127, 86, 0, 1), n.addr, IO_TIMEOUT).expect("connect");
+    assert!(
+        identd.wait_query(),
+        "the evaluation is stalled; log:\n{}",
+        n.log()
+    );
+    let b = n.fetch_from(Ipv4Addr::new(127, 86, 0, 2));
+    assert_eq!(
+        b.text(),
+        "quick\n",
+        "waited its turn instead of getting the overflow class; log:\n{}",
+        n.log()
+    );
+    let r = read_all(&mut a, Duration::from_secs(15));
+    assert_eq!(r.text(), "quick\n", "log:\n{}", n.log());
+}
