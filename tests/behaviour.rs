@@ -385,6 +385,39 @@ fn undefined_substitution_drops_the_connection_and_logs() {
     );
 }
 
+/// The action is prepared as a whole: an undefined name in a `record` or `log` line drops the
+/// connection too (nothing is run or sent, and neither line is logged), as in portnanny 2.
+#[test]
+fn undefined_name_in_a_log_line_drops_the_connection() {
+    let s = Scratch::new("beh-badlog");
+    let n = Nanny::start(
+        &s,
+        Setup::new(
+            "rec: 127.0.14.1
+logd: 127.0.14.2
+",
+            "rec: record seen %(identd)s : msg rec%(nl)s
+\
+             logd: log served %(claimedhn)s : msg logd%(nl)s
+",
+        ),
+    );
+    for (host, word) in [(1, "identd"), (2, "claimedhn")] {
+        let mark = n.mark();
+        let r = n.fetch_from(ip(0, 14, host));
+        assert!(
+            r.closed_silently(),
+            "undefined %({word})s in a log line: dropped, no message: {r:?}"
+        );
+        n.expect_log(mark, &[word, "dropping"]);
+    }
+    assert!(
+        !n.log().contains("seen ") && !n.log().contains("served "),
+        "neither line was logged half-expanded; log:\n{}",
+        n.log()
+    );
+}
+
 #[test]
 fn subst_is_overridden_only_by_defined_builtins() {
     let s = Scratch::new("beh-subst-builtin");
