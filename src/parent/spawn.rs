@@ -7,10 +7,13 @@
 //!
 //! Invariants: the child gets exactly fds 0, 1, 2 (every descriptor of the parent is
 //! close-on-exec, and `main` marks inherited ones close-on-exec at start); credentials change
-//! in the child between fork and exec, in the order setgroups → setresgid → setresuid (std's
+//! in the child between clone and exec, in the order setgroups → setresgid → setresuid (std's
 //! `Command` cannot set supplementary groups, and waits for every exec, see [`spawn_service`]);
 //! a failed step aborts that child before exec. The signal mask is emptied and the parent's
-//! signal dispositions (including the ignored SIGPIPE) are reset to default.
+//! signal dispositions (including the ignored SIGPIPE) are reset to default. The child is
+//! created vfork-style (`clone(CLONE_VM | CLONE_VFORK)`: no copy of the parent's page tables,
+//! no copy-on-write faults in the parent afterwards), so until its execve it runs in the
+//! parent's memory and may only read it: everything it uses is prepared before the clone.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -110,7 +113,7 @@ fn service_env(extra: &[(String, String)]) -> io::Result<Vec<CString>> {
     Ok(out)
 }
 
-/// execvp's search, done in the parent before forking so the child only calls execve: a name
+/// execvp's search, done in the parent before the clone so the child only calls execve: a name
 /// with a slash is used as is; otherwise the first executable `DIR/name` along PATH (the
 /// service environment's PATH if it sets one, else the parent's, else [`DEFAULT_PATH`]).
 pub fn find_program(prog: &str, env: &[(String, String)]) -> io::Result<CString> {
@@ -149,11 +152,11 @@ pub fn find_program(prog: &str, env: &[(String, String)]) -> io::Result<CString>
 /// Starts `argv` (PATH searched like execvp) with `stream` on fds 0, 1 and 2, the parent's
 /// environment plus `env`, as `creds` (None: as the parent's own user). Returns the pid.
 ///
-/// The parent does not wait for the exec (std's `Command` does, through a pipe, which
-/// serialises every spawn behind the child's exec): the program is found before the fork, and
-/// a failure after it shows up as exit status [`EXIT_SETUP_FAILED`] or [`EXIT_EXEC_FAILED`]
-/// when the child is reaped. The caller's copy of the stream is closed here, right after the
-/// fork, so the peer sees EOF when the service closes, as with inetd.
+/// The parent waits only until the child's execve has replaced its memory (CLONE_VFORK), not
+/// for its outcome (std's `Command` reports exec errors through a pipe): the program is found
+/// before the clone, and a failure after it shows up as exit status [`EXIT_SETUP_FAILED`] or
+/// [`EXIT_EXEC_FAILED`] when the child is reaped. The caller's copy of the stream is closed
+/// here, right after the clone, so the peer sees EOF when the service closes, as with inetd.
 pub fn spawn_service(
     argv: &[String],
     env: &[(String, String)],
@@ -178,9 +181,18 @@ pub fn spawn_service(
     let ids: Option<(libc::uid_t, libc::gid_t, &[libc::gid_t])> =
         creds.map(|c| (c.uid, c.gid, c.groups.as_slice()));
 
-    // ORDER: block every signal across the fork, so no handler of the parent's (signal-hook's
-    // self-pipe writers) can run in the child before it resets them; the parent restores its
-    // mask right after.
+    let child = ChildArgs {
+        nofile,
+        fd,
+        ids,
+        path: &path,
+        argp: &argp,
+        envp: &envp,
+    };
+
+    // ORDER: block every signal across the clone, so no handler of the parent's (signal-hook's
+    // self-pipe writers) can run in the child, which shares the parent's memory, before it
+    // resets them; the parent restores its mask right after.
     // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask only touch these sets.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe {
@@ -188,13 +200,34 @@ pub fn spawn_service(
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
     }
-    // SAFETY: the parent is single-threaded (no lock can be held by another thread), and the
-    // child runs only `service_child`, which is async-signal-safe.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: in the child of fork, see service_child.
-        unsafe { service_child(nofile, fd, ids, &path, &argp, &envp) }
-    }
+    let pid = CHILD_STACK.with(|stack| match stack {
+        Ok(stack) => {
+            // SAFETY: CLONE_VM | CLONE_VFORK suspends this thread until the child has called
+            // execve or _exit, so `child` and everything it points to (on this stack and the
+            // heap) stay valid and unchanged while the child reads them, and the child runs on
+            // its own stack (`stack.top()`, nothing else uses it). The child runs only
+            // `child_entry` → `service_child`, which is async-signal-safe, allocates nothing,
+            // takes no lock and writes no memory the parent reads afterwards (only errno).
+            unsafe {
+                libc::clone(
+                    child_entry,
+                    stack.top(),
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    std::ptr::from_ref(&child).cast_mut().cast(),
+                )
+            }
+        }
+        // No child stack (mmap failed once in this thread): a plain fork, the child on a copy
+        // of this stack.
+        // SAFETY: as for clone; after fork the child has its own copy of memory.
+        Err(()) => unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                service_child(&child)
+            }
+            pid
+        },
+    });
     let err = io::Error::last_os_error();
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
@@ -202,27 +235,134 @@ pub fn spawn_service(
     if pid < 0 {
         return Err(err);
     }
-    u32::try_from(pid).map_err(|_| io::Error::other("fork returned a bad pid"))
+    u32::try_from(pid).map_err(|_| io::Error::other("clone returned a bad pid"))
 }
 
-/// The child side of [`spawn_service`]. async-signal-safe: no alloc, no locks; it only reads
-/// values prepared by the parent and makes raw system calls (signal, dup2, setgroups,
-/// setresgid, setresuid, getrlimit/setrlimit, sigprocmask, execve, _exit).
-///
-/// # Safety
-/// Call only in the child of `fork`, with valid NUL-terminated `path` and NULL-terminated
-/// pointer arrays `argp` and `envp`.
-unsafe fn service_child(
+/// Bytes of stack for a service child between clone and execve; [`service_child`] needs a few
+/// hundred. A guard page below it turns an overflow into a fault instead of a write into the
+/// parent's memory.
+const CHILD_STACK_BYTES: usize = 64 * 1024;
+
+/// A private stack for the children of [`spawn_service`], mapped once per thread (the parent
+/// has one; unit tests spawn from several) and reused: with CLONE_VFORK at most one child of
+/// this thread runs on it at a time, until its execve.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn map() -> Result<ChildStack, ()> {
+        // SAFETY: sysconf only queries.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|p| *p > 0)
+            .unwrap_or(4096);
+        let len = CHILD_STACK_BYTES + page;
+        // SAFETY: a fresh anonymous private mapping; nothing else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page of our own mapping becomes the guard page.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return Err(());
+        }
+        Ok(stack)
+    }
+
+    /// The initial stack pointer (stacks grow down on every Linux target Rust supports),
+    /// 16-byte aligned.
+    fn top(&self) -> *mut libc::c_void {
+        let top = self.base.cast::<u8>().wrapping_add(self.len);
+        top.wrapping_sub(top as usize % 16).cast()
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`; no child can be running on it
+        // (CLONE_VFORK returned before the owner could be dropped).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+thread_local! {
+    static CHILD_STACK: Result<ChildStack, ()> = ChildStack::map();
+}
+
+/// What the child of [`spawn_service`] needs, prepared by the parent before the clone.
+struct ChildArgs<'a> {
     nofile: u64,
     fd: libc::c_int,
-    ids: Option<(libc::uid_t, libc::gid_t, &[libc::gid_t])>,
-    path: &CStr,
-    argp: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-) -> ! {
+    ids: Option<(libc::uid_t, libc::gid_t, &'a [libc::gid_t])>,
+    path: &'a CStr,
+    argp: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+}
+
+/// The clone entry point: the child of [`spawn_service`] starts here, on the child stack.
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` that spawn_service passed to clone; the parent is
+    // suspended (CLONE_VFORK) until we exec or exit, so it is alive and unchanged.
+    unsafe { service_child(&*arg.cast::<ChildArgs<'_>>()) }
+}
+
+/// Credential system calls made directly, not through glibc: its setgroups/setresgid/setresuid
+/// wrappers broadcast the change to every thread glibc knows of, and a CLONE_VM child still
+/// sees the parent's thread list (in unit tests, a multi-threaded process). The raw call changes
+/// only the calling thread, which is the whole child process.
+mod raw {
+    #[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
+    use libc::{
+        SYS_setgroups as SETGROUPS, SYS_setresgid as SETRESGID, SYS_setresuid as SETRESUID,
+    };
+    #[cfg(any(target_arch = "x86", target_arch = "arm"))]
+    use libc::{
+        SYS_setgroups32 as SETGROUPS, SYS_setresgid32 as SETRESGID, SYS_setresuid32 as SETRESUID,
+    };
+
+    /// # Safety
+    /// `groups` must point to `len` readable gids.
+    pub unsafe fn setgroups(len: usize, groups: *const libc::gid_t) -> libc::c_long {
+        libc::syscall(SETGROUPS, len, groups)
+    }
+
+    /// # Safety
+    /// Changes the calling thread's credentials only.
+    pub unsafe fn setresgid(gid: libc::gid_t) -> libc::c_long {
+        libc::syscall(SETRESGID, gid, gid, gid)
+    }
+
+    /// # Safety
+    /// Changes the calling thread's credentials only.
+    pub unsafe fn setresuid(uid: libc::uid_t) -> libc::c_long {
+        libc::syscall(SETRESUID, uid, uid, uid)
+    }
+}
+
+/// The child side of [`spawn_service`]. async-signal-safe: no alloc, no locks, and no write to
+/// memory shared with the parent (the child shares it until execve) except errno; it only reads
+/// values prepared by the parent and makes system calls (signal, dup2, setgroups, setresgid,
+/// setresuid, getrlimit/setrlimit, sigprocmask, execve, _exit).
+///
+/// # Safety
+/// Call only in the child of `clone(CLONE_VM | CLONE_VFORK)` or `fork`, with valid
+/// NUL-terminated `path` and NULL-terminated pointer arrays `argp` and `envp`.
+unsafe fn service_child(a: &ChildArgs<'_>) -> ! {
     // The parent's handlers would write to its self-pipe; defaults for everything it handles,
     // and SIGPIPE back to default (Rust ignores it, and an ignored signal stays ignored
-    // across exec).
+    // across exec). Without CLONE_SIGHAND the child has its own copy of the dispositions.
     for sig in [
         libc::SIGCHLD,
         libc::SIGHUP,
@@ -236,30 +376,31 @@ unsafe fn service_child(
     }
     // dup2 clears close-on-exec on the copies; the original (CLOEXEC, above 2 because fds 0-2
     // are always open in the parent) closes at exec.
+    let fd = a.fd;
     if libc::dup2(fd, 0) < 0 || libc::dup2(fd, 1) < 0 || libc::dup2(fd, 2) < 0 {
         libc::_exit(EXIT_SETUP_FAILED);
     }
-    if let Some((uid, gid, groups)) = ids {
+    if let Some((uid, gid, groups)) = a.ids {
         // ORDER: groups and gid first, while we still have the privilege to set them; the uid
         // last, which gives that privilege up. Any failure aborts this child before exec.
-        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-            || libc::setresgid(gid, gid, gid) != 0
-            || libc::setresuid(uid, uid, uid) != 0
+        if raw::setgroups(groups.len(), groups.as_ptr()) != 0
+            || raw::setresgid(gid) != 0
+            || raw::setresuid(uid) != 0
         {
             libc::_exit(EXIT_SETUP_FAILED);
         }
     }
-    if nofile != u64::MAX {
+    if a.nofile != u64::MAX {
         let mut lim: libc::rlimit = std::mem::zeroed();
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = nofile;
+            lim.rlim_cur = a.nofile;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
     libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    libc::execve(path.as_ptr(), argp.as_ptr(), envp.as_ptr());
+    libc::execve(a.path.as_ptr(), a.argp.as_ptr(), a.envp.as_ptr());
     libc::_exit(EXIT_EXEC_FAILED)
 }
 
