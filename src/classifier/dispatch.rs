@@ -7,10 +7,12 @@
 //! restarts a classifier in a known state.
 //!
 //! Invariants:
-//! - Nothing here waits for a lookup: evaluations go to the pool; only the aftermaxthreads
-//!   shortcut decides on this thread, and it needs no lookup.
-//! - Every `ConnAccepted` is answered by exactly one `Verdict` (from the pool, from the
-//!   aftermaxthreads shortcut, or a close verdict when the queue is full).
+//! - Nothing here waits for a lookup: evaluations go to the pool, except that a connection is
+//!   evaluated on this thread when the current rules cannot need any lookup and the pool is
+//!   idle (no job queued or running, so it overtakes nothing); the aftermaxthreads shortcut
+//!   also decides here, and needs no lookup.
+//! - Every `ConnAccepted` is answered by exactly one `Verdict` (from the pool, from this
+//!   thread, from the aftermaxthreads shortcut, or a close verdict when the queue is full).
 //! - The pool is started once, on the first policy, and only then are new processes forbidden.
 
 use std::net::SocketAddr;
@@ -24,7 +26,7 @@ use privsep::proto::{
 
 use super::facts::{canonical, Observed};
 use super::lookups::Timeouts;
-use super::pool::{Job, Pool};
+use super::pool::{self, Job, Pool};
 use super::{verdict, Loaded, Options, Shared, EXIT_TEMP};
 
 /// Evaluation threads, at most, whatever maxthreads says: each one reserves a stack, and past
@@ -142,6 +144,7 @@ impl Dispatcher {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(Loaded {
             gen,
+            needs_lookups: rules.can_need_lookups(),
             rules,
             actions,
         }));
@@ -280,11 +283,24 @@ impl Dispatcher {
                 return Flow::Continue;
             }
         }
-        if let Err(job) = pool.submit(Job {
+        let job = Job {
             conn,
             remote,
             local,
-        }) {
+        };
+        // A lookup-free policy evaluates in microseconds: doing it here saves waking a pool
+        // thread (a cross-thread hop per connection). Only with the pool idle, so the
+        // connection overtakes no queued one and `busy()` keeps its meaning.
+        if pool.idle()
+            && self
+                .shared
+                .current_policy()
+                .is_some_and(|p| !p.needs_lookups)
+        {
+            pool::evaluate_here(&self.shared, job);
+            return Flow::Continue;
+        }
+        if let Err(job) = pool.submit(job) {
             self.log(
                 LogLevel::Warning,
                 0,

@@ -21,7 +21,9 @@
 //!    them after a restart; `Flush` empties the history; `StatusRequest` → `Status`.
 //!
 //! Threads: the dispatch thread (this function's), one reader per channel, and the evaluation
-//! pool. The dispatch thread never waits for a lookup. After the handshake nothing is written to
+//! pool. The dispatch thread never waits for a lookup: it evaluates a connection itself only
+//! when the rules cannot need one and the pool is idle, which saves a thread hop per
+//! connection; everything else goes to the pool. After the handshake nothing is written to
 //! stderr: logs go to the parent as `ClassifierToParent::Log`.
 //!
 //! Exit codes: 0 when the parent closes the channel; 111 for everything else (resolver gone,
@@ -131,6 +133,9 @@ pub(crate) struct Loaded {
     pub gen: Gen,
     pub rules: Rules,
     pub actions: Actions,
+    /// `rules.can_need_lookups()`, computed once: when false, the dispatch thread may evaluate
+    /// a connection itself (see dispatch.rs), since nothing in the rules can make it wait.
+    pub needs_lookups: bool,
 }
 
 /// Evaluation counters for `Status`.

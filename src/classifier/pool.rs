@@ -12,7 +12,8 @@
 //!   taken off the queue, not when it was queued).
 //! - A job leaves `in_flight` as soon as it is decided, before its verdict is written, so the
 //!   next connection after a verdict never sees a stale "busy".
-//! - Evaluations never run on the dispatch thread, so a slow lookup never delays it.
+//! - An evaluation that may need a lookup never runs on the dispatch thread, so a slow lookup
+//!   never delays it; [`evaluate_here`] is only for rules that cannot need one.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,6 +81,11 @@ impl Pool {
         self.in_flight.load(Ordering::Acquire) >= self.size
     }
 
+    /// Whether no job is queued or being evaluated.
+    pub fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
     /// Queue a job; gives it back if the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), Job> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -94,7 +100,21 @@ impl Pool {
 }
 
 fn evaluate(shared: &Shared, job: Job, in_flight: &AtomicUsize) {
-    let msg = match shared.current_policy() {
+    let msg = classify(shared, job);
+    in_flight.fetch_sub(1, Ordering::AcqRel);
+    send(shared, job.conn, msg);
+}
+
+/// Evaluates `job` on the calling thread (the dispatch thread) and sends its verdict. Only for
+/// rules that cannot need a lookup (`Loaded::needs_lookups` false), so it never waits.
+pub fn evaluate_here(shared: &Shared, job: Job) {
+    let msg = classify(shared, job);
+    send(shared, job.conn, msg);
+}
+
+/// The verdict for `job` under the current policy; None if no policy was ever loaded.
+fn classify(shared: &Shared, job: Job) -> Option<privsep::proto::ClassifierToParent> {
+    match shared.current_policy() {
         Some(snapshot) => {
             let remote = canonical(job.remote);
             let started = Instant::now();
@@ -109,8 +129,10 @@ fn evaluate(shared: &Shared, job: Job, in_flight: &AtomicUsize) {
             verdict::decide(shared, job.conn, remote.ip(), &classification, observed)
         }
         None => None,
-    };
-    in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn send(shared: &Shared, conn: ConnId, msg: Option<privsep::proto::ClassifierToParent>) {
     match msg {
         Some(msg) => {
             shared.parent.send(&msg);
@@ -118,7 +140,7 @@ fn evaluate(shared: &Shared, job: Job, in_flight: &AtomicUsize) {
         None => shared.parent.log(
             LogLevel::Crit,
             0,
-            format!("conn={} had no policy to be evaluated with", job.conn.0),
+            format!("conn={} had no policy to be evaluated with", conn.0),
         ),
     }
 }

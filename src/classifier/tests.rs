@@ -334,6 +334,26 @@ fn aftermaxthreads_takes_the_overflow_class_when_all_threads_are_busy() {
 }
 
 #[test]
+fn lookup_free_rules_are_decided_at_once_and_never_overflow() {
+    // Evaluated on the dispatch thread, one at a time: the only pool thread is never busy, so
+    // back-to-back connections all get their rules' class, in order.
+    let mut run = start(
+        "svc: 127.0.0.0/8\n",
+        "svc: msg hi\noverflow: msg busy\n",
+        settings(1, Some("overflow")),
+    );
+    for n in 1..=50u64 {
+        accept(&mut run, n, "127.0.0.2:4000");
+    }
+    for n in 1..=50u64 {
+        let (_, facts) = expect_verdict(&mut run.parent, n);
+        assert_eq!(class_names(&facts), ["svc", GLOBAL], "conn {n}");
+    }
+    assert!(recv_within(&mut run.resolver, QUIET).is_none(), "no lookup");
+    finish(run);
+}
+
+#[test]
 fn without_aftermaxthreads_a_connection_waits_its_turn() {
     let mut run = start(
         "listed: dnsbl: bl.example.org\n",
@@ -825,6 +845,7 @@ fn loaded(rules: &str, actions: &str) -> Arc<Loaded> {
         .unwrap();
     Arc::new(Loaded {
         gen: Gen(1),
+        needs_lookups: rules.can_need_lookups(),
         rules,
         actions,
     })

@@ -134,6 +134,22 @@ impl Rules {
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
+
+    /// Whether evaluating some connection could ask [`Facts`] for a lookup (host, identd,
+    /// forward, dnsbl, answerson). When false, every evaluation is answered from the addresses,
+    /// the classes matched so far and the history, without waiting on anyone.
+    pub fn can_need_lookups(&self) -> bool {
+        fn walk(node: &Node) -> bool {
+            match node {
+                Node::M(m) => m.lookup().is_some(),
+                Node::Not(x) => walk(x),
+                Node::Or(o) => o.items.iter().any(walk),
+                Node::And(v) => v.iter().any(walk),
+                Node::Except(a, b) => walk(a) || walk(b),
+            }
+        }
+        self.rules.iter().any(|r| walk(&r.expr))
+    }
 }
 
 impl fmt::Display for Rules {
@@ -594,5 +610,45 @@ fn warn_class_refs(
             span.clone(),
             format!("'class: {c}' can never be true here: {why}"),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(text: &str) -> Rules {
+        let parsed = parse_rules("rules", text);
+        let diags: Vec<String> = parsed.diagnostics.iter().map(|d| d.to_string()).collect();
+        parsed
+            .value
+            .unwrap_or_else(|| panic!("{text:?} does not parse: {diags:?}"))
+    }
+
+    #[test]
+    fn can_need_lookups_finds_a_lookup_anywhere() {
+        let none = [
+            "",
+            "all: ALL\n",
+            "a: 127.0.0.1 10.0.0.0/8\nb: NOT class: a\nc: local: 25 AND ip: ::1\n",
+            "seen: seenwithin: 60s\nnew: firsttime\nw: waited: 10s stallfor: 5m\n",
+        ];
+        for text in none {
+            assert!(!rules(text).can_need_lookups(), "{text:?}");
+        }
+        let some = [
+            "a: hostname: example.org\n",
+            "a: 127.0.0.1 identd: root\n",
+            "a: ALL\nb: 10.0.0.1 EXCEPT dnsbl: bl.example.org\n",
+            "a: NOT answerson: 25\n",
+            "a: ALL AND (127.0.0.1 forwhn: x.example.org)\n",
+            "a: 10.0.0.1\nb: .example.org\n",
+            "a: hnstatus: good\n",
+            "a: PARANOID\n",
+            "a: 10.0.0.0/8 IDENTD\n",
+        ];
+        for text in some {
+            assert!(rules(text).can_need_lookups(), "{text:?}");
+        }
     }
 }
