@@ -20,11 +20,13 @@
 //! 4. `ConnAccepted` → exactly one `Verdict`; `ConnClosed` releases counts; `Seed` rebuilds
 //!    them after a restart; `Flush` empties the history; `StatusRequest` → `Status`.
 //!
-//! Threads: the dispatch thread (this function's), one reader per channel, and the evaluation
-//! pool. The dispatch thread never waits for a lookup: it evaluates a connection itself only
-//! when the rules cannot need one and the pool is idle, which saves a thread hop per
-//! connection; everything else goes to the pool. After the handshake nothing is written to
-//! stderr: logs go to the parent as `ClassifierToParent::Log`.
+//! Threads: the dispatch thread (this function's), which reads the parent channel itself, a
+//! reader for the resolver channel, and the evaluation pool. The dispatch thread never waits
+//! for a lookup: it evaluates a connection itself only when the rules cannot need one and the
+//! pool is idle, which saves a thread hop per connection; everything else goes to the pool.
+//! When the resolver channel ends, its reader shuts the read side of the parent channel so
+//! the dispatch thread wakes and exits. After the handshake nothing is written to stderr: logs
+//! go to the parent as `ClassifierToParent::Log`.
 //!
 //! Exit codes: 0 when the parent closes the channel; 111 for everything else (resolver gone,
 //! protocol violation, failed set-up); the parent restarts the workers.
@@ -40,12 +42,12 @@ mod verdict;
 #[cfg(test)]
 mod tests;
 
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel as cb;
 use policy::actions::Actions;
 use policy::rules::Rules;
 use privsep::proto::{
@@ -63,10 +65,6 @@ use self::lookups::{Lookups, ResolverEnd};
 const EXIT_OK: u8 = 0;
 /// Temporary or system error (s6 convention): the parent restarts us.
 const EXIT_TEMP: u8 = 111;
-
-/// Parent messages read ahead of the dispatch thread, at most; beyond that the reader waits and
-/// the socket buffers push back on the parent.
-const MAX_EVENTS_QUEUED: usize = 1024;
 
 /// Entry point of the classifier role, called by the role main after the privilege drop.
 pub fn run(
@@ -104,6 +102,13 @@ impl ParentLink {
     /// and ends the process, so the caller need not act.
     pub fn send(&self, msg: &ClassifierToParent) -> bool {
         self.tx.send(msg).is_ok()
+    }
+
+    /// Ends reading from the parent channel (shutdown of its read side), so that a thread
+    /// blocked reading it gets EOF; writing to the parent still works.
+    pub fn stop_reading(&self) {
+        // Fails only if the socket is already gone, when there is nothing left to wake.
+        let _ = nix::sys::socket::shutdown(self.tx.as_raw_fd(), nix::sys::socket::Shutdown::Read);
     }
 
     /// Log through the parent; the text is cut to [`MAX_LOG_LINE`] (longer is a violation).
@@ -212,14 +217,6 @@ impl Shared {
     }
 }
 
-/// What the dispatch thread waits for.
-pub(crate) enum Event {
-    Parent(ParentToClassifier),
-    /// The parent channel ended: None at EOF, else why it broke.
-    ParentEnd(Option<String>),
-    ResolverEnd(ResolverEnd),
-}
-
 pub(crate) fn serve(
     mut parent: Channel<ClassifierToParent, ParentToClassifier>,
     mut resolver: Channel<ClassifierToResolver, ResolverToClassifier>,
@@ -280,62 +277,54 @@ pub(crate) fn serve(
     };
 
     let shared = Arc::new(Shared::with_link(link, resolver_tx));
-    let (events_tx, events_rx) = cb::bounded::<Event>(MAX_EVENTS_QUEUED);
+    // Why the resolver channel ended, left here by its reader before it wakes this thread.
+    let resolver_end: Arc<Mutex<Option<ResolverEnd>>> = Arc::new(Mutex::new(None));
 
     let spawned = {
-        let events = events_tx.clone();
-        std::thread::Builder::new()
-            .name("parent-reader".to_string())
-            .spawn(move || loop {
-                let event = match parent_rx.recv() {
-                    Ok(msg) => Event::Parent(msg),
-                    Err(ChannelError::Closed) => Event::ParentEnd(None),
-                    Err(e) => Event::ParentEnd(Some(e.to_string())),
-                };
-                let last = !matches!(event, Event::Parent(_));
-                if events.send(event).is_err() || last {
-                    break;
-                }
-            })
-    }
-    .and_then(|_| {
         let shared = Arc::clone(&shared);
+        let resolver_end = Arc::clone(&resolver_end);
         std::thread::Builder::new()
             .name("resolver-reader".to_string())
             .spawn(move || {
                 let end = lookups::read_resolver(resolver_rx, &shared.lookups, &shared.parent);
-                let _ = events_tx.send(Event::ResolverEnd(end));
+                // ORDER: record why, then end our reading of the parent channel, so the
+                // dispatch thread's blocking read returns EOF and finds the reason.
+                *resolver_end.lock().unwrap_or_else(PoisonError::into_inner) = Some(end);
+                shared.parent.stop_reading();
             })
-    });
+    };
     if let Err(e) = spawned {
-        return ExitCode::from(fail(&shared, format!("starting reader threads: {e}")));
+        return ExitCode::from(fail(&shared, format!("starting the resolver reader: {e}")));
     }
 
     let mut dispatcher = Dispatcher::new(Arc::clone(&shared), opts);
-    // Bounded by the channel: every pass handles one event, and the loop ends when a reader
-    // reports the end of its channel.
+    // The dispatch thread reads the parent channel itself (a reader thread in between would cost
+    // a thread hop per connection). Bounded by the channel: every pass handles one message, and
+    // the loop ends at its end, or when the resolver reader ends it.
     loop {
-        let event = match events_rx.recv() {
-            Ok(event) => event,
-            Err(_) => return ExitCode::from(fail(&shared, "event channel closed".to_string())),
-        };
-        match event {
-            Event::Parent(msg) => {
+        let end = match parent_rx.recv() {
+            Ok(msg) => {
                 if let Flow::Exit(code) = dispatcher.on_message(msg) {
                     return ExitCode::from(code);
                 }
+                continue;
             }
-            Event::ParentEnd(None) => return ExitCode::from(EXIT_OK),
-            Event::ParentEnd(Some(why)) => {
-                return ExitCode::from(fail(&shared, format!("parent channel broke: {why}")));
+            Err(e) => e,
+        };
+        let resolver = resolver_end
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        return match (resolver, end) {
+            (Some(ResolverEnd::Closed), _) => {
+                ExitCode::from(fail(&shared, "resolver closed its channel".to_string()))
             }
-            Event::ResolverEnd(ResolverEnd::Closed) => {
-                return ExitCode::from(fail(&shared, "resolver closed its channel".to_string()));
+            (Some(ResolverEnd::Broken(why)), _) => {
+                ExitCode::from(fail(&shared, format!("resolver channel broke: {why}")))
             }
-            Event::ResolverEnd(ResolverEnd::Broken(why)) => {
-                return ExitCode::from(fail(&shared, format!("resolver channel broke: {why}")));
-            }
-        }
+            (None, ChannelError::Closed) => ExitCode::from(EXIT_OK),
+            (None, e) => ExitCode::from(fail(&shared, format!("parent channel broke: {e}"))),
+        };
     }
 }
 
