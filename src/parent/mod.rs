@@ -784,10 +784,14 @@ impl Parent {
             self.lifetime += 1;
             let conn = ConnId(self.next_conn);
             self.next_conn += 1;
-            log::debug(
-                2,
-                &format!("accept {} conn={} local={}", a.remote, conn.0, a.local),
-            );
+            // Per-connection lines are formatted only when they will be written: formatting two
+            // addresses costs more than the rest of this loop turn's user-space work.
+            if log::enabled(2) {
+                log::debug(
+                    2,
+                    &format!("accept {} conn={} local={}", a.remote, conn.0, a.local),
+                );
+            }
             if self.pending.0.len() >= MAX_PENDING {
                 // Per connection and only with -v: under a flood this would be thousands of lines.
                 log::debug(
@@ -839,10 +843,15 @@ impl Parent {
                 }
                 Ok(st) => st,
             };
-            let (pid, how) = match st {
-                WaitStatus::Exited(pid, code) => (pid, format!("exit={code}")),
-                WaitStatus::Signaled(pid, sig, _) => (pid, format!("signal={}", sig.as_str())),
+            let pid = match st {
+                WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => pid,
                 _ => continue,
+            };
+            // Only for log lines, so built only when one is written.
+            let how = || match st {
+                WaitStatus::Signaled(_, sig, _) => format!("signal={}", sig.as_str()),
+                WaitStatus::Exited(_, code) => format!("exit={code}"),
+                _ => String::new(),
             };
             if let Some(s) = self.services.remove(&pid.as_raw()) {
                 let hint = match st {
@@ -855,16 +864,23 @@ impl Parent {
                     _ => None,
                 };
                 if let (Some(h), true) = (hint, s.started.elapsed() < Duration::from_secs(1)) {
-                    log::err(&format!("service pid={pid} conn={} {how}: {h}", s.conn.0));
-                }
-                log::debug(
-                    1,
-                    &format!(
-                        "end pid={pid} conn={} {how} secs={}",
+                    log::err(&format!(
+                        "service pid={pid} conn={} {}: {h}",
                         s.conn.0,
-                        s.started.elapsed().as_secs()
-                    ),
-                );
+                        how()
+                    ));
+                }
+                if log::enabled(1) {
+                    log::debug(
+                        1,
+                        &format!(
+                            "end pid={pid} conn={} {} secs={}",
+                            s.conn.0,
+                            how(),
+                            s.started.elapsed().as_secs()
+                        ),
+                    );
+                }
                 self.conn_closed(s.conn, s.counted);
                 continue;
             }
@@ -879,9 +895,9 @@ impl Parent {
             });
             match worker {
                 Some(role) => {
-                    self.worker_failed(format!("the {role} (pid {pid}) died: {how}"), false)
+                    self.worker_failed(format!("the {role} (pid {pid}) died: {}", how()), false)
                 }
-                None => log::debug(3, &format!("reaped pid={pid} {how}")),
+                None => log::debug(3, &format!("reaped pid={pid} {}", how())),
             }
         }
     }

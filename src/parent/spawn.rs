@@ -15,6 +15,7 @@
 //! no copy-on-write faults in the parent afterwards), so until its execve it runs in the
 //! parent's memory and may only read it: everything it uses is prepared before the clone.
 
+use std::borrow::Cow;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::net::TcpStream;
@@ -88,12 +89,13 @@ fn cstring(s: &str) -> io::Result<CString> {
 }
 
 /// The environment for one service: the parent's, with `extra` added or replacing (later
-/// entries of `extra` win, so setenv beats the built-in variables).
-fn service_env(extra: &[(String, String)]) -> io::Result<Vec<CString>> {
-    let mut out: Vec<CString> = base_env()
+/// entries of `extra` win, so setenv beats the built-in variables). The parent's entries are
+/// borrowed from [`base_env`], not copied for every service.
+fn service_env(extra: &[(String, String)]) -> io::Result<Vec<Cow<'static, CStr>>> {
+    let mut out: Vec<Cow<'static, CStr>> = base_env()
         .iter()
         .filter(|(name, _)| !extra.iter().any(|(k, _)| k.as_bytes() == name.as_slice()))
-        .map(|(_, kv)| kv.clone())
+        .map(|(_, kv)| Cow::Borrowed(kv.as_c_str()))
         .collect();
     for (i, (k, v)) in extra.iter().enumerate() {
         if extra
@@ -108,7 +110,7 @@ fn service_env(extra: &[(String, String)]) -> io::Result<Vec<CString>> {
                 format!("bad environment variable name {k:?}"),
             ));
         }
-        out.push(cstring(&format!("{k}={v}"))?);
+        out.push(Cow::Owned(cstring(&format!("{k}={v}"))?));
     }
     Ok(out)
 }

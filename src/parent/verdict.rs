@@ -138,7 +138,9 @@ impl Parent {
                 let classes: Vec<String> = names.iter().map(|s| s.to_string()).collect();
                 match spawn::spawn_service(&argv, &env, self.creds.as_ref(), p.stream) {
                     Ok(pid) => {
-                        log::debug(1, &format!("spawn conn={} pid={pid}", conn.0));
+                        if log::enabled(1) {
+                            log::debug(1, &format!("spawn conn={} pid={pid}", conn.0));
+                        }
                         let pid = i32::try_from(pid).unwrap_or(i32::MAX);
                         self.services.insert(
                             pid,
@@ -208,7 +210,9 @@ impl Parent {
     /// Closes a connection that gets no service, and releases its count if it had one.
     pub(super) fn finish_unserved(&mut self, conn: ConnId, counted: bool, stream: TcpStream) {
         drop(stream);
-        log::debug(2, &format!("close conn={}", conn.0));
+        if log::enabled(2) {
+            log::debug(2, &format!("close conn={}", conn.0));
+        }
         self.conn_closed(conn, counted);
     }
 
@@ -255,7 +259,8 @@ fn refusal_word(r: policy::decide::Refusal) -> &'static str {
 pub(super) fn finish_msg(w: MsgWrite<TcpStream>, how: Progress) {
     let conn = w.conn;
     match how {
-        Progress::Done => log::debug(2, &format!("msg conn={} sent", conn.0)),
+        Progress::Done if log::enabled(2) => log::debug(2, &format!("msg conn={} sent", conn.0)),
+        Progress::Done => {}
         Progress::TimedOut { written, left } => log::debug(
             1,
             &format!(
