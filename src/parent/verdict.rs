@@ -69,22 +69,25 @@ impl Parent {
             seen: v.seen(),
             classes: v.classification(),
         };
-        let r = policy::expand::render(&actions, d, &facts, self.settings.substitutions);
+        let rendered = policy::expand::render(&actions, d, &facts, self.settings.substitutions);
         // As in portnanny 2, the action is prepared as a whole: one string that cannot be
         // expanded (an unknown or undefined %(name)s anywhere: record, log, command, environment
         // or message) is logged and the connection is dropped, with no other line logged.
-        if let Some(e) = first_expand_error(&r) {
-            log::err(&format!(
-                "conn={} class={}: {e}; dropping the connection",
-                conn.0,
-                log::escape(&class)
-            ));
-            return self.finish_unserved(conn, counted, p.stream);
-        }
-        for t in r.records.iter().flatten() {
+        let r = match Prepared::from(rendered) {
+            Ok(r) => r,
+            Err(e) => {
+                log::err(&format!(
+                    "conn={} class={}: {e}; dropping the connection",
+                    conn.0,
+                    log::escape(&class)
+                ));
+                return self.finish_unserved(conn, counted, p.stream);
+            }
+        };
+        for t in &r.records {
             log::info(&log::escape(t));
         }
-        if let Some(Ok(line)) = &r.log {
+        if let Some(line) = &r.log {
             let repeat = line.norepeat && self.last_log.as_deref() == Some(line.text.as_str());
             if !repeat {
                 log::info(&log::escape(&line.text));
@@ -94,15 +97,7 @@ impl Parent {
         match disposition {
             policy::decide::Disposition::Run | policy::decide::Disposition::FailRun => {
                 let argv = match r.argv {
-                    Some(Ok(a)) => a,
-                    Some(Err(e)) => {
-                        log::err(&format!(
-                            "conn={} class={}: {e}; dropping the connection",
-                            conn.0,
-                            log::escape(&class)
-                        ));
-                        return self.finish_unserved(conn, counted, p.stream);
-                    }
+                    Some(a) => a,
                     None => {
                         log::err(&format!(
                             "conn={} class={}: nothing to run; dropping",
@@ -112,17 +107,7 @@ impl Parent {
                         return self.finish_unserved(conn, counted, p.stream);
                     }
                 };
-                let extra = match r.env {
-                    Ok(e) => e,
-                    Err(e) => {
-                        log::err(&format!(
-                            "conn={} class={}: {e}; dropping the connection",
-                            conn.0,
-                            log::escape(&class)
-                        ));
-                        return self.finish_unserved(conn, counted, p.stream);
-                    }
-                };
+                let extra = r.env;
                 let names: Vec<&str> = v.classification().names().collect();
                 let mut env = ServiceEnv {
                     remote: p.remote,
@@ -166,17 +151,8 @@ impl Parent {
                 }
             }
             policy::decide::Disposition::Msg | policy::decide::Disposition::FailMsg => {
-                let text = match r.message {
-                    Some(Ok(t)) => t,
-                    Some(Err(e)) => {
-                        log::err(&format!(
-                            "conn={} class={}: {e}; dropping the connection",
-                            conn.0,
-                            log::escape(&class)
-                        ));
-                        return self.finish_unserved(conn, counted, p.stream);
-                    }
-                    None => return self.finish_unserved(conn, counted, p.stream),
+                let Some(text) = r.message else {
+                    return self.finish_unserved(conn, counted, p.stream);
                 };
                 if self.msgs.len() >= msgwrite::MAX_MSG_WRITERS {
                     log::warn(&format!(
@@ -235,16 +211,36 @@ impl Parent {
 
 /// The first string of a rendered action that failed to expand, if any. The environment only
 /// matters when a program is run.
-fn first_expand_error(r: &policy::expand::Rendered) -> Option<&policy::expand::ExpandError> {
-    let runs = r.argv.is_some();
-    r.records
-        .iter()
-        .filter_map(|x| x.as_ref().err())
-        .chain(r.log.as_ref().and_then(|x| x.as_ref().err()))
-        .chain(r.argv.as_ref().and_then(|x| x.as_ref().err()))
-        .chain(r.env.as_ref().err().filter(|_| runs))
-        .chain(r.message.as_ref().and_then(|x| x.as_ref().err()))
-        .next()
+/// A rendered action in which every string expanded.
+struct Prepared {
+    records: Vec<String>,
+    log: Option<policy::expand::LogLine>,
+    argv: Option<Vec<String>>,
+    /// `setenv` values; only looked at when a program is run.
+    env: Vec<(String, String)>,
+    message: Option<String>,
+}
+
+impl Prepared {
+    /// The first string that failed to expand, in the order portnanny 2 prepared them.
+    fn from(r: policy::expand::Rendered) -> Result<Prepared, policy::expand::ExpandError> {
+        let records = r.records.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let log = r.log.transpose()?;
+        let argv = r.argv.transpose()?;
+        let env = match (r.env, argv.is_some()) {
+            (Ok(env), _) => env,
+            (Err(e), true) => return Err(e),
+            (Err(_), false) => Vec::new(),
+        };
+        let message = r.message.transpose()?;
+        Ok(Prepared {
+            records,
+            log,
+            argv,
+            env,
+            message,
+        })
+    }
 }
 
 fn refusal_word(r: policy::decide::Refusal) -> &'static str {
