@@ -180,6 +180,19 @@ fn refuse(variant: &'static str, check: &'static str, detail: impl Into<String>)
     }
 }
 
+/// A log record from either worker: refused when longer than [`MAX_LOG_LINE`] (a worker that
+/// sends more is not logging, it is flooding or corrupted).
+fn admit_log(rec: proto::LogRecord) -> Result<proto::LogRecord, Violation> {
+    if rec.text.len() > MAX_LOG_LINE {
+        return Err(refuse(
+            "Log",
+            "log line longer than MAX_LOG_LINE",
+            format!("{} bytes", rec.text.len()),
+        ));
+    }
+    Ok(rec)
+}
+
 /// Checks one classifier message against the parent's state.
 pub fn admit<P: Pending>(ctx: &Ctx<'_, P>, msg: ClassifierToParent) -> Result<Admitted, Violation> {
     match msg {
@@ -215,13 +228,7 @@ pub fn admit<P: Pending>(ctx: &Ctx<'_, P>, msg: ClassifierToParent) -> Result<Ad
             Ok(Admitted::PolicyLoaded(gen))
         }
         ClassifierToParent::Log(rec) => {
-            if rec.text.len() > MAX_LOG_LINE {
-                return Err(refuse(
-                    "Log",
-                    "log line longer than MAX_LOG_LINE",
-                    format!("{} bytes", rec.text.len()),
-                ));
-            }
+            let rec = admit_log(rec)?;
             Ok(Admitted::Log {
                 level: rec.level,
                 verbosity: rec.verbosity,
@@ -286,13 +293,7 @@ pub fn admit_resolver(
             Err(refuse("Log", "message before Hello", ""))
         }
         proto::ResolverToParent::Log(rec) => {
-            if rec.text.len() > MAX_LOG_LINE {
-                return Err(refuse(
-                    "Log",
-                    "log line longer than MAX_LOG_LINE",
-                    format!("{} bytes", rec.text.len()),
-                ));
-            }
+            let rec = admit_log(rec)?;
             Ok(AdmittedResolver::Log {
                 level: rec.level,
                 verbosity: rec.verbosity,
