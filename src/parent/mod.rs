@@ -140,7 +140,7 @@ impl LogBudget {
         let mut summary = None;
         let fresh = self
             .window
-            .map_or(true, |w| now.duration_since(w) >= Duration::from_secs(1));
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1));
         if fresh {
             if self.dropped > 0 {
                 summary = Some(self.dropped);

@@ -181,10 +181,7 @@ impl<S: Sink, L: Lookups> Shared<S, L> {
     fn run_job(self: &Arc<Self>, query: Query, deadline: Instant) {
         {
             let mut st = self.lock();
-            let idle = st
-                .inflight
-                .get(&query)
-                .map_or(true, |e| e.waiters.is_empty());
+            let idle = st.inflight.get(&query).is_none_or(|e| e.waiters.is_empty());
             if idle {
                 // Everyone asking was answered by the timer while this job sat in the queue.
                 st.inflight.remove(&query);
@@ -416,7 +413,7 @@ impl<S: Sink, L: Lookups> Drop for Dispatcher<S, L> {
 /// Whether an address may be the subject of a lookup at all (the classifier only asks about
 /// peers, which are never these). Used to log nonsense queries.
 pub fn plausible(q: &Query) -> bool {
-    query_ip(q).map_or(true, |ip| !ip.is_unspecified() && !ip.is_multicast())
+    query_ip(q).is_none_or(|ip| !ip.is_unspecified() && !ip.is_multicast())
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ pub fn parse_reply(reply: &[u8], remote_port: u16, local_port: u16) -> Option<Id
             && t.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b',' && b != b':')
     };
-    if !token_ok(os) || !charset.map_or(true, token_ok) {
+    if !token_ok(os) || !charset.is_none_or(token_ok) {
         return None;
     }
     let user = user.trim_matches(|c| c == ' ' || c == '\t');

@@ -311,7 +311,7 @@ pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
                 if (stopped && !rule.always) || ids.contains(id) {
                     continue;
                 }
-                if announced.map_or(true, |a| a < s) {
+                if announced.is_none_or(|a| a < s) {
                     if let Some(Some(w)) = rules.windows.get(s) {
                         facts.prefetch(&w.lookups);
                         announced = Some(w.last);

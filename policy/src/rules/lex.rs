@@ -82,7 +82,7 @@ fn keyword_at(s: &[u8], pos: usize) -> Option<(Tok, usize)> {
         (&b"NOT"[..], Tok::Not),
         (&b"EXCEPT"[..], Tok::Except),
     ] {
-        if rest.starts_with(word) && rest.get(word.len()).map_or(true, |&b| is_space(b)) {
+        if rest.starts_with(word) && rest.get(word.len()).is_none_or(|&b| is_space(b)) {
             return Some((tok, word.len()));
         }
     }

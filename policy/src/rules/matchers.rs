@@ -583,7 +583,7 @@ impl Matcher {
         match self {
             Matcher::All => true,
             Matcher::Identd(want) => match cx.facts.identd() {
-                Some(user) if !user.is_empty() => want.as_ref().map_or(true, |w| *w == user),
+                Some(user) if !user.is_empty() => want.as_ref().is_none_or(|w| *w == user),
                 _ => false,
             },
             Matcher::HnStatus { states, .. } => states.contains(&cx.facts.host_info().status),
@@ -635,15 +635,15 @@ impl Matcher {
             Matcher::AnswersOn(p) => cx.facts.answers_on(*p),
             Matcher::Local { port, ip } => {
                 let local = cx.facts.local();
-                port.map_or(true, |p| p == local.port())
-                    && ip.map_or(true, |i| i == canonical_ip(local.ip()))
+                port.is_none_or(|p| p == local.port())
+                    && ip.is_none_or(|i| i == canonical_ip(local.ip()))
             }
             Matcher::FirstTime => cx.facts.seen().last_secs_ago.is_none(),
             Matcher::Time(kind, secs) => {
                 let seen = cx.facts.seen();
                 match kind {
                     TimeKind::SeenWithin => seen.last_secs_ago.is_some_and(|l| l <= *secs),
-                    TimeKind::NotSeenFor => seen.last_secs_ago.map_or(true, |l| l > *secs),
+                    TimeKind::NotSeenFor => seen.last_secs_ago.is_none_or(|l| l > *secs),
                     TimeKind::StallFor => seen.first_secs_ago <= *secs,
                     TimeKind::Waited => seen.first_secs_ago > *secs,
                 }
