@@ -49,12 +49,15 @@ pub const BUILTINS: &[&str] = &[
     "limit",
 ];
 
+// The internal default log lines are portnanny 2's, byte for byte: they are an interface
+// (log watchers and summaries match on them), and issue 2 asks for the same log lines.
+
 /// Internal default `log` message (accepted connection).
-pub const DEFAULT_LOG: &str = "class %(class)s accepts %(connsum)s";
+pub const DEFAULT_LOG: &str = "accepted: %(connsum)s by %(class)s";
 /// Internal default `faillog` message for `reject`.
-pub const DEFAULT_REJECT_LOG: &str = "class %(class)s rejects %(connsum)s";
+pub const DEFAULT_REJECT_LOG: &str = "rejected: %(connsum)s by %(class)s";
 /// Internal default `faillog` message for a connection limit.
-pub const DEFAULT_LIMIT_LOG: &str = "class %(class)s refuses %(connsum)s: %(limit)s limit reached";
+pub const DEFAULT_LIMIT_LOG: &str = "refused: %(connsum)s rejected by %(class)s %(limit)s limit";
 
 /// What the parent knows about a connection when it renders the decision.
 #[derive(Clone, Copy, Debug)]

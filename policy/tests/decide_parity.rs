@@ -1,7 +1,7 @@
 //! End to end (parse → decide → render) on the situations the original's own test suite
 //! checked: what gets logged, which action runs with which argument, the default-message matrix,
-//! `see` cascades and limits through `see`. Expected values are the original's, except that our
-//! internal default log messages are worded differently.
+//! `see` cascades and limits through `see`. Expected values are the original's, including the
+//! internal default log lines.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -127,7 +127,7 @@ fn logged_results() {
         (&["class8FD"], &[]),
         (
             &["class9"],
-            &["class class9 refuses 127.0.0.1: ipmax limit reached"],
+            &["refused: 127.0.0.1 rejected by class9 ipmax limit"],
         ),
     ];
     for (names, logs) in rows {
@@ -265,7 +265,7 @@ fn see_cascades() {
             o(
                 Some("run"),
                 Some("foobar"),
-                &["class classA accepts 0.0.0.1"],
+                &["accepted: 0.0.0.1 by classA"],
             ),
         ),
         ("class10", o(None, None, &[])),

@@ -263,12 +263,12 @@ fn internal_default_messages() {
     let (_, r) = Conn::new("127.0.0.1", &[("lim", 1, None)]).go(&a);
     assert_eq!(
         log_text(&r),
-        Ok("class lim refuses 127.0.0.1: ipmax limit reached".into())
+        Ok("refused: 127.0.0.1 rejected by lim ipmax limit".into())
     );
     let (_, r) = Conn::new("127.0.0.1", &[("rej", 1, None)]).go(&a);
-    assert_eq!(log_text(&r), Ok("class rej rejects 127.0.0.1".into()));
+    assert_eq!(log_text(&r), Ok("rejected: 127.0.0.1 by rej".into()));
     let (_, r) = Conn::new("0.0.0.1", &[("ok", 1, None)]).go(&a);
-    assert_eq!(log_text(&r), Ok("class ok accepts 0.0.0.1".into()));
+    assert_eq!(log_text(&r), Ok("accepted: 0.0.0.1 by ok".into()));
 }
 
 #[test]
