@@ -31,8 +31,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+
+// The process and port helpers are the end-to-end harness's; one copy of each.
+#[path = "../util/mod.rs"]
+mod util;
+pub use util::{free_port, is_root, stop_child};
 
 /// Set in the re-executed child to the name of the test it runs.
 pub const INNER_ENV: &str = "PORTNANNY_DNSENV_TEST";
@@ -41,10 +44,6 @@ const OUTER_NS_ENV: &str = "PORTNANNY_DNSENV_OUTER_NS";
 
 /// How long one isolated test may run before the outer test kills it and fails.
 pub const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 /// The nameserver address for sandbox number `n` (each test uses its own).
 pub fn ns_addr(n: u8) -> Ipv4Addr {
@@ -141,23 +140,6 @@ impl Drop for DnsEnv {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-pub fn stop_child(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let pid = Pid::from_raw(child.id() as i32);
-    let _ = kill(pid, Signal::SIGTERM);
-    let end = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < end {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let _ = kill(pid, Signal::SIGKILL);
-    let _ = child.wait();
 }
 
 /// Run the test `name` (the `#[test]` function's name; top-level in its test file) isolated.
@@ -521,13 +503,6 @@ impl Nanny {
 }
 
 /// A TCP port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("free port: {e}"))
-}
-
 /// True if something listens on TCP `port` (any address), per /proc/net/tcp.
 fn listening(port: u16) -> bool {
     let want = format!(":{port:04X} ");

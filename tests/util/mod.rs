@@ -427,7 +427,7 @@ impl Drop for Daemon {
     }
 }
 
-fn stop_child(child: &mut Child) {
+pub fn stop_child(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
