@@ -216,3 +216,22 @@ fn unknown_service_user_is_a_startup_error() {
         "the message names the user: {all}"
     );
 }
+
+/// -S sets the daemon's RLIMIT_STACK soft limit in KiB (the hard limit is kept).
+#[test]
+fn dash_s_sets_the_stack_soft_limit() {
+    let s = Scratch::new("smoke-stack");
+    let n = Nanny::start(
+        &s,
+        Setup::new("all: ALL\n", "all: msg ok%(nl)s\n")
+            .arg("-S")
+            .arg("512"),
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", n.pid)).expect("limits");
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max stack size"))
+        .and_then(|rest| rest.split_whitespace().next().map(str::to_owned));
+    assert_eq!(soft.as_deref(), Some("524288"), "limits:\n{limits}");
+    assert_eq!(n.fetch_from(Ipv4Addr::new(127, 0, 0, 9)).text(), "ok\n");
+}
