@@ -1035,93 +1035,46 @@ impl Reply {
 
 /// Reads until EOF, reset or the deadline.
 pub fn read_all(s: &mut TcpStream, timeout: Duration) -> Reply {
-    let deadline = Instant::now() + timeout;
-    let mut data = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Reply {
-                data,
-                end: End::Timeout,
-            };
-        }
-        let _ = s.set_read_timeout(Some(left));
-        match s.read(&mut buf) {
-            Ok(0) => {
-                return Reply {
-                    data,
-                    end: End::Eof,
-                }
-            }
-            Ok(n) => data.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
-            {
-                return Reply {
-                    data,
-                    end: End::Timeout,
-                }
-            }
-            Err(_) => {
-                return Reply {
-                    data,
-                    end: End::Reset,
-                }
-            }
-        }
-    }
+    read_until(s, timeout, false)
 }
 
 /// Reads one line (up to and including '\n'), or until EOF/reset/deadline; leaves the
 /// connection open (`End::Open`) when the line arrived.
 pub fn read_line(s: &mut TcpStream, timeout: Duration) -> Reply {
+    read_until(s, timeout, true)
+}
+
+/// The read loop of [`read_all`] and [`read_line`]; with `one_line`, stops after the first '\n'
+/// (reading a byte at a time so nothing after it is consumed) and reports `End::Open`.
+fn read_until(s: &mut TcpStream, timeout: Duration, one_line: bool) -> Reply {
     let deadline = Instant::now() + timeout;
     let mut data = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
+    let mut buf = [0u8; 8192];
+    let chunk = if one_line { 1 } else { buf.len() };
+    let end = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Reply {
-                data,
-                end: End::Timeout,
-            };
+            break End::Timeout;
         }
         let _ = s.set_read_timeout(Some(left));
-        match s.read(&mut b) {
-            Ok(0) => {
-                return Reply {
-                    data,
-                    end: End::Eof,
-                }
-            }
-            Ok(_) => {
-                data.push(b[0]);
-                if b[0] == b'\n' {
-                    return Reply {
-                        data,
-                        end: End::Open,
-                    };
+        match s.read(&mut buf[..chunk]) {
+            Ok(0) => break End::Eof,
+            Ok(n) => {
+                data.extend_from_slice(&buf[..n]);
+                if one_line && data.last() == Some(&b'\n') {
+                    break End::Open;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e)
                 if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
             {
-                return Reply {
-                    data,
-                    end: End::Timeout,
-                }
+                break End::Timeout
             }
-            Err(_) => {
-                return Reply {
-                    data,
-                    end: End::Reset,
-                }
-            }
+            Err(_) => break End::Reset,
         }
-    }
+    };
+    Reply { data, end }
 }
 
 /// Connects from `src`, reads everything until the far end closes.
