@@ -15,7 +15,7 @@
 //!
 //! Writes use `send(MSG_NOSIGNAL)`, so a dead peer is `Closed`, never SIGPIPE.
 
-use std::io::{self, Read};
+use std::io;
 use std::marker::PhantomData;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{send, MsgFlags};
+use nix::sys::socket::{recv, send, MsgFlags};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -40,19 +40,27 @@ const MAX_READ: usize = 256 * 1024;
 pub const MAX_QUEUED: usize = 4 * (MAX_FRAME + HEADER);
 
 /// Receive buffer holding at most one incomplete frame plus one read chunk.
+///
+/// `buf[start..end]` are received bytes not yet handed out; `buf[end..]` is space already
+/// zeroed, reused by the next read, so a read does not zero-fill its chunk again each time.
 #[derive(Debug, Default)]
 struct FrameReader {
     buf: Vec<u8>,
     /// Bytes of `buf` already handed out as frames.
     start: usize,
+    /// End of the received bytes.
+    end: usize,
 }
 
 impl FrameReader {
+    fn pending(&self) -> &[u8] {
+        self.buf.get(self.start..self.end).unwrap_or_default()
+    }
+
     /// The next complete frame body in the buffer, if any. Checks the header as soon as four
     /// bytes are present, before reading any of the body.
     fn next_frame(&mut self) -> Result<Option<std::ops::Range<usize>>, Violation> {
-        let avail = self.buf.get(self.start..).unwrap_or_default();
-        let Some((body, _)) = wire::split_frame(avail)? else {
+        let Some((body, _)) = wire::split_frame(self.pending())? else {
             return Ok(None);
         };
         let range = self.start + HEADER..self.start + HEADER + body.len();
@@ -62,7 +70,7 @@ impl FrameReader {
 
     /// How many body bytes the frame at the front still lacks (0 if the header is incomplete).
     fn missing(&self) -> usize {
-        let avail = self.buf.get(self.start..).unwrap_or_default();
+        let avail = self.pending();
         let mut h = [0u8; HEADER];
         match avail.get(..HEADER) {
             Some(header) => {
@@ -74,28 +82,43 @@ impl FrameReader {
         }
     }
 
-    /// One read(2) into the buffer. Returns the byte count (0 = EOF).
-    fn fill(&mut self, sock: &mut UnixStream) -> io::Result<usize> {
+    /// One recv(2) into the buffer, never blocking (`EWOULDBLOCK` when there is nothing).
+    /// Returns the byte count (0 = EOF).
+    fn fill(&mut self, sock: &UnixStream) -> io::Result<usize> {
         if self.start > 0 {
-            self.buf.drain(..self.start);
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        if self.buf.is_empty() && self.buf.capacity() > MAX_READ {
+        if self.end == 0 && self.buf.capacity() > MAX_READ {
             // Do not keep a megabyte around after one large Policy frame.
-            self.buf.shrink_to(READ_CHUNK);
+            self.buf = Vec::new();
         }
         let want = self.missing().clamp(READ_CHUNK, MAX_READ);
-        let have = self.buf.len();
-        // Exact, not amortised doubling: the allocation bound in the header must hold for the
-        // capacity too. (Wanting more than the frame lacks only happens below READ_CHUNK.)
-        self.buf.reserve_exact(want);
-        self.buf.resize(have + want, 0);
-        let res = match self.buf.get_mut(have..) {
-            Some(space) => sock.read(space),
-            None => Ok(0),
-        };
-        self.buf.truncate(have + *res.as_ref().unwrap_or(&0));
-        res
+        if self.buf.len() < self.end + want {
+            // Exact, not amortised doubling: the allocation bound in the header must hold for
+            // the capacity too. (Wanting more than the frame lacks only happens below
+            // READ_CHUNK.)
+            self.buf.reserve_exact(self.end + want - self.buf.len());
+            self.buf.resize(self.end + want, 0);
+        }
+        let space = self
+            .buf
+            .get_mut(self.end..self.end + want)
+            .unwrap_or_default();
+        // MSG_DONTWAIT even for a blocking caller, who then waits in poll(POLLIN): a thread
+        // asleep inside recv(2) on an AF_UNIX stream is also woken each time the peer reads
+        // what we sent (the socket's write-space wake-up shares the wait queue), which cost
+        // the classifier a spurious wake-up per verdict; poll only wakes for input.
+        let n = recv(sock.as_raw_fd(), space, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
+        self.end += n;
+        Ok(n)
+    }
+
+    fn clear(&mut self) {
+        self.buf = Vec::new();
+        self.start = 0;
+        self.end = 0;
     }
 }
 
@@ -151,8 +174,7 @@ fn receive<In: DeserializeOwned>(
         // A compromised or departed peer: stop reading for good and let it see EOF. Errors
         // from shutdown are irrelevant (the peer may already be gone).
         *broken = true;
-        rd.buf = Vec::new();
-        rd.start = 0;
+        rd.clear();
         let _ = sock.shutdown(Shutdown::Both);
     }
     result
@@ -418,7 +440,7 @@ impl<In> AsRawFd for Receiver<In> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::time::{Duration, Instant};
 
     use super::*;
