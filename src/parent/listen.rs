@@ -4,16 +4,15 @@
 //! the parent starts privileged). The peers are untrusted; all this code takes from them is the
 //! connection itself and its addresses.
 //!
-//! Invariants: every socket is close-on-exec and non-blocking (`SOCK_CLOEXEC | SOCK_NONBLOCK` at
-//! creation and on accept4), so no service child inherits a listener or another peer's
-//! connection; IPv6 listeners are IPV6_V6ONLY so `listen PORT` binds v4 and v6 separately and a
+//! Invariants: every socket is close-on-exec (`SOCK_CLOEXEC` at creation and on accept4), so no
+//! service child inherits a listener or another peer's connection; listeners are non-blocking,
+//! so the poll loop never waits in accept; IPv6 listeners are IPV6_V6ONLY so `listen PORT` binds v4 and v6 separately and a
 //! v4-mapped peer can only appear on an explicit v6 listener, where it is shown as IPv4.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use nix::errno::Errno;
 use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6,
 };
@@ -124,28 +123,24 @@ pub enum AcceptResult {
     Exhausted(io::Error),
 }
 
-/// Accepts one connection (close-on-exec, non-blocking). Errors that belong to one aborted
+/// Accepts one connection: close-on-exec and blocking (a service expects ordinary blocking
+/// stdio; the message writer makes its own socket non-blocking). Errors that belong to one aborted
 /// connection are skipped; the loop is bounded so a storm of them cannot hold the caller.
 pub fn accept(l: &Listener) -> AcceptResult {
     for _ in 0..64 {
-        let raw = match socket::accept4(
-            l.sock.as_raw_fd(),
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        ) {
-            Ok(fd) => fd,
-            Err(Errno::EAGAIN) => return AcceptResult::Empty,
-            Err(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM) => {
-                return AcceptResult::Exhausted(io::Error::last_os_error())
-            }
-            // ECONNABORTED, EPROTO, EINTR, the network errors accept(2) passes on: this one
-            // connection is gone, try the next.
-            Err(_) => continue,
-        };
-        // SAFETY: accept4 just returned this descriptor; nothing else owns it.
-        let stream = TcpStream::from(unsafe { OwnedFd::from_raw_fd(raw) });
-        let Ok(remote) = stream.peer_addr() else {
-            // The peer already left (ENOTCONN); drop it.
-            continue;
+        // std's accept is accept4(SOCK_CLOEXEC) and hands back the peer address the kernel
+        // recorded, so no getpeername(2): that also serves a peer that reset before we got to
+        // it (its service sees the reset) instead of silently skipping it.
+        let (stream, remote) = match l.sock.accept() {
+            Ok(c) => c,
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EAGAIN) => return AcceptResult::Empty,
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                    return AcceptResult::Exhausted(e)
+                }
+                // ECONNABORTED, EINTR, EPROTO and friends: that one is gone; try the next.
+                _ => continue,
+            },
         };
         let local = if l.addr.ip().is_unspecified() {
             match stream.local_addr() {
@@ -191,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn bind_accept_cloexec_nonblocking() {
+    fn bind_accept_cloexec_and_blocking() {
         let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         assert_ne!(l.addr.port(), 0);
         assert!(matches!(accept(&l), AcceptResult::Empty));
@@ -213,7 +208,10 @@ mod tests {
         let fdflags = nix::fcntl::fcntl(&a.stream, nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert!(fdflags & libc::FD_CLOEXEC != 0, "fd {fd} not CLOEXEC");
         let flflags = nix::fcntl::fcntl(&a.stream, nix::fcntl::FcntlArg::F_GETFL).unwrap();
-        assert!(flflags & libc::O_NONBLOCK != 0);
+        assert!(
+            flflags & libc::O_NONBLOCK == 0,
+            "services need blocking stdio"
+        );
         drop(a);
         let mut buf = [0u8; 1];
         assert_eq!(c.read(&mut buf).unwrap(), 0);

@@ -175,9 +175,6 @@ pub fn spawn_service(
     argp.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = envs.iter().map(|c| c.as_ptr()).collect();
     envp.push(std::ptr::null());
-    // The accepted socket is non-blocking for the parent's own use; the flag lives in the shared
-    // open file description, and services expect ordinary blocking stdio.
-    stream.set_nonblocking(false)?;
     let fd = stream.as_raw_fd();
     let nofile = SERVICE_NOFILE.load(Ordering::Relaxed);
     let ids: Option<(libc::uid_t, libc::gid_t, &[libc::gid_t])> =
@@ -552,19 +549,29 @@ mod tests {
     #[test]
     fn service_gets_socket_on_stdio_and_env() {
         cloexec_inherited().unwrap();
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        s.set_nonblocking(true).unwrap();
-        let argv: Vec<String> = ["sh", "-c", "echo \"$FOO\"; ls /proc/self/fd | wc -l >&2"]
-            .map(String::from)
-            .to_vec();
+        // Accepted the way the parent accepts (its listeners are non-blocking).
+        let l = super::super::listen::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut c = TcpStream::connect(l.addr).unwrap();
+        let mut accepted = None;
+        for _ in 0..200 {
+            if let super::super::listen::AcceptResult::Conn(a) = super::super::listen::accept(&l) {
+                accepted = Some(a.stream);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let s = accepted.expect("accepted");
+        // fdinfo's flags are octal; O_NONBLOCK is 04000: services get blocking stdio.
+        let script = "echo \"$FOO\"; ls /proc/self/fd | wc -l >&2; \
+                      f=$(awk '/^flags/ { print $2 }' /proc/self/fdinfo/0); \
+                      [ $(( 0$f & 04000 )) -eq 0 ] && echo blocking";
+        let argv: Vec<String> = ["sh", "-c", script].map(String::from).to_vec();
         let pid = spawn_service(&argv, &[("FOO".into(), "bar".into())], None, s).unwrap();
         assert!(pid > 0);
         let mut out = String::new();
         c.read_to_string(&mut out).unwrap();
         // fds 0,1,2 plus the one ls opens for the directory listing.
-        assert_eq!(out, "bar\n4\n");
+        assert_eq!(out, "bar\n4\nblocking\n");
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
     }
 

@@ -170,6 +170,12 @@ impl Parent {
                         msgwrite::MAX_MSG_BYTES
                     ));
                 }
+                // Accepted sockets are blocking (services want that); the parent's own writes
+                // must never wait on a peer.
+                if let Err(e) = p.stream.set_nonblocking(true) {
+                    log::debug(1, &format!("msg conn={} failed: {e}", conn.0));
+                    return self.finish_unserved(conn, counted, p.stream);
+                }
                 let mut w = MsgWrite::new(conn, p.stream, bytes, Instant::now());
                 match w.advance(Instant::now()) {
                     Progress::Blocked => self.msgs.push(w),
