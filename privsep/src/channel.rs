@@ -11,7 +11,7 @@
 //! - blocking (`send`/`recv`), or split into a [`Sender`] and a [`Receiver`] for threads;
 //! - from a poll loop: `set_nonblocking(true)`, then `queue` + `flush` when `wants_write`, and
 //!   on POLLIN call `try_recv` until it returns `Ok(None)` (several frames may arrive in one
-//!   read; `Ok(None)` is only returned once the socket has no more bytes for now).
+//!   read; `Ok(None)` means a read found no more bytes, so poll again before the next call).
 //!
 //! Writes use `send(MSG_NOSIGNAL)`, so a dead peer is `Closed`, never SIGPIPE.
 
@@ -50,6 +50,9 @@ struct FrameReader {
     start: usize,
     /// End of the received bytes.
     end: usize,
+    /// The last read returned less than it asked for, so the socket had nothing more then: the
+    /// next receive waits (or reports "nothing") without a read that would only say EAGAIN.
+    drained: bool,
 }
 
 impl FrameReader {
@@ -111,6 +114,7 @@ impl FrameReader {
         // what we sent (the socket's write-space wake-up shares the wait queue), which cost
         // the classifier a spurious wake-up per verdict; poll only wakes for input.
         let n = recv(sock.as_raw_fd(), space, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
+        self.drained = n < want;
         self.end += n;
         Ok(n)
     }
@@ -119,6 +123,7 @@ impl FrameReader {
         self.buf = Vec::new();
         self.start = 0;
         self.end = 0;
+        self.drained = false;
     }
 }
 
@@ -153,6 +158,13 @@ fn receive<In: DeserializeOwned>(
                     .map_err(ChannelError::Violation);
             }
             Ok(None) => {}
+        }
+        if std::mem::take(&mut rd.drained) {
+            // Level-triggered poll reports anything that arrived since the short read.
+            if !blocking {
+                return Ok(None);
+            }
+            wait_for(sock.as_fd(), PollFlags::POLLIN)?;
         }
         match rd.fill(sock) {
             Ok(0) => break Err(ChannelError::Closed),
@@ -297,6 +309,13 @@ impl<Out: Serialize, In: DeserializeOwned> Channel<Out, In> {
     /// Write queued bytes until done or the socket is full.
     pub fn flush(&mut self) -> Result<(), ChannelError> {
         self.write(false)
+    }
+
+    /// Whether `try_recv` has something to return without reading: a complete frame (or a
+    /// bad header) already buffered. Poll does not report those bytes (they have left the
+    /// socket), so a poll loop that stops calling `try_recv` before `Ok(None)` must check this.
+    pub fn has_buffered(&self) -> bool {
+        !matches!(wire::split_frame(self.rd.pending()), Ok(None))
     }
 
     /// Whether queued bytes wait for the socket to become writable (poll for POLLOUT).
@@ -486,6 +505,36 @@ mod tests {
         ));
     }
 
+    /// Frames that arrived in one read wait in the buffer, invisible to poll: `has_buffered`
+    /// says so until the last one is taken, and a bad header counts (try_recv must see it).
+    #[test]
+    fn has_buffered_until_the_last_frame_is_taken() {
+        let (mut ch, mut peer) = raw_pair();
+        let mut burst = wire::encode(&log("a")).unwrap();
+        burst.extend_from_slice(&wire::encode(&log("b")).unwrap());
+        peer.write_all(&burst).unwrap();
+        assert!(!ch.has_buffered());
+        assert_eq!(ch.try_recv().unwrap(), Some(log("a")));
+        assert!(ch.has_buffered());
+        let mut fds = [PollFd::new(ch.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(
+            poll(&mut fds, PollTimeout::ZERO).unwrap(),
+            0,
+            "poll sees no input"
+        );
+        assert_eq!(ch.try_recv().unwrap(), Some(log("b")));
+        assert!(!ch.has_buffered());
+        assert_eq!(ch.try_recv().unwrap(), None);
+
+        let mut bad = wire::encode(&log("c")).unwrap();
+        bad.extend_from_slice(&u32::MAX.to_be_bytes());
+        peer.write_all(&bad).unwrap();
+        wait_for(ch.as_fd(), PollFlags::POLLIN).unwrap();
+        assert_eq!(ch.try_recv().unwrap(), Some(log("c")));
+        assert!(ch.has_buffered());
+        assert!(matches!(ch.try_recv(), Err(ChannelError::Violation(_))));
+    }
+
     #[test]
     fn partial_frames_byte_by_byte() {
         let (mut ch, mut peer) = raw_pair();
@@ -516,10 +565,19 @@ mod tests {
             ch.try_recv().unwrap(),
             Some(ClassifierToParent::PolicyLoaded { gen: Gen(9) })
         );
-        // EOF inside a frame is Closed, not a message.
+        // EOF inside a frame is Closed, not a message. As in a poll loop, Ok(None) means
+        // "wait for POLLIN": the partial frame and the EOF may take a poll each.
         peer.write_all(&one[..5]).unwrap();
         drop(peer);
-        assert!(matches!(ch.try_recv(), Err(ChannelError::Closed)));
+        let mut end = ch.try_recv();
+        for _ in 0..4 {
+            if !matches!(end, Ok(None)) {
+                break;
+            }
+            wait_for(ch.as_fd(), PollFlags::POLLIN).unwrap();
+            end = ch.try_recv();
+        }
+        assert!(matches!(end, Err(ChannelError::Closed)), "{end:?}");
     }
 
     /// Each bad header is refused from its four bytes alone; the channel then shuts the socket

@@ -405,7 +405,7 @@ fn report_failed(name: &str, what: &str, mode: OnFileError, outcome: Outcome) ->
 }
 
 /// Which descriptor a poll slot watches.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Signals,
     Classifier,
@@ -1057,6 +1057,25 @@ impl Parent {
                     Slot::Msg(i) => msg_ready.push(*i),
                 }
             }
+            // A batch that ended early can leave whole frames in a channel's buffer, where poll
+            // cannot see them (poll_timeout made this turn not wait for them).
+            let fired_slot = |want: Slot| fired.iter().any(|(s, _)| *s == want);
+            if self
+                .workers
+                .as_ref()
+                .is_some_and(|ws| ws.classifier.has_buffered())
+                && !fired_slot(Slot::Classifier)
+            {
+                self.on_classifier_readable();
+            }
+            if self
+                .workers
+                .as_ref()
+                .is_some_and(|ws| ws.resolver.has_buffered())
+                && !fired_slot(Slot::Resolver)
+            {
+                self.on_resolver_readable();
+            }
             self.advance_msgs(&msg_ready, now);
             if signalled {
                 let sig = self.signals.take();
@@ -1119,6 +1138,13 @@ impl Parent {
     }
 
     fn poll_timeout(&self, now: Instant) -> PollTimeout {
+        if self
+            .workers
+            .as_ref()
+            .is_some_and(|ws| ws.classifier.has_buffered() || ws.resolver.has_buffered())
+        {
+            return PollTimeout::ZERO;
+        }
         let mut until = self.next_reload;
         if let Some(d) = self.backoff.due.filter(|_| self.workers.is_none()) {
             until = until.min(d);
