@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # bench/run.sh: connections per second and p50/p99 latency of portnanny (run, msg, drop) against
-# tcpserver serving the same trivial handler, at several concurrencies, in one interleaved run;
-# then the parent's and classifier's RSS idle and with HOLD held connections.
+# tcpserver serving the same trivial handler and against three reference "floor" servers of the
+# load generator (floor-inproc: accept-write-close in one process; floor-rtt: the same plus one
+# round trip to a helper process per connection; floor-spawn: posix_spawn of the handler per
+# connection), at several concurrencies, in one interleaved run; then the parent's and
+# classifier's RSS idle and with HOLD held connections.
 #
-# Usage: bench/run.sh   (env: DURATION=3 ROUNDS=3 CONCS="1 8 64" HOLD=1000 CARGO_TARGET_DIR=...)
+# Usage: bench/run.sh   (env: DURATION=3 ROUNDS=3 CONCS="1 8 64" HOLD=1000 CARGO_TARGET_DIR=...
+#                        HOLD_SERVICE=light|cat; ROUNDS=0 skips the rates, HOLD=0 the RSS part)
 # Each cell is measured ROUNDS times, interleaved (every server at every concurrency, then the
 # next round), and the round with the median rate is reported, so a burst of load from
 # something else on the machine hurts every server alike and does not decide the table.
@@ -20,6 +24,7 @@ DURATION=${DURATION:-3}
 ROUNDS=${ROUNDS:-3}
 CONCS=${CONCS:-"1 8 64"}
 HOLD=${HOLD:-1000}
+HOLD_SERVICE=${HOLD_SERVICE:-light}
 HANDLER=(/bin/echo hello)
 target=${CARGO_TARGET_DIR:-$root/target}
 
@@ -49,7 +54,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Held connections and their services need descriptors.
+# Held connections and their services need descriptors: the hold client one per connection.
+# Raising the hard limit (root only) affects only this script and what it starts.
+need_fds=$((HOLD + 1024))
+if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$need_fds" ]; then
+    ulimit -Hn "$need_fds" 2>/dev/null || echo "bench: hard fd limit $(ulimit -Hn) < $need_fds" >&2
+fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q LISTEN; }
@@ -75,7 +85,9 @@ wait_listen() {
     exit 1
 }
 
-# start_pn NAME ACTION -> sets PORT_<NAME>, PID_<NAME>
+declare -A PORT PID
+
+# start_pn NAME ACTION -> sets PORT[NAME], PID[NAME]
 start_pn() {
     local name=$1 action=$2 port
     port=$(free_port)
@@ -94,8 +106,8 @@ start_pn() {
     local pid=$!
     pids+=("$pid")
     wait_listen "$port" "$pid"
-    printf -v "PORT_$name" '%s' "$port"
-    printf -v "PID_$name" '%s' "$pid"
+    PORT[$name]=$port
+    PID[$name]=$pid
 }
 
 start_tcpserver() {
@@ -105,29 +117,47 @@ start_tcpserver() {
     local pid=$!
     pids+=("$pid")
     wait_listen "$port" "$pid"
-    PORT_tcpserver=$port
+    PORT[tcpserver]=$port
+}
+
+# start_floor NAME MODE ARGS... : a reference server of the load generator.
+start_floor() {
+    local name=$1 mode=$2 port
+    shift 2
+    port=$(free_port)
+    "$LG" "$mode" --port "$port" "$@" 2> "$work/$name.log" &
+    local pid=$!
+    pids+=("$pid")
+    wait_listen "$port" "$pid"
+    PORT[$name]=$port
 }
 
 start_tcpserver
 start_pn run "run ${HANDLER[*]}"
 start_pn msg 'msg hello%(nl)s'
 start_pn drop 'drop'
+start_floor floor-inproc floor-inproc --reply 'hello\n'
+start_floor floor-rtt floor-roundtrip --reply 'hello\n'
+start_floor floor-spawn floor-spawn -- "${HANDLER[@]}"
 
-declare -A expect=([tcpserver]='hello\n' [run]='hello\n' [msg]='hello\n' [drop]='')
+declare -A expect=([tcpserver]='hello\n' [run]='hello\n' [msg]='hello\n' [drop]=''
+    [floor-inproc]='hello\n' [floor-rtt]='hello\n' [floor-spawn]='hello\n')
+# What each portnanny mode is compared with in vs_floor: the least any implementation of it
+# can do here (drop sends nothing, floor-rtt sends hello; compared anyway).
+declare -A floor_of=([run]=floor-spawn [msg]=floor-rtt [drop]=floor-rtt)
 declare -A rate p50 p99 errs
-servers=(tcpserver run msg drop)
+servers=(tcpserver run msg drop floor-inproc floor-rtt floor-spawn)
 
 echo "bench: ${ROUNDS} rounds of ${DURATION}s per cell, concurrency $CONCS, handler '${HANDLER[*]}'" >&2
 net=100
 for round in $(seq 1 "$ROUNDS"); do
     for c in $CONCS; do
         for s in "${servers[@]}"; do
-            portvar="PORT_$s"
             net=$(( net % 150 + 101 ))
             # Short warm-up, then the measured run.
-            "$LG" fetch --addr "127.0.0.1:${!portvar}" --concurrency "$c" --duration 0.3 \
+            "$LG" fetch --addr "127.0.0.1:${PORT[$s]}" --concurrency "$c" --duration 0.3 \
                 --expect "${expect[$s]}" --src-net "$net" > /dev/null 2>&1 || true
-            line=$("$LG" fetch --addr "127.0.0.1:${!portvar}" --concurrency "$c" \
+            line=$("$LG" fetch --addr "127.0.0.1:${PORT[$s]}" --concurrency "$c" \
                 --duration "$DURATION" --expect "${expect[$s]}" --src-net "$net" 2> "$work/lg.err")
             echo "  round $round $s c=$c: $line" >&2
             if [ -s "$work/lg.err" ]; then sed 's/^/    /' "$work/lg.err" >&2; fi
@@ -136,39 +166,51 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-# The median-rate round of each cell.
-for c in $CONCS; do
-    for s in "${servers[@]}"; do
-        med=$(awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "rate") print kv[2], NR } }' \
-            "$work/cell.$s.$c" | sort -n | awk '{ a[NR] = $2 } END { print a[int((NR + 1) / 2)] }')
-        line=$(sed -n "${med}p" "$work/cell.$s.$c")
-        for kv in $line; do
-            k=${kv%%=*}; v=${kv#*=}
-            case $k in
-                rate) rate[$s,$c]=$v ;;
-                p50_ms) p50[$s,$c]=$v ;;
-                p99_ms) p99[$s,$c]=$v ;;
-                errors) errs[$s,$c]=$v ;;
-            esac
+if [ "$ROUNDS" -gt 0 ]; then
+    # The median-rate round of each cell.
+    for c in $CONCS; do
+        for s in "${servers[@]}"; do
+            med=$(awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "rate") print kv[2], NR } }' \
+                "$work/cell.$s.$c" | sort -n | awk '{ a[NR] = $2 } END { print a[int((NR + 1) / 2)] }')
+            line=$(sed -n "${med}p" "$work/cell.$s.$c")
+            for kv in $line; do
+                k=${kv%%=*}; v=${kv#*=}
+                case $k in
+                    rate) rate[$s,$c]=$v ;;
+                    p50_ms) p50[$s,$c]=$v ;;
+                    p99_ms) p99[$s,$c]=$v ;;
+                    errors) errs[$s,$c]=$v ;;
+                esac
+            done
         done
     done
-done
 
-echo
-printf '%-10s %5s %10s %9s %9s %8s %12s\n' server conc conn/s p50_ms p99_ms errors vs_tcpserver
-for c in $CONCS; do
-    for s in "${servers[@]}"; do
-        base=${rate[tcpserver,$c]:-0}
-        ratio=$(awk -v a="${rate[$s,$c]:-0}" -v b="$base" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }')
-        printf '%-10s %5s %10s %9s %9s %8s %12s\n' "$s" "$c" "${rate[$s,$c]:-?}" \
-            "${p50[$s,$c]:-?}" "${p99[$s,$c]:-?}" "${errs[$s,$c]:-?}" "$ratio"
+    echo
+    ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+    printf '%-12s %5s %10s %9s %9s %8s %12s %9s\n' server conc conn/s p50_ms p99_ms errors vs_tcpserver vs_floor
+    for c in $CONCS; do
+        for s in "${servers[@]}"; do
+            vs_t=$(ratio "${rate[$s,$c]:-0}" "${rate[tcpserver,$c]:-0}")
+            vs_f=-
+            if [ -n "${floor_of[$s]:-}" ]; then vs_f=$(ratio "${rate[$s,$c]:-0}" "${rate[${floor_of[$s]},$c]:-0}"); fi
+            printf '%-12s %5s %10s %9s %9s %8s %12s %9s\n' "$s" "$c" "${rate[$s,$c]:-?}" \
+                "${p50[$s,$c]:-?}" "${p99[$s,$c]:-?}" "${errs[$s,$c]:-?}" "$vs_t" "$vs_f"
+        done
     done
-done
+fi
 
-# RSS: a fresh instance whose service announces itself and holds the connection.
-printf '#!/bin/sh\necho held\nexec cat >/dev/null\n' > "$work/hold.sh"
-chmod 0755 "$work/hold.sh"
-start_pn hold "run $work/hold.sh"
+[ "$HOLD" -gt 0 ] || exit 0
+
+# RSS: a fresh instance whose service announces itself ("held") and holds the connection until
+# EOF: the load generator's hold-service (one small process per connection), or with
+# HOLD_SERVICE=cat a shell script that execs cat (one sh+cat exec chain per connection).
+if [ "$HOLD_SERVICE" = cat ]; then
+    printf '#!/bin/sh\necho held\nexec cat >/dev/null\n' > "$work/hold.sh"
+    chmod 0755 "$work/hold.sh"
+    start_pn hold "run $work/hold.sh"
+else
+    start_pn hold "run $LG hold-service --lifetime 600"
+fi
 sleep 1
 classifier_of() {
     local ppid=$1 p
@@ -180,29 +222,43 @@ classifier_of() {
     done
 }
 rss() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
-cpid=$(classifier_of "$PID_hold")
-idle_parent=$(rss "$PID_hold")
+fds() { ls "/proc/$1/fd" 2>/dev/null | wc -l; }
+mem_used_mib() { awk '/^MemTotal/ { t = $2 } /^MemAvailable/ { a = $2 } END { printf "%d", (t - a) / 1024 }' /proc/meminfo; }
+cpid=$(classifier_of "${PID[hold]}")
+idle_parent=$(rss "${PID[hold]}")
 idle_class=$( [ -n "$cpid" ] && rss "$cpid" || echo "?")
+idle_fds=$(fds "${PID[hold]}")
+mem_before=$(mem_used_mib)
 
 mkfifo "$work/holdctl"
-"$LG" hold --addr "127.0.0.1:$PORT_hold" --count "$HOLD" --duration 300 --src-net 90 \
-    < "$work/holdctl" > "$work/hold.out" 2>&1 &
+"$LG" hold --addr "127.0.0.1:${PORT[hold]}" --count "$HOLD" --duration 600 --src-net 90 \
+    < "$work/holdctl" > "$work/hold.out" 2> "$work/hold.err" &
 lgpid=$!
 pids+=("$lgpid")
 exec 9> "$work/holdctl"
-for i in $(seq 1 1200); do
+# Opening is sequential (connect, then the service's first line): allow ~20 ms per connection.
+for i in $(seq 1 $(( 600 + HOLD / 5 ))); do
     grep -q '^held=' "$work/hold.out" 2>/dev/null && break
+    kill -0 "$lgpid" 2>/dev/null || break
     sleep 0.1
 done
 held_line=$(cat "$work/hold.out")
 sleep 1
-cpid=$(classifier_of "$PID_hold")
-held_parent=$(rss "$PID_hold")
+cpid=$(classifier_of "${PID[hold]}")
+held_parent=$(rss "${PID[hold]}")
 held_class=$( [ -n "$cpid" ] && rss "$cpid" || echo "?")
+held_fds=$(fds "${PID[hold]}")
+mem_held=$(mem_used_mib)
+services=$(ps -o pid= --ppid "${PID[hold]}" | wc -l)
 exec 9>&-
 wait "$lgpid" 2>/dev/null || true
+if [ -s "$work/hold.err" ]; then sed 's/^/    /' "$work/hold.err" >&2; fi
 
 echo
 echo "RSS (KiB)        idle    with $HOLD held ($held_line)"
 printf 'parent      %10s %10s\n' "$idle_parent" "$held_parent"
 printf 'classifier  %10s %10s\n' "$idle_class" "$held_class"
+printf 'parent fds  %10s %10s\n' "$idle_fds" "$held_fds"
+echo "machine memory in use (MiB): $mem_before idle, $mem_held held;" \
+    "$services child processes of the parent while held (services + 2 workers);" \
+    "hold service: $HOLD_SERVICE"

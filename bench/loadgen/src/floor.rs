@@ -16,11 +16,17 @@
 //! - `floor-roundtrip`: as floor-inproc, but before replying it sends a 32-byte request over an
 //!   AF_UNIX socketpair to a helper process (this binary re-executed as `floor-helper`) and
 //!   waits (poll POLLIN, then read) for the 32-byte answer. The ceiling of any design in which
-//!   another process decides about each connection, as portnanny's classifier does.
-//! - `floor-spawn`: accept → posix_spawn(ARGV) with the socket as stdin and stdout → close the
-//!   parent's copy; children reaped with waitpid(WNOHANG), one call per accept (blocking only
-//!   at 1024 live children). The fork+exec+wait floor that portnanny's `run` is compared with.
+//!   another process decides about each connection, as portnanny's classifier does. At
+//!   concurrency 1 it is strictly serial (accept, write, poll, read, send, shutdown, close);
+//!   with requests in flight it also accepts further connections and sends their requests
+//!   (at most 64 outstanding), because a serial loop would be beaten by any pipelined design
+//!   at concurrency 8 and 64 and so would not be a ceiling there.
+//! - `floor-spawn`: accept → vfork-style clone + execve(ARGV) with the socket as stdin and
+//!   stdout → close the parent's copy; children reaped with waitpid(WNOHANG), one call per
+//!   accept (blocking only at 1024 live children). The fork+exec+wait floor that portnanny's
+//!   `run` is compared with.
 
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -142,29 +148,6 @@ pub fn inproc(o: &Opts) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Waits up to TICK for `fd` to become readable; true if it did.
-fn poll_in(fd: i32) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `p` is one valid pollfd that lives across the call; nfds is 1.
-    let n = unsafe { libc::poll(&mut p, 1, TICK.as_millis() as libc::c_int) };
-    match n {
-        n if n > 0 => Ok(true),
-        0 => Ok(false),
-        _ => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
-    }
-}
-
 /// Starts the helper: this executable again, as `floor-helper`, with its end of the pair as
 /// stdin. It exits when our end closes (read returns 0) or its lifetime ends.
 fn start_helper(o: &Opts) -> io::Result<UnixStream> {
@@ -181,30 +164,109 @@ fn start_helper(o: &Opts) -> io::Result<UnixStream> {
     Ok(mine)
 }
 
-/// One round trip to the helper: the request carries the peer address and a sequence number,
-/// and the answer must be the same bytes (so the helper really read it).
-fn ask(helper: &mut UnixStream, peer: &SockAddr, seq: u64) -> io::Result<()> {
+/// The request for one connection: the peer address and a sequence number, so that each
+/// answer can be checked to be the helper's echo of this very request.
+fn request(peer: &SockAddr, seq: u64) -> [u8; REQ_LEN] {
     let mut req = [0u8; REQ_LEN];
     if let Some(SocketAddr::V4(a)) = peer.as_socket() {
         req[..4].copy_from_slice(&a.ip().octets());
         req[4..6].copy_from_slice(&a.port().to_be_bytes());
     }
     req[8..16].copy_from_slice(&seq.to_be_bytes());
-    helper.write_all(&req)?;
-    let mut waited = 0;
-    while !poll_in(helper.as_raw_fd())? {
-        waited += 1;
-        if waited >= 10 {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "helper silent 10 s",
-            ));
-        }
+    req
+}
+
+/// Most connections waiting for their answer at once.
+const MAX_PENDING: usize = 64;
+
+/// Waits up to TICK for POLLIN on the helper and, if `listener` is given, on it too. Returns
+/// (helper readable, listener readable).
+fn poll2(helper: i32, listener: Option<i32>) -> io::Result<(bool, bool)> {
+    let mut p = [
+        libc::pollfd {
+            fd: helper,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: listener.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let nfds = if listener.is_some() { 2 } else { 1 };
+    // SAFETY: `p` holds `nfds` valid pollfds and lives across the call.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), nfds, TICK.as_millis() as libc::c_int) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok((false, false))
+        } else {
+            Err(e)
+        };
     }
-    let mut ans = [0u8; REQ_LEN];
-    helper.read_exact(&mut ans)?;
-    if ans != req {
-        return Err(io::Error::other("helper answered wrong bytes"));
+    Ok((p[0].revents != 0, p[1].revents != 0))
+}
+
+/// The loop of `floor-roundtrip`. With nothing in flight it sleeps in accept; with requests in
+/// flight it polls the helper and the listener, so that at concurrency > 1 further connections
+/// are accepted and their requests sent while earlier answers are on their way (as portnanny's
+/// parent does), and answers that arrive together are read with one read.
+fn serve_roundtrip(o: &Opts, l: &Socket, helper: &mut UnixStream) -> io::Result<()> {
+    let mut errors = Errors::new("floor-roundtrip accept");
+    let deadline = Instant::now() + o.lifetime;
+    let mut seq = 0u64;
+    let mut pending: VecDeque<(Socket, [u8; REQ_LEN])> = VecDeque::with_capacity(MAX_PENDING);
+    let mut answers = [0u8; MAX_PENDING * REQ_LEN];
+    let mut have = 0usize;
+    let mut silent = 0u32;
+    while Instant::now() < deadline {
+        let (answer_ready, conn_ready) = if pending.is_empty() {
+            (false, true)
+        } else {
+            let more = (pending.len() < MAX_PENDING).then(|| l.as_raw_fd());
+            poll2(helper.as_raw_fd(), more)?
+        };
+        if !pending.is_empty() && !answer_ready && !conn_ready {
+            silent += 1;
+            if silent >= 10 {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "helper silent 10 s",
+                ));
+            }
+        }
+        if answer_ready {
+            silent = 0;
+            // At most the answers still owed fit, so `have` stays below the buffer's size.
+            let n = helper.read(&mut answers[have..pending.len() * REQ_LEN])?;
+            if n == 0 {
+                return Err(io::Error::other("helper closed its end"));
+            }
+            have += n;
+            let done = have / REQ_LEN;
+            for k in 0..done {
+                let Some((c, req)) = pending.pop_front() else {
+                    return Err(io::Error::other("helper answered more than asked"));
+                };
+                if answers[k * REQ_LEN..(k + 1) * REQ_LEN] != req {
+                    return Err(io::Error::other("helper answered wrong bytes"));
+                }
+                reply_and_close(c, &o.reply);
+            }
+            answers.copy_within(done * REQ_LEN..have, 0);
+            have -= done * REQ_LEN;
+        }
+        // The listener is blocking: with requests in flight accept is called only when poll
+        // said a connection is waiting; otherwise it sleeps in accept (bounded by TICK).
+        if conn_ready {
+            if let Some((c, peer)) = accept(l, &mut errors) {
+                seq += 1;
+                let req = request(&peer, seq);
+                helper.write_all(&req)?;
+                pending.push_back((c, req));
+            }
+        }
     }
     Ok(())
 }
@@ -221,35 +283,64 @@ pub fn roundtrip(o: &Opts) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut errors = Errors::new("floor-roundtrip accept");
-    let deadline = Instant::now() + o.lifetime;
-    let mut seq = 0u64;
-    while Instant::now() < deadline {
-        if let Some((c, peer)) = accept(&l, &mut errors) {
-            seq += 1;
-            if let Err(e) = ask(&mut helper, &peer, seq) {
-                // Without its helper this floor measures nothing: stop, loudly.
-                eprintln!("portnanny-loadgen floor-roundtrip: helper: {e}");
-                return ExitCode::FAILURE;
-            }
-            reply_and_close(c, &o.reply);
+    match serve_roundtrip(o, &l, &mut helper) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Without its helper this floor measures nothing: stop, loudly.
+            eprintln!("portnanny-loadgen floor-roundtrip: helper: {e}");
+            ExitCode::FAILURE
         }
     }
-    ExitCode::SUCCESS
 }
 
 extern "C" {
     /// The process environment, passed to every spawned service as tcpserver does.
-    static environ: *const *mut libc::c_char;
+    static environ: *const *const libc::c_char;
 }
 
-/// The service to spawn, prepared once: argv as C strings and a spawn attribute that resets
-/// SIGPIPE to its default (the Rust runtime ignores it, and ignored signals survive exec).
+/// Bytes of stack for the child between clone and execve (it calls signal, dup2 and execve).
+const CHILD_STACK: usize = 64 * 1024;
+
+/// What the child of a spawn needs, prepared by the parent before the clone.
+struct ChildArgs {
+    fd: libc::c_int,
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+}
+
+/// The clone entry point. Runs in the parent's memory (CLONE_VM) while the parent is
+/// suspended (CLONE_VFORK), so it only reads what the parent prepared and makes system calls.
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ChildArgs that `Spawner::spawn` passed to clone; the parent is
+    // suspended until execve or _exit, so it stays alive and unchanged. The calls only take
+    // prepared values. The child has its own copy of the signal dispositions (no
+    // CLONE_SIGHAND), so resetting SIGPIPE (ignored by the Rust runtime; ignored signals
+    // survive exec) does not touch the parent's.
+    unsafe {
+        let a = &*(arg as *const ChildArgs);
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if libc::dup2(a.fd, 0) < 0 || libc::dup2(a.fd, 1) < 0 {
+            libc::_exit(126);
+        }
+        libc::execve(a.path, a.argv, a.envp);
+        libc::_exit(127)
+    }
+}
+
+/// The service to spawn, prepared once: argv as C strings and a reusable child stack.
+///
+/// Spawning is vfork-style, `clone(CLONE_VM | CLONE_VFORK)`: no copy of the parent's page
+/// tables, the parent resumes when the child has called execve. glibc's posix_spawn does the
+/// same clone but also maps a fresh stack per call, checks the descriptor limit per file action
+/// and resets all 64 signal dispositions in the child (~130 system calls): measurably slower
+/// than portnanny's own spawn, so not a floor. This process installs no signal handlers of its
+/// own, so unlike portnanny it need not block signals around the clone.
 struct Spawner {
     // Kept alive because `argv_ptrs` points into them.
     _argv: Vec<CString>,
-    argv_ptrs: Vec<*mut libc::c_char>,
-    attr: libc::posix_spawnattr_t,
+    argv_ptrs: Vec<*const libc::c_char>,
+    stack: Vec<u8>,
 }
 
 impl Spawner {
@@ -262,68 +353,43 @@ impl Spawner {
         if unsafe { libc::access(cargv[0].as_ptr(), libc::X_OK) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut argv_ptrs: Vec<*mut libc::c_char> =
-            cargv.iter().map(|a| a.as_ptr() as *mut _).collect();
-        argv_ptrs.push(std::ptr::null_mut());
-        // SAFETY: the attribute and the signal set are initialised by their init calls before
-        // any other use; all pointers are to locals that outlive the calls.
-        let attr = unsafe {
-            let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
-            let rc = libc::posix_spawnattr_init(&mut attr);
-            if rc != 0 {
-                return Err(io::Error::from_raw_os_error(rc));
-            }
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGPIPE);
-            libc::posix_spawnattr_setsigdefault(&mut attr, &set);
-            libc::posix_spawnattr_setflags(&mut attr, libc::POSIX_SPAWN_SETSIGDEF as libc::c_short);
-            attr
-        };
+        let mut argv_ptrs: Vec<*const libc::c_char> = cargv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
         Ok(Spawner {
             _argv: cargv,
             argv_ptrs,
-            attr,
+            stack: vec![0u8; CHILD_STACK],
         })
     }
 
     /// Spawns the service with `fd` as its stdin and stdout.
-    fn spawn(&self, fd: i32) -> io::Result<libc::pid_t> {
-        // SAFETY: the file actions are initialised before use and destroyed after; argv is a
-        // NULL-terminated array of pointers to live C strings; `environ` is the process's own
-        // environment (this program never modifies it); `fd` is open for the whole call.
-        unsafe {
-            let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
-            let rc = libc::posix_spawn_file_actions_init(&mut fa);
-            if rc != 0 {
-                return Err(io::Error::from_raw_os_error(rc));
-            }
-            libc::posix_spawn_file_actions_adddup2(&mut fa, fd, 0);
-            libc::posix_spawn_file_actions_adddup2(&mut fa, fd, 1);
-            let mut pid: libc::pid_t = 0;
-            let rc = libc::posix_spawn(
-                &mut pid,
-                self.argv_ptrs[0],
-                &fa,
-                &self.attr,
-                self.argv_ptrs.as_ptr(),
-                environ,
-            );
-            libc::posix_spawn_file_actions_destroy(&mut fa);
-            if rc != 0 {
-                return Err(io::Error::from_raw_os_error(rc));
-            }
-            Ok(pid)
+    fn spawn(&mut self, fd: i32) -> io::Result<libc::pid_t> {
+        let mut args = ChildArgs {
+            fd,
+            path: self.argv_ptrs[0],
+            argv: self.argv_ptrs.as_ptr(),
+            // SAFETY: reading the pointer value of the process's environment; this program
+            // never modifies its environment.
+            envp: unsafe { environ },
+        };
+        // The stack grows down: start at the 16-byte aligned top.
+        let top = (self.stack.as_mut_ptr() as usize + self.stack.len()) & !15;
+        // SAFETY: CLONE_VFORK suspends this (only) thread until the child has called execve or
+        // _exit, so `args`, argv and the stack stay alive and unused by anyone else meanwhile,
+        // and the stack may be reused by the next spawn. child_entry needs far less stack than
+        // CHILD_STACK.
+        let pid = unsafe {
+            libc::clone(
+                child_entry,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                &mut args as *mut ChildArgs as *mut libc::c_void,
+            )
+        };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
         }
-    }
-}
-
-impl Drop for Spawner {
-    fn drop(&mut self) {
-        // SAFETY: initialised in `new`, destroyed once.
-        unsafe {
-            libc::posix_spawnattr_destroy(&mut self.attr);
-        }
+        Ok(pid)
     }
 }
 
@@ -363,7 +429,7 @@ pub fn spawn(o: &Opts) -> ExitCode {
         eprintln!("portnanny-loadgen floor-spawn: /dev/null: {e}");
         return ExitCode::FAILURE;
     }
-    let spawner = match Spawner::new(&o.argv) {
+    let mut spawner = match Spawner::new(&o.argv) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("portnanny-loadgen floor-spawn: {}: {e}", o.argv[0]);

@@ -3,7 +3,8 @@
 //! - `floor-helper`: the helper process of `floor-roundtrip` (floor.rs), started by it with one
 //!   end of an AF_UNIX socketpair as stdin. It reads fixed-size requests (REQ_LEN bytes, built
 //!   by its parent from an accepted peer address) and writes each back unchanged: the cheapest
-//!   possible "decision" by another process. With `--helper-wait poll` it waits in
+//!   possible "decision" by another process. Requests that arrive together are read with one
+//!   read and answered with one write. With `--helper-wait poll` it waits in
 //!   poll(POLLIN) before each read instead of sleeping in the read itself.
 //! - `hold-service`: a service that portnanny's `run` starts per held connection (stdin and
 //!   stdout are the client's socket): it writes "held\n" and then reads and discards the
@@ -13,7 +14,7 @@
 //! the process, so even a blocked read cannot outlive it.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -52,25 +53,31 @@ pub fn floor_helper(o: &Opts) -> ExitCode {
     };
     let poll_first = o.helper_wait == "poll";
     let deadline = Instant::now() + o.lifetime;
-    let mut buf = [0u8; REQ_LEN];
+    // Requests that arrive together are read with one read and answered with one write.
+    let mut buf = [0u8; 64 * REQ_LEN];
+    let mut have = 0usize;
     while Instant::now() < deadline {
-        use std::os::fd::AsRawFd;
         if poll_first && !wait_readable(parent.as_raw_fd()) {
             return ExitCode::FAILURE;
         }
-        match parent.read_exact(&mut buf) {
-            Ok(()) => {}
+        let n = match parent.read(&mut buf[have..]) {
             // The parent closed its end: done.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return ExitCode::SUCCESS,
+            Ok(0) => return ExitCode::SUCCESS,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 eprintln!("portnanny-loadgen floor-helper: read: {e}");
                 return ExitCode::FAILURE;
             }
-        }
-        if let Err(e) = parent.write_all(&buf) {
+        };
+        have += n;
+        let whole = have / REQ_LEN * REQ_LEN;
+        if let Err(e) = parent.write_all(&buf[..whole]) {
             eprintln!("portnanny-loadgen floor-helper: write: {e}");
             return ExitCode::FAILURE;
         }
+        buf.copy_within(whole..have, 0);
+        have -= whole;
     }
     ExitCode::SUCCESS
 }
