@@ -208,7 +208,7 @@ fi
 # RSS: a fresh instance whose service announces itself ("held") and holds the connection until
 # EOF: a shell script that execs cat (one process per connection once sh has exec'ed cat), or
 # with HOLD_SERVICE=light the load generator's hold-service. Measured with 10,000 held, both
-# cost about 230-240 KiB of machine memory per held connection and cat starts faster (10,000
+# cost about 230-250 KiB of machine memory per held connection and cat starts faster (10,000
 # opened in 13 s against 17 s), so cat is the default.
 if [ "$HOLD_SERVICE" = light ]; then
     start_pn hold "run $LG hold-service --lifetime 600"
