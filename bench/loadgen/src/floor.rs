@@ -93,11 +93,10 @@ fn accept(l: &Socket, errors: &mut Errors) -> Option<(Socket, SockAddr)> {
         Ok(c) => Some(c),
         Err(e) => {
             match e.raw_os_error() {
+                // The 1 s tick, a signal, or a client that left before we accepted it.
                 Some(libc::EAGAIN | libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => {}
-                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                    errors.note(&e);
-                    thread::sleep(PAUSE);
-                }
+                // EMFILE/ENFILE/ENOBUFS/ENOMEM, or anything unexpected: the pending connection
+                // stays queued; pausing keeps the loop from spinning until resources return.
                 _ => {
                     errors.note(&e);
                     thread::sleep(PAUSE);
