@@ -7,7 +7,8 @@
 # classifier's RSS idle and with HOLD held connections.
 #
 # Usage: bench/run.sh   (env: DURATION=3 ROUNDS=3 CONCS="1 8 64" HOLD=10000 CARGO_TARGET_DIR=...
-#                        HOLD_SERVICE=cat|light; ROUNDS=0 skips the rates, HOLD=0 the RSS part)
+#                        HOLD_SERVICE=cat|light; ROUNDS=0 skips the rates, HOLD=0 the RSS part;
+#                        PORTNANNY=/path/to/portnanny measures that binary instead of building)
 # Each cell is measured ROUNDS times, interleaved (every server at every concurrency, then the
 # next round), and the round with the median rate is reported, so a burst of load from
 # something else on the machine hurts every server alike and does not decide the table.
@@ -31,9 +32,20 @@ target=${CARGO_TARGET_DIR:-$root/target}
 command -v tcpserver >/dev/null || { echo "bench: tcpserver missing (apt-get install ucspi-tcp)" >&2; exit 1; }
 
 echo "bench: building (release)..." >&2
-cargo build -q --release --bin portnanny --manifest-path "$root/Cargo.toml" --target-dir "$target"
+if [ -n "${PORTNANNY:-}" ]; then
+    # A binary built elsewhere (e.g. from a clean export of one commit): measured as given.
+    PN=$PORTNANNY
+    [ -x "$PN" ] || { echo "bench: $PN is not executable" >&2; exit 1; }
+    measured="$PN"
+else
+    cargo build -q --release --bin portnanny --manifest-path "$root/Cargo.toml" --target-dir "$target"
+    PN="$target/release/portnanny"
+    # The build is of the work tree, which may hold someone's uncommitted changes: say so.
+    measured="work tree of $root at $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    dirty=$(git -C "$root" status --porcelain -- Cargo.toml src privsep policy 2>/dev/null | wc -l)
+    if [ "$dirty" -gt 0 ]; then measured="$measured + $dirty uncommitted file(s) in src/privsep/policy"; fi
+fi
 cargo build -q --release --manifest-path "$here/loadgen/Cargo.toml"
-PN="$target/release/portnanny"
 LG="$here/loadgen/target/release/portnanny-loadgen"
 
 # As root the classifier's chroot dir must have no group/world-writable ancestor, so not /tmp.
@@ -190,6 +202,7 @@ if [ "$ROUNDS" -gt 0 ]; then
     done
 
     echo
+    echo "portnanny: $measured"
     ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
     printf '%-12s %5s %10s %9s %9s %8s %12s %9s\n' server conc conn/s p50_ms p99_ms errors vs_tcpserver vs_floor
     for c in $CONCS; do
