@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): formatting, lints, every test of the workspace,
-# and a build of the fuzz workspace. Runs every step even after a failure and ends with one
-# summary line; exits non-zero if any step failed.
+# a build of the fuzz workspace and lints of the benchmark's load generator. Runs every step
+# even after a failure and ends with one summary line; exits non-zero if any step failed.
 #
 # The end-to-end tests start the real daemon; as root (CI) they also check the privilege drop,
 # run the daemon in private mount namespaces with a loopback dnsmasq as its resolver, and talk
@@ -43,6 +43,13 @@ fuzz_build() {
     cargo build --manifest-path fuzz/Cargo.toml --target-dir fuzz/target
 }
 
+# The benchmark's load generator and floor servers (its own workspace): kept compiling and
+# lint-clean, since bench/run.sh is how the performance numbers in the README are made.
+bench_lint() {
+    cargo fmt --manifest-path bench/loadgen/Cargo.toml --check &&
+        cargo clippy --manifest-path bench/loadgen/Cargo.toml --all-targets -- -D warnings
+}
+
 # Debian packages and the service test user the end-to-end tests need (root only).
 ./.ci/install-test-deps
 
@@ -50,6 +57,7 @@ step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step test cargo test --workspace --no-fail-fast
 step fuzz fuzz_build
+step bench bench_lint
 
 summary=""
 for r in "${results[@]}"; do
