@@ -1060,20 +1060,14 @@ impl Parent {
             // A batch that ended early can leave whole frames in a channel's buffer, where poll
             // cannot see them (poll_timeout made this turn not wait for them).
             let fired_slot = |want: Slot| fired.iter().any(|(s, _)| *s == want);
-            if self
-                .workers
-                .as_ref()
-                .is_some_and(|ws| ws.classifier.has_buffered())
-                && !fired_slot(Slot::Classifier)
-            {
+            let (c_buffered, r_buffered) = self.workers.as_ref().map_or((false, false), |ws| {
+                (ws.classifier.has_buffered(), ws.resolver.has_buffered())
+            });
+            if c_buffered && !fired_slot(Slot::Classifier) {
                 self.on_classifier_readable();
             }
-            if self
-                .workers
-                .as_ref()
-                .is_some_and(|ws| ws.resolver.has_buffered())
-                && !fired_slot(Slot::Resolver)
-            {
+            // (If the classifier failed just now, both workers were restarted; this reads nothing.)
+            if r_buffered && !fired_slot(Slot::Resolver) {
                 self.on_resolver_readable();
             }
             self.advance_msgs(&msg_ready, now);
