@@ -78,17 +78,9 @@ if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$need_fds" ]; then
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q LISTEN; }
-
-free_port() {
-    local p tries=0
-    while :; do
-        p=$(( 20000 + RANDOM % 20000 ))
-        listening "$p" || { echo "$p"; return; }
-        tries=$((tries + 1))
-        [ "$tries" -lt 100 ] || { echo "bench: no free port" >&2; exit 1; }
-    done
-}
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 
 wait_listen() {
     local port=$1 pid=$2 i
@@ -231,19 +223,10 @@ else
     start_pn hold "run $work/hold.sh"
 fi
 sleep 1
-classifier_of() {
-    local ppid=$1 p
-    for p in $(ps -o pid= --ppid "$ppid"); do
-        if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- '--privsep-role classifier'; then
-            echo "$p"
-            return
-        fi
-    done
-}
 rss() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
 fds() { ls "/proc/$1/fd" 2>/dev/null | wc -l; }
 mem_used_mib() { awk '/^MemTotal/ { t = $2 } /^MemAvailable/ { a = $2 } END { printf "%d", (t - a) / 1024 }' /proc/meminfo; }
-cpid=$(classifier_of "${PID[hold]}")
+cpid=$(worker_of "${PID[hold]}" classifier)
 idle_parent=$(rss "${PID[hold]}")
 idle_class=$( [ -n "$cpid" ] && rss "$cpid" || echo "?")
 idle_fds=$(fds "${PID[hold]}")
@@ -263,7 +246,7 @@ for i in $(seq 1 $(( 600 + HOLD / 5 ))); do
 done
 held_line=$(cat "$work/hold.out")
 sleep 1
-cpid=$(classifier_of "${PID[hold]}")
+cpid=$(worker_of "${PID[hold]}" classifier)
 held_parent=$(rss "${PID[hold]}")
 held_class=$( [ -n "$cpid" ] && rss "$cpid" || echo "?")
 held_fds=$(fds "${PID[hold]}")

@@ -86,28 +86,10 @@ done
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q LISTEN; }
+BENCH_NAME=bench/lookups
+# shellcheck source=bench/lib.sh
+. "$here/../lib.sh"
 
-free_port() {
-    local p tries=0
-    while :; do
-        p=$(( 20000 + RANDOM % 20000 ))
-        listening "$p" || { echo "$p"; return; }
-        tries=$((tries + 1))
-        [ "$tries" -lt 100 ] || { echo "bench/lookups: no free port" >&2; exit 1; }
-    done
-}
-
-# worker_of PARENT ROLE: the child of PARENT started with `--privsep-role ROLE`.
-worker_of() {
-    local p
-    for p in $(ps -o pid= --ppid "$1"); do
-        if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "--privsep-role $2"; then
-            echo "$p"
-            return
-        fi
-    done
-}
 status_field() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
 
 start_dns() {
