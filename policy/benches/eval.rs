@@ -97,30 +97,29 @@ fn realistic_rules() -> String {
     s
 }
 
-/// A deterministic 100,000-entry `ip:` rule: singles, CIDRs and ranges.
-fn big_ip_rules(n: usize) -> String {
-    let mut s = String::with_capacity(n * 24);
-    s.push_str("blocked/label=big:\n");
-    let mut x: u32 = 0x1234_5678;
-    for i in 0..n {
-        // xorshift32: spread addresses over the whole space.
+/// `n` deterministic IPv4 operands, a third each singles, /24 CIDRs and ranges, spread over the
+/// whole space by xorshift32 from `seed`.
+fn ip_operands(n: usize, seed: u32) -> impl Iterator<Item = String> {
+    let mut x = seed;
+    (0..n).map(move |i| {
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
         let a = std::net::Ipv4Addr::from(x);
         match i % 3 {
-            0 => {
-                let _ = writeln!(s, "  ip: {a}");
-            }
-            1 => {
-                let net = std::net::Ipv4Addr::from(x & 0xffff_ff00);
-                let _ = writeln!(s, "  ip: {net}/24");
-            }
-            _ => {
-                let hi = std::net::Ipv4Addr::from(x.saturating_add(1000));
-                let _ = writeln!(s, "  ip: {a}-{hi}");
-            }
+            0 => a.to_string(),
+            1 => format!("{}/24", std::net::Ipv4Addr::from(x & 0xffff_ff00)),
+            _ => format!("{a}-{}", std::net::Ipv4Addr::from(x.saturating_add(1000))),
         }
+    })
+}
+
+/// A deterministic 100,000-entry `ip:` rule: singles, CIDRs and ranges.
+fn big_ip_rules(n: usize) -> String {
+    let mut s = String::with_capacity(n * 24);
+    s.push_str("blocked/label=big:\n");
+    for op in ip_operands(n, 0x1234_5678) {
+        let _ = writeln!(s, "  ip: {op}");
     }
     s.push_str("rest: ALL\n");
     s
@@ -129,25 +128,8 @@ fn big_ip_rules(n: usize) -> String {
 /// The same kind of blocklist written one rule per line (evaluated as one merged lookup).
 fn big_ip_lines(n: usize) -> String {
     let mut s = String::with_capacity(n * 28);
-    let mut x: u32 = 0x8765_4321;
-    for i in 0..n {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        let a = std::net::Ipv4Addr::from(x);
-        match i % 3 {
-            0 => {
-                let _ = writeln!(s, "blocked: {a}");
-            }
-            1 => {
-                let net = std::net::Ipv4Addr::from(x & 0xffff_ff00);
-                let _ = writeln!(s, "blocked: {net}/24");
-            }
-            _ => {
-                let hi = std::net::Ipv4Addr::from(x.saturating_add(1000));
-                let _ = writeln!(s, "blocked: {a}-{hi}");
-            }
-        }
+    for op in ip_operands(n, 0x8765_4321) {
+        let _ = writeln!(s, "blocked: {op}");
     }
     s.push_str("rest: ALL\n");
     s
