@@ -645,6 +645,17 @@ limited: run /bin/true : failrun /bin/false
         }
     }
 
+    /// The good verdict turned into an uncounted `msg` for the class `remote`.
+    fn remote_msg(w: &World) -> ClassifierToParent {
+        with(w, |_, _, d, f| {
+            d.action_class = Some(id(w, "remote"));
+            d.disposition = Disposition::Msg;
+            d.counted = false;
+            d.records.clear();
+            f.classes = classes(&["remote", "GLOBAL"]);
+        })
+    }
+
     fn with(
         w: &World,
         f: impl FnOnce(&mut ConnId, &mut Gen, &mut Decision, &mut VerdictFacts),
@@ -679,13 +690,7 @@ limited: run /bin/true : failrun /bin/false
         assert_eq!(v.host().and_then(|h| h.verified()), Some("a.example"));
         // msg, failmsg (own and default), close, aftermaxthreads class, newer gen for conn 10.
         let rows = vec![
-            with(&w, |_, _, d, f| {
-                d.action_class = Some(id(&w, "remote"));
-                d.disposition = Disposition::Msg;
-                d.counted = false;
-                d.records.clear();
-                f.classes = classes(&["remote", "GLOBAL"]);
-            }),
+            remote_msg(&w),
             with(&w, |_, g, d, f| {
                 *g = Gen(4);
                 d.action_class = Some(id(&w, "remote"));
@@ -1024,19 +1029,10 @@ limited: run /bin/true : failrun /bin/false
         let w = world();
         let c = ctx(&w);
         let n = w.tables[&Gen(4)].actions.as_ref().unwrap().len() as u32;
-        let seeds: Vec<Vec<u8>> = [
-            good(&w),
-            with(&w, |_, _, d, f| {
-                d.action_class = Some(id(&w, "remote"));
-                d.disposition = Disposition::Msg;
-                d.counted = false;
-                d.records.clear();
-                f.classes = classes(&["remote", "GLOBAL"]);
-            }),
-        ]
-        .iter()
-        .map(|m| privsep::wire::encode(m).unwrap())
-        .collect();
+        let seeds: Vec<Vec<u8>> = [good(&w), remote_msg(&w)]
+            .iter()
+            .map(|m| privsep::wire::encode(m).unwrap())
+            .collect();
         // xorshift64*: deterministic, no dependency.
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
