@@ -1,5 +1,6 @@
 # bench/lib.sh: shell helpers shared by bench/run.sh and bench/lookups/run.sh (sourced, not run).
-# The caller sets BENCH_NAME (the prefix of its error messages).
+# The caller sets BENCH_NAME (the prefix of its messages), and for cleanup `pids` (what it
+# started) and `work` (its scratch directory).
 
 # listening PORT: whether something listens on TCP PORT.
 listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q LISTEN; }
@@ -24,4 +25,17 @@ worker_of() {
             return
         fi
     done
+}
+
+# cleanup: the EXIT trap. Stops every process in `pids` (TERM, then KILL), by pid only, and
+# removes `work` unless KEEP is set.
+cleanup() {
+    for p in "${pids[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    sleep 0.3
+    for p in "${pids[@]}"; do
+        kill -9 "$p" 2>/dev/null || true
+    done
+    if [ -z "${KEEP:-}" ]; then rm -rf "$work"; else echo "${BENCH_NAME:-bench}: kept $work" >&2; fi
 }

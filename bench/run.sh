@@ -17,6 +17,9 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 root=$(dirname "$here")
 if [ -d "${HOME:-/root}/.cargo/bin" ]; then
     export PATH="${HOME:-/root}/.cargo/bin:$PATH"
@@ -54,16 +57,6 @@ if [ "$(id -u)" -eq 0 ] && [ -d /run ]; then base=/run; fi
 work=$(mktemp -d "$base/portnanny-bench.XXXXXX")
 chmod 0755 "$work"
 pids=()
-cleanup() {
-    for p in "${pids[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    sleep 0.3
-    for p in "${pids[@]}"; do
-        kill -9 "$p" 2>/dev/null || true
-    done
-    if [ -z "${KEEP:-}" ]; then rm -rf "$work"; else echo "bench: kept $work" >&2; fi
-}
 trap cleanup EXIT
 
 # Held connections and their services need descriptors: the hold client one per connection.
@@ -78,9 +71,6 @@ if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$need_fds" ]; then
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-BENCH_NAME=bench
-# shellcheck source=bench/lib.sh
-. "$here/lib.sh"
 
 wait_listen() {
     local port=$1 pid=$2 i

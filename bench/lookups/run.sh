@@ -23,6 +23,9 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+BENCH_NAME=bench/lookups
+# shellcheck source=bench/lib.sh
+. "$here/../lib.sh"
 root=$(cd "$here/../.." && pwd)
 DURATION=${DURATION:-5}
 DELAYS=${DELAYS:-"0 200"}
@@ -63,16 +66,6 @@ fi
 work=$(mktemp -d /run/portnanny-bench-lookups.XXXXXX)
 chmod 0755 "$work"
 pids=()
-cleanup() {
-    for p in "${pids[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    sleep 0.3
-    for p in "${pids[@]}"; do
-        kill -9 "$p" 2>/dev/null || true
-    done
-    if [ -z "${KEEP:-}" ]; then rm -rf "$work"; else echo "bench/lookups: kept $work" >&2; fi
-}
 trap cleanup EXIT
 
 printf 'nameserver %s\noptions timeout:2 attempts:1\n' "$NS_ADDR" > "$work/resolv.conf"
@@ -86,9 +79,6 @@ done
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-BENCH_NAME=bench/lookups
-# shellcheck source=bench/lib.sh
-. "$here/../lib.sh"
 
 status_field() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
 
