@@ -4,9 +4,9 @@
 //! Runs first in every process. For the parent: parse the command line, set up logging, hand
 //! over to `parent::run`. For a worker (re-exec'd by the parent through privsep::spawn_worker):
 //! take exactly the descriptors it was given, drop privileges per the plan in argv (the parent
-//! wrote it; privsep::drop verifies the result), then run the role. Worker fd layout:
-//! classifier fd 3 = parent channel, fd 4 = resolver channel; resolver fd 3 = parent channel,
-//! fd 4 = classifier channel.
+//! wrote it; privsep::drop verifies the result), then run the role. What each role receives
+//! (its channels, fd 3 = parent first), whether it is chrooted, its rlimits and the capabilities
+//! it keeps are its row of privsep's role table (`privsep::ROLES`).
 //!
 //! Exit codes: 0 normal, 100 usage or configuration error, 111 system error (s6 convention);
 //! `-C` exits 0 when the files have no errors and 1 otherwise.
@@ -20,12 +20,6 @@ use portnanny::exit::{Error, Result, EXIT_SYSTEM};
 use portnanny::log;
 use portnanny::parent::spawn::{cloexec_inherited, ensure_std_fds};
 use privsep::{Channel, DropPlan, Role};
-
-/// RLIMIT_NOFILE of the classifier: its two channels and the standard descriptors; it opens
-/// nothing else.
-const CLASSIFIER_NOFILE: u64 = 64;
-/// RLIMIT_NOFILE of the resolver: one socket per concurrent DNS, identd or answerson lookup.
-const RESOLVER_NOFILE: u64 = 4096;
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
@@ -102,31 +96,26 @@ fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
         Some(Err(e)) => return fail(&e.0),
         None => return fail("worker arguments are not UTF-8"),
     };
-    let fds = match privsep::take_worker_fds(2) {
+    let profile = role.profile();
+    let fds = match privsep::take_worker_fds(profile.channels.len()) {
         Ok(f) => f,
         Err(e) => return fail(&format!("descriptors: {e}")),
     };
+    let drop_plan = DropPlan::for_profile(
+        profile,
+        Uid::from_raw(plan.uid),
+        Gid::from_raw(plan.gid),
+        plan.chroot.clone(),
+        parent,
+    );
+    if let Err(e) = privsep::demote(&drop_plan) {
+        return fail(&format!("privilege drop failed: {e}"));
+    }
     let mut fds = fds.into_iter();
     let (Some(fd3), Some(fd4)) = (fds.next(), fds.next()) else {
         return fail("descriptors: expected two channels");
     };
-    let drop_plan = DropPlan {
-        uid: Uid::from_raw(plan.uid),
-        gid: Gid::from_raw(plan.gid),
-        chroot: match role {
-            Role::Classifier => plan.chroot.clone(),
-            Role::Resolver => None,
-        },
-        nofile: Some(match role {
-            Role::Classifier => CLASSIFIER_NOFILE,
-            Role::Resolver => RESOLVER_NOFILE,
-        }),
-        fsize_zero: role == Role::Classifier,
-        parent,
-    };
-    if let Err(e) = privsep::demote(&drop_plan) {
-        return fail(&format!("privilege drop failed: {e}"));
-    }
+    // The one place a role's name meets its main.
     match role {
         Role::Classifier => {
             portnanny::classifier::run(Channel::from_fd(fd3), Channel::from_fd(fd4))

@@ -45,6 +45,19 @@ pub enum Disposition {
     Close,
 }
 
+impl Disposition {
+    /// The word log lines use for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Run => "run",
+            Disposition::Msg => "msg",
+            Disposition::FailRun => "failrun",
+            Disposition::FailMsg => "failmsg",
+            Disposition::Close => "close",
+        }
+    }
+}
+
 /// Why the action class refused the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Refusal {
@@ -63,12 +76,21 @@ impl Refusal {
         }
     }
 
+    /// The directive that refused: the one spelling of each reason, in log lines and as
+    /// `%(limit)s`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Reject => "reject",
+            Refusal::IpMax => "ipmax",
+            Refusal::ConnMax => "connmax",
+        }
+    }
+
     /// `%(limit)s` for a limit refusal; None for `reject`.
     pub fn limit_name(self) -> Option<&'static str> {
         match self {
             Refusal::Reject => None,
-            Refusal::IpMax => Some("ipmax"),
-            Refusal::ConnMax => Some("connmax"),
+            r => Some(r.as_str()),
         }
     }
 }

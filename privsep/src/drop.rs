@@ -7,21 +7,27 @@
 //! parent through argv. After a failure the process must exit (111) without serving: the
 //! parent refuses to go on without a working classifier.
 //!
-//! Order, as root: check the chroot dir → chroot → chdir("/") → clear the capability bounding,
-//! ambient and inheritable sets → setgroups([gid]) → setresgid → setresuid → verify (ids,
-//! groups, setuid(0)/setgid(0) fail, no capabilities, keepcaps off, root dir) → dumpable off →
+//! Order, as root: check the chroot dir → chroot → chdir("/") → shrink the capability bounding
+//! set to the kept set, clear ambient and inheritable → (keepcaps on, if any capability is kept)
+//! → setgroups([gid]) → setresgid → setresuid → permitted and effective = the kept set, keepcaps
+//! off → verify (ids, groups, setuid(0)/setgid(0) fail, exactly the kept capabilities in
+//! bounding/permitted/effective and none in ambient/inheritable, keepcaps off, root dir) →
+//! dumpable off →
 //! NO_NEW_PRIVS (verified) → PDEATHSIG(SIGKILL) and the parent is still ours → rlimits
 //! (RLIMIT_CORE 0, RLIMIT_NOFILE, RLIMIT_FSIZE 0). `forbid_new_processes` (RLIMIT_NPROC 0)
 //! comes later, once the classifier has started its threads.
 //!
+//! The kept set comes from the role's row in the role table (`role::Profile::keep_caps`): empty
+//! for the classifier and resolver, one capability for a raw-socket or netlink worker.
+//!
 //! Not root (development): chroot and id changes are impossible and skipped; every capability
-//! the process can drop is dropped; verification checks "never privileged" instead; the rest
+//! outside the kept set is dropped; verification checks "never privileged" instead; the rest
 //! is the same. The caller logs the one warning line.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use caps::CapSet;
+use caps::{CapSet, Capability, CapsHashSet};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::{prctl, stat};
@@ -30,6 +36,7 @@ use nix::unistd::{
 };
 
 use crate::error::DropError;
+use crate::role::Profile;
 use crate::verify;
 
 /// What a worker becomes. Built by the role main from the arguments the parent passed.
@@ -47,6 +54,8 @@ pub struct DropPlan {
     pub nofile: Option<u64>,
     /// RLIMIT_FSIZE 0: the process can create no file content (classifier).
     pub fsize_zero: bool,
+    /// Exactly the capabilities kept (bounding, permitted, effective); empty for most roles.
+    pub keep: Vec<Capability>,
     /// The parent pid the worker was started by (`getppid()` at the top of the role main).
     /// After PR_SET_PDEATHSIG the worker checks it still has this parent: if the parent died
     /// before the signal was armed, nothing would ever kill the worker.
@@ -54,7 +63,7 @@ pub struct DropPlan {
 }
 
 impl DropPlan {
-    /// A plan with no chroot, no NOFILE change and file writes allowed.
+    /// A plan with no chroot, no NOFILE change, file writes allowed and no capability kept.
     pub fn new(uid: Uid, gid: Gid, parent: Pid) -> DropPlan {
         DropPlan {
             uid,
@@ -62,8 +71,33 @@ impl DropPlan {
             chroot: None,
             nofile: None,
             fsize_zero: false,
+            keep: Vec::new(),
             parent,
         }
+    }
+
+    /// The plan for a role's row of the role table: its limits and kept capabilities, and
+    /// `chroot_dir` if the row asks for a chroot.
+    pub fn for_profile(
+        profile: &Profile,
+        uid: Uid,
+        gid: Gid,
+        chroot_dir: Option<PathBuf>,
+        parent: Pid,
+    ) -> DropPlan {
+        DropPlan {
+            uid,
+            gid,
+            chroot: chroot_dir.filter(|_| profile.chroot),
+            nofile: Some(profile.nofile),
+            fsize_zero: profile.fsize_zero,
+            keep: profile.keep_caps.to_vec(),
+            parent,
+        }
+    }
+
+    fn kept(&self) -> CapsHashSet {
+        self.keep.iter().copied().collect()
     }
 }
 
@@ -83,7 +117,7 @@ pub fn demote(plan: &DropPlan) -> Result<(), DropError> {
     if geteuid().is_root() {
         demote_root(plan)?;
     } else {
-        demote_unprivileged()?;
+        demote_unprivileged(plan)?;
     }
     finish(plan)
 }
@@ -104,29 +138,52 @@ fn demote_root(plan: &DropPlan) -> Result<(), DropError> {
         // ORDER: chdir after chroot, or the old cwd stays a way out of the new root.
         step("chdir", chdir("/"))?;
     }
+    let keep = plan.kept();
     // ORDER: the bounding set first: dropping from it needs CAP_SETPCAP, which the uid change
     // takes away. Then ambient and inheritable, so nothing can come back at an exec.
-    clear_bounding()?;
+    shrink_bounding(&keep)?;
     caps_step("ambient", caps::clear(None, CapSet::Ambient))?;
     caps_step("inheritable", caps::clear(None, CapSet::Inheritable))?;
+    if !keep.is_empty() {
+        // ORDER: keepcaps before setresuid, or leaving uid 0 empties the permitted set.
+        step("keepcaps", prctl::set_keepcaps(true))?;
+    }
     // ORDER: groups, then gid, then uid: each call needs a privilege the next one removes.
     step("setgroups", setgroups(&[plan.gid]))?;
     step("setresgid", setresgid(plan.gid, plan.gid, plan.gid))?;
     step("setresuid", setresuid(plan.uid, plan.uid, plan.uid))?;
-    verify::dropped(plan, root_id)
+    if !keep.is_empty() {
+        // ORDER: permitted before effective (effective must stay a subset of permitted); the
+        // uid change already emptied effective.
+        caps_step("permitted", caps::set(None, CapSet::Permitted, &keep))?;
+        caps_step("effective", caps::set(None, CapSet::Effective, &keep))?;
+        step("keepcaps", prctl::set_keepcaps(false))?;
+    }
+    verify::dropped(
+        &verify::Expected {
+            uid: plan.uid,
+            gid: plan.gid,
+            keep: &keep,
+        },
+        root_id,
+    )
 }
 
-fn demote_unprivileged() -> Result<(), DropError> {
+fn demote_unprivileged(plan: &DropPlan) -> Result<(), DropError> {
+    let keep = plan.kept();
     // The bounding set can only shrink with CAP_SETPCAP (e.g. a binary with file caps).
-    if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false) {
-        clear_bounding()?;
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        shrink_bounding(&keep)?;
     }
     caps_step("ambient", caps::clear(None, CapSet::Ambient))?;
     caps_step("inheritable", caps::clear(None, CapSet::Inheritable))?;
-    // ORDER: effective before permitted: the effective set must stay a subset of permitted.
-    caps_step("effective", caps::clear(None, CapSet::Effective))?;
-    caps_step("permitted", caps::clear(None, CapSet::Permitted))?;
-    verify::never_privileged()
+    // Whatever of the kept set this process happens to have (file capabilities), and nothing
+    // else. ORDER: effective before permitted: effective must stay a subset of permitted.
+    let have = caps::read(None, CapSet::Permitted).map_err(|e| DropError::caps("permitted", e))?;
+    let keep: CapsHashSet = have.intersection(&keep).copied().collect();
+    caps_step("effective", caps::set(None, CapSet::Effective, &keep))?;
+    caps_step("permitted", caps::set(None, CapSet::Permitted, &keep))?;
+    verify::never_privileged(&keep)
 }
 
 /// Steps common to both modes, after the credentials are final.
@@ -187,18 +244,29 @@ fn finish(plan: &DropPlan) -> Result<(), DropError> {
     Ok(())
 }
 
-/// Drop every capability from the bounding set: the ones the `caps` crate knows, then any
-/// newer ones it does not (PR_CAPBSET_READ answers EINVAL past the kernel's last capability).
-fn clear_bounding() -> Result<(), DropError> {
-    caps_step("bounding", caps::clear(None, CapSet::Bounding))?;
-    for cap in 0..64 {
+/// Drop every capability but `keep` from the bounding set: the ones the `caps` crate knows,
+/// then any newer ones it does not (PR_CAPBSET_READ answers EINVAL past the kernel's last
+/// capability).
+fn shrink_bounding(keep: &CapsHashSet) -> Result<(), DropError> {
+    for cap in caps::all() {
+        if !keep.contains(&cap) {
+            caps_step("bounding", caps::drop(None, CapSet::Bounding, cap))?;
+        }
+    }
+    for cap in 0..64u8 {
+        if keep.iter().any(|k| k.index() == cap) {
+            continue;
+        }
         // SAFETY: PR_CAPBSET_READ/DROP take a capability number and touch no memory.
-        let present = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
+        let present =
+            unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) };
         if present < 0 {
             break;
         }
         // SAFETY: as above.
-        if present == 1 && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+        if present == 1
+            && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) } != 0
+        {
             return Err(DropError::os("bounding", std::io::Error::last_os_error()));
         }
     }
@@ -269,11 +337,6 @@ pub fn check_chroot_dir(path: &Path) -> Result<(), DropError> {
         ));
     }
     Ok(())
-}
-
-/// Read a limit back (used by verify).
-pub(crate) fn read_rlimit(res: Resource) -> nix::Result<(u64, u64)> {
-    getrlimit(res)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! portnanny's process split: the message contract between roles ([`proto`]), framing
-//! ([`wire`]), typed channels ([`channel`]), re-exec of worker roles ([`spawn`]) and the
-//! privilege-drop checklist ([`drop`], [`verify`]).
+//! ([`wire`]), typed channels ([`channel`]), the role table ([`role`]), re-exec of worker roles
+//! ([`spawn`]) and the privilege-drop checklist ([`drop`], [`verify`]).
 //!
 //! Runs in every process (parent, classifier, resolver). No policy logic lives here. Anything
 //! derived from a peer's bytes goes through `Result`; panicking helpers are denied outside tests.
@@ -13,6 +13,7 @@ pub mod channel;
 pub mod drop;
 pub mod error;
 pub mod proto;
+pub mod role;
 pub mod spawn;
 mod verify;
 pub mod wire;
@@ -20,5 +21,6 @@ pub mod wire;
 pub use channel::{Channel, Receiver, Sender};
 pub use drop::{check_chroot_dir, demote, forbid_new_processes, DropPlan};
 pub use error::{ChannelError, DropCause, DropError, SpawnError, Violation};
-pub use spawn::{build_id, spawn_worker, take_worker_fds, Role, Worker, ROLE_ARG};
+pub use role::{Peer, Profile, Role, ROLES};
+pub use spawn::{build_id, spawn_worker, take_worker_fds, Worker, ROLE_ARG};
 pub use wire::MAX_FRAME;

@@ -14,7 +14,6 @@
 //! default signal dispositions.
 
 use std::ffi::{OsStr, OsString};
-use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -29,6 +28,7 @@ use nix::unistd::Pid;
 
 use crate::error::SpawnError;
 use crate::proto::BuildId;
+use crate::role::Role;
 
 /// The hidden argument that selects a worker role: `portnanny --privsep-role classifier …`.
 pub const ROLE_ARG: &str = "--privsep-role";
@@ -38,37 +38,6 @@ pub const MAX_WORKER_FDS: usize = 16;
 
 /// The fixed PATH a worker gets; workers exec nothing, this only keeps libc helpers sane.
 const WORKER_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// A worker role. The same spelling is used for the argument, log prefix and module name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    Classifier,
-    Resolver,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Classifier => "classifier",
-            Role::Resolver => "resolver",
-        }
-    }
-
-    /// The role named by the argument after [`ROLE_ARG`], if it is one.
-    pub fn from_arg(arg: &str) -> Option<Role> {
-        match arg {
-            "classifier" => Some(Role::Classifier),
-            "resolver" => Some(Role::Resolver),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A started worker. The parent reaps it (waitpid) and owns the other ends of its sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

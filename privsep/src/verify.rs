@@ -4,13 +4,21 @@
 //!
 //! Runs in a worker during `demote` / `forbid_new_processes`; handles no peer bytes.
 
+use caps::{CapSet, CapsHashSet};
 use nix::errno::Errno;
 use nix::sys::prctl;
-use nix::sys::resource::Resource;
+use nix::sys::resource::{getrlimit, Resource};
 use nix::unistd::{getgroups, getresgid, getresuid, setgid, setuid, Gid, Uid};
 
-use crate::drop::{read_rlimit, DropPlan};
 use crate::error::DropError;
+
+/// What the drop must have produced.
+pub(crate) struct Expected<'a> {
+    pub uid: Uid,
+    pub gid: Gid,
+    /// Exactly these capabilities in bounding, permitted and effective.
+    pub keep: &'a CapsHashSet,
+}
 
 /// The process has exactly one thread (capabilities are per thread). Fails closed if /proc
 /// cannot tell.
@@ -27,8 +35,9 @@ pub(crate) fn single_thread() -> Result<(), DropError> {
     Ok(())
 }
 
-/// After the id change as root: ids, groups, no way back to 0, no capabilities, root dir.
-pub(crate) fn dropped(plan: &DropPlan, root_id: Option<(u64, u64)>) -> Result<(), DropError> {
+/// After the id change as root: ids, groups, no way back to 0, exactly the kept capabilities,
+/// root dir.
+pub(crate) fn dropped(plan: &Expected<'_>, root_id: Option<(u64, u64)>) -> Result<(), DropError> {
     let u = getresuid().map_err(|e| DropError::os("verify_uid", e))?;
     if u.real != plan.uid || u.effective != plan.uid || u.saved != plan.uid {
         return Err(DropError::check(
@@ -57,8 +66,8 @@ pub(crate) fn dropped(plan: &DropPlan, root_id: Option<(u64, u64)>) -> Result<()
         ));
     }
     cannot_regain_root()?;
-    no_capabilities()?;
-    bounding_empty()?;
+    exactly_capabilities(plan.keep)?;
+    bounding_exactly(plan.keep)?;
     keepcaps_off()?;
     if let Some((dev, ino)) = root_id {
         let st = nix::sys::stat::stat("/").map_err(|e| DropError::os("verify_chroot", e))?;
@@ -72,8 +81,9 @@ pub(crate) fn dropped(plan: &DropPlan, root_id: Option<(u64, u64)>) -> Result<()
     Ok(())
 }
 
-/// Started without root: make sure we never were privileged and hold no capability.
-pub(crate) fn never_privileged() -> Result<(), DropError> {
+/// Started without root: make sure we never were privileged and hold no capability but
+/// (some of) the kept ones.
+pub(crate) fn never_privileged(keep: &CapsHashSet) -> Result<(), DropError> {
     let u = getresuid().map_err(|e| DropError::os("verify_uid", e))?;
     if u.real.is_root() || u.effective.is_root() || u.saved.is_root() {
         return Err(DropError::check(
@@ -82,7 +92,7 @@ pub(crate) fn never_privileged() -> Result<(), DropError> {
         ));
     }
     cannot_regain_root()?;
-    no_capabilities()?;
+    exactly_capabilities(keep)?;
     keepcaps_off()
 }
 
@@ -101,37 +111,53 @@ fn cannot_regain_root() -> Result<(), DropError> {
     }
 }
 
-fn no_capabilities() -> Result<(), DropError> {
-    for (set, name) in [
-        (caps::CapSet::Permitted, "permitted"),
-        (caps::CapSet::Effective, "effective"),
-        (caps::CapSet::Ambient, "ambient"),
-        (caps::CapSet::Inheritable, "inheritable"),
+fn names(set: &CapsHashSet) -> String {
+    let mut names: Vec<String> = set.iter().map(|c| c.to_string()).collect();
+    names.sort();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(",")
+    }
+}
+
+/// Permitted and effective are exactly `keep`; ambient and inheritable are empty.
+fn exactly_capabilities(keep: &CapsHashSet) -> Result<(), DropError> {
+    let none = CapsHashSet::new();
+    for (set, name, want) in [
+        (CapSet::Permitted, "permitted", keep),
+        (CapSet::Effective, "effective", keep),
+        (CapSet::Ambient, "ambient", &none),
+        (CapSet::Inheritable, "inheritable", &none),
     ] {
         let have = caps::read(None, set).map_err(|e| DropError::caps("verify_caps", e))?;
-        if !have.is_empty() {
-            let mut names: Vec<String> = have.iter().map(|c| c.to_string()).collect();
-            names.sort();
+        if &have != want {
             return Err(DropError::check(
                 "verify_caps",
-                format!("{name} set not empty: {}", names.join(",")),
+                format!("{name} set is {}, want {}", names(&have), names(want)),
             ));
         }
     }
     Ok(())
 }
 
-fn bounding_empty() -> Result<(), DropError> {
-    for cap in 0..64 {
+/// The bounding set holds exactly `keep`, including capabilities newer than the `caps` crate.
+fn bounding_exactly(keep: &CapsHashSet) -> Result<(), DropError> {
+    for cap in 0..64u8 {
         // SAFETY: PR_CAPBSET_READ takes a capability number and touches no memory.
-        let present = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
+        let present =
+            unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) };
         if present < 0 {
             break;
         }
-        if present == 1 {
+        let kept = keep.iter().any(|k| k.index() == cap);
+        if (present == 1) != kept {
             return Err(DropError::check(
                 "verify_bounding",
-                format!("capability {cap} still in the bounding set"),
+                format!(
+                    "capability {cap} {} the bounding set",
+                    if kept { "missing from" } else { "still in" }
+                ),
             ));
         }
     }
@@ -147,7 +173,7 @@ fn keepcaps_off() -> Result<(), DropError> {
 
 /// Soft and hard limit of `res` both equal `want`.
 pub(crate) fn rlimit(step: &'static str, res: Resource, want: u64) -> Result<(), DropError> {
-    let (soft, hard) = read_rlimit(res).map_err(|e| DropError::os(step, e))?;
+    let (soft, hard) = getrlimit(res).map_err(|e| DropError::os(step, e))?;
     if soft != want || hard != want {
         return Err(DropError::check(
             step,

@@ -19,6 +19,8 @@ use policy::actions::Actions;
 use policy::facts::{Classification, HnStatus, HostInfo, MatchedClass, SeenTimes, GLOBAL};
 use privsep::proto::{self, BuildId, ClassifierToParent, ConnId, Gen, LogLevel, MAX_LOG_LINE};
 
+use super::status::ClassifierStats;
+
 /// One generation of policy as the parent keeps it: its own parsed actions (None when the
 /// actions file is dropped by onfileerror drop, which refuses every run and msg) and the set of
 /// class names its rules can produce.
@@ -95,12 +97,7 @@ pub enum Admitted {
         verbosity: u8,
         text: String,
     },
-    Status {
-        evaluations: u64,
-        eval_micros_total: u64,
-        class_counts: Vec<(String, u32)>,
-        history_entries: u64,
-    },
+    Status(ClassifierStats),
 }
 
 /// A verdict that passed every check. Fields are private: only [`admit`] builds one.
@@ -240,7 +237,7 @@ pub fn admit<P: Pending>(ctx: &Ctx<'_, P>, msg: ClassifierToParent) -> Result<Ad
             eval_micros_total,
             class_counts,
             history_entries,
-        } => Ok(Admitted::Status {
+        } => Ok(Admitted::Status(ClassifierStats {
             evaluations,
             eval_micros_total,
             class_counts: class_counts
@@ -248,7 +245,7 @@ pub fn admit<P: Pending>(ctx: &Ctx<'_, P>, msg: ClassifierToParent) -> Result<Ad
                 .map(|(c, n)| (String::from(c), n))
                 .collect(),
             history_entries,
-        }),
+        })),
         ClassifierToParent::Verdict {
             conn,
             gen,

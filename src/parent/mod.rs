@@ -25,7 +25,10 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 pub mod admit;
-pub mod children;
+pub mod conns;
+mod from_classifier;
+mod from_resolver;
+pub mod generations;
 pub mod listen;
 pub mod msgwrite;
 pub mod reload;
@@ -34,12 +37,10 @@ pub mod signals;
 pub mod spawn;
 pub mod status;
 mod verdict;
+pub mod workers;
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -49,21 +50,22 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use policy::conf::OnFileError;
 use privsep::proto::{
-    BuildId, ClassName, ClassifierSettings, ConnId, Gen, LiveConn, LogLevel, ParentToClassifier,
-    ParentToResolver, ResolverSettings,
+    BuildId, ClassName, ClassifierSettings, ClassifierToParent, ConnId, Gen, ParentToClassifier,
+    ParentToResolver, ResolverSettings, ResolverToParent,
 };
-use privsep::ChannelError;
+use privsep::Role;
 
 use crate::args::Args;
 use crate::exit::{Error, Result};
-use crate::log::{self, Level};
-use admit::{Admitted, AdmittedResolver, GenTable};
-use children::{Backoff, WorkerPlan, WorkerSet};
+use crate::log;
+use conns::Conns;
+use from_classifier::Shipped;
+use generations::Generations;
 use listen::{AcceptResult, Listener};
-use msgwrite::{MsgWrite, Progress};
-use reload::{Outcome, PolicyFiles, Watched};
+use msgwrite::Progress;
 use spawn::Creds;
 use verdict::finish_msg;
+use workers::{Backoff, Failure, Link, Worker, WorkerPlan};
 
 /// Connections waiting for a verdict. Each holds a socket; beyond this a new connection is
 /// closed at once and logged, so a stalled classifier cannot make the parent run out of
@@ -93,79 +95,12 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// older than this means the classifier is stuck, and it is restarted like a dead one.
 const VERDICT_DEADLINE: Duration = Duration::from_secs(300);
 
-/// Worker log lines allowed per second per worker; more are counted and summarised, so a
-/// compromised worker cannot flood syslog.
-const LOG_LINES_PER_SEC: u32 = 200;
-
-/// A connection waiting for its verdict.
-struct PendingConn {
-    stream: TcpStream,
-    remote: SocketAddr,
-    local: SocketAddr,
-    /// The oldest generation its verdict may name.
-    min_gen: Gen,
-    accepted: Instant,
-}
-
-struct PendingMap(HashMap<ConnId, PendingConn>);
-
-impl admit::Pending for PendingMap {
-    fn min_gen(&self, conn: ConnId) -> Option<Gen> {
-        self.0.get(&conn).map(|p| p.min_gen)
-    }
-}
-
-/// A running service child.
-struct Service {
-    conn: ConnId,
-    remote: SocketAddr,
-    local: SocketAddr,
-    classes: Vec<String>,
-    counted: bool,
-    started: Instant,
-}
-
-/// Per-worker log flood limiter.
-#[derive(Default)]
-struct LogBudget {
-    window: Option<Instant>,
-    lines: u32,
-    dropped: u64,
-}
-
-impl LogBudget {
-    /// Whether a line may be logged now; returns a summary line to log when a window of
-    /// suppression ends.
-    fn admit(&mut self, now: Instant) -> (bool, Option<u64>) {
-        let mut summary = None;
-        let fresh = self
-            .window
-            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1));
-        if fresh {
-            if self.dropped > 0 {
-                summary = Some(self.dropped);
-            }
-            self.window = Some(now);
-            self.lines = 0;
-            self.dropped = 0;
-        }
-        if self.lines < LOG_LINES_PER_SEC {
-            self.lines += 1;
-            (true, summary)
-        } else {
-            self.dropped += 1;
-            (false, summary)
-        }
-    }
-}
-
 /// Settings from the command line and nanny.conf that the loop needs.
 struct Settings {
     onfileerror: OnFileError,
     substitutions: bool,
     classifier: ClassifierSettings,
     resolver: ResolverSettings,
-    aftermax: Option<String>,
 }
 
 struct Parent {
@@ -176,24 +111,24 @@ struct Parent {
     accept_paused_until: Option<Instant>,
     next_conn: u64,
     lifetime: u64,
-    pending: PendingMap,
-    services: HashMap<i32, Service>,
-    msgs: Vec<MsgWrite<TcpStream>>,
-    workers: Option<WorkerSet>,
-    /// Whether any worker pair ever became ready (a pair that never does is fatal at start).
+    /// Every live connection: pending, running, or having its message written.
+    conns: Conns,
+    classifier: Option<Worker<ParentToClassifier, ClassifierToParent>>,
+    resolver: Option<Worker<ParentToResolver, ResolverToParent>>,
+    /// The generations shipped to the running classifier.
+    shipped: Shipped,
+    /// Whether the workers were ever ready (a group that never comes up is fatal at start).
     ever_ready: bool,
     plan: WorkerPlan,
-    backoff: Backoff,
-    gen: Gen,
-    tables: BTreeMap<Gen, Arc<GenTable>>,
-    files: PolicyFiles,
-    rules_watch: Watched,
-    actions_watch: Watched,
+    /// Restart timing of the classifier/resolver group (their rows restart together).
+    restarts: Backoff,
+    /// When the running group was started.
+    group_started: Option<Instant>,
+    policy: Generations,
     next_reload: Instant,
     creds: Option<Creds>,
     last_log: Option<String>,
     status_wanted: bool,
-    budgets: [LogBudget; 2],
     signals: signals::Signals,
     /// Set when something happened that the daemon cannot go on after; the loop returns it.
     fatal: Option<String>,
@@ -260,12 +195,6 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         }
     };
 
-    // The first policy must load; a daemon that starts with a broken file would silently drop
-    // every connection.
-    let mut rules_watch = Watched::new(cfg.rules_path.clone());
-    let mut actions_watch = Watched::new(cfg.actions_path.clone());
-    let files = initial_policy(&mut rules_watch, &mut actions_watch)?;
-
     let maxthreads = args.maxthreads.unwrap_or(conf.maxthreads);
     let aftermax = match &conf.aftermaxthreads {
         None => None,
@@ -302,7 +231,6 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             cache_ttl_secs: conf.cachettl_secs,
             cache_entries: conf.cachesize,
         },
-        aftermax: conf.aftermaxthreads.clone(),
     };
 
     // Bind (step 4).
@@ -316,6 +244,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     // Signals before the first child, so no SIGCHLD can be missed.
     let signals = signals::Signals::install().map_err(|e| Error::system("signal handlers", e))?;
 
+    let policy = Generations::load_first(
+        cfg.rules_path.clone(),
+        cfg.actions_path.clone(),
+        conf.aftermaxthreads.clone(),
+    )?;
     let mut p = Parent {
         build: privsep::build_id(),
         settings,
@@ -324,439 +257,198 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         accept_paused_until: None,
         next_conn: 1,
         lifetime: 0,
-        pending: PendingMap(HashMap::new()),
-        services: HashMap::new(),
-        msgs: Vec::new(),
-        workers: None,
+        conns: Conns::default(),
+        classifier: None,
+        resolver: None,
+        shipped: Shipped::new(Gen(1)),
         ever_ready: false,
         plan,
-        backoff: Backoff::default(),
-        gen: Gen(1),
-        tables: BTreeMap::new(),
-        files,
-        rules_watch,
-        actions_watch,
+        restarts: Backoff::default(),
+        group_started: None,
+        policy,
         next_reload: Instant::now() + RELOAD_EVERY,
         creds,
         last_log: None,
         status_wanted: false,
-        budgets: [LogBudget::default(), LogBudget::default()],
         signals,
         fatal: None,
     };
-    p.install_table();
     p.start_workers()?;
     let addrs: Vec<String> = p.listeners.iter().map(|l| l.addr.to_string()).collect();
     log::notice(&format!(
         "started: listening on {}; policy generation {}",
         addrs.join(" "),
-        p.gen.0
+        p.policy.gen.0
     ));
     p.run_loop()?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn initial_policy(rules: &mut Watched, actions: &mut Watched) -> Result<PolicyFiles> {
-    let mut errors: Vec<String> = Vec::new();
-    let mut files = PolicyFiles::default();
-    match rules.poll(true) {
-        Some(Ok(text)) => match reload::load_rules(&rules.name, &text) {
-            Ok((classes, warns)) => {
-                warns.iter().for_each(|w| log::warn(&w.to_string()));
-                files.rules = Some((text, classes));
-            }
-            Err(e) => errors.extend(e.lines()),
-        },
-        Some(Err(e)) => errors.push(e),
-        None => errors.push(format!("{}: not read", rules.name)),
-    }
-    match actions.poll(true) {
-        Some(Ok(text)) => match reload::load_actions(&actions.name, &text) {
-            Ok((a, warns)) => {
-                warns.iter().for_each(|w| log::warn(&w.to_string()));
-                files.actions = Some((text, Arc::new(a)));
-            }
-            Err(e) => errors.extend(e.lines()),
-        },
-        Some(Err(e)) => errors.push(e),
-        None => errors.push(format!("{}: not read", actions.name)),
-    }
-    if errors.is_empty() {
-        Ok(files)
-    } else {
-        Err(Error::Config(errors.join("\n")))
-    }
-}
-
-/// Logs what onfileerror did about a file that failed to load.
-fn report_failed(name: &str, what: &str, mode: OnFileError, outcome: Outcome) -> Outcome {
-    match (mode, &outcome) {
-        (OnFileError::Drop, Outcome::Dropped) => log::err(&format!(
-            "{what} file {name} has errors: dropped until it loads (every connection is closed)"
-        )),
-        (OnFileError::Drop, _) => log::err(&format!(
-            "{what} file {name} still has errors: still dropped"
-        )),
-        _ => log::err(&format!(
-            "{what} file {name} has errors: keeping the old {what}"
-        )),
-    }
-    outcome
 }
 
 /// Which descriptor a poll slot watches.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Signals,
-    Classifier,
-    Resolver,
+    Worker(Role),
     Listener(usize),
     Msg(usize),
 }
 
 impl Parent {
-    // ---- policy generations -------------------------------------------------------------
-
-    /// Records the current files as generation `self.gen`.
-    fn install_table(&mut self) {
-        let classes = self
-            .files
-            .rules
-            .as_ref()
-            .map(|(_, c)| c.clone())
-            .unwrap_or_default();
-        let actions = self.files.actions.as_ref().map(|(_, a)| Arc::clone(a));
-        let t = GenTable::new(
-            self.gen,
-            actions,
-            classes,
-            self.settings.aftermax.as_deref(),
-        );
-        self.tables.insert(self.gen, Arc::new(t));
-        self.prune_tables();
-    }
-
-    /// Drops action tables no pending verdict can name any more.
-    fn prune_tables(&mut self) {
-        let mut oldest = self.gen;
-        if let Some(ws) = &self.workers {
-            oldest = oldest.min(ws.acked.unwrap_or(ws.first_sent));
-        }
-        if let Some(m) = self.pending.0.values().map(|p| p.min_gen).min() {
-            oldest = oldest.min(m);
-        }
-        self.tables.retain(|g, _| *g >= oldest);
-    }
-
-    fn policy_msg(&self) -> ParentToClassifier {
-        ParentToClassifier::Policy {
-            gen: self.gen,
-            rules: self.files.rules.as_ref().map(|(t, _)| t.clone()),
-            actions: self.files.actions.as_ref().map(|(t, _)| t.clone()),
-            settings: self.settings.classifier.clone(),
-        }
-    }
-
-    /// Checks both files; on any change bumps the generation and ships it.
-    fn reload(&mut self, force: bool) {
-        let mode = self.settings.onfileerror;
-        let mut outcomes = Vec::with_capacity(2);
-        if let Some(res) = self.rules_watch.poll(force) {
-            let name = self.rules_watch.name.clone();
-            let loaded = res
-                .map_err(reload::LoadError::Read)
-                .and_then(|text| reload::load_rules(&name, &text).map(|(c, w)| (text, c, w)));
-            outcomes.push(match loaded {
-                Ok((text, classes, warns)) => {
-                    warns.iter().for_each(|w| log::warn(&w.to_string()));
-                    self.files.rules = Some((text, classes));
-                    log::info(&format!("reloaded rules file {name}"));
-                    Outcome::Loaded
-                }
-                Err(e) => {
-                    e.lines().iter().for_each(|l| log::err(l));
-                    report_failed(
-                        &name,
-                        "rules",
-                        mode,
-                        reload::on_error(&mut self.files.rules, mode),
-                    )
-                }
-            });
-        }
-        if let Some(res) = self.actions_watch.poll(force) {
-            let name = self.actions_watch.name.clone();
-            let loaded = res
-                .map_err(reload::LoadError::Read)
-                .and_then(|text| reload::load_actions(&name, &text).map(|(a, w)| (text, a, w)));
-            outcomes.push(match loaded {
-                Ok((text, actions, warns)) => {
-                    warns.iter().for_each(|w| log::warn(&w.to_string()));
-                    self.files.actions = Some((text, Arc::new(actions)));
-                    // norepeatlog remembers the last line of one loaded actions file.
-                    self.last_log = None;
-                    log::info(&format!("reloaded actions file {name}"));
-                    Outcome::Loaded
-                }
-                Err(e) => {
-                    e.lines().iter().for_each(|l| log::err(l));
-                    report_failed(
-                        &name,
-                        "actions",
-                        mode,
-                        reload::on_error(&mut self.files.actions, mode),
-                    )
-                }
-            });
-        }
-        if outcomes.iter().any(Outcome::changes_policy) {
-            self.gen = Gen(self.gen.0.saturating_add(1));
-            self.install_table();
-            log::debug(2, &format!("policy generation {}", self.gen.0));
-            let msg = self.policy_msg();
-            if let Some(ws) = self.workers.as_mut() {
-                ws.latest_sent = self.gen;
-                if let Err(e) = ws.classifier.queue(&msg) {
-                    self.worker_failed(format!("sending the new policy: {e}"), false);
-                }
-            }
-        }
-    }
-
     // ---- workers ------------------------------------------------------------------------
 
+    /// The running workers, whatever their message types, for the loop.
+    fn links(&self) -> Vec<&dyn Link> {
+        let mut v: Vec<&dyn Link> = Vec::with_capacity(2);
+        if let Some(w) = &self.classifier {
+            v.push(w);
+        }
+        if let Some(w) = &self.resolver {
+            v.push(w);
+        }
+        v
+    }
+
+    fn link_mut(&mut self, role: Role) -> Option<&mut dyn Link> {
+        match role {
+            Role::Classifier => self.classifier.as_mut().map(|w| w as &mut dyn Link),
+            Role::Resolver => self.resolver.as_mut().map(|w| w as &mut dyn Link),
+        }
+    }
+
+    /// Reads and handles what `role` sent.
+    fn serve(&mut self, role: Role) -> std::result::Result<(), Failure> {
+        match role {
+            Role::Classifier => self.serve_classifier(),
+            Role::Resolver => self.serve_resolver(),
+        }
+    }
+
+    /// Ready to classify: both said Hello and the classifier loaded its first policy.
+    fn workers_ready(&self) -> bool {
+        self.classifier.as_ref().is_some_and(|w| w.hello)
+            && self.resolver.as_ref().is_some_and(|w| w.hello)
+            && self.shipped.acked.is_some()
+    }
+
     fn start_workers(&mut self) -> Result<()> {
-        let mut ws = match children::start(&self.plan, self.gen) {
-            Ok(ws) => ws,
+        let group = Role::Classifier.restart_group();
+        let started = match workers::start_group(&self.plan, &group) {
+            Ok(s) => s,
             Err(e) if !self.ever_ready => return Err(Error::System(e)),
             Err(e) => {
                 // A transient failure (fork or socketpair out of resources): back off and
                 // retry like any other worker failure.
                 log::err(&format!("{e}; retrying"));
                 let now = Instant::now();
-                return match self.backoff.failed(now, now) {
+                return match self.restarts.failed(now, now) {
                     Ok(_) => Ok(()),
                     Err(fatal) => Err(Error::System(fatal)),
                 };
             }
         };
-        let live: Vec<LiveConn> = self
-            .services
-            .values()
-            .filter(|s| s.counted)
-            .map(|s| LiveConn {
-                conn: s.conn,
-                remote: s.remote,
-                classes: s
-                    .classes
-                    .iter()
-                    .filter_map(|c| ClassName::try_from(c.clone()).ok())
-                    .collect(),
-            })
-            .collect();
-        let mut sends = vec![
-            ParentToClassifier::Hello {
-                build: self.build.clone(),
-            },
-            self.policy_msg(),
-        ];
-        if !live.is_empty() || self.ever_ready {
-            sends.push(ParentToClassifier::Seed { live });
+        let mut pids = Vec::with_capacity(started.len());
+        for s in started {
+            pids.push(format!("{}={}", s.role, s.pid));
+            self.group_started = Some(s.started);
+            match s.role {
+                Role::Classifier => self.classifier = Some(Worker::new(s)),
+                Role::Resolver => self.resolver = Some(Worker::new(s)),
+            }
         }
-        let mut res: std::result::Result<(), ChannelError> = Ok(());
-        for m in &sends {
-            res = res.and_then(|()| ws.classifier.queue(m));
-        }
-        res = res.and_then(|()| {
-            ws.resolver.queue(&ParentToResolver::Hello {
-                build: self.build.clone(),
-                settings: self.settings.resolver.clone(),
-            })
-        });
-        log::debug(
-            2,
-            &format!(
-                "started classifier pid={} resolver pid={}",
-                ws.cpid, ws.rpid
-            ),
-        );
-        self.workers = Some(ws);
-        if let Err(e) = res {
-            self.worker_failed(format!("greeting the workers: {e}"), false);
+        log::debug(2, &format!("started {}", pids.join(" ")));
+        let greeted = self.greet_classifier().and_then(|()| self.greet_resolver());
+        if let Err(f) = greeted {
+            self.worker_failed(f);
         }
         Ok(())
     }
 
-    /// The pair failed (died, closed a channel, broke the protocol or timed out): kill both,
-    /// close every connection waiting on the classifier (fail closed) and schedule a restart.
-    /// Fatal errors are stored for the loop to return.
-    fn worker_failed(&mut self, why: String, violation: bool) {
-        let Some(ws) = self.workers.take() else {
+    /// A worker failed (died, closed its channel, broke the protocol or timed out): kill its
+    /// restart group, close every connection waiting on the classifier (fail closed) and
+    /// schedule a restart. Fatal errors are stored for the loop to return.
+    fn worker_failed(&mut self, f: Failure) {
+        if self.classifier.is_none() && self.resolver.is_none() {
             return;
-        };
-        if violation {
+        }
+        let group = f.role.restart_group();
+        let names: Vec<&str> = group.iter().map(|r| r.as_str()).collect();
+        if f.violation {
             log::crit(&format!(
-                "classifier/resolver protocol violation: {why}; killing both workers"
+                "{} protocol violation: {}; killing {}",
+                f.role,
+                f.why,
+                names.join(" and ")
             ));
         } else {
-            log::err(&format!("workers failed: {why}; restarting them"));
+            log::err(&format!(
+                "workers failed: {}; restarting {}",
+                f.why,
+                names.join(" and ")
+            ));
         }
-        ws.kill();
-        let n = self.pending.0.len();
-        for (conn, _) in self.pending.0.drain() {
+        for role in &group {
+            let pid = match role {
+                Role::Classifier => self.classifier.take().map(|w| w.pid),
+                Role::Resolver => self.resolver.take().map(|w| w.pid),
+            };
+            if let Some(pid) = pid {
+                // It may already be dead; the reaper collects it.
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
+        let dropped = self.conns.drop_pending();
+        for conn in &dropped {
             log::debug(
                 1,
                 &format!("drop conn={} reason=classifier-restart", conn.0),
             );
         }
-        if n > 0 {
+        if !dropped.is_empty() {
             log::warn(&format!(
-                "closed {n} connections that were waiting for a verdict"
+                "closed {} connections that were waiting for a verdict",
+                dropped.len()
             ));
         }
         if !self.ever_ready {
             self.fatal = Some(format!(
-                "the workers could not be started ({why}); see the messages above"
+                "the workers could not be started ({}); see the messages above",
+                f.why
             ));
             return;
         }
         let now = Instant::now();
-        match self.backoff.failed(ws.started, now) {
+        let started = self.group_started.take().unwrap_or(now);
+        match self.restarts.failed(started, now) {
             Ok(d) => log::debug(1, &format!("restarting workers in {} ms", d.as_millis())),
             Err(e) => self.fatal = Some(e),
         }
         self.prune_tables();
     }
-}
 
-impl Parent {
-    // ---- worker messages ----------------------------------------------------------------
-
-    fn on_classifier_readable(&mut self) {
-        for _ in 0..RECV_BATCH {
-            let Some(ws) = self.workers.as_mut() else {
-                return;
-            };
-            let msg = match ws.classifier.try_recv() {
-                Ok(Some(m)) => m,
-                Ok(None) => return,
-                Err(ChannelError::Violation(v)) => {
-                    return self.worker_failed(format!("classifier sent a bad frame: {v}"), true)
-                }
-                Err(ChannelError::Closed) => {
-                    return self.worker_failed("the classifier closed its channel".into(), false)
-                }
-                Err(e) => return self.worker_failed(format!("classifier channel: {e}"), false),
-            };
-            let admitted = {
-                let ctx = admit::Ctx {
-                    build: &self.build,
-                    hello_seen: ws.c_hello,
-                    next_conn: ConnId(self.next_conn),
-                    pending: &self.pending,
-                    tables: &self.tables,
-                    latest_sent: ws.latest_sent,
-                    first_sent: ws.first_sent,
-                    acked: ws.acked,
-                };
-                admit::admit(&ctx, msg)
-            };
-            match admitted {
-                Err(v) => return self.worker_failed(format!("classifier {v}"), true),
-                Ok(a) => self.on_admitted(a),
-            }
+    /// Drops action tables no pending verdict can name any more.
+    fn prune_tables(&mut self) {
+        let mut oldest = self.policy.gen;
+        if self.classifier.is_some() {
+            oldest = oldest.min(self.shipped.oldest());
         }
+        if let Some(m) = self.conns.oldest_pending_gen() {
+            oldest = oldest.min(m);
+        }
+        self.policy.prune(oldest);
     }
 
-    fn on_admitted(&mut self, a: Admitted) {
-        match a {
-            Admitted::Hello => {
-                if let Some(ws) = self.workers.as_mut() {
-                    ws.c_hello = true;
-                }
-            }
-            Admitted::PolicyLoaded(g) => {
-                if let Some(ws) = self.workers.as_mut() {
-                    ws.acked = Some(g);
-                    if ws.ready() && !self.ever_ready {
-                        self.ever_ready = true;
-                    }
-                }
-                log::debug(2, &format!("classifier loaded policy generation {}", g.0));
-                self.prune_tables();
-            }
-            Admitted::Log {
-                level,
-                verbosity,
-                text,
-            } => self.worker_log(0, "classifier", level, verbosity, &text),
-            Admitted::Status {
-                evaluations,
-                eval_micros_total,
-                class_counts,
-                history_entries,
-            } => {
-                if std::mem::take(&mut self.status_wanted) {
-                    self.log_status(Some(status::ClassifierStats {
-                        evaluations,
-                        eval_micros_total,
-                        class_counts,
-                        history_entries,
-                    }));
-                }
-            }
-            Admitted::Verdict(v) => self.on_verdict(v),
+    /// Checks both files; on any change ships the new generation.
+    fn reload(&mut self, force: bool) {
+        let changed = self.policy.reload(force, self.settings.onfileerror);
+        if changed.actions_loaded {
+            // norepeatlog remembers the last line of one loaded actions file.
+            self.last_log = None;
         }
-    }
-
-    fn on_resolver_readable(&mut self) {
-        for _ in 0..RECV_BATCH {
-            let Some(ws) = self.workers.as_mut() else {
-                return;
-            };
-            let msg = match ws.resolver.try_recv() {
-                Ok(Some(m)) => m,
-                Ok(None) => return,
-                Err(ChannelError::Violation(v)) => {
-                    return self.worker_failed(format!("resolver sent a bad frame: {v}"), true)
-                }
-                Err(ChannelError::Closed) => {
-                    return self.worker_failed("the resolver closed its channel".into(), false)
-                }
-                Err(e) => return self.worker_failed(format!("resolver channel: {e}"), false),
-            };
-            match admit::admit_resolver(&self.build, ws.r_hello, msg) {
-                Err(v) => return self.worker_failed(format!("resolver {v}"), true),
-                Ok(AdmittedResolver::Hello) => {
-                    ws.r_hello = true;
-                    if ws.ready() {
-                        self.ever_ready = true;
-                    }
-                }
-                Ok(AdmittedResolver::Log {
-                    level,
-                    verbosity,
-                    text,
-                }) => self.worker_log(1, "resolver", level, verbosity, &text),
+        if changed.policy {
+            self.prune_tables();
+            if let Err(f) = self.ship_policy() {
+                self.worker_failed(f);
             }
-        }
-    }
-
-    fn worker_log(&mut self, idx: usize, role: &str, level: LogLevel, verbosity: u8, text: &str) {
-        if !log::enabled(verbosity) {
-            return;
-        }
-        let Some(budget) = self.budgets.get_mut(idx) else {
-            return;
-        };
-        let (ok, summary) = budget.admit(Instant::now());
-        if let Some(n) = summary {
-            log::warn(&format!(
-                "{role}: {n} log lines suppressed (more than {LOG_LINES_PER_SEC}/s)"
-            ));
-        }
-        if ok {
-            log::write(Level::from(level), &log::worker_line(role, text));
         }
     }
 
@@ -766,7 +458,7 @@ impl Parent {
         for _ in 0..ACCEPT_BATCH {
             // The classifier may have failed earlier in this loop turn: leave new connections
             // in the listen backlog until a new one is ready.
-            if !self.workers.as_ref().is_some_and(WorkerSet::ready) {
+            if !self.workers_ready() {
                 return;
             }
             let Some(l) = self.listeners.get(idx) else {
@@ -792,7 +484,7 @@ impl Parent {
                     &format!("accept {} conn={} local={}", a.remote, conn.0, a.local),
                 );
             }
-            if self.pending.0.len() >= MAX_PENDING {
+            if self.conns.pending_len() >= MAX_PENDING {
                 // Per connection and only with -v: under a flood this would be thousands of lines.
                 log::debug(
                     1,
@@ -803,28 +495,8 @@ impl Parent {
                 );
                 continue;
             }
-            let Some(ws) = self.workers.as_mut() else {
-                // Not reached: checked at the top of the loop.
-                return;
-            };
-            let min_gen = ws.acked.unwrap_or(ws.first_sent);
-            let sent = ws.classifier.queue(&ParentToClassifier::ConnAccepted {
-                conn,
-                remote: a.remote,
-                local: a.local,
-            });
-            self.pending.0.insert(
-                conn,
-                PendingConn {
-                    stream: a.stream,
-                    remote: a.remote,
-                    local: a.local,
-                    min_gen,
-                    accepted: Instant::now(),
-                },
-            );
-            if let Err(e) = sent {
-                return self.worker_failed(format!("sending ConnAccepted: {e}"), false);
+            if let Err(f) = self.classify(a, conn, Instant::now()) {
+                return self.worker_failed(f);
             }
         }
     }
@@ -853,7 +525,13 @@ impl Parent {
                 WaitStatus::Exited(_, code) => format!("exit={code}"),
                 _ => String::new(),
             };
-            if let Some(s) = self.services.remove(&pid.as_raw()) {
+            if let Some(c) = self.conns.end_service(pid.as_raw()) {
+                let conns::State::Running {
+                    counted, served, ..
+                } = c.state
+                else {
+                    continue;
+                };
                 let hint = match st {
                     WaitStatus::Exited(_, spawn::EXIT_SETUP_FAILED) => {
                         Some("its set-up failed before exec (dup2 or the user's ids)")
@@ -863,40 +541,36 @@ impl Parent {
                     }
                     _ => None,
                 };
-                if let (Some(h), true) = (hint, s.started.elapsed() < Duration::from_secs(1)) {
-                    log::err(&format!(
-                        "service pid={pid} conn={} {}: {h}",
-                        s.conn.0,
-                        how()
-                    ));
+                let age = served.started.elapsed();
+                if let (Some(h), true) = (hint, age < Duration::from_secs(1)) {
+                    log::err(&format!("service pid={pid} conn={} {}: {h}", c.id.0, how()));
                 }
                 if log::enabled(1) {
                     log::debug(
                         1,
                         &format!(
                             "end pid={pid} conn={} {} secs={}",
-                            s.conn.0,
+                            c.id.0,
                             how(),
-                            s.started.elapsed().as_secs()
+                            age.as_secs()
                         ),
                     );
                 }
-                self.conn_closed(s.conn, s.counted);
+                if let Err(f) = self.conn_closed(c.id, counted) {
+                    self.worker_failed(f);
+                }
                 continue;
             }
-            let worker = self.workers.as_ref().and_then(|ws| {
-                if ws.cpid == pid {
-                    Some("classifier")
-                } else if ws.rpid == pid {
-                    Some("resolver")
-                } else {
-                    None
-                }
-            });
+            let worker = self
+                .links()
+                .iter()
+                .find(|w| w.pid() == pid)
+                .map(|w| w.role());
             match worker {
-                Some(role) => {
-                    self.worker_failed(format!("the {role} (pid {pid}) died: {}", how()), false)
-                }
+                Some(role) => self.worker_failed(Failure::new(
+                    role,
+                    format!("the {role} (pid {pid}) died: {}", how()),
+                )),
                 None => log::debug(3, &format!("reaped pid={pid} {}", how())),
             }
         }
@@ -905,26 +579,27 @@ impl Parent {
     // ---- messages -----------------------------------------------------------------------
 
     fn advance_msgs(&mut self, ready: &[usize], now: Instant) {
-        let mut flagged = vec![false; self.msgs.len()];
+        let n = self.conns.writing_len();
+        let mut flagged = vec![false; n];
         for i in ready {
             if let Some(f) = flagged.get_mut(*i) {
                 *f = true;
             }
         }
-        // Walk backwards so swap_remove never moves an entry we have yet to visit.
-        for i in (0..self.msgs.len()).rev() {
-            let due = self.msgs.get(i).is_some_and(|w| now >= w.deadline());
-            if !flagged.get(i).copied().unwrap_or(false) && !due {
-                continue;
-            }
-            let Some(w) = self.msgs.get_mut(i) else {
+        // Walk backwards so finishing a slot never moves one we have yet to visit.
+        for i in (0..n).rev() {
+            let Some(w) = self.conns.writer_mut(i) else {
                 continue;
             };
+            if !flagged.get(i).copied().unwrap_or(false) && now < w.deadline() {
+                continue;
+            }
             match w.advance(now) {
                 Progress::Blocked => {}
                 other => {
-                    let w = self.msgs.swap_remove(i);
-                    finish_msg(w, other);
+                    if let Some(w) = self.conns.finish_writer(i) {
+                        finish_msg(w, other);
+                    }
                 }
             }
         }
@@ -933,26 +608,44 @@ impl Parent {
     // ---- status -------------------------------------------------------------------------
 
     fn log_status(&self, c: Option<status::ClassifierStats>) {
-        let mut active: Vec<status::ActiveLine<'_>> = self
-            .services
-            .iter()
-            .map(|(pid, s)| status::ActiveLine {
-                pid: u32::try_from(*pid).unwrap_or(0),
-                conn: s.conn.0,
-                remote: s.remote,
-                local: s.local,
-                classes: &s.classes,
-                started: s.started,
-            })
-            .collect();
         let p = status::ParentStats {
             lifetime: self.lifetime,
-            pending: self.pending.0.len(),
-            messages: self.msgs.len(),
-            gen: self.gen.0,
+            pending: self.conns.pending_len(),
+            messages: self.conns.writing_len(),
+            gen: self.policy.gen.0,
         };
-        for line in status::report(&p, &mut active, c.as_ref(), Instant::now()) {
+        for line in status::report(&p, &self.conns, c.as_ref(), Instant::now()) {
             log::info(&line);
+        }
+    }
+
+    fn request_status(&mut self) {
+        if !self.workers_ready() {
+            return self.log_status(None);
+        }
+        let sent = match self.classifier.as_mut() {
+            Some(w) => w.queue(&ParentToClassifier::StatusRequest, "StatusRequest"),
+            None => return self.log_status(None),
+        };
+        match sent {
+            Ok(()) => self.status_wanted = true,
+            Err(f) => {
+                self.worker_failed(f);
+                self.log_status(None);
+            }
+        }
+    }
+
+    fn flush_caches(&mut self) {
+        let mut r = Ok(());
+        if let Some(w) = self.classifier.as_mut() {
+            r = w.queue(&ParentToClassifier::Flush, "Flush");
+        }
+        if let (Ok(()), Some(w)) = (&r, self.resolver.as_mut()) {
+            r = w.queue(&ParentToResolver::Flush, "Flush");
+        }
+        if let Err(f) = r {
+            self.worker_failed(f);
         }
     }
 
@@ -964,14 +657,17 @@ impl Parent {
                 return Err(Error::System(f));
             }
             let now = Instant::now();
-            if self.workers.is_none() && self.backoff.due.is_some_and(|d| now >= d) {
-                self.backoff.due = None;
+            if self.classifier.is_none() && self.restarts.due.is_some_and(|d| now >= d) {
+                self.restarts.due = None;
                 self.start_workers()?;
                 continue;
             }
-            if let Some(ws) = &self.workers {
-                if !ws.ready() && now.duration_since(ws.started) > children::START_TIMEOUT {
-                    self.worker_failed("the workers did not come up in time".into(), false);
+            if let Some(t) = self.group_started.filter(|_| !self.workers_ready()) {
+                if now.duration_since(t) > workers::START_TIMEOUT {
+                    self.worker_failed(Failure::new(
+                        Role::Classifier,
+                        "the workers did not come up in time",
+                    ));
                     continue;
                 }
             }
@@ -980,27 +676,17 @@ impl Parent {
             }
 
             let timeout = self.poll_timeout(now);
-            let accept_now = self.accepting
-                && self.accept_paused_until.is_none()
-                && self.workers.as_ref().is_some_and(WorkerSet::ready);
-            let mut slots: Vec<Slot> =
-                Vec::with_capacity(3 + self.listeners.len() + self.msgs.len());
-            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(slots.capacity());
+            let accept_now =
+                self.accepting && self.accept_paused_until.is_none() && self.workers_ready();
+            let links = self.links();
+            let cap = 1 + links.len() + self.listeners.len() + self.conns.writing_len();
+            let mut slots: Vec<Slot> = Vec::with_capacity(cap);
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(cap);
             fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
             slots.push(Slot::Signals);
-            if let Some(ws) = &self.workers {
-                let mut ev = PollFlags::POLLIN;
-                if ws.classifier.wants_write() {
-                    ev |= PollFlags::POLLOUT;
-                }
-                fds.push(PollFd::new(ws.classifier.as_fd(), ev));
-                slots.push(Slot::Classifier);
-                let mut ev = PollFlags::POLLIN;
-                if ws.resolver.wants_write() {
-                    ev |= PollFlags::POLLOUT;
-                }
-                fds.push(PollFd::new(ws.resolver.as_fd(), ev));
-                slots.push(Slot::Resolver);
+            for w in &links {
+                fds.push(PollFd::new(w.fd(), w.events()));
+                slots.push(Slot::Worker(w.role()));
             }
             if accept_now {
                 for (i, l) in self.listeners.iter().enumerate() {
@@ -1008,7 +694,7 @@ impl Parent {
                     slots.push(Slot::Listener(i));
                 }
             }
-            for (i, w) in self.msgs.iter().enumerate() {
+            for (i, w) in self.conns.writers().enumerate() {
                 fds.push(PollFd::new(w.get_ref().as_fd(), PollFlags::POLLOUT));
                 slots.push(Slot::Msg(i));
             }
@@ -1026,6 +712,7 @@ impl Parent {
                 })
                 .collect();
             drop(fds);
+            drop(links);
 
             let now = Instant::now();
             let mut msg_ready = Vec::new();
@@ -1033,73 +720,29 @@ impl Parent {
             for (slot, rev) in &fired {
                 match slot {
                     Slot::Signals => signalled = true,
-                    Slot::Classifier => {
-                        if rev.contains(PollFlags::POLLOUT) {
-                            self.flush_classifier();
-                        }
-                        if rev
-                            .intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-                        {
-                            self.on_classifier_readable();
-                        }
-                    }
-                    Slot::Resolver => {
-                        if rev.contains(PollFlags::POLLOUT) {
-                            self.flush_resolver();
-                        }
-                        if rev
-                            .intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-                        {
-                            self.on_resolver_readable();
-                        }
-                    }
+                    Slot::Worker(role) => self.on_worker_ready(*role, *rev),
                     Slot::Listener(i) => self.accept_from(*i),
                     Slot::Msg(i) => msg_ready.push(*i),
                 }
             }
             // A batch that ended early can leave whole frames in a channel's buffer, where poll
-            // cannot see them (poll_timeout made this turn not wait for them).
-            let fired_slot = |want: Slot| fired.iter().any(|(s, _)| *s == want);
-            let (c_buffered, r_buffered) = self.workers.as_ref().map_or((false, false), |ws| {
-                (ws.classifier.has_buffered(), ws.resolver.has_buffered())
-            });
-            if c_buffered && !fired_slot(Slot::Classifier) {
-                self.on_classifier_readable();
-            }
-            // (If the classifier failed just now, both workers were restarted; this reads nothing.)
-            if r_buffered && !fired_slot(Slot::Resolver) {
-                self.on_resolver_readable();
+            // cannot see them (poll_timeout made this turn not wait for them). If a worker
+            // failed just now, its group was restarted and this reads nothing.
+            let buffered: Vec<Role> = self
+                .links()
+                .iter()
+                .filter(|w| w.has_buffered())
+                .map(|w| w.role())
+                .filter(|r| !fired.iter().any(|(s, _)| *s == Slot::Worker(*r)))
+                .collect();
+            for role in buffered {
+                if let Err(f) = self.serve(role) {
+                    self.worker_failed(f);
+                }
             }
             self.advance_msgs(&msg_ready, now);
-            if signalled {
-                let sig = self.signals.take();
-                if sig.child {
-                    self.reap();
-                }
-                if sig.term {
-                    self.shutdown();
-                    return Ok(());
-                }
-                if sig.hup {
-                    log::info("SIGHUP: reloading the rules and actions files");
-                    self.reload(true);
-                    self.next_reload = Instant::now() + RELOAD_EVERY;
-                }
-                if sig.usr1 {
-                    log::info("SIGUSR1: flushing caches and IP history");
-                    if let Some(ws) = self.workers.as_mut() {
-                        let r = ws
-                            .classifier
-                            .queue(&ParentToClassifier::Flush)
-                            .and_then(|()| ws.resolver.queue(&ParentToResolver::Flush));
-                        if let Err(e) = r {
-                            self.worker_failed(format!("sending Flush: {e}"), false);
-                        }
-                    }
-                }
-                if sig.usr2 {
-                    self.request_status();
-                }
+            if signalled && self.on_signals() {
+                return Ok(());
             }
             if Instant::now() >= self.next_reload {
                 self.check_verdict_deadline(Instant::now());
@@ -1110,82 +753,83 @@ impl Parent {
         }
     }
 
+    fn on_worker_ready(&mut self, role: Role, rev: PollFlags) {
+        if rev.contains(PollFlags::POLLOUT) {
+            if let Some(Err(f)) = self.link_mut(role).map(|w| w.write_queued()) {
+                return self.worker_failed(f);
+            }
+        }
+        if rev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            if let Err(f) = self.serve(role) {
+                self.worker_failed(f);
+            }
+        }
+    }
+
+    /// Acts on the signals that arrived; true when the daemon is to exit.
+    fn on_signals(&mut self) -> bool {
+        let sig = self.signals.take();
+        if sig.child {
+            self.reap();
+        }
+        if sig.term {
+            self.shutdown();
+            return true;
+        }
+        if sig.hup {
+            log::info("SIGHUP: reloading the rules and actions files");
+            self.reload(true);
+            self.next_reload = Instant::now() + RELOAD_EVERY;
+        }
+        if sig.usr1 {
+            log::info("SIGUSR1: flushing caches and IP history");
+            self.flush_caches();
+        }
+        if sig.usr2 {
+            self.request_status();
+        }
+        false
+    }
+
     /// A classifier that leaves a connection without a verdict for [`VERDICT_DEADLINE`] is
     /// treated as hung: restarted, its pending connections closed.
     fn check_verdict_deadline(&mut self, now: Instant) {
-        let stuck = self
-            .pending
-            .0
-            .iter()
-            .find(|(_, p)| now.saturating_duration_since(p.accepted) > VERDICT_DEADLINE)
-            .map(|(c, _)| *c);
-        if let Some(conn) = stuck {
-            self.worker_failed(
+        let Some(limit) = now.checked_sub(VERDICT_DEADLINE) else {
+            return;
+        };
+        if let Some(conn) = self.conns.pending_since(limit) {
+            self.worker_failed(Failure::new(
+                Role::Classifier,
                 format!(
                     "no verdict for conn={} within {} seconds: the classifier is stuck",
                     conn.0,
                     VERDICT_DEADLINE.as_secs()
                 ),
-                false,
-            );
+            ));
         }
     }
 
     fn poll_timeout(&self, now: Instant) -> PollTimeout {
-        if self
-            .workers
-            .as_ref()
-            .is_some_and(|ws| ws.classifier.has_buffered() || ws.resolver.has_buffered())
-        {
+        if self.links().iter().any(|w| w.has_buffered()) {
             return PollTimeout::ZERO;
         }
         let mut until = self.next_reload;
-        if let Some(d) = self.backoff.due.filter(|_| self.workers.is_none()) {
+        if let Some(d) = self.restarts.due.filter(|_| self.classifier.is_none()) {
             until = until.min(d);
         }
         if let Some(t) = self.accept_paused_until {
             until = until.min(t);
         }
-        if let Some(ws) = self.workers.as_ref().filter(|ws| !ws.ready()) {
-            until = until.min(ws.started + children::START_TIMEOUT + Duration::from_millis(1));
+        if let Some(t) = self.group_started.filter(|_| !self.workers_ready()) {
+            until = until.min(t + workers::START_TIMEOUT + Duration::from_millis(1));
         }
-        if let Some(d) = self.msgs.iter().map(MsgWrite::deadline).min() {
+        if let Some(d) = self.conns.writers().map(|w| w.deadline()).min() {
             until = until.min(d);
         }
         let ms = until.saturating_duration_since(now).as_millis();
         // Round up so the loop does not wake a hair early and spin.
         let ms = u16::try_from(ms.saturating_add(1)).unwrap_or(u16::MAX);
         PollTimeout::from(ms)
-    }
-
-    fn flush_classifier(&mut self) {
-        if let Some(ws) = self.workers.as_mut() {
-            if let Err(e) = ws.classifier.flush() {
-                self.worker_failed(format!("writing to the classifier: {e}"), false);
-            }
-        }
-    }
-
-    fn flush_resolver(&mut self) {
-        if let Some(ws) = self.workers.as_mut() {
-            if let Err(e) = ws.resolver.flush() {
-                self.worker_failed(format!("writing to the resolver: {e}"), false);
-            }
-        }
-    }
-
-    fn request_status(&mut self) {
-        let ready = self.workers.as_ref().is_some_and(WorkerSet::ready);
-        if !ready {
-            return self.log_status(None);
-        }
-        if let Some(ws) = self.workers.as_mut() {
-            if let Err(e) = ws.classifier.queue(&ParentToClassifier::StatusRequest) {
-                self.worker_failed(format!("sending StatusRequest: {e}"), false);
-                return self.log_status(None);
-            }
-            self.status_wanted = true;
-        }
     }
 
     /// SIGTERM/SIGINT: stop accepting, close the listeners and every connection still waiting,
@@ -1195,38 +839,19 @@ impl Parent {
         self.accepting = false;
         let addrs: Vec<String> = self.listeners.iter().map(|l| l.addr.to_string()).collect();
         self.listeners.clear();
-        self.pending.0.clear();
-        if let Some(ws) = self.workers.take() {
-            let _ = kill(ws.cpid, Signal::SIGTERM);
-            let _ = kill(ws.rpid, Signal::SIGTERM);
+        self.conns.drop_pending();
+        for pid in self.links().iter().map(|w| w.pid()).collect::<Vec<_>>() {
+            let _ = kill(pid, Signal::SIGTERM);
         }
+        self.classifier = None;
+        self.resolver = None;
         log::notice(&format!(
             "stopping: closed {}; {} services left running",
             addrs.join(" "),
-            self.services.len()
+            self.conns.running_len()
         ));
-        for w in self.msgs.drain(..) {
+        for w in self.conns.drain_writers() {
             let _ = w.into_inner().shutdown(std::net::Shutdown::Both);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_budget_allows_the_limit_then_summarises_the_rest() {
-        let mut b = LogBudget::default();
-        let t0 = Instant::now();
-        for i in 0..LOG_LINES_PER_SEC {
-            assert_eq!(b.admit(t0), (true, None), "line {i}");
-        }
-        // limit + 1 and beyond: dropped and counted.
-        assert_eq!(b.admit(t0), (false, None));
-        assert_eq!(b.admit(t0 + Duration::from_millis(999)), (false, None));
-        // The next window reports the two dropped lines and lets lines through again.
-        assert_eq!(b.admit(t0 + Duration::from_secs(1)), (true, Some(2)));
-        assert_eq!(b.admit(t0 + Duration::from_secs(1)), (true, None));
     }
 }

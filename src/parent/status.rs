@@ -8,19 +8,21 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::conns::{Conns, State};
 use crate::log;
 
 /// One running service, as the report shows it.
-pub struct ActiveLine<'a> {
-    pub pid: u32,
-    pub conn: u64,
-    pub remote: SocketAddr,
-    pub local: SocketAddr,
-    pub classes: &'a [String],
-    pub started: Instant,
+struct ActiveLine<'a> {
+    pid: i32,
+    conn: u64,
+    remote: SocketAddr,
+    local: SocketAddr,
+    classes: &'a [String],
+    started: Instant,
 }
 
 /// The classifier's side of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassifierStats {
     pub evaluations: u64,
     pub eval_micros_total: u64,
@@ -36,13 +38,28 @@ pub struct ParentStats {
     pub gen: u32,
 }
 
-/// Builds every line of the report, in order.
+/// Builds every line of the report, in order; the running services come from the connection
+/// table.
 pub fn report(
     p: &ParentStats,
-    active: &mut [ActiveLine<'_>],
+    conns: &Conns,
     c: Option<&ClassifierStats>,
     now: Instant,
 ) -> Vec<String> {
+    let mut active: Vec<ActiveLine<'_>> = conns
+        .iter()
+        .filter_map(|c| match &c.state {
+            State::Running { pid, served, .. } => Some(ActiveLine {
+                pid: *pid,
+                conn: c.id.0,
+                remote: c.remote,
+                local: c.local,
+                classes: &served.classes,
+                started: served.started,
+            }),
+            _ => None,
+        })
+        .collect();
     let mut out = vec![format!(
         "status: total lifetime connections: {} (policy generation {}, {} awaiting a verdict, {} messages being written)",
         p.lifetime, p.gen, p.pending, p.messages
@@ -95,19 +112,30 @@ pub fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parent::conns::Served;
+    use privsep::proto::{ConnId, Gen};
 
     #[test]
     fn report_lines() {
         let t0 = Instant::now();
-        let classes = vec!["local".to_owned(), "GLOBAL".to_owned()];
-        let mut active = vec![ActiveLine {
-            pid: 812,
-            conn: 17,
-            remote: "127.0.0.5:4711".parse().unwrap(),
-            local: "127.0.0.1:4040".parse().unwrap(),
-            classes: &classes,
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mut conns = Conns::default();
+        let (remote, local) = (
+            "127.0.0.5:4711".parse().unwrap(),
+            "127.0.0.1:4040".parse().unwrap(),
+        );
+        conns.add_pending(ConnId(17), stream, remote, local, Gen(3), t0);
+        let p = conns.take_pending(ConnId(17)).unwrap();
+        let served = Served {
+            classes: vec!["local".to_owned(), "GLOBAL".to_owned()],
+            action_class: "local".to_owned(),
+            label: None,
+            gen: Gen(3),
+            user: None,
             started: t0,
-        }];
+        };
+        conns.add_running(p.meta, 812, true, served);
         let p = ParentStats {
             lifetime: 42,
             pending: 1,
@@ -120,7 +148,7 @@ mod tests {
             class_counts: vec![("local".into(), 1)],
             history_entries: 7,
         };
-        let lines = report(&p, &mut active, Some(&c), t0 + Duration::from_secs(5));
+        let lines = report(&p, &conns, Some(&c), t0 + Duration::from_secs(5));
         let all = lines.join("\n");
         assert!(all.contains("total lifetime connections: 42"));
         assert!(all.contains(
@@ -129,7 +157,7 @@ mod tests {
         assert!(all.contains("class local count=1"));
         assert!(all.contains("entries: 7"));
         assert!(all.contains("over 4 evals: 0.0005 seconds"));
-        let lines = report(&p, &mut [], None, t0);
+        let lines = report(&p, &Conns::default(), None, t0);
         assert!(lines.iter().any(|l| l.contains("no active connections")));
         assert!(lines.iter().any(|l| l.contains("classifier not running")));
     }

@@ -1,5 +1,5 @@
 //! Acting on an admitted verdict: render it from the parent's own actions table, log the
-//! `record`/`log`/`faillog` lines, then run the command, write the message or close.
+//! `record`/`log`/`faillog` lines, then run the command, start the message or close.
 //!
 //! Runs in the parent (root). The input is a [`Verdict`], which only `admit.rs` can build;
 //! every string used here (argv, environment, message, log text) is rendered by
@@ -7,216 +7,207 @@
 //! validated facts. Text that reaches the log is escaped (hostnames and identd answers come
 //! from the network, even though their shapes were checked).
 //!
-//! Invariant: a counted connection that gets no running service (expansion error, spawn
-//! failure, close) is reported to the classifier with `ConnClosed` right here; one that gets a
-//! service is reported when the service is reaped.
+//! [`act`] returns what became of the connection and touches no other parent state: the
+//! caller files a running service or a message in the connection table, and reports a counted
+//! connection that got no service to the classifier (`ConnClosed`).
 
 use std::net::TcpStream;
 use std::time::Instant;
 
-use privsep::proto::{ConnId, ParentToClassifier};
-
 use super::admit::Verdict;
+use super::conns::{Meta, PendingConn, Served};
 use super::msgwrite::{self, MsgWrite, Progress};
-use super::spawn::{self, ServiceEnv};
-use super::{Parent, Service};
+use super::spawn::{self, Creds, ServiceEnv};
 use crate::log;
 
-impl Parent {
-    pub(super) fn on_verdict(&mut self, v: Verdict) {
-        let Some(p) = self.pending.0.remove(&v.conn()) else {
-            // admit() checked it is pending; nothing to act on otherwise.
-            return;
+/// What [`act`] did with the connection.
+#[derive(Debug)]
+pub enum Acted {
+    /// A service runs it.
+    Running { pid: i32, served: Served },
+    /// Its message is being written by the loop.
+    Writing {
+        writer: MsgWrite<TcpStream>,
+        served: Served,
+    },
+    /// Closed: nothing to do, a message already written in full, or a failure (logged).
+    Closed,
+}
+
+/// What acting needs of the parent's state.
+pub struct ActCtx<'a> {
+    pub creds: Option<&'a Creds>,
+    pub substitutions: bool,
+    /// The last `log` line written (norepeatlog).
+    pub last_log: &'a mut Option<String>,
+    /// Messages being written now (capped at `MAX_MSG_WRITERS`).
+    pub writing: usize,
+}
+
+/// Acts on `v` for the pending connection `p`.
+pub fn act(v: &Verdict, p: PendingConn, ctx: &mut ActCtx<'_>) -> Acted {
+    let PendingConn { meta, stream } = p;
+    let conn = meta.id;
+    let d = v.decision();
+    let disposition = d.disposition;
+    let class = v.action_class_name().unwrap_or("-").to_owned();
+    if log::enabled(1) {
+        let why = match d.refusal {
+            None => String::new(),
+            Some(r) => format!(" refused={}", r.as_str()),
         };
-        // Old tables are pruned once a second and on PolicyLoaded, not per verdict: finding the
-        // oldest pending generation is a walk over every pending connection.
-        let conn = v.conn();
-        let d = v.decision();
-        let disposition = d.disposition;
-        let counted = d.counted;
-        let class = v.action_class_name().unwrap_or("-").to_owned();
-        let action = match disposition {
-            policy::decide::Disposition::Run => "run",
-            policy::decide::Disposition::Msg => "msg",
-            policy::decide::Disposition::FailRun => "failrun",
-            policy::decide::Disposition::FailMsg => "failmsg",
-            policy::decide::Disposition::Close => "close",
-        };
-        if log::enabled(1) {
-            let why = match d.refusal {
-                None => String::new(),
-                Some(r) => format!(" refused={}", refusal_word(r)),
-            };
-            log::debug(
-                1,
-                &format!(
-                    "verdict conn={} class={} action={action}{why} gen={}",
-                    conn.0,
-                    log::escape(&class),
-                    v.gen().0
-                ),
-            );
+        log::debug(
+            1,
+            &format!(
+                "verdict conn={} class={} action={}{why} gen={}",
+                conn.0,
+                log::escape(&class),
+                disposition.as_str(),
+                v.gen().0
+            ),
+        );
+    }
+    let Some(actions) = v.actions().cloned() else {
+        // A dropped actions file: admission let only Close through.
+        return close(meta, stream);
+    };
+    let facts = policy::expand::ExpandFacts {
+        remote: meta.remote,
+        local: meta.local,
+        host: v.host(),
+        identd: v.identd(),
+        seen: v.seen(),
+        classes: v.classification(),
+    };
+    let rendered = policy::expand::render(&actions, d, &facts, ctx.substitutions);
+    // As in portnanny 2, the action is prepared as a whole: one string that cannot be
+    // expanded (an unknown or undefined %(name)s anywhere: record, log, command, environment
+    // or message) is logged and the connection is dropped, with no other line logged.
+    let r = match Prepared::from(rendered) {
+        Ok(r) => r,
+        Err(e) => {
+            log::err(&format!(
+                "conn={} class={}: {e}; dropping the connection",
+                conn.0,
+                log::escape(&class)
+            ));
+            return close(meta, stream);
         }
-        let Some(actions) = v.actions().cloned() else {
-            // A dropped actions file: admission let only Close through.
-            return self.finish_unserved(conn, counted, p.stream);
-        };
-        let facts = policy::expand::ExpandFacts {
-            remote: p.remote,
-            local: p.local,
-            host: v.host(),
-            identd: v.identd(),
-            seen: v.seen(),
-            classes: v.classification(),
-        };
-        let rendered = policy::expand::render(&actions, d, &facts, self.settings.substitutions);
-        // As in portnanny 2, the action is prepared as a whole: one string that cannot be
-        // expanded (an unknown or undefined %(name)s anywhere: record, log, command, environment
-        // or message) is logged and the connection is dropped, with no other line logged.
-        let r = match Prepared::from(rendered) {
-            Ok(r) => r,
-            Err(e) => {
+    };
+    for t in &r.records {
+        log::info(&log::escape(t));
+    }
+    if let Some(line) = &r.log {
+        let repeat = line.norepeat && ctx.last_log.as_deref() == Some(line.text.as_str());
+        if !repeat {
+            log::info(&log::escape(&line.text));
+        }
+        *ctx.last_log = Some(line.text.clone());
+    }
+    let names: Vec<&str> = v.classification().names().collect();
+    let served = |user: Option<String>| Served {
+        classes: names.iter().map(|s| s.to_string()).collect(),
+        action_class: class.clone(),
+        label: v.label().map(str::to_owned),
+        gen: v.gen(),
+        user,
+        started: Instant::now(),
+    };
+    use policy::decide::Disposition as D;
+    match disposition {
+        D::Run | D::FailRun => {
+            let Some(argv) = r.argv else {
                 log::err(&format!(
-                    "conn={} class={}: {e}; dropping the connection",
+                    "conn={} class={}: nothing to run; dropping",
                     conn.0,
                     log::escape(&class)
                 ));
-                return self.finish_unserved(conn, counted, p.stream);
+                return close(meta, stream);
+            };
+            let mut env = ServiceEnv {
+                remote: meta.remote,
+                local: meta.local,
+                host: v.host().and_then(|h| h.verified()),
+                identd: v.identd(),
+                class: &class,
+                classes: &names,
+                label: v.label(),
             }
-        };
-        for t in &r.records {
-            log::info(&log::escape(t));
-        }
-        if let Some(line) = &r.log {
-            let repeat = line.norepeat && self.last_log.as_deref() == Some(line.text.as_str());
-            if !repeat {
-                log::info(&log::escape(&line.text));
-            }
-            self.last_log = Some(line.text.clone());
-        }
-        match disposition {
-            policy::decide::Disposition::Run | policy::decide::Disposition::FailRun => {
-                let argv = match r.argv {
-                    Some(a) => a,
-                    None => {
-                        log::err(&format!(
-                            "conn={} class={}: nothing to run; dropping",
-                            conn.0,
-                            log::escape(&class)
-                        ));
-                        return self.finish_unserved(conn, counted, p.stream);
+            .vars();
+            env.extend(r.env);
+            match spawn::spawn_service(&argv, &env, ctx.creds, stream) {
+                Ok(pid) => {
+                    if log::enabled(1) {
+                        log::debug(1, &format!("spawn conn={} pid={pid}", conn.0));
                     }
-                };
-                let extra = r.env;
-                let names: Vec<&str> = v.classification().names().collect();
-                let mut env = ServiceEnv {
-                    remote: p.remote,
-                    local: p.local,
-                    host: v.host().and_then(|h| h.verified()),
-                    identd: v.identd(),
-                    class: &class,
-                    classes: &names,
-                    label: v.label(),
-                }
-                .vars();
-                env.extend(extra);
-                let classes: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-                match spawn::spawn_service(&argv, &env, self.creds.as_ref(), p.stream) {
-                    Ok(pid) => {
-                        if log::enabled(1) {
-                            log::debug(1, &format!("spawn conn={} pid={pid}", conn.0));
-                        }
-                        let pid = i32::try_from(pid).unwrap_or(i32::MAX);
-                        self.services.insert(
-                            pid,
-                            Service {
-                                conn,
-                                remote: p.remote,
-                                local: p.local,
-                                classes,
-                                counted,
-                                started: Instant::now(),
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        log::err(&format!(
-                            "conn={} class={}: cannot run {}: {e}",
-                            conn.0,
-                            log::escape(&class),
-                            log::escape(argv.first().map_or("", String::as_str))
-                        ));
-                        self.conn_closed(conn, counted);
+                    Acted::Running {
+                        pid: i32::try_from(pid).unwrap_or(i32::MAX),
+                        served: served(ctx.creds.map(|c| c.name.clone())),
                     }
                 }
-            }
-            policy::decide::Disposition::Msg | policy::decide::Disposition::FailMsg => {
-                let Some(text) = r.message else {
-                    return self.finish_unserved(conn, counted, p.stream);
-                };
-                if self.msgs.len() >= msgwrite::MAX_MSG_WRITERS {
-                    log::warn(&format!(
-                        "drop conn={} reason=too-many-messages-in-flight",
-                        conn.0
-                    ));
-                    return self.finish_unserved(conn, counted, p.stream);
-                }
-                let (bytes, cut) = msgwrite::message_bytes(&text);
-                if cut {
-                    log::warn(&format!(
-                        "conn={} class={}: message cut to {} bytes",
+                Err(e) => {
+                    log::err(&format!(
+                        "conn={} class={}: cannot run {}: {e}",
                         conn.0,
                         log::escape(&class),
-                        msgwrite::MAX_MSG_BYTES
+                        log::escape(argv.first().map_or("", String::as_str))
                     ));
+                    Acted::Closed
                 }
-                // Accepted sockets are blocking (services want that); the parent's own writes
-                // must never wait on a peer.
-                if let Err(e) = p.stream.set_nonblocking(true) {
-                    log::debug(1, &format!("msg conn={} failed: {e}", conn.0));
-                    return self.finish_unserved(conn, counted, p.stream);
-                }
-                let mut w = MsgWrite::new(conn, p.stream, bytes, Instant::now());
-                match w.advance(Instant::now()) {
-                    Progress::Blocked => self.msgs.push(w),
-                    other => finish_msg(w, other),
-                }
-                // Messages are never counted (admission refuses counted msg verdicts).
-            }
-            policy::decide::Disposition::Close => {
-                self.finish_unserved(conn, counted, p.stream);
             }
         }
-    }
-
-    /// Closes a connection that gets no service, and releases its count if it had one.
-    pub(super) fn finish_unserved(&mut self, conn: ConnId, counted: bool, stream: TcpStream) {
-        drop(stream);
-        if log::enabled(2) {
-            log::debug(2, &format!("close conn={}", conn.0));
-        }
-        self.conn_closed(conn, counted);
-    }
-
-    pub(super) fn conn_closed(&mut self, conn: ConnId, counted: bool) {
-        if !counted {
-            return;
-        }
-        if let Some(ws) = self.workers.as_mut() {
-            if let Err(e) = ws
-                .classifier
-                .queue(&ParentToClassifier::ConnClosed { conn })
-            {
-                self.worker_failed(format!("sending ConnClosed: {e}"), false);
+        D::Msg | D::FailMsg => {
+            let Some(text) = r.message else {
+                return close(meta, stream);
+            };
+            if ctx.writing >= msgwrite::MAX_MSG_WRITERS {
+                log::warn(&format!(
+                    "drop conn={} reason=too-many-messages-in-flight",
+                    conn.0
+                ));
+                return close(meta, stream);
             }
+            let (bytes, cut) = msgwrite::message_bytes(&text);
+            if cut {
+                log::warn(&format!(
+                    "conn={} class={}: message cut to {} bytes",
+                    conn.0,
+                    log::escape(&class),
+                    msgwrite::MAX_MSG_BYTES
+                ));
+            }
+            // Accepted sockets are blocking (services want that); the parent's own writes
+            // must never wait on a peer.
+            if let Err(e) = stream.set_nonblocking(true) {
+                log::debug(1, &format!("msg conn={} failed: {e}", conn.0));
+                return close(meta, stream);
+            }
+            let mut w = MsgWrite::new(conn, stream, bytes, Instant::now());
+            match w.advance(Instant::now()) {
+                Progress::Blocked => Acted::Writing {
+                    writer: w,
+                    served: served(None),
+                },
+                other => {
+                    finish_msg(w, other);
+                    Acted::Closed
+                }
+            }
+            // Messages are never counted (admission refuses counted msg verdicts).
         }
-        // Without a classifier there is nothing to tell: the next one is seeded with the live
-        // services only.
+        D::Close => close(meta, stream),
     }
 }
 
-/// The first string of a rendered action that failed to expand, if any. The environment only
-/// matters when a program is run.
+/// Closes a connection that gets no service.
+fn close(meta: Meta, stream: TcpStream) -> Acted {
+    drop(stream);
+    if log::enabled(2) {
+        log::debug(2, &format!("close conn={}", meta.id.0));
+    }
+    Acted::Closed
+}
+
 /// A rendered action in which every string expanded.
 struct Prepared {
     records: Vec<String>,
@@ -249,16 +240,8 @@ impl Prepared {
     }
 }
 
-fn refusal_word(r: policy::decide::Refusal) -> &'static str {
-    match r {
-        policy::decide::Refusal::Reject => "reject",
-        policy::decide::Refusal::IpMax => "ipmax",
-        policy::decide::Refusal::ConnMax => "connmax",
-    }
-}
-
 /// Ends a message write: shut the write side (a clean FIN after the bytes) and close.
-pub(super) fn finish_msg(w: MsgWrite<TcpStream>, how: Progress) {
+pub fn finish_msg(w: MsgWrite<TcpStream>, how: Progress) {
     let conn = w.conn;
     match how {
         Progress::Done if log::enabled(2) => log::debug(2, &format!("msg conn={} sent", conn.0)),

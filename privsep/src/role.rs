@@ -1,0 +1,166 @@
+//! The role table: every worker process portnanny runs, as one row each (OpenBSD proc.c's
+//! `procs[]`). A row says which channels the worker is handed (fds 3.. in order), whether it is
+//! chrooted, its resource limits, the exact capability set it KEEPS after the privilege drop,
+//! and which other workers must restart with it.
+//!
+//! Read by the parent (to start and restart workers) and by a worker right after exec (to drop
+//! privileges to exactly its row). Adding a worker means adding a variant and a row here, the
+//! role's main, and the parent's handler for its messages; the drop, its verification and the
+//! restart logic are generic over the row.
+
+use std::fmt;
+
+use caps::Capability;
+
+/// A worker role. The same spelling is used for the argument, log prefix and module name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Classifier,
+    Resolver,
+}
+
+/// One row of the role table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Profile {
+    pub role: Role,
+    /// The channels the worker receives, by peer, in fd order (fd 3, fd 4, ...). The parent's
+    /// channel always comes first.
+    pub channels: &'static [Peer],
+    /// Chroot into the configured empty directory (when started as root).
+    pub chroot: bool,
+    /// RLIMIT_NOFILE (soft and hard).
+    pub nofile: u64,
+    /// RLIMIT_FSIZE 0: the worker can write no file content.
+    pub fsize_zero: bool,
+    /// RLIMIT_NPROC 0 once the worker's own threads are started (it calls
+    /// `forbid_new_processes` itself at that point).
+    pub nproc_zero: bool,
+    /// Exactly the capabilities the worker keeps (bounding, permitted and effective; ambient
+    /// and inheritable are always empty). Empty for a fully unprivileged worker.
+    pub keep_caps: &'static [Capability],
+    /// Workers restarted together with this one: they share a socketpair that only the
+    /// parent can make when it starts them, so none of them can be given a new peer alone.
+    pub restart_with: &'static [Role],
+}
+
+/// The other end of a worker's channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Parent,
+    Worker(Role),
+}
+
+/// Every role, in start order.
+pub const ROLES: [Profile; 2] = [
+    Profile {
+        role: Role::Classifier,
+        channels: &[Peer::Parent, Peer::Worker(Role::Resolver)],
+        chroot: true,
+        // Its two channels and the standard descriptors; it opens nothing else.
+        nofile: 64,
+        fsize_zero: true,
+        nproc_zero: true,
+        keep_caps: &[],
+        restart_with: &[Role::Resolver],
+    },
+    Profile {
+        role: Role::Resolver,
+        channels: &[Peer::Parent, Peer::Worker(Role::Classifier)],
+        // getaddrinfo/NSS needs /etc (smtpd's lka, unwind's resolver are not chrooted either).
+        chroot: false,
+        // One socket per concurrent DNS, identd or answerson lookup.
+        nofile: 4096,
+        fsize_zero: false,
+        nproc_zero: false,
+        keep_caps: &[],
+        restart_with: &[Role::Classifier],
+    },
+];
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Classifier => "classifier",
+            Role::Resolver => "resolver",
+        }
+    }
+
+    /// The role named by the argument after `ROLE_ARG`, if it is one.
+    pub fn from_arg(arg: &str) -> Option<Role> {
+        ROLES.iter().map(|p| p.role).find(|r| r.as_str() == arg)
+    }
+
+    /// This role's row of [`ROLES`].
+    pub fn profile(self) -> &'static Profile {
+        match self {
+            Role::Classifier => &ROLES[0],
+            Role::Resolver => &ROLES[1],
+        }
+    }
+
+    /// The fd (3, 4, ...) on which this role receives its channel to `peer`.
+    pub fn fd_of(self, peer: Peer) -> Option<i32> {
+        let i = self.profile().channels.iter().position(|p| *p == peer)?;
+        i32::try_from(i).ok().map(|i| 3 + i)
+    }
+
+    /// This role and every role restarted with it, in [`ROLES`] order.
+    pub fn restart_group(self) -> Vec<Role> {
+        let with = self.profile().restart_with;
+        ROLES
+            .iter()
+            .map(|p| p.role)
+            .filter(|r| *r == self || with.contains(r))
+            .collect()
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_consistent() {
+        for (i, p) in ROLES.iter().enumerate() {
+            assert_eq!(p.role.profile(), p, "row {i} is found by its role");
+            assert_eq!(Role::from_arg(p.role.as_str()), Some(p.role));
+            assert_eq!(p.channels.first(), Some(&Peer::Parent), "{}", p.role);
+            // A worker-to-worker channel exists on both sides, and the two restart together.
+            for peer in p.channels.iter().skip(1) {
+                let Peer::Worker(other) = *peer else {
+                    panic!("{}: a second parent channel", p.role)
+                };
+                assert!(other.fd_of(Peer::Worker(p.role)).is_some());
+                assert!(p.restart_with.contains(&other), "{} {other}", p.role);
+                assert!(other.profile().restart_with.contains(&p.role));
+            }
+            assert!(!p.restart_with.contains(&p.role));
+        }
+        assert_eq!(Role::from_arg("parent"), None);
+    }
+
+    #[test]
+    fn classifier_and_resolver_rows() {
+        assert_eq!(Role::Classifier.fd_of(Peer::Parent), Some(3));
+        assert_eq!(
+            Role::Classifier.fd_of(Peer::Worker(Role::Resolver)),
+            Some(4)
+        );
+        assert_eq!(
+            Role::Resolver.fd_of(Peer::Worker(Role::Classifier)),
+            Some(4)
+        );
+        assert_eq!(
+            Role::Classifier.restart_group(),
+            vec![Role::Classifier, Role::Resolver]
+        );
+        assert!(ROLES.iter().all(|p| p.keep_caps.is_empty()));
+        assert!(Role::Classifier.profile().chroot && !Role::Resolver.profile().chroot);
+    }
+}

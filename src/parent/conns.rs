@@ -1,0 +1,435 @@
+//! The live-connection table: one row for every connection the parent holds or answers for,
+//! from accept to the end of its service or message.
+//!
+//! Runs in the parent. Rows are created from accept(2) results and updated only from admitted
+//! verdicts and the parent's own spawn and reap results; nothing here reads a worker's bytes.
+//! Reaping, the SIGUSR2 status report, re-seeding a restarted classifier's counts and the
+//! control channel's list and kill requests all read this one table; nobody keeps a second copy.
+//!
+//! A row is in one of three states:
+//! - `Pending`: accepted, its socket held, waiting for the classifier's verdict;
+//! - `Running`: handed to a service (the parent no longer holds the socket; the peer sees EOF
+//!   when the service closes, as with inetd);
+//! - `Writing`: its `msg`/`failmsg` is being written by the parent's loop.
+//!
+//! Connections closed at once (drop, reject without a message, expansion errors) never outlive
+//! the verdict and have no row after it.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use privsep::proto::{ClassName, ConnId, Gen, LiveConn};
+
+use super::msgwrite::MsgWrite;
+
+/// What the verdict said about a connection that got a service or a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// Matched classes, in match order.
+    pub classes: Vec<String>,
+    /// The action class ("-" when none).
+    pub action_class: String,
+    pub label: Option<String>,
+    /// The policy generation whose actions were used.
+    pub gen: Gen,
+    /// The user the service runs as (None: the parent's own user, or a message).
+    pub user: Option<String>,
+    /// When the service started or the message write began.
+    pub started: Instant,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+pub enum State {
+    Pending {
+        stream: TcpStream,
+        /// The oldest generation its verdict may name.
+        min_gen: Gen,
+    },
+    Running {
+        pid: i32,
+        /// Counted against ipmax/connmax: the classifier gets `ConnClosed` when it ends.
+        counted: bool,
+        served: Served,
+    },
+    Writing {
+        writer: MsgWrite<TcpStream>,
+        served: Served,
+    },
+}
+
+/// One live connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub id: ConnId,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub accepted: Instant,
+    pub state: State,
+}
+
+impl Conn {
+    pub fn served(&self) -> Option<&Served> {
+        match &self.state {
+            State::Pending { .. } => None,
+            State::Running { served, .. } | State::Writing { served, .. } => Some(served),
+        }
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        match &self.state {
+            State::Running { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+}
+
+/// The table, with the indexes the loop needs every turn.
+#[derive(Debug, Default)]
+pub struct Conns {
+    rows: HashMap<ConnId, Conn>,
+    by_pid: HashMap<i32, ConnId>,
+    /// Rows in `Writing`, in the order their poll slots are built.
+    writers: Vec<ConnId>,
+    pending: usize,
+}
+
+/// The fixed part of a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub id: ConnId,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub accepted: Instant,
+}
+
+/// A pending row taken out of the table for its verdict.
+#[derive(Debug)]
+pub struct PendingConn {
+    pub meta: Meta,
+    pub stream: TcpStream,
+}
+
+impl Conns {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending
+    }
+
+    pub fn writing_len(&self) -> usize {
+        self.writers.len()
+    }
+
+    pub fn running_len(&self) -> usize {
+        self.by_pid.len()
+    }
+
+    pub fn get(&self, id: ConnId) -> Option<&Conn> {
+        self.rows.get(&id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Conn> {
+        self.rows.values()
+    }
+
+    /// A newly accepted connection.
+    pub fn add_pending(
+        &mut self,
+        id: ConnId,
+        stream: TcpStream,
+        remote: SocketAddr,
+        local: SocketAddr,
+        min_gen: Gen,
+        now: Instant,
+    ) {
+        let row = Conn {
+            id,
+            remote,
+            local,
+            accepted: now,
+            state: State::Pending { stream, min_gen },
+        };
+        if let Some(old) = self.rows.insert(id, row) {
+            // Ids are never reused; keep the indexes right even so.
+            self.forget(&old);
+        }
+        self.pending += 1;
+    }
+
+    /// The oldest generation a verdict for `id` may name, if it is pending.
+    pub fn min_gen(&self, id: ConnId) -> Option<Gen> {
+        match self.rows.get(&id).map(|c| &c.state) {
+            Some(State::Pending { min_gen, .. }) => Some(*min_gen),
+            _ => None,
+        }
+    }
+
+    /// The oldest generation any pending verdict may name.
+    pub fn oldest_pending_gen(&self) -> Option<Gen> {
+        self.rows
+            .values()
+            .filter_map(|c| match &c.state {
+                State::Pending { min_gen, .. } => Some(*min_gen),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// A pending connection accepted before `deadline`, if any.
+    pub fn pending_since(&self, deadline: Instant) -> Option<ConnId> {
+        self.rows
+            .values()
+            .find(|c| matches!(c.state, State::Pending { .. }) && c.accepted < deadline)
+            .map(|c| c.id)
+    }
+
+    /// Takes a pending connection out for its verdict (None if it is not pending).
+    pub fn take_pending(&mut self, id: ConnId) -> Option<PendingConn> {
+        if !matches!(
+            self.rows.get(&id).map(|c| &c.state),
+            Some(State::Pending { .. })
+        ) {
+            return None;
+        }
+        let c = self.rows.remove(&id)?;
+        self.pending = self.pending.saturating_sub(1);
+        match c.state {
+            State::Pending { stream, .. } => Some(PendingConn {
+                meta: Meta {
+                    id,
+                    remote: c.remote,
+                    local: c.local,
+                    accepted: c.accepted,
+                },
+                stream,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Drops every pending connection (their classifier failed, or shutdown); returns their ids.
+    pub fn drop_pending(&mut self) -> Vec<ConnId> {
+        let ids: Vec<ConnId> = self
+            .rows
+            .values()
+            .filter(|c| matches!(c.state, State::Pending { .. }))
+            .map(|c| c.id)
+            .collect();
+        for id in &ids {
+            self.rows.remove(id);
+        }
+        self.pending = 0;
+        ids
+    }
+
+    /// The counted running services, for seeding a restarted classifier.
+    pub fn live_counted(&self) -> Vec<LiveConn> {
+        self.rows
+            .values()
+            .filter_map(|c| match &c.state {
+                State::Running {
+                    counted: true,
+                    served,
+                    ..
+                } => Some(LiveConn {
+                    conn: c.id,
+                    remote: c.remote,
+                    classes: served
+                        .classes
+                        .iter()
+                        .filter_map(|n| ClassName::try_from(n.clone()).ok())
+                        .collect(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A connection handed to service `pid`.
+    pub fn add_running(&mut self, p: Meta, pid: i32, counted: bool, served: Served) {
+        self.by_pid.insert(pid, p.id);
+        self.rows.insert(
+            p.id,
+            Conn {
+                id: p.id,
+                remote: p.remote,
+                local: p.local,
+                accepted: p.accepted,
+                state: State::Running {
+                    pid,
+                    counted,
+                    served,
+                },
+            },
+        );
+    }
+
+    /// The connection whose service `pid` ended; its row is removed.
+    pub fn end_service(&mut self, pid: i32) -> Option<Conn> {
+        let id = self.by_pid.remove(&pid)?;
+        self.rows.remove(&id)
+    }
+
+    /// A message to write from the loop.
+    pub fn add_writing(&mut self, p: Meta, writer: MsgWrite<TcpStream>, served: Served) {
+        self.writers.push(p.id);
+        self.rows.insert(
+            p.id,
+            Conn {
+                id: p.id,
+                remote: p.remote,
+                local: p.local,
+                accepted: p.accepted,
+                state: State::Writing { writer, served },
+            },
+        );
+    }
+
+    /// The message writers, in poll-slot order.
+    pub fn writers(&self) -> impl Iterator<Item = &MsgWrite<TcpStream>> {
+        self.writers
+            .iter()
+            .filter_map(|id| match self.rows.get(id).map(|c| &c.state) {
+                Some(State::Writing { writer, .. }) => Some(writer),
+                _ => None,
+            })
+    }
+
+    /// The writer in poll slot `i`.
+    pub fn writer_mut(&mut self, i: usize) -> Option<&mut MsgWrite<TcpStream>> {
+        let id = self.writers.get(i)?;
+        match self.rows.get_mut(id).map(|c| &mut c.state) {
+            Some(State::Writing { writer, .. }) => Some(writer),
+            _ => None,
+        }
+    }
+
+    /// Removes the writer in poll slot `i` (the last slot takes its place).
+    pub fn finish_writer(&mut self, i: usize) -> Option<MsgWrite<TcpStream>> {
+        if i >= self.writers.len() {
+            return None;
+        }
+        let id = self.writers.swap_remove(i);
+        match self.rows.remove(&id)?.state {
+            State::Writing { writer, .. } => Some(writer),
+            _ => None,
+        }
+    }
+
+    /// Removes every message writer (shutdown).
+    pub fn drain_writers(&mut self) -> Vec<MsgWrite<TcpStream>> {
+        let ids = std::mem::take(&mut self.writers);
+        ids.into_iter()
+            .filter_map(|id| match self.rows.remove(&id)?.state {
+                State::Writing { writer, .. } => Some(writer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn forget(&mut self, old: &Conn) {
+        match &old.state {
+            State::Pending { .. } => self.pending = self.pending.saturating_sub(1),
+            State::Running { pid, .. } => {
+                self.by_pid.remove(pid);
+            }
+            State::Writing { .. } => self.writers.retain(|w| *w != old.id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::parent::msgwrite::MsgWrite;
+
+    fn stream(l: &TcpListener) -> TcpStream {
+        TcpStream::connect(l.local_addr().unwrap()).unwrap()
+    }
+
+    fn served(gen: u32, now: Instant) -> Served {
+        Served {
+            classes: vec!["a".into(), "GLOBAL".into()],
+            action_class: "a".into(),
+            label: None,
+            gen: Gen(gen),
+            user: Some("nobody".into()),
+            started: now,
+        }
+    }
+
+    #[test]
+    fn a_row_moves_from_pending_to_running_to_gone() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let now = Instant::now();
+        let remote: SocketAddr = "127.0.0.9:4000".parse().unwrap();
+        let local = l.local_addr().unwrap();
+        let mut t = Conns::default();
+        t.add_pending(ConnId(1), stream(&l), remote, local, Gen(2), now);
+        t.add_pending(ConnId(2), stream(&l), remote, local, Gen(3), now);
+        assert_eq!((t.len(), t.pending_len()), (2, 2));
+        assert_eq!(t.min_gen(ConnId(1)), Some(Gen(2)));
+        assert_eq!(t.oldest_pending_gen(), Some(Gen(2)));
+
+        let p = t.take_pending(ConnId(1)).unwrap();
+        assert!(t.take_pending(ConnId(1)).is_none(), "one verdict per conn");
+        assert_eq!(t.min_gen(ConnId(1)), None);
+        t.add_running(p.meta, 4242, true, served(2, now));
+        assert_eq!(t.pending_len(), 1);
+        assert_eq!(t.running_len(), 1);
+        assert_eq!(t.get(ConnId(1)).and_then(Conn::pid), Some(4242));
+        assert_eq!(
+            t.min_gen(ConnId(1)),
+            None,
+            "a running conn takes no verdict"
+        );
+        assert_eq!(t.oldest_pending_gen(), Some(Gen(3)));
+
+        let ended = t.end_service(4242).unwrap();
+        assert_eq!(ended.id, ConnId(1));
+        assert_eq!(ended.remote, remote);
+        assert!(t.end_service(4242).is_none());
+        assert_eq!(t.drop_pending(), vec![ConnId(2)]);
+        assert!(t.is_empty());
+        assert_eq!(t.pending_len(), 0);
+    }
+
+    #[test]
+    fn writers_keep_their_slots() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let now = Instant::now();
+        let local = l.local_addr().unwrap();
+        let mut t = Conns::default();
+        for i in 1..=3 {
+            t.add_pending(ConnId(i), stream(&l), local, local, Gen(1), now);
+            let p = t.take_pending(ConnId(i)).unwrap();
+            let s = p.stream.try_clone().unwrap();
+            t.add_writing(
+                p.meta,
+                MsgWrite::new(ConnId(i), s, b"hi".to_vec(), now),
+                served(1, now),
+            );
+        }
+        assert_eq!(t.writing_len(), 3);
+        let ids: Vec<u64> = t.writers().map(|w| w.conn.0).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        // Slot 0 ends; the last slot moves into it.
+        assert_eq!(t.finish_writer(0).map(|w| w.conn), Some(ConnId(1)));
+        let ids: Vec<u64> = t.writers().map(|w| w.conn.0).collect();
+        assert_eq!(ids, vec![3, 2]);
+        assert_eq!(t.writer_mut(1).map(|w| w.conn), Some(ConnId(2)));
+        assert!(t.finish_writer(5).is_none());
+        assert_eq!(t.drain_writers().len(), 2);
+        assert!(t.is_empty());
+    }
+}

@@ -1,0 +1,197 @@
+//! Policy generations: the loaded rules and actions files, the generation number, and the
+//! action tables the parent keeps per generation so that a verdict made under an older one can
+//! still be rendered.
+//!
+//! Runs in the parent. The files are the administrator's (read and parsed by reload.rs); this
+//! module decides when a new generation starts (a file loaded, or dropped by onfileerror drop)
+//! and which tables may be forgotten. It holds no worker state: the caller ships
+//! [`Generations::policy_msg`] to the classifier and tells [`Generations::prune`] the oldest
+//! generation anything still refers to.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use policy::conf::OnFileError;
+use privsep::proto::{ClassifierSettings, Gen, ParentToClassifier};
+
+use super::admit::GenTable;
+use super::reload::{self, Outcome, PolicyFiles, Watched};
+use crate::exit::{Error, Result};
+use crate::log;
+
+#[derive(Debug)]
+pub struct Generations {
+    pub gen: Gen,
+    pub tables: BTreeMap<Gen, Arc<GenTable>>,
+    files: PolicyFiles,
+    rules_watch: Watched,
+    actions_watch: Watched,
+    /// The aftermaxthreads class (a class every generation may produce).
+    aftermax: Option<String>,
+}
+
+impl Generations {
+    /// Loads both files for generation 1. The first policy must load: a daemon that starts
+    /// with a broken file would silently drop every connection.
+    pub fn load_first(
+        rules: std::path::PathBuf,
+        actions: std::path::PathBuf,
+        aftermax: Option<String>,
+    ) -> Result<Generations> {
+        let mut rules_watch = Watched::new(rules);
+        let mut actions_watch = Watched::new(actions);
+        let mut errors: Vec<String> = Vec::new();
+        let mut files = PolicyFiles::default();
+        match rules_watch.poll(true) {
+            Some(Ok(text)) => match reload::load_rules(&rules_watch.name, &text) {
+                Ok((classes, warns)) => {
+                    warns.iter().for_each(|w| log::warn(&w.to_string()));
+                    files.rules = Some((text, classes));
+                }
+                Err(e) => errors.extend(e.lines()),
+            },
+            Some(Err(e)) => errors.push(e),
+            None => errors.push(format!("{}: not read", rules_watch.name)),
+        }
+        match actions_watch.poll(true) {
+            Some(Ok(text)) => match reload::load_actions(&actions_watch.name, &text) {
+                Ok((a, warns)) => {
+                    warns.iter().for_each(|w| log::warn(&w.to_string()));
+                    files.actions = Some((text, Arc::new(a)));
+                }
+                Err(e) => errors.extend(e.lines()),
+            },
+            Some(Err(e)) => errors.push(e),
+            None => errors.push(format!("{}: not read", actions_watch.name)),
+        }
+        if !errors.is_empty() {
+            return Err(Error::Config(errors.join("\n")));
+        }
+        let mut g = Generations {
+            gen: Gen(1),
+            tables: BTreeMap::new(),
+            files,
+            rules_watch,
+            actions_watch,
+            aftermax,
+        };
+        g.install_table();
+        Ok(g)
+    }
+
+    /// Records the current files as generation `self.gen`.
+    fn install_table(&mut self) {
+        let classes = self
+            .files
+            .rules
+            .as_ref()
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default();
+        let actions = self.files.actions.as_ref().map(|(_, a)| Arc::clone(a));
+        let t = GenTable::new(self.gen, actions, classes, self.aftermax.as_deref());
+        self.tables.insert(self.gen, Arc::new(t));
+    }
+
+    /// Forgets the action tables older than `oldest` (the oldest generation a pending
+    /// verdict or the classifier may still name); the current one is always kept.
+    pub fn prune(&mut self, oldest: Gen) {
+        let keep_from = oldest.min(self.gen);
+        self.tables.retain(|g, _| *g >= keep_from);
+    }
+
+    /// The current generation, as the classifier gets it.
+    pub fn policy_msg(&self, settings: &ClassifierSettings) -> ParentToClassifier {
+        ParentToClassifier::Policy {
+            gen: self.gen,
+            rules: self.files.rules.as_ref().map(|(t, _)| t.clone()),
+            actions: self.files.actions.as_ref().map(|(t, _)| t.clone()),
+            settings: settings.clone(),
+        }
+    }
+
+    /// Checks both files (every file at once when `force`); returns what changed. On any
+    /// change the generation is bumped and its table installed; the caller ships it.
+    pub fn reload(&mut self, force: bool, mode: OnFileError) -> Reloaded {
+        let mut changed = Reloaded::default();
+        if let Some(res) = self.rules_watch.poll(force) {
+            let name = self.rules_watch.name.clone();
+            let loaded = res
+                .map_err(reload::LoadError::Read)
+                .and_then(|text| reload::load_rules(&name, &text).map(|(c, w)| (text, c, w)));
+            let outcome = match loaded {
+                Ok((text, classes, warns)) => {
+                    warns.iter().for_each(|w| log::warn(&w.to_string()));
+                    self.files.rules = Some((text, classes));
+                    log::info(&format!("reloaded rules file {name}"));
+                    Outcome::Loaded
+                }
+                Err(e) => {
+                    e.lines().iter().for_each(|l| log::err(l));
+                    report_failed(
+                        &name,
+                        "rules",
+                        mode,
+                        reload::on_error(&mut self.files.rules, mode),
+                    )
+                }
+            };
+            changed.policy |= outcome.changes_policy();
+        }
+        if let Some(res) = self.actions_watch.poll(force) {
+            let name = self.actions_watch.name.clone();
+            let loaded = res
+                .map_err(reload::LoadError::Read)
+                .and_then(|text| reload::load_actions(&name, &text).map(|(a, w)| (text, a, w)));
+            let outcome = match loaded {
+                Ok((text, actions, warns)) => {
+                    warns.iter().for_each(|w| log::warn(&w.to_string()));
+                    self.files.actions = Some((text, Arc::new(actions)));
+                    changed.actions_loaded = true;
+                    log::info(&format!("reloaded actions file {name}"));
+                    Outcome::Loaded
+                }
+                Err(e) => {
+                    e.lines().iter().for_each(|l| log::err(l));
+                    report_failed(
+                        &name,
+                        "actions",
+                        mode,
+                        reload::on_error(&mut self.files.actions, mode),
+                    )
+                }
+            };
+            changed.policy |= outcome.changes_policy();
+        }
+        if changed.policy {
+            self.gen = Gen(self.gen.0.saturating_add(1));
+            self.install_table();
+            log::debug(2, &format!("policy generation {}", self.gen.0));
+        }
+        changed
+    }
+}
+
+/// What a reload check changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// A new generation exists.
+    pub policy: bool,
+    /// A new actions file was loaded (norepeatlog forgets its last line).
+    pub actions_loaded: bool,
+}
+
+/// Logs what onfileerror did about a file that failed to load.
+fn report_failed(name: &str, what: &str, mode: OnFileError, outcome: Outcome) -> Outcome {
+    match (mode, &outcome) {
+        (OnFileError::Drop, Outcome::Dropped) => log::err(&format!(
+            "{what} file {name} has errors: dropped until it loads (every connection is closed)"
+        )),
+        (OnFileError::Drop, _) => log::err(&format!(
+            "{what} file {name} still has errors: still dropped"
+        )),
+        _ => log::err(&format!(
+            "{what} file {name} has errors: keeping the old {what}"
+        )),
+    }
+    outcome
+}
