@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use privsep::proto::{ClassName, ConnId, Gen, LiveConn};
 
-use super::msgwrite::MsgWrite;
+use super::msgwrite::{MsgWrite, Progress};
 
 /// What the verdict said about a connection that got a service or a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -322,6 +322,42 @@ impl Conns {
             State::Writing { writer, .. } => Some(writer),
             _ => None,
         }
+    }
+
+    /// Writes what the sockets in slots `ready` (poll said POLLOUT) take, and times out the
+    /// writers past their deadline. Returns the writers that are done, with how they ended;
+    /// their rows are gone.
+    pub fn advance_writers(
+        &mut self,
+        ready: &[usize],
+        now: Instant,
+    ) -> Vec<(MsgWrite<TcpStream>, Progress)> {
+        let n = self.writers.len();
+        let mut flagged = vec![false; n];
+        for i in ready {
+            if let Some(f) = flagged.get_mut(*i) {
+                *f = true;
+            }
+        }
+        let mut done = Vec::new();
+        // Walk backwards so finishing a slot never moves one we have yet to visit.
+        for i in (0..n).rev() {
+            let Some(w) = self.writer_mut(i) else {
+                continue;
+            };
+            if !flagged.get(i).copied().unwrap_or(false) && now < w.deadline() {
+                continue;
+            }
+            match w.advance(now) {
+                Progress::Blocked => {}
+                other => {
+                    if let Some(w) = self.finish_writer(i) {
+                        done.push((w, other));
+                    }
+                }
+            }
+        }
+        done
     }
 
     /// Removes every message writer (shutdown).

@@ -12,6 +12,12 @@
 //! Whose bytes: connections from the network (never read by the parent, only accepted and
 //! handed on), worker messages (admitted before use), the administrator's files.
 //!
+//! Layout: this file holds the poll loop and every restart decision; start.rs builds the
+//! [`Parent`]; workers.rs starts and talks to the workers of privsep's role table;
+//! from_classifier.rs and from_resolver.rs admit each peer's messages and run their
+//! `on_<variant>` handlers; accept.rs, verdict.rs and reap.rs move a connection through the one
+//! live-connection table in conns.rs; generations.rs keeps the policy generations.
+//!
 //! Invariants:
 //! - every connection gets exactly one verdict, or is closed unanswered (fail closed) when its
 //!   classifier dies; the parent never acts on a guess;
@@ -24,6 +30,7 @@
 
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
+mod accept;
 pub mod admit;
 pub mod conns;
 mod from_classifier;
@@ -31,10 +38,12 @@ mod from_resolver;
 pub mod generations;
 pub mod listen;
 pub mod msgwrite;
+mod reap;
 pub mod reload;
 pub mod setup;
 pub mod signals;
 pub mod spawn;
+mod start;
 pub mod status;
 mod verdict;
 pub mod workers;
@@ -46,12 +55,10 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 use policy::conf::OnFileError;
 use privsep::proto::{
-    BuildId, ClassName, ClassifierSettings, ClassifierToParent, ConnId, Gen, ParentToClassifier,
-    ParentToResolver, ResolverSettings, ResolverToParent,
+    BuildId, ClassifierSettings, ClassifierToParent, ParentToClassifier, ParentToResolver,
+    ResolverSettings, ResolverToParent,
 };
 use privsep::Role;
 
@@ -61,8 +68,7 @@ use crate::log;
 use conns::Conns;
 use from_classifier::Shipped;
 use generations::Generations;
-use listen::{AcceptResult, Listener};
-use msgwrite::Progress;
+use listen::Listener;
 use spawn::Creds;
 use verdict::finish_msg;
 use workers::{Backoff, Failure, Link, Worker, WorkerPlan};
@@ -72,23 +78,11 @@ use workers::{Backoff, Failure, Link, Worker, WorkerPlan};
 /// descriptors (s6 `ABSOLUTE_MAXCONN`, bgpd `MAX_CONNECT_CNT`).
 pub const MAX_PENDING: usize = 4096;
 
-/// Resolver threads per classifier evaluation thread: the widest or-list of lookups that runs
-/// in one round trip while every evaluation is busy. The resolver caps the total.
-const RESOLVER_THREADS_PER_EVALUATION: u32 = 8;
-
-/// Connections accepted from one listener per loop turn, so one busy port cannot starve the
-/// others, the workers' channels or the reaper.
-const ACCEPT_BATCH: usize = 128;
-
 /// Worker messages handled per worker per loop turn, for the same fairness.
 const RECV_BATCH: usize = 512;
 
 /// How often the rules and actions files are stat'ed.
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
-
-/// Pause after accept fails for lack of descriptors or memory (the listener stays readable;
-/// without a pause the loop would spin).
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Longest a connection may wait for its verdict. Every lookup the classifier makes has its
 /// own timeout (seconds), so even a long chain of them finishes well within this; a connection
@@ -136,143 +130,7 @@ struct Parent {
 
 /// Runs the parent until SIGTERM/SIGINT (exit 0) or a fatal error.
 pub fn run(args: &Args) -> Result<ExitCode> {
-    if let Some(s) = args.stack {
-        setup::set_stack(s);
-    }
-    match spawn::raise_nofile() {
-        Ok(n) => log::debug(3, &format!("descriptor limit {n}")),
-        Err(e) => log::warn(&format!("cannot raise the descriptor limit: {e}")),
-    }
-    let cfg = setup::load_conf(&args.config)?;
-    let conf = &cfg.conf;
-    let root = nix::unistd::geteuid().is_root();
-
-    // Users, while /etc is visible (STYLE.md §2.6 step 2).
-    let creds = match (&conf.user, root) {
-        (Some(u), true) => Some(spawn::resolve_user(u).map_err(Error::Config)?),
-        (Some(u), false) => {
-            let c = spawn::resolve_user(u).map_err(Error::Config)?;
-            if c.uid != nix::unistd::getuid().as_raw() {
-                log::warn(&format!(
-                    "not running as root: ignoring user {u}; services run as uid {}",
-                    nix::unistd::getuid()
-                ));
-            }
-            None
-        }
-        (None, true) => {
-            // Like the original portnanny and inetd: no `user` means services run as root.
-            log::warn("no user in nanny.conf: services will run as root");
-            None
-        }
-        (None, false) => None,
-    };
-    let plan = if root {
-        let (name, uid, gid) = setup::privsep_user(conf)?;
-        let dir =
-            std::path::PathBuf::from(conf.chrootdir.as_deref().unwrap_or(setup::DEFAULT_CHROOT));
-        setup::prepare_chroot(&dir)?;
-        log::debug(
-            2,
-            &format!(
-                "workers run as {name} (uid {uid}, gid {gid}); classifier root {}",
-                dir.display()
-            ),
-        );
-        WorkerPlan {
-            uid,
-            gid,
-            chroot: Some(dir),
-        }
-    } else {
-        log::warn(
-            "not running as root: workers are not chrooted and keep this user's ids (development mode)",
-        );
-        WorkerPlan {
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            chroot: None,
-        }
-    };
-
-    let maxthreads = args.maxthreads.unwrap_or(conf.maxthreads);
-    let aftermax = match &conf.aftermaxthreads {
-        None => None,
-        Some(c) => Some(
-            ClassName::try_from(c.clone())
-                .map_err(|e| Error::Config(format!("aftermaxthreads {c}: {e}")))?,
-        ),
-    };
-    let settings = Settings {
-        onfileerror: conf.onfileerror,
-        substitutions: conf.substitutions,
-        classifier: ClassifierSettings {
-            // Sent as configured: 0 (threading off) means aftermaxthreads never applies, as in
-            // portnanny 2; the classifier still evaluates on one thread.
-            maxthreads,
-            aftermaxthreads: aftermax,
-            dropipafter_secs: conf.dropipafter,
-            expireevery_secs: conf.expireevery,
-            dns_timeout_ms: conf.dnstimeout_ms,
-            identd_timeout_ms: conf.identdtimeout_ms,
-            answerson_timeout_ms: conf.answersontimeout_ms,
-        },
-        resolver: ResolverSettings {
-            // Lookups block a resolver thread each, and one evaluation starts all the lookups
-            // of an or-list at once (five dnsbl: zones, say). With fewer threads than busy
-            // evaluations times that width, K zones cost K rounds instead of one (measured:
-            // 8 evaluations x 5 zones at 200 ms took 1 s on 8 threads).
-            threads: maxthreads
-                .max(1)
-                .saturating_mul(RESOLVER_THREADS_PER_EVALUATION),
-            dns_timeout_ms: conf.dnstimeout_ms,
-            identd_timeout_ms: conf.identdtimeout_ms,
-            answerson_timeout_ms: conf.answersontimeout_ms,
-            cache_ttl_secs: conf.cachettl_secs,
-            cache_entries: conf.cachesize,
-        },
-    };
-
-    // Bind (step 4).
-    let lines: Vec<_> = conf.listens.iter().map(|l| (l.port, l.addr)).collect();
-    let (listeners, skipped) = listen::bind_all(&lines)
-        .map_err(|(addr, e)| Error::system(format!("cannot listen on {addr}"), e))?;
-    for s in skipped {
-        log::warn(&format!("no IPv6 on this host: not listening on {s}"));
-    }
-
-    // Signals before the first child, so no SIGCHLD can be missed.
-    let signals = signals::Signals::install().map_err(|e| Error::system("signal handlers", e))?;
-
-    let policy = Generations::load_first(
-        cfg.rules_path.clone(),
-        cfg.actions_path.clone(),
-        conf.aftermaxthreads.clone(),
-    )?;
-    let mut p = Parent {
-        build: privsep::build_id(),
-        settings,
-        listeners,
-        accepting: true,
-        accept_paused_until: None,
-        next_conn: 1,
-        lifetime: 0,
-        conns: Conns::default(),
-        classifier: None,
-        resolver: None,
-        shipped: Shipped::new(Gen(1)),
-        ever_ready: false,
-        plan,
-        restarts: Backoff::default(),
-        group_started: None,
-        policy,
-        next_reload: Instant::now() + RELOAD_EVERY,
-        creds,
-        last_log: None,
-        status_wanted: false,
-        signals,
-        fatal: None,
-    };
+    let mut p = start::prepare(args)?;
     p.start_workers()?;
     let addrs: Vec<String> = p.listeners.iter().map(|l| l.addr.to_string()).collect();
     log::notice(&format!(
@@ -452,159 +310,6 @@ impl Parent {
         }
     }
 
-    // ---- accepting ----------------------------------------------------------------------
-
-    fn accept_from(&mut self, idx: usize) {
-        for _ in 0..ACCEPT_BATCH {
-            // The classifier may have failed earlier in this loop turn: leave new connections
-            // in the listen backlog until a new one is ready.
-            if !self.workers_ready() {
-                return;
-            }
-            let Some(l) = self.listeners.get(idx) else {
-                return;
-            };
-            let a = match listen::accept(l) {
-                AcceptResult::Conn(a) => a,
-                AcceptResult::Empty => return,
-                AcceptResult::Exhausted(e) => {
-                    log::err(&format!("accept on {}: {e}; pausing accepts", l.addr));
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
-                    return;
-                }
-            };
-            self.lifetime += 1;
-            let conn = ConnId(self.next_conn);
-            self.next_conn += 1;
-            // Per-connection lines are formatted only when they will be written: formatting two
-            // addresses costs more than the rest of this loop turn's user-space work.
-            if log::enabled(2) {
-                log::debug(
-                    2,
-                    &format!("accept {} conn={} local={}", a.remote, conn.0, a.local),
-                );
-            }
-            if self.conns.pending_len() >= MAX_PENDING {
-                // Per connection and only with -v: under a flood this would be thousands of lines.
-                log::debug(
-                    1,
-                    &format!(
-                        "drop conn={} reason=too-many-pending ({MAX_PENDING} waiting for a verdict)",
-                        conn.0
-                    ),
-                );
-                continue;
-            }
-            if let Err(f) = self.classify(a, conn, Instant::now()) {
-                return self.worker_failed(f);
-            }
-        }
-    }
-
-    // ---- children -----------------------------------------------------------------------
-
-    fn reap(&mut self) {
-        // Bounded: each iteration reaps one child; there cannot be more zombies than children.
-        for _ in 0..100_000 {
-            let st = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    log::err(&format!("waitpid: {e}"));
-                    return;
-                }
-                Ok(st) => st,
-            };
-            let pid = match st {
-                WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => pid,
-                _ => continue,
-            };
-            // Only for log lines, so built only when one is written.
-            let how = || match st {
-                WaitStatus::Signaled(_, sig, _) => format!("signal={}", sig.as_str()),
-                WaitStatus::Exited(_, code) => format!("exit={code}"),
-                _ => String::new(),
-            };
-            if let Some(c) = self.conns.end_service(pid.as_raw()) {
-                let conns::State::Running {
-                    counted, served, ..
-                } = c.state
-                else {
-                    continue;
-                };
-                let hint = match st {
-                    WaitStatus::Exited(_, spawn::EXIT_SETUP_FAILED) => {
-                        Some("its set-up failed before exec (dup2 or the user's ids)")
-                    }
-                    WaitStatus::Exited(_, spawn::EXIT_EXEC_FAILED) => {
-                        Some("execve failed (not an executable?)")
-                    }
-                    _ => None,
-                };
-                let age = served.started.elapsed();
-                if let (Some(h), true) = (hint, age < Duration::from_secs(1)) {
-                    log::err(&format!("service pid={pid} conn={} {}: {h}", c.id.0, how()));
-                }
-                if log::enabled(1) {
-                    log::debug(
-                        1,
-                        &format!(
-                            "end pid={pid} conn={} {} secs={}",
-                            c.id.0,
-                            how(),
-                            age.as_secs()
-                        ),
-                    );
-                }
-                if let Err(f) = self.conn_closed(c.id, counted) {
-                    self.worker_failed(f);
-                }
-                continue;
-            }
-            let worker = self
-                .links()
-                .iter()
-                .find(|w| w.pid() == pid)
-                .map(|w| w.role());
-            match worker {
-                Some(role) => self.worker_failed(Failure::new(
-                    role,
-                    format!("the {role} (pid {pid}) died: {}", how()),
-                )),
-                None => log::debug(3, &format!("reaped pid={pid} {}", how())),
-            }
-        }
-    }
-
-    // ---- messages -----------------------------------------------------------------------
-
-    fn advance_msgs(&mut self, ready: &[usize], now: Instant) {
-        let n = self.conns.writing_len();
-        let mut flagged = vec![false; n];
-        for i in ready {
-            if let Some(f) = flagged.get_mut(*i) {
-                *f = true;
-            }
-        }
-        // Walk backwards so finishing a slot never moves one we have yet to visit.
-        for i in (0..n).rev() {
-            let Some(w) = self.conns.writer_mut(i) else {
-                continue;
-            };
-            if !flagged.get(i).copied().unwrap_or(false) && now < w.deadline() {
-                continue;
-            }
-            match w.advance(now) {
-                Progress::Blocked => {}
-                other => {
-                    if let Some(w) = self.conns.finish_writer(i) {
-                        finish_msg(w, other);
-                    }
-                }
-            }
-        }
-    }
-
     // ---- status -------------------------------------------------------------------------
 
     fn log_status(&self, c: Option<status::ClassifierStats>) {
@@ -721,7 +426,11 @@ impl Parent {
                 match slot {
                     Slot::Signals => signalled = true,
                     Slot::Worker(role) => self.on_worker_ready(*role, *rev),
-                    Slot::Listener(i) => self.accept_from(*i),
+                    Slot::Listener(i) => {
+                        if let Err(f) = self.accept_from(*i) {
+                            self.worker_failed(f);
+                        }
+                    }
                     Slot::Msg(i) => msg_ready.push(*i),
                 }
             }
@@ -740,7 +449,9 @@ impl Parent {
                     self.worker_failed(f);
                 }
             }
-            self.advance_msgs(&msg_ready, now);
+            for (w, how) in self.conns.advance_writers(&msg_ready, now) {
+                finish_msg(w, how);
+            }
             if signalled && self.on_signals() {
                 return Ok(());
             }
@@ -770,7 +481,9 @@ impl Parent {
     fn on_signals(&mut self) -> bool {
         let sig = self.signals.take();
         if sig.child {
-            self.reap();
+            if let Some(f) = self.reap() {
+                self.worker_failed(f);
+            }
         }
         if sig.term {
             self.shutdown();

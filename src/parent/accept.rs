@@ -1,0 +1,72 @@
+//! Accepting: new connections from the listeners become pending rows of the connection table
+//! and `ConnAccepted` messages to the classifier.
+//!
+//! Runs in the parent. The only input is accept(2) on our own listening sockets; the peer's
+//! bytes are never read here.
+
+use std::time::{Duration, Instant};
+
+use privsep::proto::ConnId;
+
+use super::listen::{self, AcceptResult};
+use super::workers::Failure;
+use super::{Parent, MAX_PENDING};
+use crate::log;
+
+/// Connections accepted from one listener per loop turn, so one busy port cannot starve the
+/// others, the workers' channels or the reaper.
+const ACCEPT_BATCH: usize = 128;
+
+/// Pause after accept fails for lack of descriptors or memory (the listener stays readable;
+/// without a pause the loop would spin).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+impl Parent {
+    /// Accepts up to [`ACCEPT_BATCH`] connections from listener `idx` and hands each to the
+    /// classifier.
+    pub(super) fn accept_from(&mut self, idx: usize) -> Result<(), Failure> {
+        for _ in 0..ACCEPT_BATCH {
+            // The classifier may have failed earlier in this loop turn: leave new connections
+            // in the listen backlog until a new one is ready.
+            if !self.workers_ready() {
+                return Ok(());
+            }
+            let Some(l) = self.listeners.get(idx) else {
+                return Ok(());
+            };
+            let a = match listen::accept(l) {
+                AcceptResult::Conn(a) => a,
+                AcceptResult::Empty => return Ok(()),
+                AcceptResult::Exhausted(e) => {
+                    log::err(&format!("accept on {}: {e}; pausing accepts", l.addr));
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    return Ok(());
+                }
+            };
+            self.lifetime += 1;
+            let conn = ConnId(self.next_conn);
+            self.next_conn += 1;
+            // Per-connection lines are formatted only when they will be written: formatting two
+            // addresses costs more than the rest of this loop turn's user-space work.
+            if log::enabled(2) {
+                log::debug(
+                    2,
+                    &format!("accept {} conn={} local={}", a.remote, conn.0, a.local),
+                );
+            }
+            if self.conns.pending_len() >= MAX_PENDING {
+                // Per connection and only with -v: under a flood this would be thousands of lines.
+                log::debug(
+                    1,
+                    &format!(
+                        "drop conn={} reason=too-many-pending ({MAX_PENDING} waiting for a verdict)",
+                        conn.0
+                    ),
+                );
+                continue;
+            }
+            self.classify(a, conn, Instant::now())?;
+        }
+        Ok(())
+    }
+}
