@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         .map(|a| a.to_string_lossy().into_owned())
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, fn()); 6] = [
+    let tests: [(&str, fn()); 7] = [
         (
             "spawn_hands_over_exactly_the_given_fds",
             spawn_hands_over_exactly_the_given_fds,
@@ -97,6 +97,10 @@ fn main() -> ExitCode {
             root_demote_resolver_without_chroot,
         ),
         ("root_demote_refusals", root_demote_refusals),
+        (
+            "root_demote_keeps_exactly_its_capability",
+            root_demote_keeps_exactly_its_capability,
+        ),
         ("unprivileged_demote", unprivileged_demote),
     ];
     let mut failed = 0;
@@ -249,7 +253,20 @@ fn worker_drop(role: Role, real_parent: Pid, rest: &[String]) -> ExitCode {
         plan.nofile = Some(arg(4).parse().unwrap());
     }
     plan.fsize_zero = arg(5) == "1";
-    let _ = role;
+    if arg(8) == "net_raw" {
+        // A throwaway role's row: keeps only CAP_NET_RAW (as a raw-socket worker would).
+        let row = privsep::Profile {
+            role,
+            channels: &[privsep::Peer::Parent],
+            chroot: false,
+            nofile: 32,
+            fsize_zero: true,
+            nproc_zero: false,
+            keep_caps: &[caps::Capability::CAP_NET_RAW],
+            restart_with: &[],
+        };
+        plan = DropPlan::for_profile(&row, plan.uid, plan.gid, None, plan.parent);
+    }
     let mut result = demote(&plan).map_err(|e| (e.step.to_owned(), e.to_string()));
     let mut probes = BTreeMap::new();
     if result.is_ok() {
@@ -267,6 +284,18 @@ fn worker_drop(role: Role, real_parent: Pid, rest: &[String]) -> ExitCode {
             ),
         );
         probes.insert("ppid".to_owned(), getppid().to_string());
+        // SAFETY: socket(2) with constant arguments; the descriptor is closed right away.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
+        probes.insert(
+            "raw_socket".to_owned(),
+            if raw >= 0 {
+                // SAFETY: `raw` is the descriptor socket(2) just returned and nothing else owns.
+                unsafe { libc::close(raw) };
+                "ok".to_owned()
+            } else {
+                format!("{}", std::io::Error::last_os_error())
+            },
+        );
         probes.insert(
             "root".to_owned(),
             format!(
@@ -564,6 +593,54 @@ fn root_demote_resolver_without_chroot() {
     assert_eq!(probes["etc_passwd"], "Ok(())");
     assert!(!probes.contains_key("thread_after_nproc"));
     assert_ne!(proc_limit(w.pid, "Max processes"), "0 0");
+    ch.send(&Cmd::Done).unwrap();
+    assert_eq!(wait_exit(&w), WaitStatus::Exited(w.pid, 0));
+}
+
+/// A role whose row keeps CAP_NET_RAW (and nothing else): /proc shows that one bit in the
+/// effective, permitted and bounding sets, nothing inheritable or ambient, unprivileged ids
+/// and NoNewPrivs; the worker can open a raw socket. The classifier's row (no capability)
+/// cannot: the same probe fails with EPERM.
+fn root_demote_keeps_exactly_its_capability() {
+    if !needs_root() {
+        return;
+    }
+    let nobody = NOBODY.to_string();
+    let (w, _reap, mut ch, result, probes) = drop_worker(
+        Role::Resolver,
+        &[
+            &nobody, &nobody, "-", "ppid", "-", "0", "0", "root", "net_raw",
+        ],
+    );
+    assert_eq!(result, Ok(()));
+    let st = proc_status(w.pid);
+    let net_raw = format!("{:016x}", 1u64 << 13);
+    for key in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(status_field(&st, key), net_raw, "{key}");
+    }
+    for key in ["CapInh", "CapAmb"] {
+        assert_eq!(status_field(&st, key), "0000000000000000", "{key}");
+    }
+    let ids = format!("{NOBODY} {NOBODY} {NOBODY} {NOBODY}");
+    assert_eq!(status_field(&st, "Uid"), ids, "Uid");
+    assert_eq!(status_field(&st, "Gid"), ids, "Gid");
+    assert_eq!(status_field(&st, "NoNewPrivs"), "1");
+    assert_eq!(probes["setuid0"], "Err(EPERM)");
+    assert_eq!(probes["raw_socket"], "ok", "{probes:?}");
+    ch.send(&Cmd::Done).unwrap();
+    assert_eq!(wait_exit(&w), WaitStatus::Exited(w.pid, 0));
+
+    // The same worker under a row that keeps nothing.
+    let (w, _reap, mut ch, result, probes) = drop_worker(
+        Role::Resolver,
+        &[&nobody, &nobody, "-", "ppid", "-", "0", "0", "root"],
+    );
+    assert_eq!(result, Ok(()));
+    assert_dropped_status(w.pid);
+    assert!(
+        probes["raw_socket"].contains("Operation not permitted"),
+        "{probes:?}"
+    );
     ch.send(&Cmd::Done).unwrap();
     assert_eq!(wait_exit(&w), WaitStatus::Exited(w.pid, 0));
 }
