@@ -21,6 +21,13 @@ const ACCEPT_BATCH: usize = 128;
 /// without a pause the loop would spin).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// An episode of accept(2) failing for lack of descriptors or memory.
+#[derive(Debug)]
+pub(super) struct Exhausted {
+    since: Instant,
+    failures: u64,
+}
+
 impl Parent {
     /// Accepts up to [`ACCEPT_BATCH`] connections from listener `idx` and hands each to the
     /// classifier.
@@ -38,11 +45,32 @@ impl Parent {
                 AcceptResult::Conn(a) => a,
                 AcceptResult::Empty => return Ok(()),
                 AcceptResult::Exhausted(e) => {
-                    log::err(&format!("accept on {}: {e}; pausing accepts", l.addr));
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    let now = Instant::now();
+                    match &mut self.exhausted {
+                        // Once per episode: the pause repeats ten times a second.
+                        Some(ep) => ep.failures += 1,
+                        None => {
+                            log::err(&format!(
+                                "accept on {}: {e}; pausing accepts (logged once until they resume)",
+                                l.addr
+                            ));
+                            self.exhausted = Some(Exhausted {
+                                since: now,
+                                failures: 1,
+                            });
+                        }
+                    }
+                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
                     return Ok(());
                 }
             };
+            if let Some(ep) = self.exhausted.take() {
+                log::notice(&format!(
+                    "accepts resumed after {} failed attempts over {:.1} s",
+                    ep.failures,
+                    ep.since.elapsed().as_secs_f64()
+                ));
+            }
             self.lifetime += 1;
             let conn = ConnId(self.next_conn);
             self.next_conn += 1;

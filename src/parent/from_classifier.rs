@@ -26,8 +26,9 @@ pub struct Shipped {
     pub first_sent: Gen,
     /// The newest generation sent to it.
     pub latest_sent: Gen,
-    /// The newest generation it acknowledged.
+    /// The newest generation it acknowledged, and when.
     pub acked: Option<Gen>,
+    pub acked_at: Option<Instant>,
 }
 
 impl Shipped {
@@ -36,6 +37,7 @@ impl Shipped {
             first_sent: gen,
             latest_sent: gen,
             acked: None,
+            acked_at: None,
         }
     }
 
@@ -100,6 +102,7 @@ impl Parent {
 
     fn on_policy_loaded(&mut self, g: Gen) {
         self.shipped.acked = Some(g);
+        self.shipped.acked_at = Some(Instant::now());
         if self.workers_ready() {
             self.ever_ready = true;
         }
@@ -189,6 +192,7 @@ impl Parent {
             return Ok(());
         };
         self.shipped.latest_sent = self.policy.gen;
+        self.failed_since_ship = 0;
         w.queue(&msg, "the new policy")
     }
 

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use policy::actions::Actions;
 use policy::conf::OnFileError;
 use privsep::proto::{ClassifierSettings, Gen, ParentToClassifier};
 
@@ -19,11 +20,22 @@ use super::reload::{self, Outcome, PolicyFiles, Watched};
 use crate::exit::{Error, Result};
 use crate::log;
 
+/// The files of one generation, as loaded (None: dropped by onfileerror drop).
+#[derive(Clone, Debug)]
+struct Snapshot {
+    gen: Gen,
+    rules: Option<(String, Vec<String>)>,
+    actions: Option<(String, Arc<Actions>)>,
+}
+
 #[derive(Debug)]
 pub struct Generations {
     pub gen: Gen,
     pub tables: BTreeMap<Gen, Arc<GenTable>>,
     files: PolicyFiles,
+    /// The newest generation that ran (see [`Generations::mark_good`]), to go back to when a
+    /// newer one keeps making the workers fail.
+    good: Option<Snapshot>,
     rules_watch: Watched,
     actions_watch: Watched,
     /// The aftermaxthreads class (a class every generation may produce).
@@ -74,6 +86,7 @@ impl Generations {
             rules_watch,
             actions_watch,
             aftermax,
+            good: None,
         };
         g.install_table();
         Ok(g)
@@ -90,6 +103,44 @@ impl Generations {
         let actions = self.files.actions.as_ref().map(|(_, a)| Arc::clone(a));
         let t = GenTable::new(self.gen, actions, classes, self.aftermax.as_deref());
         self.tables.insert(self.gen, Arc::new(t));
+    }
+
+    /// Generation `gen` ran: a classifier loaded it and kept running. Only the current
+    /// generation's files are at hand, so an older one is not recorded.
+    pub fn mark_good(&mut self, gen: Gen) {
+        if gen != self.gen || self.good.as_ref().is_some_and(|g| g.gen == gen) {
+            return;
+        }
+        self.good = Some(Snapshot {
+            gen,
+            rules: self.files.rules.clone(),
+            actions: self.files.actions.clone(),
+        });
+    }
+
+    /// The generation to go back to, if the current one is newer than the last that ran.
+    pub fn good_gen(&self) -> Option<Gen> {
+        self.good.as_ref().map(|g| g.gen).filter(|g| *g < self.gen)
+    }
+
+    /// Goes back to the files of the last generation that ran, as a new generation (so that
+    /// verdicts made under the failed one are refused as stale). Returns the new generation;
+    /// None when there is nothing to go back to. The files on disk are left alone: they are
+    /// loaded again when they change.
+    pub fn roll_back(&mut self) -> Option<Gen> {
+        self.good_gen()?;
+        let good = self.good.clone()?;
+        self.files.rules = good.rules;
+        self.files.actions = good.actions;
+        self.gen = Gen(self.gen.0.saturating_add(1));
+        self.install_table();
+        // The restored files are what ran; they stay the known-good policy.
+        self.good = Some(Snapshot {
+            gen: self.gen,
+            rules: self.files.rules.clone(),
+            actions: self.files.actions.clone(),
+        });
+        Some(self.gen)
     }
 
     /// Forgets the action tables older than `oldest` (the oldest generation a pending

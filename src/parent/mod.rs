@@ -32,6 +32,7 @@
 
 mod accept;
 pub mod admit;
+mod confwatch;
 pub mod conns;
 mod from_classifier;
 mod from_resolver;
@@ -89,6 +90,12 @@ const RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// older than this means the classifier is stuck, and it is restarted like a dead one.
 const VERDICT_DEADLINE: Duration = Duration::from_secs(300);
 
+/// A generation counts as one that ran once a classifier has kept it this long.
+const GOOD_AFTER: Duration = Duration::from_secs(5);
+
+/// Worker failures after a reload, before the generation that ran last is restored.
+const ROLLBACK_AFTER: u32 = 2;
+
 /// Settings from the command line and nanny.conf that the loop needs.
 struct Settings {
     onfileerror: OnFileError,
@@ -103,6 +110,8 @@ struct Parent {
     listeners: Vec<Listener>,
     accepting: bool,
     accept_paused_until: Option<Instant>,
+    /// accept(2) is failing for lack of resources (logged once per episode).
+    exhausted: Option<accept::Exhausted>,
     next_conn: u64,
     lifetime: u64,
     /// Every live connection: pending, running, or having its message written.
@@ -118,7 +127,10 @@ struct Parent {
     restarts: Backoff,
     /// When the running group was started.
     group_started: Option<Instant>,
+    /// Worker failures since the current generation was shipped.
+    failed_since_ship: u32,
     policy: Generations,
+    conf_watch: confwatch::ConfWatch,
     next_reload: Instant,
     creds: Option<Creds>,
     last_log: Option<String>,
@@ -274,6 +286,10 @@ impl Parent {
             ));
             return;
         }
+        self.failed_since_ship = self.failed_since_ship.saturating_add(1);
+        if self.failed_since_ship >= ROLLBACK_AFTER {
+            self.roll_back();
+        }
         let now = Instant::now();
         let started = self.group_started.take().unwrap_or(now);
         match self.restarts.failed(started, now) {
@@ -281,6 +297,35 @@ impl Parent {
             Err(e) => self.fatal = Some(e),
         }
         self.prune_tables();
+    }
+
+    /// The workers keep failing under a generation that never ran: go back to the last one
+    /// that did (the restarted classifier is greeted with it). If that one fails too, the
+    /// back-off gives up as for any failure.
+    fn roll_back(&mut self) {
+        let bad = self.policy.gen;
+        let Some(good) = self.policy.good_gen() else {
+            return;
+        };
+        if let Some(new) = self.policy.roll_back() {
+            self.failed_since_ship = 0;
+            log::crit(&format!(
+                "the workers failed {ROLLBACK_AFTER} times after policy generation {} was \
+                 loaded: going back to the policy of generation {} (the last that ran) as \
+                 generation {}; the files on disk are loaded again when they change",
+                bad.0, good.0, new.0
+            ));
+        }
+    }
+
+    /// A generation the classifier has kept for [`GOOD_AFTER`] is one to come back to.
+    fn note_good_policy(&mut self, now: Instant) {
+        if let (Some(g), Some(at)) = (self.shipped.acked, self.shipped.acked_at) {
+            if self.workers_ready() && now.saturating_duration_since(at) >= GOOD_AFTER {
+                self.policy.mark_good(g);
+                self.failed_since_ship = 0;
+            }
+        }
     }
 
     /// Drops action tables no pending verdict can name any more.
@@ -457,6 +502,7 @@ impl Parent {
             }
             if Instant::now() >= self.next_reload {
                 self.check_verdict_deadline(Instant::now());
+                self.note_good_policy(Instant::now());
                 self.prune_tables();
                 self.reload(false);
                 self.next_reload = Instant::now() + RELOAD_EVERY;
@@ -491,6 +537,7 @@ impl Parent {
         }
         if sig.hup {
             log::info("SIGHUP: reloading the rules and actions files");
+            self.conf_watch.check();
             self.reload(true);
             self.next_reload = Instant::now() + RELOAD_EVERY;
         }

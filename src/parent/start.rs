@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use privsep::proto::{ClassName, ClassifierSettings, Gen, ResolverSettings};
 
+use super::confwatch::ConfWatch;
 use super::conns::Conns;
 use super::from_classifier::Shipped;
 use super::generations::Generations;
@@ -144,6 +145,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         listeners,
         accepting: true,
         accept_paused_until: None,
+        exhausted: None,
         next_conn: 1,
         lifetime: 0,
         conns: Conns::default(),
@@ -154,7 +156,9 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         plan,
         restarts: Backoff::default(),
         group_started: None,
+        failed_since_ship: 0,
         policy,
+        conf_watch: ConfWatch::new(cfg.conf_path.clone()),
         next_reload: Instant::now() + RELOAD_EVERY,
         creds,
         last_log: None,

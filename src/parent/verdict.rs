@@ -59,8 +59,10 @@ pub fn act(v: &Verdict, p: PendingConn, ctx: &mut ActCtx<'_>) -> Acted {
         log::debug(
             1,
             &format!(
-                "verdict conn={} class={} action={}{why} gen={}",
+                "verdict conn={} peer={} local={} class={} action={}{why} gen={}",
                 conn.0,
+                meta.remote,
+                meta.local,
                 log::escape(&class),
                 disposition.as_str(),
                 v.gen().0

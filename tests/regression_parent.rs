@@ -1,0 +1,158 @@
+//! Regressions of the parent found by a new user (issue 9): the verdict line names the peer,
+//! SIGHUP says that an edited nanny.conf is not re-read, a policy that keeps the workers
+//! failing after a reload is rolled back, and running out of descriptors is logged once per
+//! episode instead of ten times a second.
+//!
+//! Runs in the test process; starts the real `portnanny` and observes clients' bytes, log
+//! lines and worker pids in /proc.
+
+mod util;
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use util::*;
+
+fn src(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 61, 0, i)
+}
+
+/// issue 9 item 8: at -v every verdict line names the peer and the local address.
+#[test]
+fn verdict_line_names_peer_and_local_address() {
+    let s = Scratch::new("reg-verdict-line");
+    let n = Nanny::start(&s, Setup::new("a: ALL\n", "a: msg hello%(nl)s\n").arg("-v"));
+    let mark = n.mark();
+    let c = src(8);
+    assert_eq!(n.fetch_from(c).text(), "hello\n", "{}", n.log());
+    let line = n.expect_log(mark, &["verdict conn="]);
+    assert!(line.contains(&format!("peer={c}:")), "{line}");
+    assert!(
+        line.contains(&format!("local=127.0.0.1:{}", n.addr.port())),
+        "{line}"
+    );
+}
+
+/// issue 9 item 6: SIGHUP after an edit of nanny.conf says it is not re-read (once per edit).
+#[test]
+fn sighup_says_an_edited_nanny_conf_is_not_reread() {
+    let s = Scratch::new("reg-sighup-conf");
+    let n = Nanny::start(&s, Setup::new("a: ALL\n", "a: msg one%(nl)s\n"));
+    let mark = n.mark();
+    n.signal(Signal::SIGHUP);
+    n.expect_log(mark, &["SIGHUP: reloading"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !n.log_since(mark).contains("not re-read"),
+        "unchanged nanny.conf reported:\n{}",
+        n.log()
+    );
+    let conf = std::fs::read_to_string(&n.conf).expect("nanny.conf");
+    std::fs::write(&n.conf, format!("{conf}maxthreads 3\n")).expect("edit nanny.conf");
+    let mark = n.mark();
+    n.signal(Signal::SIGHUP);
+    let line = n.expect_log(mark, &["not re-read", "restart"]);
+    assert!(line.contains("nanny.conf"), "{line}");
+    // The same edit is reported once.
+    let mark = n.mark();
+    n.signal(Signal::SIGHUP);
+    n.expect_log(mark, &["SIGHUP: reloading"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!n.log_since(mark).contains("not re-read"), "{}", n.log());
+}
+
+/// Kills the current classifier as soon as it exists (a pid other than `old`); returns the
+/// pid killed.
+fn kill_new_classifier(n: &Nanny, old: i32) -> i32 {
+    let pid = wait_for(START_TIMEOUT, || {
+        n.worker("classifier").filter(|p| *p != old)
+    })
+    .unwrap_or_else(|| panic!("no new classifier; log:\n{}", n.log()));
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    pid
+}
+
+/// issue 9 item 17: workers that keep failing right after a reload bring back the policy that
+/// last ran, with a LOG_CRIT line; the daemon keeps serving it.
+#[test]
+fn workers_failing_after_a_reload_roll_back_to_the_policy_that_ran() {
+    let s = Scratch::new("reg-rollback");
+    let n = Nanny::start(&s, Setup::new("a: ALL\n", "a: msg old%(nl)s\n"));
+    assert_eq!(n.fetch_from(src(17)).text(), "old\n", "{}", n.log());
+    // Generation 1 becomes one that ran (kept for 5 s, checked once a second).
+    std::thread::sleep(Duration::from_millis(6500));
+    let before = n.worker("classifier").expect("classifier");
+    let mark = n.mark();
+    write_atomic(&n.actions, "a: msg new%(nl)s\n", 0o644);
+    n.expect_log(mark, &["reloaded actions file"]);
+    assert_eq!(n.fetch_from(src(17)).text(), "new\n", "{}", n.log());
+    // The workers now fail twice in a row under the new generation.
+    let k1 = kill_new_classifier(&n, 0);
+    assert_eq!(k1, before);
+    let _k2 = kill_new_classifier(&n, k1);
+    let line = n.expect_log(mark, &["going back to the policy of generation 1"]);
+    assert!(line.contains("generation 2"), "{line}");
+    let got = wait_for(START_TIMEOUT, || {
+        let r = n.fetch_from(src(18)).text();
+        (r == "old\n").then_some(r)
+    });
+    assert_eq!(got.as_deref(), Some("old\n"), "{}", n.log());
+}
+
+/// An identd on `ip`:113 that takes connections into its backlog and never answers.
+fn silent_identd(ip: Ipv4Addr) -> TcpListener {
+    TcpListener::bind((ip, 113)).unwrap_or_else(|e| panic!("bind {ip}:113: {e}"))
+}
+
+/// issue 9 item 7: out of descriptors, "pausing accepts" is logged once per episode (it was
+/// logged ten times a second per listener), and the end of the episode is logged with a count.
+#[test]
+fn accept_exhaustion_is_logged_once_per_episode() {
+    if skip_unless_root("accept_exhaustion_is_logged_once_per_episode") {
+        return;
+    }
+    let s = Scratch::new("reg-emfile");
+    let idle = Ipv4Addr::new(127, 61, 7, 1);
+    let _identd = silent_identd(idle);
+    let rules = "slow: identd: nobody-here\nother: ALL\n";
+    let n = Nanny::start(
+        &s,
+        Setup::new(rules, "slow: msg slow%(nl)s\nother: msg other%(nl)s\n")
+            .conf("identdtimeout 3s\nmaxthreads 8"),
+    );
+    // A hard descriptor limit just above what the parent holds at rest.
+    let st = Command::new("prlimit")
+        .args(["--pid", &n.pid.to_string(), "--nofile=40:40"])
+        .status()
+        .expect("prlimit");
+    assert!(st.success());
+    let mark = n.mark();
+    // Every connection waits ~3 s for identd, so these exhaust the parent's descriptors.
+    let start = Instant::now();
+    let mut clients: Vec<TcpStream> = Vec::new();
+    for _ in 0..80 {
+        if let Ok(c) = connect_from(idle, n.addr, Duration::from_secs(2)) {
+            clients.push(c);
+        }
+    }
+    n.wait_log_since(mark, Duration::from_secs(10), |l| {
+        l.contains("pausing accepts")
+    })
+    .unwrap_or_else(|| panic!("no exhaustion within 10 s; log:\n{}", n.log()));
+    // Stay exhausted for a while: before the fix this logged ~10 lines a second.
+    while start.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let during = n.log_since(mark);
+    let lines = during.matches("pausing accepts").count();
+    assert_eq!(lines, 1, "one line per episode, got {lines}:\n{during}");
+    drop(clients);
+    let resumed = n
+        .wait_log_since(mark, Duration::from_secs(30), |l| {
+            l.contains("accepts resumed after")
+        })
+        .unwrap_or_else(|| panic!("accepts never resumed; log:\n{}", n.log()));
+    assert!(resumed.contains("failed attempts"), "{resumed}");
+}
