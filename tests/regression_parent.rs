@@ -151,7 +151,7 @@ fn accept_exhaustion_is_logged_once_per_episode() {
     drop(clients);
     let resumed = n
         .wait_log_since(mark, Duration::from_secs(30), |l| {
-            l.contains("accepts resumed after")
+            l.contains("accepts resumed:")
         })
         .unwrap_or_else(|| panic!("accepts never resumed; log:\n{}", n.log()));
     assert!(resumed.contains("failed attempts"), "{resumed}");

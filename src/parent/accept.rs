@@ -21,14 +21,35 @@ const ACCEPT_BATCH: usize = 128;
 /// without a pause the loop would spin).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// An exhaustion episode ends after this long without a failed accept: under steady pressure
+/// accepts alternate between failing and succeeding, and that is still one episode.
+const EPISODE_QUIET: Duration = Duration::from_secs(5);
+
 /// An episode of accept(2) failing for lack of descriptors or memory.
 #[derive(Debug)]
 pub(super) struct Exhausted {
     since: Instant,
+    last: Instant,
     failures: u64,
 }
 
 impl Parent {
+    /// Ends an exhaustion episode that has been quiet for [`EPISODE_QUIET`], with one line.
+    pub(super) fn end_exhaustion(&mut self, now: Instant) {
+        let Some(ep) = &self.exhausted else {
+            return;
+        };
+        if now.saturating_duration_since(ep.last) < EPISODE_QUIET {
+            return;
+        }
+        log::notice(&format!(
+            "accepts resumed: {} failed attempts over {:.1} s",
+            ep.failures,
+            ep.last.saturating_duration_since(ep.since).as_secs_f64()
+        ));
+        self.exhausted = None;
+    }
+
     /// Accepts up to [`ACCEPT_BATCH`] connections from listener `idx` and hands each to the
     /// classifier.
     pub(super) fn accept_from(&mut self, idx: usize) -> Result<(), Failure> {
@@ -48,7 +69,10 @@ impl Parent {
                     let now = Instant::now();
                     match &mut self.exhausted {
                         // Once per episode: the pause repeats ten times a second.
-                        Some(ep) => ep.failures += 1,
+                        Some(ep) => {
+                            ep.failures += 1;
+                            ep.last = now;
+                        }
                         None => {
                             log::err(&format!(
                                 "accept on {}: {e}; pausing accepts (logged once until they resume)",
@@ -56,6 +80,7 @@ impl Parent {
                             ));
                             self.exhausted = Some(Exhausted {
                                 since: now,
+                                last: now,
                                 failures: 1,
                             });
                         }
@@ -64,13 +89,7 @@ impl Parent {
                     return Ok(());
                 }
             };
-            if let Some(ep) = self.exhausted.take() {
-                log::notice(&format!(
-                    "accepts resumed after {} failed attempts over {:.1} s",
-                    ep.failures,
-                    ep.since.elapsed().as_secs_f64()
-                ));
-            }
+
             self.lifetime += 1;
             let conn = ConnId(self.next_conn);
             self.next_conn += 1;

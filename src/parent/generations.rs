@@ -9,6 +9,7 @@
 //! generation anything still refers to.
 
 use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use policy::actions::Actions;
@@ -16,6 +17,7 @@ use policy::conf::OnFileError;
 use privsep::proto::{ClassifierSettings, Gen, ParentToClassifier};
 
 use super::admit::GenTable;
+use super::loader::{Loader, Parsed};
 use super::reload::{self, Outcome, PolicyFiles, Watched};
 use crate::exit::{Error, Result};
 use crate::log;
@@ -36,6 +38,10 @@ pub struct Generations {
     /// The newest generation that ran (see [`Generations::mark_good`]), to go back to when a
     /// newer one keeps making the workers fail.
     good: Option<Snapshot>,
+    /// A parse of changed files in progress.
+    loading: Option<Loader>,
+    /// A forced check (SIGHUP) arrived while a parse ran: check every file again after it.
+    again: bool,
     rules_watch: Watched,
     actions_watch: Watched,
     /// The aftermaxthreads class (a class every generation may produce).
@@ -87,6 +93,8 @@ impl Generations {
             actions_watch,
             aftermax,
             good: None,
+            loading: None,
+            again: false,
         };
         g.install_table();
         Ok(g)
@@ -160,15 +168,55 @@ impl Generations {
         }
     }
 
-    /// Checks both files (every file at once when `force`); returns what changed. On any
-    /// change the generation is bumped and its table installed; the caller ships it.
-    pub fn reload(&mut self, force: bool, mode: OnFileError) -> Reloaded {
+    /// Checks both files (both at once when `force`); a file that changed is parsed by a
+    /// [`Loader`] thread, off the loop. Returns what changed when the parse was done here
+    /// (no thread could be started); otherwise [`Generations::finish_load`] applies it once
+    /// the loader's descriptor is readable. While a parse runs, checks wait for it.
+    pub fn reload(&mut self, force: bool, mode: OnFileError) -> Option<Reloaded> {
+        if self.loading.is_some() {
+            self.again |= force;
+            return None;
+        }
+        let force = force || std::mem::take(&mut self.again);
+        let rules = self
+            .rules_watch
+            .poll(force)
+            .map(|r| (self.rules_watch.name.clone(), r));
+        let actions = self
+            .actions_watch
+            .poll(force)
+            .map(|r| (self.actions_watch.name.clone(), r));
+        if rules.is_none() && actions.is_none() {
+            return None;
+        }
+        match Loader::start(rules, actions) {
+            Ok(l) => {
+                self.loading = Some(l);
+                None
+            }
+            Err(parsed) => Some(self.apply(*parsed, mode)),
+        }
+    }
+
+    /// The running loader's wake-up descriptor, for the poll set.
+    pub fn loader_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.loading.as_ref().map(Loader::fd)
+    }
+
+    /// Applies a finished parse; None while the loader is still at work.
+    pub fn finish_load(&mut self, mode: OnFileError) -> Option<Reloaded> {
+        let parsed = self.loading.as_mut()?.try_finish()?;
+        self.loading = None;
+        let r = self.apply(parsed, mode);
+        // Parsing a large file leaves freed heap behind; give it back to the system.
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe { libc::malloc_trim(0) };
+        Some(r)
+    }
+
+    fn apply(&mut self, parsed: Parsed, mode: OnFileError) -> Reloaded {
         let mut changed = Reloaded::default();
-        if let Some(res) = self.rules_watch.poll(force) {
-            let name = self.rules_watch.name.clone();
-            let loaded = res
-                .map_err(reload::LoadError::Read)
-                .and_then(|text| reload::load_rules(&name, &text).map(|(c, w)| (text, c, w)));
+        if let Some((name, loaded)) = parsed.rules {
             let outcome = match loaded {
                 Ok((text, classes, warns)) => {
                     warns.iter().for_each(|w| log::warn(&w.to_string()));
@@ -188,11 +236,7 @@ impl Generations {
             };
             changed.policy |= outcome.changes_policy();
         }
-        if let Some(res) = self.actions_watch.poll(force) {
-            let name = self.actions_watch.name.clone();
-            let loaded = res
-                .map_err(reload::LoadError::Read)
-                .and_then(|text| reload::load_actions(&name, &text).map(|(a, w)| (text, a, w)));
+        if let Some((name, loaded)) = parsed.actions {
             let outcome = match loaded {
                 Ok((text, actions, warns)) => {
                     warns.iter().for_each(|w| log::warn(&w.to_string()));

@@ -38,6 +38,7 @@ mod from_classifier;
 mod from_resolver;
 pub mod generations;
 pub mod listen;
+mod loader;
 pub mod msgwrite;
 mod reap;
 pub mod reload;
@@ -158,6 +159,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Signals,
+    Loader,
     Worker(Role),
     Listener(usize),
     Msg(usize),
@@ -340,9 +342,22 @@ impl Parent {
         self.policy.prune(oldest);
     }
 
-    /// Checks both files; on any change ships the new generation.
+    /// Checks both files; a change is parsed off the loop and applied by [`Parent::loaded`].
     fn reload(&mut self, force: bool) {
-        let changed = self.policy.reload(force, self.settings.onfileerror);
+        if let Some(changed) = self.policy.reload(force, self.settings.onfileerror) {
+            self.reloaded(changed);
+        }
+    }
+
+    /// The loader finished: apply what it parsed.
+    fn loaded(&mut self) {
+        if let Some(changed) = self.policy.finish_load(self.settings.onfileerror) {
+            self.reloaded(changed);
+        }
+    }
+
+    /// Ships a new generation.
+    fn reloaded(&mut self, changed: generations::Reloaded) {
         if changed.actions_loaded {
             // norepeatlog remembers the last line of one loaded actions file.
             self.last_log = None;
@@ -434,6 +449,10 @@ impl Parent {
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(cap);
             fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
             slots.push(Slot::Signals);
+            if let Some(fd) = self.policy.loader_fd() {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                slots.push(Slot::Loader);
+            }
             for w in &links {
                 fds.push(PollFd::new(w.fd(), w.events()));
                 slots.push(Slot::Worker(w.role()));
@@ -470,6 +489,7 @@ impl Parent {
             for (slot, rev) in &fired {
                 match slot {
                     Slot::Signals => signalled = true,
+                    Slot::Loader => self.loaded(),
                     Slot::Worker(role) => self.on_worker_ready(*role, *rev),
                     Slot::Listener(i) => {
                         if let Err(f) = self.accept_from(*i) {
@@ -503,6 +523,7 @@ impl Parent {
             if Instant::now() >= self.next_reload {
                 self.check_verdict_deadline(Instant::now());
                 self.note_good_policy(Instant::now());
+                self.end_exhaustion(Instant::now());
                 self.prune_tables();
                 self.reload(false);
                 self.next_reload = Instant::now() + RELOAD_EVERY;
