@@ -20,6 +20,8 @@
 use crate::actions::{
     Actions, ClassAction, Limit, DEFAULTMSGS, DEFAULT_CONNMAX, DEFAULT_IPMAX, DEFAULT_REJECT,
 };
+use serde::{Deserialize, Serialize};
+
 use crate::facts::Classification;
 
 /// The connection counts the limits are checked against (held by the classifier).
@@ -31,7 +33,7 @@ pub trait Counts {
 }
 
 /// What is done with a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Disposition {
     /// `run` of the action class.
     Run,
@@ -59,7 +61,7 @@ impl Disposition {
 }
 
 /// Why the action class refused the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Refusal {
     Reject,
     IpMax,
@@ -95,8 +97,9 @@ impl Refusal {
     }
 }
 
-/// The decision for one connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The decision for one connection. It crosses from the classifier to the parent as it is
+/// (privsep's `proto` re-exports it); the parent admits it against its own table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     /// Index of the action class in the actions table; None when no class refused and none had
     /// anything to do.

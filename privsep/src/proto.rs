@@ -20,6 +20,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+/// The classifier's decision crosses to the parent as the policy crate defines it: one
+/// definition for the evaluator, the wire and the parent's admission. It names classes only
+/// by index into the parent's own actions table and carries no text.
+pub use policy::decide::{Decision, Disposition, Refusal};
+/// Lookup results that cross a boundary, as the policy crate defines them.
+pub use policy::facts::{HnStatus, SeenTimes};
+
 /// Longest hostname we accept from a peer (RFC 1035 presentation form without the final dot).
 pub const MAX_HOSTNAME: usize = 253;
 /// Longest identd user id we accept; RFC 1413 allows 512 octets, we keep less.
@@ -36,10 +43,6 @@ pub struct ConnId(pub u64);
 /// Policy generation: bumped by the parent every time it ships new rules or actions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Gen(pub u32);
-
-/// Index of a class in one generation's actions table (`policy::actions::Actions`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ClassId(pub u32);
 
 /// A lookup request, numbered by the classifier; the resolver echoes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -216,15 +219,6 @@ impl From<Label> for String {
     }
 }
 
-/// Hostname lookup status; mirrors `policy::facts::HnStatus`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HnStatus {
-    Good,
-    Unknown,
-    NoForward,
-    AddrMismatch,
-}
-
 /// The reverse-lookup result as it crosses a boundary. `claimed` is None exactly when
 /// status is Unknown (checked by receivers).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,13 +235,6 @@ pub struct MatchedClassFact {
     pub label: Option<Label>,
 }
 
-/// First/last seen, seconds before the connection; mirrors `policy::facts::SeenTimes`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeenFacts {
-    pub first_secs_ago: u64,
-    pub last_secs_ago: Option<u64>,
-}
-
 /// What the classifier learned about a connection, for the parent's substitutions and
 /// environment. Every field is a validated newtype; `None` means "not looked up".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,48 +242,7 @@ pub struct VerdictFacts {
     pub classes: Vec<MatchedClassFact>,
     pub host: Option<HostFacts>,
     pub identd: Option<IdentUser>,
-    pub seen: Option<SeenFacts>,
-}
-
-/// Which limit or directive refused a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Refusal {
-    Reject,
-    IpMax,
-    ConnMax,
-}
-
-/// What the parent is to do with the connection. The parent checks that the action class
-/// actually has the directive named (through its own `see`-resolved table).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Disposition {
-    /// `run` of the action class.
-    Run,
-    /// `msg` of the action class.
-    Msg,
-    /// `failrun` of the refusing class.
-    FailRun,
-    /// `failmsg` of the refusing class (possibly from DEFAULT-<why> / DEFAULTMSGS).
-    FailMsg,
-    /// `drop` of the action class, or a refusal with nothing to send: close quietly.
-    Close,
-}
-
-/// The classifier's decision for one connection; it names things in the parent's tables and
-/// carries no command, user, environment or message text.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decision {
-    /// The action class, if any (None: no class had anything to do; the parent closes).
-    pub action_class: Option<ClassId>,
-    pub disposition: Disposition,
-    pub refusal: Option<Refusal>,
-    /// Whether the connection was counted against ipmax/connmax (run and failrun only); the
-    /// parent must send `ConnClosed` for it when the service ends.
-    pub counted: bool,
-    /// Log the action class's `log` (accepted) or `faillog` (refused, with defaults).
-    pub log: bool,
-    /// Classes whose `record` message is to be logged, in match order.
-    pub records: Vec<ClassId>,
+    pub seen: Option<SeenTimes>,
 }
 
 /// Log severity of a child's record; the parent maps it to syslog levels.

@@ -234,7 +234,7 @@ mod tests {
                 claimed: Some(host("mail.example.org")),
             }),
             identd: Some(IdentUser::try_from("cks".to_owned()).unwrap()),
-            seen: Some(SeenFacts {
+            seen: Some(SeenTimes {
                 first_secs_ago: 100,
                 last_secs_ago: Some(5),
             }),
@@ -243,12 +243,12 @@ mod tests {
 
     fn c2p_messages() -> Vec<ClassifierToParent> {
         let decision = Decision {
-            action_class: Some(ClassId(3)),
+            action_class: Some(3),
             disposition: Disposition::FailMsg,
             refusal: Some(Refusal::IpMax),
             counted: false,
             log: true,
-            records: vec![ClassId(1), ClassId(4)],
+            records: vec![1, 4],
         };
         vec![
             ClassifierToParent::Hello { build: build() },

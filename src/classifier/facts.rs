@@ -244,12 +244,7 @@ impl Facts for ConnFacts<'_> {
         self.host_asked = true;
         match self.answer(self.host_query()) {
             Some(Answer::Host(h)) => HostInfo {
-                status: match h.status {
-                    HnStatus::Good => pf::HnStatus::Good,
-                    HnStatus::Unknown => pf::HnStatus::Unknown,
-                    HnStatus::NoForward => pf::HnStatus::NoForward,
-                    HnStatus::AddrMismatch => pf::HnStatus::AddrMismatch,
-                },
+                status: h.status,
                 claimed: h.claimed.map(String::from),
             },
             _ => HostInfo {

@@ -19,8 +19,8 @@ use std::sync::PoisonError;
 use policy::decide;
 use policy::facts::Classification;
 use privsep::proto::{
-    ClassId, ClassName, ClassifierToParent, ConnId, Decision, Disposition, Label, LogLevel,
-    MatchedClassFact, Refusal, SeenFacts, VerdictFacts,
+    ClassName, ClassifierToParent, ConnId, Decision, Disposition, Label, LogLevel,
+    MatchedClassFact, VerdictFacts,
 };
 
 use super::conntrack::IpCounts;
@@ -74,7 +74,7 @@ pub fn decide(
     Some(ClassifierToParent::Verdict {
         conn,
         gen: policy.gen,
-        decision: to_proto(&decision),
+        decision,
         facts: verdict_facts(shared, classification, observed),
     })
 }
@@ -100,27 +100,6 @@ pub fn close(shared: &Shared, conn: ConnId) -> Option<ClassifierToParent> {
             seen: None,
         },
     })
-}
-
-pub fn to_proto(d: &decide::Decision) -> Decision {
-    Decision {
-        action_class: d.action_class.map(ClassId),
-        disposition: match d.disposition {
-            decide::Disposition::Run => Disposition::Run,
-            decide::Disposition::Msg => Disposition::Msg,
-            decide::Disposition::FailRun => Disposition::FailRun,
-            decide::Disposition::FailMsg => Disposition::FailMsg,
-            decide::Disposition::Close => Disposition::Close,
-        },
-        refusal: d.refusal.map(|r| match r {
-            decide::Refusal::Reject => Refusal::Reject,
-            decide::Refusal::IpMax => Refusal::IpMax,
-            decide::Refusal::ConnMax => Refusal::ConnMax,
-        }),
-        counted: d.counted,
-        log: d.log,
-        records: d.records.iter().copied().map(ClassId).collect(),
-    }
 }
 
 fn verdict_facts(
@@ -166,9 +145,6 @@ fn verdict_facts(
         classes,
         host: observed.host,
         identd: observed.identd,
-        seen: observed.seen.map(|s| SeenFacts {
-            first_secs_ago: s.first_secs_ago,
-            last_secs_ago: s.last_secs_ago,
-        }),
+        seen: observed.seen,
     }
 }

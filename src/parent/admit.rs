@@ -371,16 +371,16 @@ fn admit_verdict<P: Pending>(
         None => None,
         Some(id) => {
             let ac = table.actions.as_ref().and_then(|a| {
-                usize::try_from(id.0)
+                usize::try_from(id)
                     .ok()
                     .filter(|i| *i < n)
-                    .and_then(|_| a.get(id.0))
+                    .and_then(|_| a.get(id))
             });
             let Some(ac) = ac else {
                 return Err(refuse(
                     V,
                     "action class out of range",
-                    format!("{cid} class={} of {n}", id.0),
+                    format!("{cid} class={id} of {n}"),
                 ));
             };
             if classification.get(&ac.name).is_none() {
@@ -398,11 +398,7 @@ fn admit_verdict<P: Pending>(
         }
         _ => {}
     }
-    let refusal = d.refusal.map(|r| match r {
-        proto::Refusal::Reject => policy::decide::Refusal::Reject,
-        proto::Refusal::IpMax => policy::decide::Refusal::IpMax,
-        proto::Refusal::ConnMax => policy::decide::Refusal::ConnMax,
-    });
+    let refusal = d.refusal;
     let has = |what: D| -> bool {
         let Some(ac) = class else { return false };
         match what {
@@ -434,38 +430,25 @@ fn admit_verdict<P: Pending>(
     let mut records = Vec::with_capacity(d.records.len());
     let mut seen_rec = HashSet::new();
     for r in &d.records {
-        let rc = table.actions.as_ref().and_then(|a| a.get(r.0));
-        let Some(rc) = rc.filter(|_| (r.0 as usize) < n) else {
+        let rc = table.actions.as_ref().and_then(|a| a.get(*r));
+        let Some(rc) = rc.filter(|_| usize::try_from(*r).is_ok_and(|i| i < n)) else {
             return Err(refuse(
                 V,
                 "record class out of range",
-                format!("{cid} class={}", r.0),
+                format!("{cid} class={r}"),
             ));
         };
-        if rc.record.is_none() || classification.get(&rc.name).is_none() || !seen_rec.insert(r.0) {
+        if rc.record.is_none() || classification.get(&rc.name).is_none() || !seen_rec.insert(*r) {
             return Err(refuse(
                 V,
                 "record for a class without record, unmatched or repeated",
                 cid,
             ));
         }
-        records.push(r.0);
+        records.push(*r);
     }
-
-    let decision = policy::decide::Decision {
-        action_class: d.action_class.map(|c| c.0),
-        disposition: match d.disposition {
-            D::Run => policy::decide::Disposition::Run,
-            D::Msg => policy::decide::Disposition::Msg,
-            D::FailRun => policy::decide::Disposition::FailRun,
-            D::FailMsg => policy::decide::Disposition::FailMsg,
-            D::Close => policy::decide::Disposition::Close,
-        },
-        refusal,
-        counted: d.counted,
-        log: d.log,
-        records,
-    };
+    // The decision as admitted; its records are the checked list, in the order sent.
+    let decision = proto::Decision { records, ..d };
     Ok(Verdict {
         conn,
         table: Arc::clone(table),
@@ -473,10 +456,7 @@ fn admit_verdict<P: Pending>(
         classification,
         host,
         identd: facts.identd.map(String::from),
-        seen: facts.seen.map(|s| SeenTimes {
-            first_secs_ago: s.first_secs_ago,
-            last_secs_ago: s.last_secs_ago,
-        }),
+        seen: facts.seen,
     })
 }
 
@@ -521,12 +501,7 @@ fn check_classes(
 }
 
 fn check_host(h: proto::HostFacts, cid: &str) -> Result<HostInfo, Violation> {
-    let status = match h.status {
-        proto::HnStatus::Good => HnStatus::Good,
-        proto::HnStatus::Unknown => HnStatus::Unknown,
-        proto::HnStatus::NoForward => HnStatus::NoForward,
-        proto::HnStatus::AddrMismatch => HnStatus::AddrMismatch,
-    };
+    let status = h.status;
     if (status == HnStatus::Unknown) != h.claimed.is_none() {
         return Err(refuse(
             V,
@@ -544,7 +519,7 @@ fn check_host(h: proto::HostFacts, cid: &str) -> Result<HostInfo, Violation> {
 mod tests {
     use super::*;
     use privsep::proto::{
-        ClassId, ClassName, Decision, Disposition, HostFacts, HostName, LogRecord,
+        ClassName, Decision, Disposition, HostFacts, HostName, LogRecord,
         MatchedClassFact, Refusal, VerdictFacts,
     };
 
@@ -601,9 +576,9 @@ limited: run /bin/true : failrun /bin/false
         }
     }
 
-    fn id(w: &World, class: &str) -> ClassId {
+    fn id(w: &World, class: &str) -> u32 {
         let a = w.tables[&Gen(4)].actions.as_ref().unwrap();
-        ClassId(a.index_of(class).unwrap())
+        a.index_of(class).unwrap()
     }
 
     fn classes(names: &[&str]) -> Vec<MatchedClassFact> {
@@ -786,7 +761,7 @@ limited: run /bin/true : failrun /bin/false
             ),
             (
                 "action class out of range",
-                with(&w, |_, _, d, _| d.action_class = Some(ClassId(99))),
+                with(&w, |_, _, d, _| d.action_class = Some(99)),
                 "action class out of range",
             ),
             (
@@ -865,7 +840,7 @@ limited: run /bin/true : failrun /bin/false
             ),
             (
                 "record out of range",
-                with(&w, |_, _, d, _| d.records = vec![ClassId(77)]),
+                with(&w, |_, _, d, _| d.records = vec![77]),
                 "record class out of range",
             ),
             (
