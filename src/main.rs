@@ -19,6 +19,10 @@ use portnanny::args::{self, Command, RoleArgs};
 use portnanny::exit::{Error, Result, EXIT_SYSTEM};
 use portnanny::log;
 use portnanny::parent::spawn::{cloexec_inherited, ensure_std_fds};
+use privsep::proto::{
+    ClassifierToParent, LogLevel, LogRecord, ParentToClassifier, ParentToResolver,
+    ResolverToParent, MAX_LOG_LINE,
+};
 use privsep::{Channel, DropPlan, Role};
 
 fn main() -> ExitCode {
@@ -85,21 +89,29 @@ fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
     // ORDER: the parent pid first, before anything can make us outlive it (DropPlan checks it
     // after arming PDEATHSIG).
     let parent = getppid();
-    let name = role.as_str();
-    let fail = |what: &str| {
-        log::stderr_line(&format!("portnanny {name}"), what);
+    let profile = role.profile();
+    let fds = match privsep::take_worker_fds(profile.channels.len()) {
+        Ok(f) => f,
+        Err(e) => {
+            // No channel: not started by a parent (run by hand), so stderr is a terminal.
+            log::stderr_line(&format!("portnanny {role}"), &format!("descriptors: {e}"));
+            return ExitCode::from(EXIT_SYSTEM);
+        }
+    };
+    let mut fds = fds.into_iter();
+    let (Some(fd3), Some(fd4)) = (fds.next(), fds.next()) else {
+        return ExitCode::from(EXIT_SYSTEM);
+    };
+    // Stdout and stderr are /dev/null: what goes wrong from here on is said over the channel.
+    let fail = |fd3, what: &str| {
+        report_setup_failure(role, fd3, what);
         ExitCode::from(EXIT_SYSTEM)
     };
     let words: Option<Vec<String>> = rest.iter().map(|s| s.to_str().map(str::to_owned)).collect();
     let plan = match words.map(|w| RoleArgs::parse(&w)) {
         Some(Ok(p)) => p,
-        Some(Err(e)) => return fail(&e.0),
-        None => return fail("worker arguments are not UTF-8"),
-    };
-    let profile = role.profile();
-    let fds = match privsep::take_worker_fds(profile.channels.len()) {
-        Ok(f) => f,
-        Err(e) => return fail(&format!("descriptors: {e}")),
+        Some(Err(e)) => return fail(fd3, &e.0),
+        None => return fail(fd3, "worker arguments are not UTF-8"),
     };
     let drop_plan = DropPlan::for_profile(
         profile,
@@ -109,17 +121,38 @@ fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
         parent,
     );
     if let Err(e) = privsep::demote(&drop_plan) {
-        return fail(&format!("privilege drop failed: {e}"));
+        return fail(fd3, &format!("privilege drop failed: {e}"));
     }
-    let mut fds = fds.into_iter();
-    let (Some(fd3), Some(fd4)) = (fds.next(), fds.next()) else {
-        return fail("descriptors: expected two channels");
-    };
     // The one place a role's name meets its main.
     match role {
         Role::Classifier => {
             portnanny::classifier::run(Channel::from_fd(fd3), Channel::from_fd(fd4))
         }
         Role::Resolver => portnanny::resolver::run(Channel::from_fd(fd3), Channel::from_fd(fd4)),
+    }
+}
+
+/// Tells the parent why this worker cannot start: its Hello (so the parent admits what follows)
+/// and one LOG_CRIT record, then the caller exits 111.
+fn report_setup_failure(role: Role, fd3: std::os::fd::OwnedFd, what: &str) {
+    let build = privsep::build_id();
+    let rec = LogRecord {
+        level: LogLevel::Crit,
+        verbosity: 0,
+        text: log::cap(what, MAX_LOG_LINE).to_owned(),
+    };
+    match role {
+        Role::Classifier => {
+            let mut ch: Channel<ClassifierToParent, ParentToClassifier> = Channel::from_fd(fd3);
+            let _ = ch
+                .send(&ClassifierToParent::Hello { build })
+                .and_then(|()| ch.send(&ClassifierToParent::Log(rec)));
+        }
+        Role::Resolver => {
+            let mut ch: Channel<ResolverToParent, ParentToResolver> = Channel::from_fd(fd3);
+            let _ = ch
+                .send(&ResolverToParent::Hello { build })
+                .and_then(|()| ch.send(&ResolverToParent::Log(rec)));
+        }
     }
 }

@@ -156,3 +156,26 @@ fn accept_exhaustion_is_logged_once_per_episode() {
         .unwrap_or_else(|| panic!("accepts never resumed; log:\n{}", n.log()));
     assert!(resumed.contains("failed attempts"), "{resumed}");
 }
+
+/// issue 9 item 9: a worker's stdout and stderr are /dev/null, not the parent's stderr (a
+/// compromised worker could write raw bytes past the parent's escaping and rate limit).
+#[test]
+fn workers_stdout_and_stderr_are_dev_null() {
+    let s = Scratch::new("reg-worker-fds");
+    let n = Nanny::start(&s, Setup::new("a: ALL\n", "a: msg hi%(nl)s\n"));
+    let parent_err = fd_target(n.pid, 2).expect("the daemon's fd 2");
+    assert_ne!(
+        parent_err, "/dev/null",
+        "the test gives the daemon a log file"
+    );
+    for role in ["classifier", "resolver"] {
+        let pid = n.wait_worker(role, START_TIMEOUT).expect("worker pid");
+        for fd in [0, 1, 2] {
+            assert_eq!(
+                fd_target(pid, fd).as_deref(),
+                Some("/dev/null"),
+                "{role} fd {fd}"
+            );
+        }
+    }
+}

@@ -6,16 +6,17 @@
 //! async-signal-safe system calls. `take_worker_fds` runs in the worker right after exec, still
 //! with the parent's privileges, before anything else opens a file.
 //!
-//! Hand-over contract: the worker's argv is `[exe, ROLE_ARG, role, extra_args…]`; fd 0 is
-//! /dev/null, fd 1 is a copy of the parent's stderr (or /dev/null), fd 2 is the parent's
-//! stderr, fds 3.. are the given sockets in order, and nothing else is open. The environment
+//! Hand-over contract: the worker's argv is `[exe, ROLE_ARG, role, extra_args…]`; fds 0, 1
+//! and 2 are /dev/null (a compromised worker must not write raw bytes to the operator's
+//! terminal or journal past the parent's escaping and rate limit: everything it says goes over
+//! its channel), fds 3.. are the given sockets in order, and nothing else is open. The environment
 //! holds only `PATH` (a fixed value) and `RUST_BACKTRACE` (if the parent had it). The worker
 //! is in a new session (no controlling terminal) with cwd "/", an empty signal mask and
 //! default signal dispositions.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -88,8 +89,8 @@ pub fn spawn_worker(
         .env("PATH", WORKER_PATH)
         .current_dir("/")
         .stdin(Stdio::null())
-        .stdout(stdout_for_worker())
-        .stderr(Stdio::inherit());
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     if let Some(bt) = std::env::var_os("RUST_BACKTRACE") {
         cmd.env("RUST_BACKTRACE", bt);
     }
@@ -121,15 +122,6 @@ fn exe_name() -> OsString {
     std::fs::read_link("/proc/self/exe")
         .map(|p| p.into_os_string())
         .unwrap_or_else(|_| OsString::from("portnanny"))
-}
-
-/// The worker's stdout: a copy of our stderr, so a stray print lands in the same log; if our
-/// stderr is not open, /dev/null.
-fn stdout_for_worker() -> Stdio {
-    match io::stderr().as_fd().try_clone_to_owned() {
-        Ok(fd) => Stdio::from(fd),
-        Err(_) => Stdio::null(),
-    }
 }
 
 /// Between fork and exec. async-signal-safe: no alloc, no locks.

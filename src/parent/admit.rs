@@ -519,8 +519,8 @@ fn check_host(h: proto::HostFacts, cid: &str) -> Result<HostInfo, Violation> {
 mod tests {
     use super::*;
     use privsep::proto::{
-        ClassName, Decision, Disposition, HostFacts, HostName, LogRecord,
-        MatchedClassFact, Refusal, VerdictFacts,
+        ClassName, Decision, Disposition, HostFacts, HostName, LogRecord, MatchedClassFact,
+        Refusal, VerdictFacts,
     };
 
     const ACTIONS: &str = "\
