@@ -430,8 +430,8 @@ fn spawn_hands_over_exactly_the_given_fds() {
     let nums: Vec<i32> = fds_before.iter().map(|f| f.0).collect();
     assert_eq!(nums, vec![0, 1, 2, 3, 4], "fds at exec: {fds_before:?}");
     // 0, 1 and 2 are /dev/null: a worker writes nothing to the parent's terminal or journal.
-    for fd in 0..3 {
-        assert_eq!(fds_before[fd].1, "/dev/null", "fd {fd}");
+    for (fd, target) in fds_before.iter().take(3) {
+        assert_eq!(target, "/dev/null", "fd {fd}");
     }
     assert!(fds_before[3].1.starts_with("socket:") && fds_before[4].1.starts_with("socket:"));
     assert_eq!(fds_after, fds_before);

@@ -42,7 +42,9 @@ mod loader;
 pub mod msgwrite;
 mod reap;
 pub mod reload;
+mod roles;
 pub mod setup;
+mod signalled;
 pub mod signals;
 pub mod spawn;
 mod start;
@@ -73,7 +75,7 @@ use generations::Generations;
 use listen::Listener;
 use spawn::Creds;
 use verdict::finish_msg;
-use workers::{Backoff, Failure, Link, Worker, WorkerPlan};
+use workers::{Backoff, Failure, Worker, WorkerPlan};
 
 /// Connections waiting for a verdict. Each holds a socket; beyond this a new connection is
 /// closed at once and logged, so a stalled classifier cannot make the parent run out of
@@ -168,73 +170,6 @@ enum Slot {
 impl Parent {
     // ---- workers ------------------------------------------------------------------------
 
-    /// The running workers, whatever their message types, for the loop.
-    fn links(&self) -> Vec<&dyn Link> {
-        let mut v: Vec<&dyn Link> = Vec::with_capacity(2);
-        if let Some(w) = &self.classifier {
-            v.push(w);
-        }
-        if let Some(w) = &self.resolver {
-            v.push(w);
-        }
-        v
-    }
-
-    fn link_mut(&mut self, role: Role) -> Option<&mut dyn Link> {
-        match role {
-            Role::Classifier => self.classifier.as_mut().map(|w| w as &mut dyn Link),
-            Role::Resolver => self.resolver.as_mut().map(|w| w as &mut dyn Link),
-        }
-    }
-
-    /// Reads and handles what `role` sent.
-    fn serve(&mut self, role: Role) -> std::result::Result<(), Failure> {
-        match role {
-            Role::Classifier => self.serve_classifier(),
-            Role::Resolver => self.serve_resolver(),
-        }
-    }
-
-    /// Ready to classify: both said Hello and the classifier loaded its first policy.
-    fn workers_ready(&self) -> bool {
-        self.classifier.as_ref().is_some_and(|w| w.hello)
-            && self.resolver.as_ref().is_some_and(|w| w.hello)
-            && self.shipped.acked.is_some()
-    }
-
-    fn start_workers(&mut self) -> Result<()> {
-        let group = Role::Classifier.restart_group();
-        let started = match workers::start_group(&self.plan, &group) {
-            Ok(s) => s,
-            Err(e) if !self.ever_ready => return Err(Error::System(e)),
-            Err(e) => {
-                // A transient failure (fork or socketpair out of resources): back off and
-                // retry like any other worker failure.
-                log::err(&format!("{e}; retrying"));
-                let now = Instant::now();
-                return match self.restarts.failed(now, now) {
-                    Ok(_) => Ok(()),
-                    Err(fatal) => Err(Error::System(fatal)),
-                };
-            }
-        };
-        let mut pids = Vec::with_capacity(started.len());
-        for s in started {
-            pids.push(format!("{}={}", s.role, s.pid));
-            self.group_started = Some(s.started);
-            match s.role {
-                Role::Classifier => self.classifier = Some(Worker::new(s)),
-                Role::Resolver => self.resolver = Some(Worker::new(s)),
-            }
-        }
-        log::debug(2, &format!("started {}", pids.join(" ")));
-        let greeted = self.greet_classifier().and_then(|()| self.greet_resolver());
-        if let Err(f) = greeted {
-            self.worker_failed(f);
-        }
-        Ok(())
-    }
-
     /// A worker failed (died, closed its channel, broke the protocol or timed out): kill its
     /// restart group, close every connection waiting on the classifier (fail closed) and
     /// schedule a restart. Fatal errors are stored for the loop to return.
@@ -258,15 +193,9 @@ impl Parent {
                 names.join(" and ")
             ));
         }
-        for role in &group {
-            let pid = match role {
-                Role::Classifier => self.classifier.take().map(|w| w.pid),
-                Role::Resolver => self.resolver.take().map(|w| w.pid),
-            };
-            if let Some(pid) = pid {
-                // It may already be dead; the reaper collects it.
-                let _ = kill(pid, Signal::SIGKILL);
-            }
+        for pid in self.take_workers(&group) {
+            // It may already be dead; the reaper collects it.
+            let _ = kill(pid, Signal::SIGKILL);
         }
         let dropped = self.conns.drop_pending();
         for conn in &dropped {
@@ -367,50 +296,6 @@ impl Parent {
             if let Err(f) = self.ship_policy() {
                 self.worker_failed(f);
             }
-        }
-    }
-
-    // ---- status -------------------------------------------------------------------------
-
-    fn log_status(&self, c: Option<status::ClassifierStats>) {
-        let p = status::ParentStats {
-            lifetime: self.lifetime,
-            pending: self.conns.pending_len(),
-            messages: self.conns.writing_len(),
-            gen: self.policy.gen.0,
-        };
-        for line in status::report(&p, &self.conns, c.as_ref(), Instant::now()) {
-            log::info(&line);
-        }
-    }
-
-    fn request_status(&mut self) {
-        if !self.workers_ready() {
-            return self.log_status(None);
-        }
-        let sent = match self.classifier.as_mut() {
-            Some(w) => w.queue(&ParentToClassifier::StatusRequest, "StatusRequest"),
-            None => return self.log_status(None),
-        };
-        match sent {
-            Ok(()) => self.status_wanted = true,
-            Err(f) => {
-                self.worker_failed(f);
-                self.log_status(None);
-            }
-        }
-    }
-
-    fn flush_caches(&mut self) {
-        let mut r = Ok(());
-        if let Some(w) = self.classifier.as_mut() {
-            r = w.queue(&ParentToClassifier::Flush, "Flush");
-        }
-        if let (Ok(()), Some(w)) = (&r, self.resolver.as_mut()) {
-            r = w.queue(&ParentToResolver::Flush, "Flush");
-        }
-        if let Err(f) = r {
-            self.worker_failed(f);
         }
     }
 
@@ -542,34 +427,6 @@ impl Parent {
                 self.worker_failed(f);
             }
         }
-    }
-
-    /// Acts on the signals that arrived; true when the daemon is to exit.
-    fn on_signals(&mut self) -> bool {
-        let sig = self.signals.take();
-        if sig.child {
-            if let Some(f) = self.reap() {
-                self.worker_failed(f);
-            }
-        }
-        if sig.term {
-            self.shutdown();
-            return true;
-        }
-        if sig.hup {
-            log::info("SIGHUP: reloading the rules and actions files");
-            self.conf_watch.check();
-            self.reload(true);
-            self.next_reload = Instant::now() + RELOAD_EVERY;
-        }
-        if sig.usr1 {
-            log::info("SIGUSR1: flushing caches and IP history");
-            self.flush_caches();
-        }
-        if sig.usr2 {
-            self.request_status();
-        }
-        false
     }
 
     /// A classifier that leaves a connection without a verdict for [`VERDICT_DEADLINE`] is

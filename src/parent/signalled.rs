@@ -1,0 +1,83 @@
+//! What the parent does on a signal (SIGCHLD, SIGTERM/SIGINT, SIGHUP, SIGUSR1, SIGUSR2), after
+//! the loop has drained the self-pipe (signals.rs): never in a handler.
+//!
+//! Runs in the parent.
+
+use std::time::Instant;
+
+use privsep::proto::{ParentToClassifier, ParentToResolver};
+
+use super::{status, Parent, RELOAD_EVERY};
+use crate::log;
+
+impl Parent {
+    /// Acts on the signals that arrived; true when the daemon is to exit.
+    pub(super) fn on_signals(&mut self) -> bool {
+        let sig = self.signals.take();
+        if sig.child {
+            if let Some(f) = self.reap() {
+                self.worker_failed(f);
+            }
+        }
+        if sig.term {
+            self.shutdown();
+            return true;
+        }
+        if sig.hup {
+            log::info("SIGHUP: reloading the rules and actions files");
+            self.conf_watch.check();
+            self.reload(true);
+            self.next_reload = Instant::now() + RELOAD_EVERY;
+        }
+        if sig.usr1 {
+            log::info("SIGUSR1: flushing caches and IP history");
+            self.flush_caches();
+        }
+        if sig.usr2 {
+            self.request_status();
+        }
+        false
+    }
+
+    pub(super) fn log_status(&self, c: Option<status::ClassifierStats>) {
+        let p = status::ParentStats {
+            lifetime: self.lifetime,
+            pending: self.conns.pending_len(),
+            messages: self.conns.writing_len(),
+            gen: self.policy.gen.0,
+        };
+        for line in status::report(&p, &self.conns, c.as_ref(), Instant::now()) {
+            log::info(&line);
+        }
+    }
+
+    fn request_status(&mut self) {
+        if !self.workers_ready() {
+            return self.log_status(None);
+        }
+        let sent = match self.classifier.as_mut() {
+            Some(w) => w.queue(&ParentToClassifier::StatusRequest, "StatusRequest"),
+            None => return self.log_status(None),
+        };
+        match sent {
+            Ok(()) => self.status_wanted = true,
+            Err(f) => {
+                self.worker_failed(f);
+                self.log_status(None);
+            }
+        }
+    }
+
+    fn flush_caches(&mut self) {
+        let mut r = Ok(());
+        if let Some(w) = self.classifier.as_mut() {
+            r = w.queue(&ParentToClassifier::Flush, "Flush");
+        }
+        if let (Ok(()), Some(w)) = (&r, self.resolver.as_mut()) {
+            r = w.queue(&ParentToResolver::Flush, "Flush");
+        }
+        if let Err(f) = r {
+            self.worker_failed(f);
+        }
+    }
+}
