@@ -8,7 +8,9 @@
 #
 # Usage: bench/run.sh   (env: DURATION=3 ROUNDS=3 CONCS="1 8 64" HOLD=10000 CARGO_TARGET_DIR=...
 #                        HOLD_SERVICE=cat|light; ROUNDS=0 skips the rates, HOLD=0 the RSS part;
-#                        PORTNANNY=/path/to/portnanny measures that binary instead of building)
+#                        PORTNANNY=/path/to/portnanny measures that binary instead of building;
+#                        BASELINE=/path/to/other/portnanny adds its run, msg and drop rows,
+#                        base-run base-msg base-drop, to the same interleaved run)
 # Each cell is measured ROUNDS times, interleaved (every server at every concurrency, then the
 # next round), and the round with the median rate is reported, so a burst of load from
 # something else on the machine hurts every server alike and does not decide the table.
@@ -85,9 +87,9 @@ wait_listen() {
 
 declare -A PORT PID
 
-# start_pn NAME ACTION -> sets PORT[NAME], PID[NAME]
+# start_pn NAME ACTION [BINARY] -> sets PORT[NAME], PID[NAME]
 start_pn() {
-    local name=$1 action=$2 port
+    local name=$1 action=$2 bin=${3:-$PN} port
     port=$(free_port)
     mkdir -p "$work/$name" "$work/$name-empty"
     chmod 0755 "$work/$name" "$work/$name-empty"
@@ -100,7 +102,7 @@ start_pn() {
             printf 'chrootdir %s\nprivsepuser nobody\n' "$work/$name-empty"
         fi
     } > "$work/$name/nanny.conf"
-    "$PN" "$work/$name/nanny.conf" 2> "$work/$name.log" &
+    "$bin" "$work/$name/nanny.conf" 2> "$work/$name.log" &
     local pid=$!
     pids+=("$pid")
     wait_listen "$port" "$pid"
@@ -145,6 +147,15 @@ declare -A expect=([tcpserver]='hello\n' [run]='hello\n' [msg]='hello\n' [drop]=
 declare -A floor_of=([run]=floor-spawn [msg]=floor-rtt [drop]=floor-rtt)
 declare -A rate p50 p99 errs
 servers=(tcpserver run msg drop floor-inproc floor-rtt floor-spawn)
+if [ -n "${BASELINE:-}" ]; then
+    [ -x "$BASELINE" ] || { echo "bench: $BASELINE is not executable" >&2; exit 1; }
+    start_pn base-run "run ${HANDLER[*]}" "$BASELINE"
+    start_pn base-msg 'msg hello%(nl)s' "$BASELINE"
+    start_pn base-drop 'drop' "$BASELINE"
+    expect+=([base-run]='hello\n' [base-msg]='hello\n' [base-drop]='')
+    floor_of+=([base-run]=floor-spawn [base-msg]=floor-rtt [base-drop]=floor-rtt)
+    servers+=(base-run base-msg base-drop)
+fi
 
 echo "bench: ${ROUNDS} rounds of ${DURATION}s per cell, concurrency $CONCS, handler '${HANDLER[*]}'" >&2
 net=100
@@ -185,6 +196,7 @@ if [ "$ROUNDS" -gt 0 ]; then
 
     echo
     echo "portnanny: $measured"
+    if [ -n "${BASELINE:-}" ]; then echo "baseline (base-*): $BASELINE"; fi
     ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
     printf '%-12s %5s %10s %9s %9s %8s %12s %9s\n' server conc conn/s p50_ms p99_ms errors vs_tcpserver vs_floor
     for c in $CONCS; do
