@@ -61,7 +61,7 @@ fn every_directive() {
     let cd = class(&a, "d");
     assert_eq!(cd.see.as_deref(), Some("c"));
     assert_eq!(cd.record, cc.record);
-    assert_eq!(cd.chain, vec![3, 2]);
+    assert_eq!(a.chain(3).collect::<Vec<_>>(), vec![3, 2]);
     assert_eq!(a.index_of("c"), Some(2));
     assert_eq!(a.index_of("zz"), None);
 }
@@ -290,8 +290,8 @@ fn see_targets_may_come_later_and_subst_merges_in_chain_order() {
             ("info".into(), "%(extra)s and from C too".into())
         ]
     );
-    assert_eq!(class(&a, "A").chain, vec![0, 2, 4]);
-    assert_eq!(class(&a, "D").chain, vec![3, 4]);
+    assert_eq!(a.chain(0).collect::<Vec<_>>(), vec![0, 2, 4]);
+    assert_eq!(a.chain(3).collect::<Vec<_>>(), vec![3, 4]);
 }
 
 #[test]
@@ -341,4 +341,72 @@ fn warns_when_a_continuation_directive_is_swallowed() {
             p.diagnostics
         );
     }
+}
+
+/// Issue 18: `see` chains resolved in cubic time (20,000 links took over a minute). Each class
+/// is now merged once over the class it sees, so this is linear; the bound is generous for
+/// debug builds on a busy machine, and the cubic version missed it by orders of magnitude.
+#[test]
+fn regression_18_long_see_chain_is_linear() {
+    const LINKS: usize = 20_000;
+    let mut text = String::new();
+    for i in 0..LINKS {
+        text.push_str(&format!("c{i}: see c{}\n", i + 1));
+    }
+    text.push_str(&format!("c{LINKS}: drop : setenv TAIL yes : ipmax 2\n"));
+    let t = std::time::Instant::now();
+    let a = load(&text);
+    let took = t.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    let head = class(&a, "c0");
+    assert!(head.drop);
+    assert_eq!(head.setenv, vec![("TAIL".into(), "yes".into())]);
+    assert_eq!(head.limits, vec![Limit::IpMax(2)]);
+    assert_eq!(a.chain(0).count(), LINKS + 1);
+
+    // A loop at the end of a long chain: one diagnostic, at the loop's first member.
+    let mut text = String::new();
+    for i in 0..LINKS {
+        text.push_str(&format!("c{i}: see c{}\n", i + 1));
+    }
+    text.push_str(&format!("c{LINKS}: see c{}\n", LINKS - 1));
+    let t = std::time::Instant::now();
+    let got = errors(&text);
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(
+        got,
+        vec![format!(
+            "actions:{LINKS}:{}: error[A012]: 'see' loop: c{} -> c{LINKS} -> c{}",
+            format!("c{}: see ", LINKS - 1).len() + 1,
+            LINKS - 1,
+            LINKS - 1
+        )]
+    );
+}
+
+/// Merging over the already merged target gives what walking the chain gives: the first
+/// class naming a directive wins, limits keep chain order and stop at a reject.
+#[test]
+fn merged_chain_rows() {
+    let a = load(
+        "A: ipmax 2 : setenv X a : see B\n\
+         B: connmax 3 : ipmax 5 : setenv X b : setenv Y b : failmsg no : see C\n\
+         C: reject : run /bin/true : log hi\n\
+         D: reject : ipmax 1 : see C\n",
+    );
+    let ca = class(&a, "A");
+    assert_eq!(
+        ca.limits,
+        vec![Limit::IpMax(2), Limit::ConnMax(3), Limit::Reject]
+    );
+    assert_eq!(ca.ipmax, Some(2));
+    assert_eq!(
+        ca.setenv,
+        vec![("X".into(), "a".into()), ("Y".into(), "b".into())]
+    );
+    assert_eq!(ca.run, Some(vec!["/bin/true".to_owned()]));
+    assert_eq!(ca.failmsg.as_deref(), Some("no"));
+    assert_eq!(ca.log, Some(Some("hi".to_owned())));
+    assert!(ca.reject);
+    assert_eq!(class(&a, "D").limits, vec![Limit::Reject]);
 }

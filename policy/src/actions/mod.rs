@@ -84,8 +84,10 @@ pub struct ClassAction {
     pub subst: Vec<(String, String)>,
     /// The class's own `see` target, if any.
     pub see: Option<String>,
-    /// The `see` chain: this class first, then each class it sees, as table indices.
-    pub chain: Vec<u32>,
+    /// The table index of the class this class sees (its `see` target), if any. The whole
+    /// chain is [`Actions::chain`]; it is not stored per class, because a long chain stored in
+    /// every member is quadratic in memory.
+    pub see_idx: Option<u32>,
     /// The refusal checks in the order the decision procedure makes them: along the chain,
     /// `reject`, `ipmax`, `connmax` of each class, each limit only from the first class in the
     /// chain that sets it (a later, stricter one is shadowed), and nothing after a `reject`.
@@ -138,6 +140,13 @@ impl Actions {
 
     pub fn iter(&self) -> impl Iterator<Item = &ClassAction> {
         self.classes.iter()
+    }
+
+    /// The `see` chain of class `idx`: the class itself first, then each class it sees, as
+    /// table indices. Finite: a loaded table has no `see` loops.
+    pub fn chain(&self, idx: u32) -> impl Iterator<Item = u32> + '_ {
+        let first = self.get(idx).map(|_| idx);
+        std::iter::successors(first, |&i| self.get(i).and_then(|c| c.see_idx))
     }
 }
 
