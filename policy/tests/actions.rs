@@ -140,6 +140,13 @@ fn golden_errors() {
         ),
         ("a b: reject\n", &["actions:1:1: error[A001]: an action rule starts with the class name and a colon ('CLASS: DIRECTIVE ...'); 'a' does not end in ':'"]),
         ("  a: reject\n", &["actions:1:1: error[F001]: the first line is indented, which makes it a continuation of nothing"]),
+        // Issue 9 item 2: what fails for every connection fails the load.
+        ("a: msg %(hostnmae)s\n", &["actions:1:10: error[A019]: '%(hostnmae)' in 'msg' of class 'a' is never defined: it is not a built-in name, and neither this class nor any class that sees it has 'subst hostnmae'"]),
+        ("a: msg %(ip)d\n", &["actions:1:8: error[A018]: bad substitution in 'msg': %(ip)d needs a number, but ip is text (use %(ip)s)"]),
+        ("a: reject : faillog at %(ip\n", &["actions:1:24: error[A018]: bad substitution in 'faillog': '%(' has no closing ')'"]),
+        ("a: run /bin/echo 50% %(ip)s\n", &["actions:1:20: error[A018]: bad substitution in 'run': a lone '%' at the end: write %% for a percent sign"]),
+        ("a: run x : setenv V %(nope)s : see b\nb: subst nop 1\n", &["actions:1:23: error[A019]: '%(nope)' in 'setenv' of class 'a' is never defined: it is not a built-in name, and neither this class nor any class that sees it has 'subst nope'"]),
+        ("a: record %(x)s : subst x 1\n", &["actions:1:13: error[A019]: '%(x)' is never defined: record strings see only the built-in names, and 'x' is not one"]),
         ("caf\u{e9}: reject\n", &["actions:1:1: error[A015]: class names are printable ASCII without spaces, at most 256 bytes; 'caf\u{e9}' is not"]),
     ];
     for (text, want) in rows {
@@ -318,7 +325,8 @@ fn warns_when_a_continuation_directive_is_swallowed() {
         "actions",
         "DNSBL:\tfaillog refused %(connsum)s: DNS blocklist class %(class)s\n\
          \t\tfailmsg\t500 Sorry, %(ip)s. Connection refused. %(blmsg)s\n\
-         \t\t: reject : norepeatlog\n",
+         \t\t: reject : norepeatlog\n\
+         bl-a:\tsubst blmsg x : see DNSBL\n",
     );
     let got: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
     assert_eq!(
@@ -409,4 +417,46 @@ fn merged_chain_rows() {
     assert_eq!(ca.log, Some(Some("hi".to_owned())));
     assert!(ca.reject);
     assert_eq!(class(&a, "D").limits, vec![Limit::Reject]);
+}
+
+/// Issue 9 item 2: names a chain can define, and names a default class's text may get from
+/// whichever class refused, load.
+#[test]
+fn names_defined_somewhere_load() {
+    for text in [
+        "a: msg %(who)s : subst who x\n",
+        "a: msg %(who)s\nb: subst who x : see a\n",
+        "a: see b : subst who x\nb: see c\nc: msg %(who)s\n",
+        "r: reject : subst why x\nDEFAULT-REJECT: failmsg %(why)s : see M\nM: faillog %(why)s\n",
+        "a: msg %(hostname)s %(identd)s %(lineno)d %(port)05d 100%%\n",
+        "a: run /bin/echo %(ip)s%(nl)s : setenv A %(class)s\n",
+    ] {
+        let p = parse_actions("actions", text);
+        assert!(p.value.is_some(), "{text}: {:?}", p.diagnostics);
+    }
+}
+
+/// Issue 19: a message over the writer's cap is a warning when the file is read.
+#[test]
+fn regression_19_message_over_the_cap_warns() {
+    let cap = policy::actions::MAX_MSG_BYTES;
+    let ok = format!("a: msg {}\n", "x".repeat(cap));
+    let p = parse_actions("actions", &ok);
+    assert!(
+        p.value.is_some() && p.diagnostics.is_empty(),
+        "{:?}",
+        p.diagnostics
+    );
+    let over = format!("a: reject : failmsg {}\n", "x".repeat(cap + 1));
+    let p = parse_actions("actions", &over);
+    assert!(p.value.is_some(), "only a warning");
+    let got: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        got,
+        vec![format!(
+            "actions:1:13: warning[A017]: the 'failmsg' text is {} bytes, over the {cap}-byte cap \
+             of a message: only the first {cap} bytes are sent",
+            cap + 1
+        )]
+    );
 }

@@ -14,6 +14,7 @@
 
 mod parse;
 mod resolve;
+mod templates;
 
 use std::collections::HashMap;
 
@@ -39,11 +40,19 @@ pub const DIRECTIVES: &[&str] = &[
     "see",
 ];
 
+/// The most bytes of one `msg`/`failmsg` that are sent (the rest is cut and logged): far more
+/// than any banner, and it bounds what a stalled peer can pin. A message template longer than
+/// this is a warning when the file is read (A017). The parent's message writer uses this same
+/// constant.
+pub const MAX_MSG_BYTES: usize = 64 * 1024;
+
 /// The classes the decision procedure looks at for default `faillog`/`failmsg` settings.
 pub const DEFAULT_REJECT: &str = "DEFAULT-REJECT";
 pub const DEFAULT_IPMAX: &str = "DEFAULT-IPMAX";
 pub const DEFAULT_CONNMAX: &str = "DEFAULT-CONNMAX";
 pub const DEFAULTMSGS: &str = "DEFAULTMSGS";
+/// The four classes above.
+pub const DEFAULT_NAMES: [&str; 4] = [DEFAULT_REJECT, DEFAULT_IPMAX, DEFAULT_CONNMAX, DEFAULTMSGS];
 
 /// One check the decision procedure makes for a class, in the order it makes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

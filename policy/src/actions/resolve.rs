@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::parse::RawClass;
+use super::parse::{Pos, RawClass};
 use super::{Actions, ClassAction, Limit};
 use crate::source::{Diagnostic, Severity, SourceFile};
 
@@ -120,6 +120,9 @@ pub(super) fn resolve(
     if bad {
         return None;
     }
+    if !names_defined(&classes, &next, &err, diags) {
+        return None;
+    }
 
     // Each class merges its own directives over the already merged class it sees: the chain
     // is never walked again, so the work is linear in the number of classes.
@@ -134,6 +137,82 @@ pub(super) fn resolve(
         classes: merged,
         index,
     })
+}
+
+/// Whether every `%(name)` that is not a built-in can be defined by a `subst`: the one of the
+/// class that holds the text, or of a class that sees it (directly or along a chain), since
+/// substitutions come from the action class's merged chain. Each name that is not is an error
+/// (A019). Linear per distinct name: the classes a `subst` reaches are marked by walking
+/// forward from each class that defines it, stopping at a class already marked.
+fn names_defined(
+    classes: &[RawClass],
+    next: &[Option<usize>],
+    err: &dyn Fn(Pos, &'static str, String) -> Diagnostic,
+    diags: &mut Vec<Diagnostic>,
+) -> bool {
+    let mut uses: HashMap<&str, Vec<(usize, Pos, &str)>> = HashMap::new();
+    for (i, c) in classes.iter().enumerate() {
+        for (n, pos, directive) in &c.names {
+            uses.entry(n.as_str())
+                .or_default()
+                .push((i, *pos, directive));
+        }
+    }
+    // The default classes' texts are used for whichever class refused, with that class's
+    // substitutions, so a name any class defines may appear in them (and in what they see).
+    let defaults: Vec<usize> = classes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| super::DEFAULT_NAMES.contains(&c.name.as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let mut ok = true;
+    let mut names: Vec<&str> = uses.keys().copied().collect();
+    names.sort_unstable();
+    for name in names {
+        let mut reached = vec![false; classes.len()];
+        let definers: Vec<usize> = classes
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.subst.iter().any(|(k, _)| k == name))
+            .map(|(i, _)| i)
+            .collect();
+        let starts = if definers.is_empty() {
+            definers
+        } else {
+            definers
+                .into_iter()
+                .chain(defaults.iter().copied())
+                .collect()
+        };
+        for d in starts {
+            let mut cur = Some(d);
+            while let Some(i) = cur {
+                if reached[i] {
+                    break;
+                }
+                reached[i] = true;
+                cur = next[i];
+            }
+        }
+        for &(i, pos, directive) in uses.get(name).map_or(&[][..], Vec::as_slice) {
+            if reached[i] {
+                continue;
+            }
+            ok = false;
+            diags.push(err(
+                pos,
+                "A019",
+                format!(
+                    "'%({name})' in '{directive}' of class '{}' is never defined: it is not a \
+                     built-in name, and neither this class nor any class that sees it has \
+                     'subst {name}'",
+                    classes[i].name
+                ),
+            ));
+        }
+    }
+    ok
 }
 
 fn split_argv(s: &str) -> Vec<String> {
