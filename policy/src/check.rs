@@ -41,7 +41,7 @@ pub fn conf_value_diagnostic(
     let src = SourceFile::new(conf.0, conf.1);
     let found = src.logical_lines().ok().and_then(|lines| {
         lines.into_iter().rev().find_map(|ll| {
-            let words = words_at(&ll.text);
+            let words = crate::conf::words(&ll.text);
             let (_, first) = words.first().copied()?;
             let (off, arg) = words.get(1).copied()?;
             (first == directive).then(|| (ll.clone(), off..off + arg.len()))
@@ -51,26 +51,6 @@ pub fn conf_value_diagnostic(
         Some((ll, range)) => src.diag_at(severity, code, &ll, range, message),
         None => src.diagnostic(severity, code, 1, 1, 1, message),
     }
-}
-
-/// The blank-separated words of a line with their byte offsets.
-fn words_at(text: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in text.char_indices() {
-        match (c == ' ' || c == '\t', start) {
-            (true, Some(s)) => {
-                out.extend(text.get(s..i).map(|w| (s, w)));
-                start = None;
-            }
-            (false, None) => start = Some(i),
-            _ => {}
-        }
-    }
-    if let Some(s) = start {
-        out.extend(text.get(s..).map(|w| (s, w)));
-    }
-    out
 }
 
 const DEFAULT_CLASSES: [&str; 4] = [DEFAULT_REJECT, DEFAULT_IPMAX, DEFAULT_CONNMAX, DEFAULTMSGS];
