@@ -146,6 +146,7 @@ fn golden_errors() {
         ("a: reject : faillog at %(ip\n", &["actions:1:24: error[A018]: bad substitution in 'faillog': '%(' has no closing ')'"]),
         ("a: run /bin/echo 50% %(ip)s\n", &["actions:1:20: error[A018]: bad substitution in 'run': a lone '%' at the end: write %% for a percent sign"]),
         ("a: run x : setenv V %(nope)s : see b\nb: subst nop 1\n", &["actions:1:23: error[A019]: '%(nope)' in 'setenv' of class 'a' is never defined: it is not a built-in name, and neither this class nor any class that sees it has 'subst nope'"]),
+        ("a: run x : log at %(ip) %(nl)s\n", &["actions:1:19: error[A018]: bad substitution in 'log': unsupported conversion '%' in %(ip)% (use %(ip)s)"]),
         ("a: record %(x)s : subst x 1\n", &["actions:1:13: error[A019]: '%(x)' is never defined: record strings see only the built-in names, and 'x' is not one"]),
         ("caf\u{e9}: reject\n", &["actions:1:1: error[A015]: class names are printable ASCII without spaces, at most 256 bytes; 'caf\u{e9}' is not"]),
     ];

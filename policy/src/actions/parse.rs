@@ -288,6 +288,7 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
             }
             Shape::OptText => {
                 swallowed_directive(src, ll, arg_range.clone(), directive, diags);
+                check_template(src, ll, arg_range.start, arg, directive, &mut class, diags);
                 class.log = Some((!arg.is_empty()).then(|| arg.to_owned()));
             }
             Shape::Number => {
