@@ -346,3 +346,60 @@ fn regression_18_a_long_see_chain_checks_quickly() {
         t.elapsed()
     );
 }
+
+/// Item 2: with `substitutions off` strings are sent as written, so a lone `%` is not an
+/// error for -C nor for the daemon.
+#[test]
+fn regression_9_templates_unchecked_with_substitutions_off() {
+    let s = Scratch::new("cf-subst-off");
+    let setup = Setup::new("a: ALL\n", "a: msg 100% sure %(x)s%(nl)s\n").conf("substitutions off");
+    let conf = s.write("nanny.conf", &setup.conf_text(&s));
+    s.write("nanny-rules", &setup.rules);
+    s.write("nanny-actions", &setup.actions);
+    let (code, err) = check(&conf);
+    assert_eq!(code, Some(0), "{err}");
+    let n = Nanny::start_conf(&s, &setup, conf);
+    assert_eq!(
+        n.fetch_from(src(1)).text(),
+        "100% sure %(x)s%(nl)s\r\n",
+        "log:\n{}",
+        n.log()
+    );
+}
+
+/// Item 3: as root, a chroot directory that fails the daemon's checks is a -C error at the
+/// `chrootdir` line, and the daemon's refusal names it too.
+#[test]
+fn regression_9_unsafe_chrootdir_found_by_check_as_root() {
+    if skip_unless_root("regression_9_unsafe_chrootdir_found_by_check_as_root") {
+        return;
+    }
+    let s = Scratch::new("cf-chroot");
+    let setup = Setup::new("a: ALL\n", "a: msg ok%(nl)s\n");
+    s.write("nanny-rules", &setup.rules);
+    s.write("nanny-actions", &setup.actions);
+    let open = s.empty_dir("open");
+    std::os::unix::fs::chown(&open, Some(0), Some(0)).expect("chown");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let base = setup
+        .conf_text(&s)
+        .lines()
+        .filter(|l| !l.starts_with("chrootdir"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    let text = format!("{base}chrootdir {}\n", open.display());
+    let lineno = text.lines().count();
+    let conf = s.write("nanny.conf", &text);
+    let (code, err) = check(&conf);
+    assert_eq!(code, Some(1), "{err}");
+    let want = format!(
+        "{}:{lineno}:11: error[H003]: chroot directory {}",
+        conf.display(),
+        open.display()
+    );
+    assert!(err.contains(&want), "want {want}\n{err}");
+    let (code, _, err) = Nanny::run_once(&[&conf.to_string_lossy()], RUN_TIMEOUT);
+    assert_eq!(code, Some(100), "{err}");
+    assert!(err.contains(&want), "want {want}\n{err}");
+}

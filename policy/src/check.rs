@@ -21,7 +21,9 @@
 
 use std::collections::HashSet;
 
-use crate::actions::{parse_actions, DEFAULTMSGS, DEFAULT_CONNMAX, DEFAULT_IPMAX, DEFAULT_REJECT};
+use crate::actions::{
+    parse_actions_expanding, DEFAULTMSGS, DEFAULT_CONNMAX, DEFAULT_IPMAX, DEFAULT_REJECT,
+};
 use crate::conf::parse_conf_positions;
 use crate::facts::GLOBAL;
 use crate::rules::parse_rules;
@@ -85,8 +87,10 @@ pub fn check_all(
         Some(rules.class_names())
     });
 
+    // Templates are checked as the daemon checks them: only when they will be expanded.
+    let substitutions = conf_value.as_ref().is_none_or(|c| c.substitutions);
     let actions_value = actions.and_then(|(name, text)| {
-        let parsed = parse_actions(name, text);
+        let parsed = parse_actions_expanding(name, text, substitutions);
         out.extend(parsed.diagnostics);
         let acts = parsed.value?;
         if acts.is_empty() {

@@ -1,9 +1,9 @@
 //! The actions file: every directive, every error as a golden string, and `see` merging.
 
-use policy::actions::{parse_actions, Actions, ClassAction, Limit};
+use policy::actions::{parse_actions_expanding, Actions, ClassAction, Limit};
 
 fn load(text: &str) -> Actions {
-    let p = parse_actions("actions", text);
+    let p = parse_actions_expanding("actions", text, true);
     let msgs: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
     match p.value {
         Some(v) => v,
@@ -16,7 +16,7 @@ fn class<'a>(a: &'a Actions, name: &str) -> &'a ClassAction {
 }
 
 fn errors(text: &str) -> Vec<String> {
-    let p = parse_actions("actions", text);
+    let p = parse_actions_expanding("actions", text, true);
     assert!(p.value.is_none(), "expected {text:?} to fail");
     p.diagnostics.iter().map(|d| d.to_string()).collect()
 }
@@ -322,12 +322,13 @@ fn original_test_file_loads() {
 #[test]
 fn warns_when_a_continuation_directive_is_swallowed() {
     // The document's DNSBL example as printed: no ' : ' before failmsg.
-    let p = parse_actions(
+    let p = parse_actions_expanding(
         "actions",
         "DNSBL:\tfaillog refused %(connsum)s: DNS blocklist class %(class)s\n\
          \t\tfailmsg\t500 Sorry, %(ip)s. Connection refused. %(blmsg)s\n\
          \t\t: reject : norepeatlog\n\
          bl-a:\tsubst blmsg x : see DNSBL\n",
+        true,
     );
     let got: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
     assert_eq!(
@@ -343,7 +344,7 @@ fn warns_when_a_continuation_directive_is_swallowed() {
         "a: msg hello :\n  run x\n",
         "a: log x\n  y run\n",
     ] {
-        let p = parse_actions("actions", text);
+        let p = parse_actions_expanding("actions", text, true);
         assert!(
             p.diagnostics.iter().all(|d| d.code != "A016"),
             "{text}: {:?}",
@@ -432,7 +433,7 @@ fn names_defined_somewhere_load() {
         "a: msg %(hostname)s %(identd)s %(lineno)d %(port)05d 100%%\n",
         "a: run /bin/echo %(ip)s%(nl)s : setenv A %(class)s\n",
     ] {
-        let p = parse_actions("actions", text);
+        let p = parse_actions_expanding("actions", text, true);
         assert!(p.value.is_some(), "{text}: {:?}", p.diagnostics);
     }
 }
@@ -442,14 +443,14 @@ fn names_defined_somewhere_load() {
 fn regression_19_message_over_the_cap_warns() {
     let cap = policy::actions::MAX_MSG_BYTES;
     let ok = format!("a: msg {}\n", "x".repeat(cap));
-    let p = parse_actions("actions", &ok);
+    let p = parse_actions_expanding("actions", &ok, true);
     assert!(
         p.value.is_some() && p.diagnostics.is_empty(),
         "{:?}",
         p.diagnostics
     );
     let over = format!("a: reject : failmsg {}\n", "x".repeat(cap + 1));
-    let p = parse_actions("actions", &over);
+    let p = parse_actions_expanding("actions", &over, true);
     assert!(p.value.is_some(), "only a warning");
     let got: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
     assert_eq!(
@@ -460,4 +461,20 @@ fn regression_19_message_over_the_cap_warns() {
             cap + 1
         )]
     );
+}
+
+/// With `substitutions off` strings are sent as written, so templates are not checked; the
+/// classifier's plain parse never checks them (it must accept what the parent loaded).
+#[test]
+fn templates_unchecked_when_not_expanded() {
+    let text = "a: msg 100% sure %(nope)s : record %(x)s\n";
+    assert!(parse_actions_expanding("actions", text, false)
+        .value
+        .is_some());
+    assert!(policy::actions::parse_actions("actions", text)
+        .value
+        .is_some());
+    assert!(parse_actions_expanding("actions", text, true)
+        .value
+        .is_none());
 }

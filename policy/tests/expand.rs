@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use policy::actions::{parse_actions, Actions};
+use policy::actions::{parse_actions_expanding, Actions};
 use policy::decide::{decide, Counts, Decision};
 use policy::expand::{
     format_template, render, ExpandErrorKind, ExpandFacts, LogLine, Rendered, Value,
@@ -12,7 +12,7 @@ use policy::expand::{
 use policy::facts::{Classification, HnStatus, HostInfo, MatchedClass, SeenTimes};
 
 fn load(text: &str) -> Actions {
-    let p = parse_actions("actions", text);
+    let p = parse_actions_expanding("actions", text, true);
     let msgs: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
     p.value
         .unwrap_or_else(|| panic!("expected {text:?} to load, got {msgs:#?}"))
@@ -235,7 +235,7 @@ fn unknown_names() {
     );
     // A name nothing can define fails the load (issue 9 item 2); one that some chain defines
     // fails at run time for a chain that does not.
-    let p = parse_actions("actions", "a: ipmax 0 : failmsg %(abcdef)s\n");
+    let p = parse_actions_expanding("actions", "a: ipmax 0 : failmsg %(abcdef)s\n", true);
     assert!(p.value.is_none());
     let a = load("a: ipmax 0 : failmsg %(abcdef)s\nb: subst abcdef x : see a\n");
     let c = Conn::new("1.2.3.4", &[("a", 1, None)]);
@@ -526,7 +526,7 @@ fn environment() {
 #[test]
 fn records_have_no_subst_and_their_own_class() {
     // A record never sees subst names, so a name that is not a built-in fails the load.
-    let p = parse_actions("actions", "q: record %(x)s : subst x y\n");
+    let p = parse_actions_expanding("actions", "q: record %(x)s : subst x y\n", true);
     let got: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
     assert_eq!(got, vec!["actions:1:13: error[A019]: '%(x)' is never defined: record strings see only the built-in names, and 'x' is not one"]);
     let a =

@@ -160,9 +160,21 @@ impl Actions {
 }
 
 /// Parses an actions file: every error and warning, and the table when there were no errors.
+/// `%(name)s` templates are not checked (see [`parse_actions_expanding`]): this is the
+/// classifier's view, which only needs the limits and must accept whatever the parent loaded.
 pub fn parse_actions(name: &str, text: &str) -> Parsed<Actions> {
+    parse_actions_expanding(name, text, false)
+}
+
+/// Parses an actions file whose strings will be expanded when `substitutions` is true (the
+/// parent's view, and -C's): then every template is also checked as it will be expanded, and
+/// what would fail for every connection is an error here. A malformed `%` (A018); a name that
+/// is not a built-in and that no `subst` of the class, or of a class that sees it, defines (any
+/// class's for the default classes' texts, none for `record`) (A019). With substitutions off
+/// the strings are sent as written, so they are not checked.
+pub fn parse_actions_expanding(name: &str, text: &str, substitutions: bool) -> Parsed<Actions> {
     let (raw, mut diags, src) = parse::parse_file(name, text);
-    let value = resolve::resolve(&src, raw, &mut diags);
+    let value = resolve::resolve(&src, raw, &mut diags, substitutions);
     diags.sort_by_key(|d| (d.line, d.col));
     let value = if diags
         .iter()

@@ -38,6 +38,9 @@ pub(super) struct RawClass {
     /// Names used in `%(name)s` that are not built-ins, where, and in which directive; the
     /// resolver checks that a `subst` can define them.
     pub names: Vec<(String, Pos, &'static str)>,
+    /// Malformed substitutions (A018) and non-built-in names in `record` (A019): errors only
+    /// when substitutions are on, so kept apart until the caller says.
+    pub template_diags: Vec<Diagnostic>,
 }
 
 /// What a directive takes after its name.
@@ -288,7 +291,7 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
             }
             Shape::OptText => {
                 swallowed_directive(src, ll, arg_range.clone(), directive, diags);
-                check_template(src, ll, arg_range.start, arg, directive, &mut class, diags);
+                check_template(src, ll, arg_range.start, arg, directive, &mut class);
                 class.log = Some((!arg.is_empty()).then(|| arg.to_owned()));
             }
             Shape::Number => {
@@ -346,7 +349,7 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
                     vec![(arg_range.start, arg)]
                 };
                 for (at, t) in templates {
-                    check_template(src, ll, at, t, directive, &mut class, diags);
+                    check_template(src, ll, at, t, directive, &mut class);
                 }
                 let v = Some(arg.to_owned());
                 match directive {
@@ -426,7 +429,7 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
                 seen.insert(vname.to_owned(), kw_col);
                 list.push((vname.to_owned(), value.to_owned()));
                 let at = arg_range.end - value.len();
-                check_template(src, ll, at, value, directive, &mut class, diags);
+                check_template(src, ll, at, value, directive, &mut class);
             }
             Shape::Class => {
                 if arg.is_empty() {
@@ -451,9 +454,10 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
     Some(class)
 }
 
-/// Checks one template at byte `at` of the logical line: malformed substitutions are errors
-/// (A018); names that are not built-ins are errors in `record` (which sees no `subst`
-/// names) and otherwise kept for the resolver, which knows the `see` chains.
+/// Checks one template at byte `at` of the logical line: malformed substitutions (A018), and
+/// names that are not built-ins in `record` (A019; it sees no `subst` names), go to the
+/// class's `template_diags`; other names that are not built-ins are kept for the resolver,
+/// which knows the `see` chains.
 fn check_template(
     src: &SourceFile,
     ll: &LogicalLine,
@@ -461,11 +465,10 @@ fn check_template(
     template: &str,
     directive: &'static str,
     class: &mut RawClass,
-    diags: &mut Vec<Diagnostic>,
 ) {
     for f in super::templates::scan(template) {
         match f {
-            super::templates::Finding::Bad(r, m) => diags.push(src.diag_at(
+            super::templates::Finding::Bad(r, m) => class.template_diags.push(src.diag_at(
                 Severity::Error,
                 "A018",
                 ll,
@@ -473,7 +476,7 @@ fn check_template(
                 format!("bad substitution in '{directive}': {m}"),
             )),
             super::templates::Finding::Name(r, n) if directive == "record" => {
-                diags.push(src.diag_at(
+                class.template_diags.push(src.diag_at(
                     Severity::Error,
                     "A019",
                     ll,

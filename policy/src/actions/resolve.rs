@@ -12,9 +12,15 @@ use crate::source::{Diagnostic, Severity, SourceFile};
 
 pub(super) fn resolve(
     src: &SourceFile,
-    raw: Vec<RawClass>,
+    mut raw: Vec<RawClass>,
     diags: &mut Vec<Diagnostic>,
+    templates: bool,
 ) -> Option<Actions> {
+    if templates {
+        for c in &mut raw {
+            diags.append(&mut c.template_diags);
+        }
+    }
     let err = |pos: (u32, u32, u32), code: &'static str, msg: String| {
         src.diagnostic(Severity::Error, code, pos.0, pos.1, pos.2, msg)
     };
@@ -120,7 +126,7 @@ pub(super) fn resolve(
     if bad {
         return None;
     }
-    if !names_defined(&classes, &next, &err, diags) {
+    if templates && !names_defined(&classes, &next, &err, diags) {
         return None;
     }
 
