@@ -403,3 +403,25 @@ fn regression_9_unsafe_chrootdir_found_by_check_as_root() {
     assert_eq!(code, Some(100), "{err}");
     assert!(err.contains(&want), "want {want}\n{err}");
 }
+
+/// Items 5 and 19: a reload whose file has a byte that is not UTF-8 outside a comment logs
+/// where it is (it used to say only "stream did not contain valid UTF-8"), then keeps the old
+/// rules.
+#[test]
+fn regression_9_a_non_utf8_reload_names_the_position() {
+    let s = Scratch::new("cf-utf8-reload");
+    let n = Nanny::start(&s, Setup::new("a: ALL\n", "a: msg old%(nl)s\n"));
+    assert_eq!(n.fetch_from(src(1)).text(), "old\n", "log:\n{}", n.log());
+    let mark = n.mark();
+    let tmp = s.path("rules.new");
+    std::fs::write(&tmp, b"# caf\xe9 ok\nb\xe9: ALL\n").expect("write");
+    std::fs::rename(&tmp, &n.rules).expect("rename");
+    let want = format!(
+        "{}:2:2: error[F002]: byte 0xe9 is not UTF-8",
+        n.rules.display()
+    );
+    n.wait_log_since(mark, RELOAD_TIMEOUT, |l| l.contains(&want))
+        .unwrap_or_else(|| panic!("no {want}; log:\n{}", n.log()));
+    n.expect_log(mark, &["keeping the old rules"]);
+    assert_eq!(n.fetch_from(src(2)).text(), "old\n");
+}
