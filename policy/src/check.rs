@@ -15,14 +15,45 @@
 //! - W003: a default message class that rules can also produce (the original refused this in
 //!   its check mode; the document advises against it).
 //! - W004 / W005: the rules file has no rules / the actions file defines no classes.
+//!
+//! Host checks (users, the chroot directory) need I/O, so the binary makes them and anchors
+//! them with [`conf_value_diagnostic`].
 
 use std::collections::HashSet;
 
-use crate::actions::{parse_actions, DEFAULTMSGS, DEFAULT_CONNMAX, DEFAULT_IPMAX, DEFAULT_REJECT};
+use crate::actions::{
+    parse_actions_expanding, DEFAULTMSGS, DEFAULT_CONNMAX, DEFAULT_IPMAX, DEFAULT_REJECT,
+};
 use crate::conf::parse_conf_positions;
 use crate::facts::GLOBAL;
 use crate::rules::parse_rules;
 use crate::source::{Diagnostic, Severity, SourceFile};
+
+/// A diagnostic about the value of a nanny.conf directive that only the caller can check (a
+/// user that must exist on this host, a directory that must be safe), anchored at the
+/// argument of the directive's last line; at 1:1 when the file does not give the directive
+/// (the value is a default).
+pub fn conf_value_diagnostic(
+    conf: (&str, &str),
+    directive: &str,
+    severity: Severity,
+    code: &'static str,
+    message: String,
+) -> Diagnostic {
+    let src = SourceFile::new(conf.0, conf.1);
+    let found = src.logical_lines().ok().and_then(|lines| {
+        lines.into_iter().rev().find_map(|ll| {
+            let words = crate::conf::words(&ll.text);
+            let (_, first) = words.first().copied()?;
+            let (off, arg) = words.get(1).copied()?;
+            (first == directive).then(|| (ll.clone(), off..off + arg.len()))
+        })
+    });
+    match found {
+        Some((ll, range)) => src.diag_at(severity, code, &ll, range, message),
+        None => src.diagnostic(severity, code, 1, 1, 1, message),
+    }
+}
 
 const DEFAULT_CLASSES: [&str; 4] = [DEFAULT_REJECT, DEFAULT_IPMAX, DEFAULT_CONNMAX, DEFAULTMSGS];
 
@@ -56,8 +87,10 @@ pub fn check_all(
         Some(rules.class_names())
     });
 
+    // Templates are checked as the daemon checks them: only when they will be expanded.
+    let substitutions = conf_value.as_ref().is_none_or(|c| c.substitutions);
     let actions_value = actions.and_then(|(name, text)| {
-        let parsed = parse_actions(name, text);
+        let parsed = parse_actions_expanding(name, text, substitutions);
         out.extend(parsed.diagnostics);
         let acts = parsed.value?;
         if acts.is_empty() {

@@ -730,10 +730,11 @@ fn internal(
 
 /// The class in `class`'s see chain whose own text supplied `directive` (for error messages).
 fn source_of<'a>(actions: &'a Actions, class: &'a ClassAction, directive: &str) -> &'a str {
-    class
-        .chain
-        .iter()
-        .filter_map(|&i| actions.get(i))
+    actions
+        .index_of(&class.name)
+        .into_iter()
+        .flat_map(|ci| actions.chain(ci))
+        .filter_map(|i| actions.get(i))
         .find(|c| c.own_directives.iter().any(|d| d == directive))
         .map_or(class.name.as_str(), |c| c.name.as_str())
 }

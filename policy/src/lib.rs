@@ -10,6 +10,7 @@ pub mod addr;
 pub mod check;
 pub mod conf;
 pub mod decide;
+pub mod decode;
 pub mod expand;
 pub mod facts;
 pub mod rules;

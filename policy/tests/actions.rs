@@ -1,9 +1,9 @@
 //! The actions file: every directive, every error as a golden string, and `see` merging.
 
-use policy::actions::{parse_actions, Actions, ClassAction, Limit};
+use policy::actions::{parse_actions_expanding, Actions, ClassAction, Limit};
 
 fn load(text: &str) -> Actions {
-    let p = parse_actions("actions", text);
+    let p = parse_actions_expanding("actions", text, true);
     let msgs: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
     match p.value {
         Some(v) => v,
@@ -16,7 +16,7 @@ fn class<'a>(a: &'a Actions, name: &str) -> &'a ClassAction {
 }
 
 fn errors(text: &str) -> Vec<String> {
-    let p = parse_actions("actions", text);
+    let p = parse_actions_expanding("actions", text, true);
     assert!(p.value.is_none(), "expected {text:?} to fail");
     p.diagnostics.iter().map(|d| d.to_string()).collect()
 }
@@ -61,7 +61,7 @@ fn every_directive() {
     let cd = class(&a, "d");
     assert_eq!(cd.see.as_deref(), Some("c"));
     assert_eq!(cd.record, cc.record);
-    assert_eq!(cd.chain, vec![3, 2]);
+    assert_eq!(a.chain(3).collect::<Vec<_>>(), vec![3, 2]);
     assert_eq!(a.index_of("c"), Some(2));
     assert_eq!(a.index_of("zz"), None);
 }
@@ -140,6 +140,14 @@ fn golden_errors() {
         ),
         ("a b: reject\n", &["actions:1:1: error[A001]: an action rule starts with the class name and a colon ('CLASS: DIRECTIVE ...'); 'a' does not end in ':'"]),
         ("  a: reject\n", &["actions:1:1: error[F001]: the first line is indented, which makes it a continuation of nothing"]),
+        // Issue 9 item 2: what fails for every connection fails the load.
+        ("a: msg %(hostnmae)s\n", &["actions:1:10: error[A019]: '%(hostnmae)' in 'msg' of class 'a' is never defined: it is not a built-in name, and neither this class nor any class that sees it has 'subst hostnmae'"]),
+        ("a: msg %(ip)d\n", &["actions:1:8: error[A018]: bad substitution in 'msg': %(ip)d needs a number, but ip is text (use %(ip)s)"]),
+        ("a: reject : faillog at %(ip\n", &["actions:1:24: error[A018]: bad substitution in 'faillog': '%(' has no closing ')'"]),
+        ("a: run /bin/echo 50% %(ip)s\n", &["actions:1:20: error[A018]: bad substitution in 'run': a lone '%' at the end: write %% for a percent sign"]),
+        ("a: run x : setenv V %(nope)s : see b\nb: subst nop 1\n", &["actions:1:23: error[A019]: '%(nope)' in 'setenv' of class 'a' is never defined: it is not a built-in name, and neither this class nor any class that sees it has 'subst nope'"]),
+        ("a: run x : log at %(ip) %(nl)s\n", &["actions:1:19: error[A018]: bad substitution in 'log': unsupported conversion '%' in %(ip)% (use %(ip)s)"]),
+        ("a: record %(x)s : subst x 1\n", &["actions:1:13: error[A019]: '%(x)' is never defined: record strings see only the built-in names, and 'x' is not one"]),
         ("caf\u{e9}: reject\n", &["actions:1:1: error[A015]: class names are printable ASCII without spaces, at most 256 bytes; 'caf\u{e9}' is not"]),
     ];
     for (text, want) in rows {
@@ -290,8 +298,8 @@ fn see_targets_may_come_later_and_subst_merges_in_chain_order() {
             ("info".into(), "%(extra)s and from C too".into())
         ]
     );
-    assert_eq!(class(&a, "A").chain, vec![0, 2, 4]);
-    assert_eq!(class(&a, "D").chain, vec![3, 4]);
+    assert_eq!(a.chain(0).collect::<Vec<_>>(), vec![0, 2, 4]);
+    assert_eq!(a.chain(3).collect::<Vec<_>>(), vec![3, 4]);
 }
 
 #[test]
@@ -314,11 +322,13 @@ fn original_test_file_loads() {
 #[test]
 fn warns_when_a_continuation_directive_is_swallowed() {
     // The document's DNSBL example as printed: no ' : ' before failmsg.
-    let p = parse_actions(
+    let p = parse_actions_expanding(
         "actions",
         "DNSBL:\tfaillog refused %(connsum)s: DNS blocklist class %(class)s\n\
          \t\tfailmsg\t500 Sorry, %(ip)s. Connection refused. %(blmsg)s\n\
-         \t\t: reject : norepeatlog\n",
+         \t\t: reject : norepeatlog\n\
+         bl-a:\tsubst blmsg x : see DNSBL\n",
+        true,
     );
     let got: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
     assert_eq!(
@@ -334,11 +344,137 @@ fn warns_when_a_continuation_directive_is_swallowed() {
         "a: msg hello :\n  run x\n",
         "a: log x\n  y run\n",
     ] {
-        let p = parse_actions("actions", text);
+        let p = parse_actions_expanding("actions", text, true);
         assert!(
             p.diagnostics.iter().all(|d| d.code != "A016"),
             "{text}: {:?}",
             p.diagnostics
         );
     }
+}
+
+/// Issue 18: `see` chains resolved in cubic time (20,000 links took over a minute). Each class
+/// is now merged once over the class it sees, so this is linear; the bound is generous for
+/// debug builds on a busy machine, and the cubic version missed it by orders of magnitude.
+#[test]
+fn regression_18_long_see_chain_is_linear() {
+    const LINKS: usize = 20_000;
+    let mut text = String::new();
+    for i in 0..LINKS {
+        text.push_str(&format!("c{i}: see c{}\n", i + 1));
+    }
+    text.push_str(&format!("c{LINKS}: drop : setenv TAIL yes : ipmax 2\n"));
+    let t = std::time::Instant::now();
+    let a = load(&text);
+    let took = t.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    let head = class(&a, "c0");
+    assert!(head.drop);
+    assert_eq!(head.setenv, vec![("TAIL".into(), "yes".into())]);
+    assert_eq!(head.limits, vec![Limit::IpMax(2)]);
+    assert_eq!(a.chain(0).count(), LINKS + 1);
+
+    // A loop at the end of a long chain: one diagnostic, at the loop's first member.
+    let mut text = String::new();
+    for i in 0..LINKS {
+        text.push_str(&format!("c{i}: see c{}\n", i + 1));
+    }
+    text.push_str(&format!("c{LINKS}: see c{}\n", LINKS - 1));
+    let t = std::time::Instant::now();
+    let got = errors(&text);
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(
+        got,
+        vec![format!(
+            "actions:{LINKS}:{}: error[A012]: 'see' loop: c{} -> c{LINKS} -> c{}",
+            format!("c{}: see ", LINKS - 1).len() + 1,
+            LINKS - 1,
+            LINKS - 1
+        )]
+    );
+}
+
+/// Merging over the already merged target gives what walking the chain gives: the first
+/// class naming a directive wins, limits keep chain order and stop at a reject.
+#[test]
+fn merged_chain_rows() {
+    let a = load(
+        "A: ipmax 2 : setenv X a : see B\n\
+         B: connmax 3 : ipmax 5 : setenv X b : setenv Y b : failmsg no : see C\n\
+         C: reject : run /bin/true : log hi\n\
+         D: reject : ipmax 1 : see C\n",
+    );
+    let ca = class(&a, "A");
+    assert_eq!(
+        ca.limits,
+        vec![Limit::IpMax(2), Limit::ConnMax(3), Limit::Reject]
+    );
+    assert_eq!(ca.ipmax, Some(2));
+    assert_eq!(
+        ca.setenv,
+        vec![("X".into(), "a".into()), ("Y".into(), "b".into())]
+    );
+    assert_eq!(ca.run, Some(vec!["/bin/true".to_owned()]));
+    assert_eq!(ca.failmsg.as_deref(), Some("no"));
+    assert_eq!(ca.log, Some(Some("hi".to_owned())));
+    assert!(ca.reject);
+    assert_eq!(class(&a, "D").limits, vec![Limit::Reject]);
+}
+
+/// Issue 9 item 2: names a chain can define, and names a default class's text may get from
+/// whichever class refused, load.
+#[test]
+fn names_defined_somewhere_load() {
+    for text in [
+        "a: msg %(who)s : subst who x\n",
+        "a: msg %(who)s\nb: subst who x : see a\n",
+        "a: see b : subst who x\nb: see c\nc: msg %(who)s\n",
+        "r: reject : subst why x\nDEFAULT-REJECT: failmsg %(why)s : see M\nM: faillog %(why)s\n",
+        "a: msg %(hostname)s %(identd)s %(lineno)d %(port)05d 100%%\n",
+        "a: run /bin/echo %(ip)s%(nl)s : setenv A %(class)s\n",
+    ] {
+        let p = parse_actions_expanding("actions", text, true);
+        assert!(p.value.is_some(), "{text}: {:?}", p.diagnostics);
+    }
+}
+
+/// Issue 19: a message over the writer's cap is a warning when the file is read.
+#[test]
+fn regression_19_message_over_the_cap_warns() {
+    let cap = policy::actions::MAX_MSG_BYTES;
+    let ok = format!("a: msg {}\n", "x".repeat(cap));
+    let p = parse_actions_expanding("actions", &ok, true);
+    assert!(
+        p.value.is_some() && p.diagnostics.is_empty(),
+        "{:?}",
+        p.diagnostics
+    );
+    let over = format!("a: reject : failmsg {}\n", "x".repeat(cap + 1));
+    let p = parse_actions_expanding("actions", &over, true);
+    assert!(p.value.is_some(), "only a warning");
+    let got: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        got,
+        vec![format!(
+            "actions:1:13: warning[A017]: the 'failmsg' text is {} bytes, over the {cap}-byte cap \
+             of a message: only the first {cap} bytes are sent",
+            cap + 1
+        )]
+    );
+}
+
+/// With `substitutions off` strings are sent as written, so templates are not checked; the
+/// classifier's plain parse never checks them (it must accept what the parent loaded).
+#[test]
+fn templates_unchecked_when_not_expanded() {
+    let text = "a: msg 100% sure %(nope)s : record %(x)s\n";
+    assert!(parse_actions_expanding("actions", text, false)
+        .value
+        .is_some());
+    assert!(policy::actions::parse_actions("actions", text)
+        .value
+        .is_some());
+    assert!(parse_actions_expanding("actions", text, true)
+        .value
+        .is_none());
 }

@@ -136,9 +136,10 @@ proptest! {
         if let Some(a) = p.value {
             let names = a.class_names();
             for (i, c) in a.iter().enumerate() {
-                prop_assert_eq!(c.chain.first().copied(), Some(i as u32));
+                let chain: Vec<u32> = a.chain(i as u32).take(a.len() + 1).collect();
+                prop_assert_eq!(chain.first().copied(), Some(i as u32));
                 let mut seen = std::collections::HashSet::new();
-                for &j in &c.chain {
+                for &j in &chain {
                     prop_assert!(a.get(j).is_some());
                     prop_assert!(seen.insert(j), "chain repeats");
                 }

@@ -148,3 +148,49 @@ fn unreadable_files_are_left_out() {
     let codes: Vec<&str> = got.iter().map(|d| d.code).collect();
     assert_eq!(codes, vec!["C006", "C006"]);
 }
+
+/// Issue 9 item 2: templates that fail for every connection are check-mode errors with
+/// file:line:col; with `substitutions off` they are not checked.
+#[test]
+fn golden_template_errors() {
+    let actions = "a: msg hi %(hostnmae)s\nb: run /bin/echo %(ip)d\nc: reject : faillog x %(ip\n";
+    let rules = "a: ip: 127.0.0.1\nb: ip: 127.0.0.2\nc: ALL\n";
+    let got = check(CONF, rules, actions);
+    assert_eq!(
+        got,
+        vec![
+            "actions:1:13: error[A019]: '%(hostnmae)' in 'msg' of class 'a' is never defined: it is not a built-in name, and neither this class nor any class that sees it has 'subst hostnmae'",
+            "actions:2:18: error[A018]: bad substitution in 'run': %(ip)d needs a number, but ip is text (use %(ip)s)",
+            "actions:3:23: error[A018]: bad substitution in 'faillog': '%(' has no closing ')'",
+        ]
+    );
+    let off = format!("{CONF}substitutions off\n");
+    assert_eq!(check(&off, rules, actions), Vec::<String>::new());
+}
+
+/// Issue 9 item 3: host findings are anchored at the directive's argument, or at 1:1 when the
+/// directive is not given.
+#[test]
+fn conf_value_diagnostics_point_at_the_directive() {
+    let conf = "rulefile rules\nactionfile actions\nlisten 25\n  # c\nuser   nosuch\n";
+    let d = policy::check::conf_value_diagnostic(
+        ("nanny.conf", conf),
+        "user",
+        Severity::Error,
+        "H001",
+        "user 'nosuch' does not exist on this host".to_owned(),
+    );
+    assert_eq!(
+        d.to_string(),
+        "nanny.conf:5:8: error[H001]: user 'nosuch' does not exist on this host"
+    );
+    assert!(d.excerpt().ends_with("|        ^^^^^^"), "{}", d.excerpt());
+    let d = policy::check::conf_value_diagnostic(
+        ("nanny.conf", conf),
+        "privsepuser",
+        Severity::Error,
+        "H002",
+        "x".to_owned(),
+    );
+    assert_eq!(d.to_string(), "nanny.conf:1:1: error[H002]: x");
+}

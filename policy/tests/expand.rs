@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use policy::actions::{parse_actions, Actions};
+use policy::actions::{parse_actions_expanding, Actions};
 use policy::decide::{decide, Counts, Decision};
 use policy::expand::{
     format_template, render, ExpandErrorKind, ExpandFacts, LogLine, Rendered, Value,
@@ -12,7 +12,7 @@ use policy::expand::{
 use policy::facts::{Classification, HnStatus, HostInfo, MatchedClass, SeenTimes};
 
 fn load(text: &str) -> Actions {
-    let p = parse_actions("actions", text);
+    let p = parse_actions_expanding("actions", text, true);
     let msgs: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
     p.value
         .unwrap_or_else(|| panic!("expected {text:?} to load, got {msgs:#?}"))
@@ -228,11 +228,16 @@ fn partial_lookups() {
 #[test]
 fn unknown_names() {
     let c = Conn::new("192.0.2.7", &[("cls", 3, None)]);
+    let a = load("cls: ipmax 0 : faillog %(labels)s\nother: subst labels x : see cls\n");
     assert_eq!(
-        expand_with(&c, "%(labels)s"),
+        log_text(&c.go(&a).1),
         Err("class cls, faillog: %(labels)s is not a known substitution".into())
     );
-    let a = load("a: ipmax 0 : failmsg %(abcdef)s\n");
+    // A name nothing can define fails the load (issue 9 item 2); one that some chain defines
+    // fails at run time for a chain that does not.
+    let p = parse_actions_expanding("actions", "a: ipmax 0 : failmsg %(abcdef)s\n", true);
+    assert!(p.value.is_none());
+    let a = load("a: ipmax 0 : failmsg %(abcdef)s\nb: subst abcdef x : see a\n");
     let c = Conn::new("1.2.3.4", &[("a", 1, None)]);
     let (_, r) = c.go(&a);
     let Some(Err(e)) = &r.message else {
@@ -437,13 +442,16 @@ fn dnsbl_example_with_separator() {
 
 #[test]
 fn errors_name_the_class_that_holds_the_text() {
-    let a = load("x: see y\ny: msg %(nope)s\nz: see w : reject\nw: faillog %(bad)s\n");
+    let a = load(
+        "x: see y\ny: msg %(nope)s\nz: see w : reject\nw: faillog %(bad)s\n\
+         v: subst nope 1 : subst bad 2 : see y\nu: see w : subst bad 2\n",
+    );
     let (_, r) = Conn::new("1.2.3.4", &[("x", 1, None)]).go(&a);
     assert_eq!(
         msg_text(&r),
         Err("class y, msg (used for class x): %(nope)s is not a known substitution".into())
     );
-    let a = load("r: reject\nDEFAULTMSGS: failmsg %(oops)s\n");
+    let a = load("r: reject\nDEFAULTMSGS: failmsg %(oops)s\ns: reject : subst oops 1\n");
     let (_, r) = Conn::new("1.2.3.4", &[("r", 1, None)]).go(&a);
     assert_eq!(
         msg_text(&r),
@@ -497,7 +505,8 @@ fn environment() {
         "env1: msg foo : setenv a 1\n\
          env2: run foo : setenv b ip %(ip)s is it\n\
          env3: run foo : setenv foobar 1 : setenv barozp 2 : see env4\n\
-         env4: setenv foobar 3 : setenv c %(nope)s\n",
+         env4: setenv foobar 3 : setenv c %(nope)s\n\
+         env5: subst nope 1 : see env4\n",
     );
     let (_, r) = Conn::new("127.0.0.1", &[("env2", 1, None)]).go(&a);
     assert_eq!(r.env, Ok(vec![("b".into(), "ip 127.0.0.1 is it".into())]));
@@ -516,7 +525,12 @@ fn environment() {
 
 #[test]
 fn records_have_no_subst_and_their_own_class() {
-    let a = load("r: record rec %(class)s %(lineno)s : subst x y : run p %(x)s\nq: record %(x)s\n");
+    // A record never sees subst names, so a name that is not a built-in fails the load.
+    let p = parse_actions_expanding("actions", "q: record %(x)s : subst x y\n", true);
+    let got: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(got, vec!["actions:1:13: error[A019]: '%(x)' is never defined: record strings see only the built-in names, and 'x' is not one"]);
+    let a =
+        load("r: record rec %(class)s %(lineno)s : subst x y : run p %(x)s\nq: record %(label)s\n");
     let c = Conn::new("1.2.3.4", &[("r", 7, None), ("q", 9, None)]);
     let (_, r) = c.go(&a);
     assert_eq!(argv(&r), Ok(vec!["p".into(), "y".into()]));
@@ -524,13 +538,16 @@ fn records_have_no_subst_and_their_own_class() {
     assert_eq!(r.records[0], Ok("rec r 7".into()));
     assert_eq!(
         r.records[1].clone().map_err(|e| e.to_string()),
-        Err("class q, record: %(x)s is not a known substitution".to_string())
+        Err("class q, record: %(label)s is not defined for this connection".to_string())
     );
 }
 
 #[test]
 fn substitutions_off_uses_strings_literally() {
-    let a = load("a: ipmax 0 : faillog %(ip)s 100%% : failmsg %(nope)s\nb: run x %(ip)s\n");
+    let a = load(
+        "a: ipmax 0 : faillog %(ip)s 100%% : failmsg %(nope)s\nb: run x %(ip)s\n\
+         c: subst nope 1 : see a\n",
+    );
     let c = Conn::new("1.2.3.4", &[("a", 1, None)]);
     let d = decide(&a, &c.classes, &NoCounts);
     let r = render(&a, &d, &c.facts(), false);

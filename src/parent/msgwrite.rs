@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use privsep::proto::ConnId;
 
 /// Largest message sent; a longer rendered message is cut (and the cut logged by the caller).
-/// 64 KiB is far more than any banner and bounds what a stalled peer can pin.
-pub const MAX_MSG_BYTES: usize = 64 * 1024;
+/// One definition with the policy crate, which warns about longer texts when it reads them.
+pub use policy::actions::MAX_MSG_BYTES;
 
 /// How long a peer has to take the whole message before the parent gives up and closes.
 pub const MSG_DEADLINE: Duration = Duration::from_secs(30);

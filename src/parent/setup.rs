@@ -16,6 +16,7 @@ use policy::{Diagnostic, Severity};
 
 use crate::args::{Args, StackLimit};
 use crate::exit::{Error, Result};
+use crate::files::{self, FileError};
 use crate::log;
 
 /// The classifier's empty root when nanny.conf has no `chrootdir` (OpenSSH's choice).
@@ -49,31 +50,31 @@ pub fn resolve_relative(conf_path: &Path, file: &str) -> PathBuf {
     }
 }
 
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::config(path.display(), e))
-}
-
-/// Reads and parses nanny.conf. Errors: every diagnostic, one per line, then exit 100.
+/// Reads and parses nanny.conf, then makes the host checks -C makes (users exist, the
+/// privsep user is not root, the chroot directory is safe), so a daemon that cannot run says
+/// which line of nanny.conf is wrong. Errors: every diagnostic, one per line, then exit 100.
 pub fn load_conf(path: &Path) -> Result<Config> {
     let name = path.display().to_string();
-    let text = read(path)?;
+    let text = files::read_text(path, &name).map_err(|e| Error::Config(e.to_string()))?;
     let parsed = policy::conf::parse_conf(&name, &text);
-    for d in parsed
-        .diagnostics
-        .iter()
-        .filter(|d| d.severity == Severity::Warning)
-    {
+    let mut diags = parsed.diagnostics;
+    let root = nix::unistd::geteuid().is_root();
+    if let Some(conf) = &parsed.value {
+        diags.extend(host_checks((&name, &text), conf, root, false));
+    }
+    for d in diags.iter().filter(|d| d.severity == Severity::Warning) {
         log::warn(&d.to_string());
     }
-    let Some(conf) = parsed.value else {
-        let lines: Vec<String> = parsed
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .map(ToString::to_string)
-            .collect();
-        return Err(Error::Config(lines.join("\n")));
+    let errors: Vec<String> = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(ToString::to_string)
+        .collect();
+    let conf = match parsed.value {
+        Some(conf) if errors.is_empty() => conf,
+        _ => return Err(Error::Config(errors.join("\n"))),
     };
+    super::reload::set_substitutions(conf.substitutions);
     Ok(Config {
         rules_path: resolve_relative(path, &conf.rulefile),
         actions_path: resolve_relative(path, &conf.actionfile),
@@ -82,31 +83,120 @@ pub fn load_conf(path: &Path) -> Result<Config> {
     })
 }
 
-/// -C: checks all three files at once and prints every diagnostic with its excerpt on stderr.
-/// Exit 0 when there are no errors (warnings allowed), 1 otherwise.
-pub fn check(args: &Args) -> Result<ExitCode> {
-    let conf_name = args.config.display().to_string();
-    let conf_text = read(&args.config)?;
-    let mut extra: Vec<String> = Vec::new();
-    let mut rules: Option<(String, String)> = None;
-    let mut actions: Option<(String, String)> = None;
-    if let Some(conf) = policy::conf::parse_conf(&conf_name, &conf_text).value {
-        for (file, slot) in [
-            (&conf.rulefile, &mut rules),
-            (&conf.actionfile, &mut actions),
-        ] {
-            let path = resolve_relative(&args.config, file);
-            match std::fs::read_to_string(&path) {
-                Ok(t) => *slot = Some((path.display().to_string(), t)),
-                Err(e) => extra.push(format!("{}: error: cannot read: {e}", path.display())),
-            }
+/// What the host must provide for nanny.conf to work: the `user` exists; the privsep user
+/// exists and is not root (when `privsep`: the daemon runs as root, or this is -C); the
+/// chroot directory passes the checks the daemon makes (only as root, the only case where
+/// the daemon chroots). A missing chroot directory is created by the daemon at start, so
+/// `-C` (`check`) only mentions it.
+pub fn host_checks(
+    conf_src: (&str, &str),
+    conf: &NannyConf,
+    root: bool,
+    check: bool,
+) -> Vec<Diagnostic> {
+    let diag = |directive: &str, severity: Severity, code: &'static str, message: String| {
+        policy::check::conf_value_diagnostic(conf_src, directive, severity, code, message)
+    };
+    let mut out = Vec::new();
+    if let Some(u) = &conf.user {
+        match User::from_name(u) {
+            Ok(Some(_)) => {}
+            Ok(None) => out.push(diag(
+                "user",
+                Severity::Error,
+                "H001",
+                format!("user '{u}' does not exist on this host"),
+            )),
+            Err(e) => out.push(diag(
+                "user",
+                Severity::Error,
+                "H001",
+                format!("cannot look up user '{u}': {e}"),
+            )),
         }
     }
-    let diags: Vec<Diagnostic> = policy::check::check_all(
-        (&conf_name, &conf_text),
-        rules.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
-        actions.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
-    );
+    if root || check {
+        if let Err(e) = privsep_user(conf) {
+            out.push(diag("privsepuser", Severity::Error, "H002", e.to_string()));
+        }
+    }
+    if root {
+        let dir = Path::new(conf.chrootdir.as_deref().unwrap_or(DEFAULT_CHROOT));
+        if dir.exists() {
+            if let Err(e) = check_chroot(dir) {
+                out.push(diag("chrootdir", Severity::Error, "H003", e));
+            }
+        } else if check {
+            out.push(diag(
+                "chrootdir",
+                Severity::Warning,
+                "H004",
+                format!(
+                    "chroot directory {} does not exist; portnanny creates it at start \
+                     (owned by root, mode 0755)",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// -C: checks all three files at once, plus what the host must provide (users, the chroot
+/// directory), and prints every diagnostic with its excerpt on stderr. Exit 0 when there are
+/// no errors (warnings allowed), 1 for any problem found, including a nanny.conf that cannot
+/// be read.
+pub fn check(args: &Args) -> Result<ExitCode> {
+    let conf_name = args.config.display().to_string();
+    let mut extra: Vec<String> = Vec::new();
+    let mut diags: Vec<Diagnostic> = Vec::new();
+    let mut unreadable = |e: FileError, diags: &mut Vec<Diagnostic>| match e {
+        FileError::Io { name, what } => extra.push(format!("{name}: error: {what}")),
+        FileError::Decode(d) => diags.push(d),
+    };
+    let conf_text = match files::read_text(&args.config, &conf_name) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            unreadable(e, &mut diags);
+            None
+        }
+    };
+    let mut rules: Option<(String, String)> = None;
+    let mut actions: Option<(String, String)> = None;
+    if let Some(conf_text) = &conf_text {
+        let root = nix::unistd::geteuid().is_root();
+        if let Some(conf) = policy::conf::parse_conf(&conf_name, conf_text).value {
+            for (file, slot) in [
+                (&conf.rulefile, &mut rules),
+                (&conf.actionfile, &mut actions),
+            ] {
+                let path = resolve_relative(&args.config, file);
+                let name = path.display().to_string();
+                match files::read_text(&path, &name) {
+                    Ok(t) => *slot = Some((name, t)),
+                    Err(e) => unreadable(e, &mut diags),
+                }
+            }
+            diags.extend(host_checks((&conf_name, conf_text), &conf, root, true));
+        }
+        diags.extend(policy::check::check_all(
+            (&conf_name, conf_text),
+            rules.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
+            actions.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
+        ));
+    }
+    // nanny.conf first, then rules, then actions; by position within each.
+    let rank = |file: &str| -> usize {
+        [
+            Some(conf_name.as_str()),
+            rules.as_ref().map(|r| r.0.as_str()),
+            actions.as_ref().map(|a| a.0.as_str()),
+        ]
+        .iter()
+        .position(|n| *n == Some(file))
+        .unwrap_or(3)
+    };
+    diags.sort_by_key(|d| (rank(&d.file), d.line, d.col));
     let errors = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)
@@ -191,16 +281,21 @@ pub fn prepare_chroot(dir: &Path) -> Result<()> {
             dir.display()
         ));
     }
+    check_chroot(dir).map_err(Error::Config)
+}
+
+/// The checks an existing chroot directory must pass (the daemon's and -C's).
+fn check_chroot(dir: &Path) -> std::result::Result<(), String> {
     privsep::drop::check_chroot_dir(dir)
-        .map_err(|e| Error::Config(format!("chroot directory {}: {e}", dir.display())))?;
+        .map_err(|e| format!("chroot directory {}: {e}", dir.display()))?;
     // check_chroot_dir covers the ownership and emptiness rules; the mode is repeated here in
     // the message so the administrator sees what is expected.
-    let meta = std::fs::metadata(dir).map_err(|e| Error::system(dir.display(), e))?;
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        return Err(Error::Config(format!(
+        return Err(format!(
             "chroot directory {} must be owned by root and not group/world-writable (mode 0755)",
             dir.display()
-        )));
+        ));
     }
     Ok(())
 }

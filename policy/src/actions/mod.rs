@@ -14,6 +14,7 @@
 
 mod parse;
 mod resolve;
+mod templates;
 
 use std::collections::HashMap;
 
@@ -39,11 +40,19 @@ pub const DIRECTIVES: &[&str] = &[
     "see",
 ];
 
+/// The most bytes of one `msg`/`failmsg` that are sent (the rest is cut and logged): far more
+/// than any banner, and it bounds what a stalled peer can pin. A message template longer than
+/// this is a warning when the file is read (A017). The parent's message writer uses this same
+/// constant.
+pub const MAX_MSG_BYTES: usize = 64 * 1024;
+
 /// The classes the decision procedure looks at for default `faillog`/`failmsg` settings.
 pub const DEFAULT_REJECT: &str = "DEFAULT-REJECT";
 pub const DEFAULT_IPMAX: &str = "DEFAULT-IPMAX";
 pub const DEFAULT_CONNMAX: &str = "DEFAULT-CONNMAX";
 pub const DEFAULTMSGS: &str = "DEFAULTMSGS";
+/// The four classes above.
+pub const DEFAULT_NAMES: [&str; 4] = [DEFAULT_REJECT, DEFAULT_IPMAX, DEFAULT_CONNMAX, DEFAULTMSGS];
 
 /// One check the decision procedure makes for a class, in the order it makes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,8 +93,10 @@ pub struct ClassAction {
     pub subst: Vec<(String, String)>,
     /// The class's own `see` target, if any.
     pub see: Option<String>,
-    /// The `see` chain: this class first, then each class it sees, as table indices.
-    pub chain: Vec<u32>,
+    /// The table index of the class this class sees (its `see` target), if any. The whole
+    /// chain is [`Actions::chain`]; it is not stored per class, because a long chain stored in
+    /// every member is quadratic in memory.
+    pub see_idx: Option<u32>,
     /// The refusal checks in the order the decision procedure makes them: along the chain,
     /// `reject`, `ipmax`, `connmax` of each class, each limit only from the first class in the
     /// chain that sets it (a later, stricter one is shadowed), and nothing after a `reject`.
@@ -139,12 +150,31 @@ impl Actions {
     pub fn iter(&self) -> impl Iterator<Item = &ClassAction> {
         self.classes.iter()
     }
+
+    /// The `see` chain of class `idx`: the class itself first, then each class it sees, as
+    /// table indices. Finite: a loaded table has no `see` loops.
+    pub fn chain(&self, idx: u32) -> impl Iterator<Item = u32> + '_ {
+        let first = self.get(idx).map(|_| idx);
+        std::iter::successors(first, |&i| self.get(i).and_then(|c| c.see_idx))
+    }
 }
 
 /// Parses an actions file: every error and warning, and the table when there were no errors.
+/// `%(name)s` templates are not checked (see [`parse_actions_expanding`]): this is the
+/// classifier's view, which only needs the limits and must accept whatever the parent loaded.
 pub fn parse_actions(name: &str, text: &str) -> Parsed<Actions> {
+    parse_actions_expanding(name, text, false)
+}
+
+/// Parses an actions file whose strings will be expanded when `substitutions` is true (the
+/// parent's view, and -C's): then every template is also checked as it will be expanded, and
+/// what would fail for every connection is an error here. A malformed `%` (A018); a name that
+/// is not a built-in and that no `subst` of the class, or of a class that sees it, defines (any
+/// class's for the default classes' texts, none for `record`) (A019). With substitutions off
+/// the strings are sent as written, so they are not checked.
+pub fn parse_actions_expanding(name: &str, text: &str, substitutions: bool) -> Parsed<Actions> {
     let (raw, mut diags, src) = parse::parse_file(name, text);
-    let value = resolve::resolve(&src, raw, &mut diags);
+    let value = resolve::resolve(&src, raw, &mut diags, substitutions);
     diags.sort_by_key(|d| (d.line, d.col));
     let value = if diags
         .iter()

@@ -35,6 +35,12 @@ pub(super) struct RawClass {
     pub setenv: Vec<(String, String)>,
     pub subst: Vec<(String, String)>,
     pub see: Option<(String, Pos)>,
+    /// Names used in `%(name)s` that are not built-ins, where, and in which directive; the
+    /// resolver checks that a `subst` can define them.
+    pub names: Vec<(String, Pos, &'static str)>,
+    /// Malformed substitutions (A018) and non-built-in names in `record` (A019): errors only
+    /// when substitutions are on, so kept apart until the caller says.
+    pub template_diags: Vec<Diagnostic>,
 }
 
 /// What a directive takes after its name.
@@ -285,6 +291,7 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
             }
             Shape::OptText => {
                 swallowed_directive(src, ll, arg_range.clone(), directive, diags);
+                check_template(src, ll, arg_range.start, arg, directive, &mut class);
                 class.log = Some((!arg.is_empty()).then(|| arg.to_owned()));
             }
             Shape::Number => {
@@ -316,6 +323,34 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
                     continue;
                 }
                 swallowed_directive(src, ll, arg_range.clone(), directive, diags);
+                if matches!(directive, "msg" | "failmsg") && arg.len() > super::MAX_MSG_BYTES {
+                    diags.push(src.diag_at(
+                        Severity::Warning,
+                        "A017",
+                        ll,
+                        kw_range.clone(),
+                        format!(
+                            "the '{directive}' text is {} bytes, over the {}-byte cap of a \
+                             message: only the first {} bytes are sent",
+                            arg.len(),
+                            super::MAX_MSG_BYTES,
+                            super::MAX_MSG_BYTES
+                        ),
+                    ));
+                }
+                // run/failrun are split into words before substitution, so each word is a
+                // template of its own.
+                let templates: Vec<(usize, &str)> = if matches!(directive, "run" | "failrun") {
+                    crate::conf::words(arg)
+                        .into_iter()
+                        .map(|(o, w)| (arg_range.start + o, w))
+                        .collect()
+                } else {
+                    vec![(arg_range.start, arg)]
+                };
+                for (at, t) in templates {
+                    check_template(src, ll, at, t, directive, &mut class);
+                }
                 let v = Some(arg.to_owned());
                 match directive {
                     "run" => class.run = v,
@@ -393,6 +428,8 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
                 }
                 seen.insert(vname.to_owned(), kw_col);
                 list.push((vname.to_owned(), value.to_owned()));
+                let at = arg_range.end - value.len();
+                check_template(src, ll, at, value, directive, &mut class);
             }
             Shape::Class => {
                 if arg.is_empty() {
@@ -415,6 +452,48 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
         first_at.insert(directive, kw_col);
     }
     Some(class)
+}
+
+/// Checks one template at byte `at` of the logical line: malformed substitutions (A018), and
+/// names that are not built-ins in `record` (A019; it sees no `subst` names), go to the
+/// class's `template_diags`; other names that are not built-ins are kept for the resolver,
+/// which knows the `see` chains.
+fn check_template(
+    src: &SourceFile,
+    ll: &LogicalLine,
+    at: usize,
+    template: &str,
+    directive: &'static str,
+    class: &mut RawClass,
+) {
+    for f in super::templates::scan(template) {
+        match f {
+            super::templates::Finding::Bad(r, m) => class.template_diags.push(src.diag_at(
+                Severity::Error,
+                "A018",
+                ll,
+                at + r.start..at + r.end,
+                format!("bad substitution in '{directive}': {m}"),
+            )),
+            super::templates::Finding::Name(r, n) if directive == "record" => {
+                class.template_diags.push(src.diag_at(
+                    Severity::Error,
+                    "A019",
+                    ll,
+                    at + r.start..at + r.end,
+                    format!(
+                        "'%({n})' is never defined: record strings see only the built-in names, \
+                         and '{n}' is not one"
+                    ),
+                ));
+            }
+            super::templates::Finding::Name(r, n) => {
+                let (line, col) = src.position(ll, at + r.start);
+                let width = u32::try_from(n.chars().count().max(1)).unwrap_or(1);
+                class.names.push((n, (line, col, width), directive));
+            }
+        }
+    }
 }
 
 /// Warns when a continuation line that starts with a directive name ends up inside the text of
