@@ -27,7 +27,8 @@ use privsep::proto::{
 use super::facts::{canonical, Observed};
 use super::lookups::Timeouts;
 use super::pool::{self, Job, Pool};
-use super::{verdict, Loaded, Options, Shared, EXIT_TEMP};
+use super::{verdict, Loaded, Options, Shared};
+use crate::exit::EXIT_SYSTEM;
 
 /// Evaluation threads, at most, whatever maxthreads says: each one reserves a stack, and past
 /// this many concurrent lookups the resolver's own pool is the bottleneck anyway.
@@ -95,7 +96,7 @@ impl Dispatcher {
             0,
             "protocol: second Hello from the parent".to_string(),
         );
-        Flow::Exit(EXIT_TEMP)
+        Flow::Exit(EXIT_SYSTEM)
     }
 
     fn on_policy(
@@ -133,7 +134,7 @@ impl Dispatcher {
                 );
                 if self.pool.is_none() {
                     // No old policy to keep: nothing could ever be decided.
-                    return Flow::Exit(EXIT_TEMP);
+                    return Flow::Exit(EXIT_SYSTEM);
                 }
                 return Flow::Continue;
             }
@@ -178,14 +179,14 @@ impl Dispatcher {
                             0,
                             format!("starting {wanted} evaluation threads: {e}"),
                         );
-                        return Flow::Exit(EXIT_TEMP);
+                        return Flow::Exit(EXIT_SYSTEM);
                     }
                 }
                 // ORDER: all threads exist now; from here on none can be created.
                 if self.opts.forbid_new_processes {
                     if let Err(e) = privsep::drop::forbid_new_processes() {
                         self.log(LogLevel::Crit, 0, format!("forbidding new processes: {e}"));
-                        return Flow::Exit(EXIT_TEMP);
+                        return Flow::Exit(EXIT_SYSTEM);
                     }
                 }
             }
@@ -239,7 +240,7 @@ impl Dispatcher {
                 0,
                 format!("protocol: conn={} arrived before any policy", conn.0),
             );
-            return Flow::Exit(EXIT_TEMP);
+            return Flow::Exit(EXIT_SYSTEM);
         };
         let remote = canonical(remote);
         let now = self.shared.clock.now_secs();

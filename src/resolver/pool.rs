@@ -1,12 +1,12 @@
 //! A fixed pool of blocking worker threads fed by a bounded crossbeam-channel queue.
 //!
-//! Runs in the resolver process. The jobs are closures the dispatcher builds from classifier
+//! Runs in the resolver process. The jobs are closures the scheduler builds from classifier
 //! queries; they make blocking getaddrinfo/getnameinfo calls and socket connects.
 //!
 //! Invariants:
 //! - the number of threads is fixed when the pool starts and never grows: a lookup stuck in the
 //!   C library keeps its thread busy, it never causes another thread to be started (the
-//!   dispatcher answers its waiters at the deadline instead);
+//!   scheduler answers its waiters at the deadline instead);
 //! - the queue is bounded, so when every thread is busy and the queue is full, `submit` blocks
 //!   (up to the caller's deadline) and the backpressure reaches the classifier's socket;
 //! - dropping the pool closes the queue; idle workers then exit.

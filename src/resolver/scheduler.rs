@@ -1,4 +1,4 @@
-//! The resolver's request dispatcher: cache, in-flight merging, the worker pool and deadlines.
+//! The resolver's lookup scheduler: cache, in-flight merging, the worker pool and deadlines.
 //!
 //! Runs in the resolver process. Requests come from the classifier (`Lookup { req, query }`,
 //! shape-checked on decode); answers go back to it through a [`Sink`], always echoing `req` and
@@ -157,7 +157,7 @@ pub struct Stats {
     pub waiting: usize,
 }
 
-pub struct Dispatcher<S: Sink, L: Lookups> {
+pub struct Scheduler<S: Sink, L: Lookups> {
     shared: Arc<Shared<S, L>>,
     pool: Pool,
 }
@@ -269,7 +269,7 @@ impl<S: Sink, L: Lookups> Shared<S, L> {
     }
 }
 
-impl<S: Sink, L: Lookups> Dispatcher<S, L> {
+impl<S: Sink, L: Lookups> Scheduler<S, L> {
     /// Start the pool (`threads` clamped to [`MIN_THREADS`]..=[`MAX_THREADS`]) and the timer.
     pub fn start(
         threads: usize,
@@ -277,7 +277,7 @@ impl<S: Sink, L: Lookups> Dispatcher<S, L> {
         cache: Cache,
         sink: S,
         lookups: L,
-    ) -> std::io::Result<Dispatcher<S, L>> {
+    ) -> std::io::Result<Scheduler<S, L>> {
         let threads = threads.clamp(MIN_THREADS, MAX_THREADS);
         let pool = Pool::start(threads, threads * QUEUE_PER_THREAD)?;
         let shared = Arc::new(Shared {
@@ -299,10 +299,10 @@ impl<S: Sink, L: Lookups> Dispatcher<S, L> {
         thread::Builder::new()
             .name("lookup-deadlines".to_owned())
             .spawn(move || t.timer_loop())?;
-        Ok(Dispatcher { shared, pool })
+        Ok(Scheduler { shared, pool })
     }
 
-    /// Settings → dispatcher, as the resolver's `run` uses it.
+    /// Settings → scheduler, as the resolver's `run` uses it.
     pub fn from_settings(s: &ResolverSettings, sink: S, lookups: L) -> std::io::Result<Self> {
         let ms = |v: u32| Duration::from_millis(u64::from(v.max(1)));
         let timeouts = Timeouts {
@@ -403,7 +403,7 @@ impl<S: Sink, L: Lookups> Dispatcher<S, L> {
     }
 }
 
-impl<S: Sink, L: Lookups> Drop for Dispatcher<S, L> {
+impl<S: Sink, L: Lookups> Drop for Scheduler<S, L> {
     fn drop(&mut self) {
         self.shared.lock().stopping = true;
         self.shared.timer.notify_all();
@@ -506,10 +506,10 @@ mod tests {
         delay_ms: u64,
         dns_ms: u64,
         partial: Option<Answer>,
-    ) -> (Dispatcher<SinkRef, Slow>, SinkRef, Arc<AtomicUsize>) {
+    ) -> (Scheduler<SinkRef, Slow>, SinkRef, Arc<AtomicUsize>) {
         let sink = SinkRef::default();
         let calls = Arc::new(AtomicUsize::new(0));
-        let d = Dispatcher::start(
+        let d = Scheduler::start(
             8,
             timeouts(dns_ms),
             Cache::new(100, Duration::from_secs(300)),
