@@ -10,7 +10,9 @@
 //! in the child between clone and exec, in the order setgroups → setresgid → setresuid (std's
 //! `Command` cannot set supplementary groups, and waits for every exec, see [`spawn_service`]);
 //! a failed step aborts that child before exec. The signal mask is emptied and the parent's
-//! signal dispositions (including the ignored SIGPIPE) are reset to default. The child is
+//! signal dispositions (including the ignored SIGPIPE) are reset to default. Each service leads
+//! a session and process group of its own (setsid), so signals aimed at the daemon's group
+//! (a terminal's Ctrl-C) never reach it. The child is
 //! created vfork-style (`clone(CLONE_VM | CLONE_VFORK)`: no copy of the parent's page tables,
 //! no copy-on-write faults in the parent afterwards), so until its execve it runs in the
 //! parent's memory and may only read it: everything it uses is prepared before the clone.
@@ -353,7 +355,7 @@ mod raw {
 /// The child side of [`spawn_service`]. async-signal-safe: no alloc, no locks, and no write to
 /// memory shared with the parent (the child shares it until execve) except errno; it only reads
 /// values prepared by the parent and makes system calls (signal, dup2, setgroups, setresgid,
-/// setresuid, getrlimit/setrlimit, sigprocmask, execve, _exit).
+/// setresuid, getrlimit/setrlimit, sigprocmask, setsid, execve, _exit).
 ///
 /// # Safety
 /// Call only in the child of `clone(CLONE_VM | CLONE_VFORK)` or `fork`, with valid
@@ -372,6 +374,13 @@ unsafe fn service_child(a: &ChildArgs<'_>) -> ! {
         libc::SIGPIPE,
     ] {
         libc::signal(sig, libc::SIG_DFL);
+    }
+    // A session (and process group) of its own: a terminal's Ctrl-C or `kill -INT -PGID`
+    // aimed at the daemon must not reach running services, which SIGTERM also leaves running;
+    // and a service's own job control cannot signal the daemon's group. Never fails in a fresh
+    // child (it is not a group leader), but a child that could not detach must not run.
+    if libc::setsid() < 0 {
+        libc::_exit(EXIT_SETUP_FAILED);
     }
     // dup2 clears close-on-exec on the copies; the original (CLOEXEC, above 2 because fds 0-2
     // are always open in the parent) closes at exec.
