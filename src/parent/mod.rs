@@ -232,6 +232,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         }
         (None, false) => None,
     };
+    spawn::set_env_policy(spawn::ServiceEnvPolicy::from_conf(conf));
     let plan = if root {
         let (name, uid, gid) = setup::privsep_user(conf)?;
         let dir =

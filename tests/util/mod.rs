@@ -1146,6 +1146,12 @@ impl Nanny {
     /// signalling itself. As root it runs in the same DNS sandbox as `start` (no syslog, no
     /// `Mode::NonRoot`).
     pub fn start_group_leader(s: &Scratch, setup: Setup) -> Nanny {
+        Nanny::start_group_leader_env(s, setup, &[])
+    }
+
+    /// [`Nanny::start_group_leader`] with these variables in the daemon's environment besides
+    /// PATH.
+    pub fn start_group_leader_env(s: &Scratch, setup: Setup, env: &[(&str, &str)]) -> Nanny {
         use std::os::unix::process::CommandExt;
         let conf = s.write("nanny.conf", &setup.conf_text(s));
         let rules = s.write("nanny-rules", &setup.rules);
@@ -1176,6 +1182,7 @@ impl Nanny {
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             )
+            .envs(env.iter().copied())
             .current_dir(&s.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
