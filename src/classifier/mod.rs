@@ -220,6 +220,10 @@ pub(crate) fn serve(
     opts: Options,
 ) -> ExitCode {
     let build = privsep::spawn::build_id();
+    // The parent is trusted (root; it checked the policy text it ships), and its Policy frame
+    // carries the whole rules and actions text: any policy -C accepts must get through. The
+    // resolver channel keeps the small cap.
+    parent.accept_frames_up_to(privsep::wire::MAX_TRUSTED_FRAME);
     // ORDER: the parent's Hello comes first; until it is answered, stderr (the parent's) is the
     // only place to report.
     match parent.recv() {
