@@ -7,10 +7,12 @@
 //! restarts a classifier in a known state.
 //!
 //! Invariants:
-//! - Nothing here waits for a lookup: evaluations go to the pool, except that a connection is
-//!   evaluated on this thread when the current rules cannot need any lookup and the pool is
-//!   idle (no job queued or running, so it overtakes nothing); the aftermaxthreads shortcut
-//!   also decides here, and needs no lookup.
+//! - Nothing here waits for a lookup. Every connection is first evaluated on this thread, up
+//!   to the first fact that needs a lookup (pool::try_here); only one that needs a lookup goes
+//!   to the pool. So a connection whose evaluation needs no lookup is decided at once and takes
+//!   no evaluation slot, however busy the pool is with slow lookups. When every slot is busy
+//!   and aftermaxthreads is set, the shortcut decides here instead, without rules or lookups,
+//!   as documented ("not evaluated at all").
 //! - Every `ConnAccepted` is answered by exactly one `Verdict` (from the pool, from this
 //!   thread, from the aftermaxthreads shortcut, or a close verdict when the queue is full).
 //! - The pool is started once, on the first policy, and only then are new processes forbidden.
@@ -288,19 +290,23 @@ impl Dispatcher {
             conn,
             remote,
             local,
+            seen: None,
         };
-        // A lookup-free policy evaluates in microseconds: doing it here saves waking a pool
-        // thread (a cross-thread hop per connection). Only with the pool idle, so the
-        // connection overtakes no queued one and `busy()` keeps its meaning.
-        if pool.idle()
-            && self
-                .shared
-                .current_policy()
-                .is_some_and(|p| !p.needs_lookups)
+        // Evaluating here saves waking a pool thread, and, above all, a connection that needs
+        // no lookup never waits for a slot behind slow lookups. Rules that cannot need one
+        // evaluate straight away; others are tried up to their first lookup.
+        if self
+            .shared
+            .current_policy()
+            .is_some_and(|p| !p.needs_lookups)
         {
             pool::evaluate_here(&self.shared, job);
             return Flow::Continue;
         }
+        let job = match pool::try_here(&self.shared, job) {
+            Ok(()) => return Flow::Continue,
+            Err(job) => job,
+        };
         if let Err(job) = pool.submit(job) {
             self.log(
                 LogLevel::Warning,
