@@ -20,15 +20,19 @@
 //! Exit codes: 0 when the parent or the classifier closes its channel (shutdown or a restart of
 //! the pair), 111 on a protocol violation or a broken channel.
 //!
-//! Thread layout: the pool's workers and the deadline timer (see `scheduler`) plus two reader
-//! threads (parent, classifier); the calling thread only waits for one of the readers to stop.
-//! Every thread is started before the first lookup, and their number never changes afterwards:
-//! once they all exist, `run` sets RLIMIT_NPROC to 0 (`privsep::forbid_new_processes`).
+//! Thread layout: the deadline timer (see `scheduler`) and two reader threads (parent,
+//! classifier); the calling thread only waits for one of the readers to stop. Lookup threads
+//! are started on demand, when lookups are queued and every existing one is busy, up to the
+//! maximum (`pool`). So the resolver cannot forbid processes with RLIMIT_NPROC 0, which Linux
+//! also applies to threads: before its first thread, `run` installs a seccomp filter that
+//! refuses every way of creating a process or running a program but lets threads start
+//! (`nofork`).
 
 pub mod answerson;
 pub mod cache;
 pub mod dns;
 pub mod identd;
+pub mod nofork;
 pub mod pool;
 pub mod scheduler;
 
@@ -142,8 +146,8 @@ pub fn run(
     serve_with(parent, classifier, SystemLookups, true)
 }
 
-/// `run` with the lookups supplied and without RLIMIT_NPROC (tests run it in-process, where
-/// the limit would stop the rest of the test binary from starting threads).
+/// `run` with the lookups supplied and without the process-creation filter (tests run it
+/// in-process, where the filter would stop the rest of the test binary from running programs).
 pub fn serve<L: Lookups>(
     parent: Channel<ResolverToParent, ParentToResolver>,
     classifier: Channel<ResolverToClassifier, ClassifierToResolver>,
@@ -232,6 +236,14 @@ fn serve_with<L: Lookups>(
         }));
     };
 
+    // ORDER: before the first thread of this process (the filter is synchronised to every
+    // thread anyway, and inherited by the ones started later).
+    if forbid_new_processes {
+        if let Err(e) = nofork::forbid_new_processes() {
+            log(LogLevel::Crit, 0, format!("forbidding new processes: {e}"));
+            return ExitCode::from(EXIT_SYSTEM);
+        }
+    }
     let scheduler = match Scheduler::from_settings(&settings, sink, lookups) {
         Ok(d) => Arc::new(d),
         Err(e) => {
@@ -247,8 +259,8 @@ fn serve_with<L: Lookups>(
         LogLevel::Info,
         1,
         format!(
-            "resolver ready threads={} dnstimeout={}ms identdtimeout={}ms answersontimeout={}ms cachettl={}s cachesize={}",
-            scheduler.threads(),
+            "resolver ready maxthreads={} dnstimeout={}ms identdtimeout={}ms answersontimeout={}ms cachettl={}s cachesize={}",
+            scheduler.max_threads(),
             settings.dns_timeout_ms,
             settings.identd_timeout_ms,
             settings.answerson_timeout_ms,
@@ -324,14 +336,6 @@ fn serve_with<L: Lookups>(
     if parent_reader.is_err() || class_reader.is_err() {
         log(LogLevel::Crit, 0, "cannot start reader threads".into());
         return ExitCode::from(EXIT_SYSTEM);
-    }
-    // ORDER: every thread this process will ever have exists now (pool, timer, readers), so
-    // from here on none may be created: a compromised resolver cannot fork or run programs.
-    if forbid_new_processes {
-        if let Err(e) = privsep::forbid_new_processes() {
-            log(LogLevel::Crit, 0, format!("forbidding new processes: {e}"));
-            return ExitCode::from(EXIT_SYSTEM);
-        }
     }
     let code = stop_rx.recv().unwrap_or(EXIT_SYSTEM);
     ExitCode::from(code)

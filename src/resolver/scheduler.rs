@@ -16,8 +16,9 @@
 //! forward lookup unfinished" = `noforward`). A late lookup still fills the cache.
 //!
 //! Invariants:
-//! - threads are fixed (pool + one timer thread); a stuck C library call holds one worker, never
-//!   starts another, and the jobs queued behind it are answered by the timer at their deadline;
+//! - pool threads are started on demand up to the maximum, plus one timer thread; a stuck C
+//!   library call holds one worker, and once the maximum is reached the jobs queued behind it
+//!   are answered by the timer at their deadline;
 //! - a job whose every waiter has already been answered is skipped when a worker reaches it, so
 //!   a backlog drains quickly after a stall;
 //! - answers are sent without holding the state lock (the sink may block on a socket);
@@ -318,8 +319,14 @@ impl<S: Sink, L: Lookups> Scheduler<S, L> {
         Self::start(threads, timeouts, cache, sink, lookups)
     }
 
+    /// Lookup threads started so far (they are started on demand).
     pub fn threads(&self) -> usize {
         self.pool.threads()
+    }
+
+    /// The most lookup threads this scheduler starts.
+    pub fn max_threads(&self) -> usize {
+        self.pool.max_threads()
     }
 
     /// Handle one request from the classifier. Blocks only when the pool queue is full, and
@@ -630,12 +637,14 @@ mod tests {
         // backpressure) and is then answered as failed. Every request is answered close to its
         // deadline although no lookup finished.
         let (d, sink, calls) = start(1000, 100, None);
-        assert_eq!(d.threads(), MIN_THREADS);
+        assert_eq!(d.max_threads(), MIN_THREADS);
+        assert_eq!(d.threads(), 0, "started on demand");
         let t = Instant::now();
         for i in 0..41u64 {
             d.submit(ReqId(i), dnsbl(&format!("z{i}.example")));
         }
         let blocked = t.elapsed();
+        assert_eq!(d.threads(), MIN_THREADS, "grown to the maximum, not beyond");
         assert!(
             blocked >= Duration::from_millis(90),
             "41st submit waited: {blocked:?}"
