@@ -40,8 +40,9 @@ pub use crate::error::Violation;
 /// buffer at most this much (plus one read chunk) per channel.
 pub const MAX_FRAME: usize = 1 << 20;
 
-/// Largest rules file, and largest actions file, that the configuration accepts (the policy
-/// crate's per-file cap; repeated here because privsep does not depend on policy).
+/// Largest rules file, and largest actions file, that the configuration accepts: the binary's
+/// per-file cap (`MAX_CONFIG_BYTES`, 16 MiB, which `-C` and reloads apply), repeated here
+/// because privsep depends on neither: keep the two equal.
 pub const MAX_POLICY_FILE: usize = 16 << 20;
 
 /// Largest frame body a receiver accepts from a peer it trusts: the parent's `Policy` to the
