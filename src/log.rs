@@ -9,6 +9,10 @@
 //! The parent is single-threaded; the mutex only keeps the global sound. Workers use
 //! [`stderr_line`] for the few messages they print before their channel exists.
 //!
+//! On stderr each line starts with a UTC timestamp (`2026-12-04T16:10:05.123Z portnanny[pid]:
+//! ...`), unless stderr is the systemd journal, which stamps lines itself (JOURNAL_STREAM names
+//! the journal's stream by device and inode; it is compared with stderr's own).
+//!
 //! Verbosity (-v / -V NUM): 0 shows warnings, errors and the log/faillog/record lines of the
 //! actions file; 1 adds one line per connection decision (verdict, spawn, end, reject); 2 adds
 //! accepts and reload checks; 3 and up add internal detail.
@@ -79,6 +83,8 @@ struct State {
     progname: String,
     pid: u32,
     target: Target,
+    /// Whether stderr lines start with a timestamp (see the header).
+    stamp: bool,
 }
 
 static VERBOSITY: AtomicU8 = AtomicU8::new(0);
@@ -99,9 +105,13 @@ pub fn init(progname: &str, verbosity: u8, syslog: bool) -> Result<(), String> {
         progname: progname.to_owned(),
         pid,
         target,
+        stamp: !stderr_is_journal(),
     });
     Ok(())
 }
+
+/// The local syslog socket `-l` logs to.
+const SYSLOG_SOCKET: &str = "/dev/log";
 
 fn connect(progname: &str, pid: u32) -> Result<Syslog, String> {
     let f = LocalFormat {
@@ -109,7 +119,84 @@ fn connect(progname: &str, pid: u32) -> Result<Syslog, String> {
         ident: progname.to_owned(),
         pid,
     };
-    syslog::unix(f).map_err(|e| format!("cannot connect to syslog: {e}"))
+    syslog::unix(f).map_err(|e| {
+        // The crate's own message ("Initialization error: Io error: ...") names neither the
+        // socket nor what to do; say which socket could not be reached, and why.
+        let why = probe_socket(SYSLOG_SOCKET).unwrap_or_else(|| e.to_string());
+        format!(
+            "cannot log to syslog (-l): {SYSLOG_SOCKET} could not be reached: {why}; is a \
+             syslog daemon running?"
+        )
+    })
+}
+
+/// Why the syslog socket at `path` cannot be connected to (datagram, then stream, as the
+/// syslog crate tries), or None if it can now.
+fn probe_socket(path: &str) -> Option<String> {
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    let dgram = UnixDatagram::unbound().and_then(|s| s.connect(path));
+    match dgram {
+        Ok(()) => None,
+        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => {
+            UnixStream::connect(path).err().map(|e| e.to_string())
+        }
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// Whether stderr is the systemd journal: JOURNAL_STREAM is `DEVICE:INODE` (decimal) of the
+/// journal's stream, and a process whose stderr was redirected elsewhere still inherits it, so
+/// it is compared with stderr's own device and inode.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    match nix::sys::stat::fstat(std::io::stderr().as_fd()) {
+        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+        Ok(st) => st.st_dev as u64 == dev && st.st_ino as u64 == ino,
+        Err(_) => false,
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time in milliseconds since the Unix epoch (UTC: no time
+/// zone database is needed, and lines from different machines compare).
+fn timestamp(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// The current time for a stderr line.
+fn now_stamp() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    timestamp(ms)
 }
 
 /// The verbosity set with -v / -V.
@@ -129,8 +216,9 @@ pub fn write(level: Level, text: &str) {
         stderr_line("portnanny", text);
         return;
     };
+    let stamp = st.stamp;
     match &mut st.target {
-        Target::Stderr => stderr_pid_line(&st.progname, st.pid, text),
+        Target::Stderr => stderr_pid_line(&st.progname, st.pid, stamp, text),
         Target::Syslog(logger) => {
             if send(logger, level, text).is_err() {
                 // The daemon may have restarted; reconnect once, then fall back to stderr
@@ -139,10 +227,10 @@ pub fn write(level: Level, text: &str) {
                     Ok(new) => {
                         **logger = new;
                         if send(logger, level, text).is_err() {
-                            stderr_pid_line(&st.progname, st.pid, text);
+                            stderr_pid_line(&st.progname, st.pid, stamp, text);
                         }
                     }
-                    Err(_) => stderr_pid_line(&st.progname, st.pid, text),
+                    Err(_) => stderr_pid_line(&st.progname, st.pid, stamp, text),
                 }
             }
         }
@@ -160,8 +248,12 @@ fn send(logger: &mut Syslog, level: Level, text: &str) -> Result<(), syslog::Err
     }
 }
 
-fn stderr_pid_line(progname: &str, pid: u32, text: &str) {
-    let line = format!("{progname}[{pid}]: {text}\n");
+fn stderr_pid_line(progname: &str, pid: u32, stamp: bool, text: &str) {
+    let line = if stamp {
+        format!("{} {progname}[{pid}]: {text}\n", now_stamp())
+    } else {
+        format!("{progname}[{pid}]: {text}\n")
+    };
     // One write per line so lines from several processes sharing stderr do not interleave.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
@@ -295,6 +387,27 @@ mod tests {
         let mut out = Vec::new();
         f.format(&mut out, Severity::LOG_CRIT, "x").unwrap();
         assert_eq!(out, b"<26>pn2[42]: x");
+    }
+
+    #[test]
+    fn timestamps_are_utc_rfc3339_with_milliseconds() {
+        let rows: &[(u64, &str)] = &[
+            (0, "1970-01-01T00:00:00.000Z"),
+            (1_700_000_000_123, "2023-11-14T22:13:20.123Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (951_868_799_999, "2000-02-29T23:59:59.999Z"),
+            (4_102_444_800_000, "2100-01-01T00:00:00.000Z"),
+            (1_796_400_000_000, "2026-12-04T16:00:00.000Z"),
+        ];
+        for (ms, want) in rows {
+            assert_eq!(timestamp(*ms), *want, "{ms}");
+        }
+    }
+
+    #[test]
+    fn a_missing_syslog_socket_is_named_with_its_error() {
+        let why = probe_socket("/nonexistent/portnanny-test/log").expect("cannot connect");
+        assert!(why.contains("No such file"), "{why}");
     }
 
     #[test]

@@ -275,3 +275,188 @@ fn ipv6_client_hostname_and_nibble_dnsbl() {
         env.dnsmasq_log()
     );
 }
+
+/// A test identd on `ip`:113 that answers USERID `user` only after `delay`, each connection
+/// on its own thread, for up to `conns` connections (accepts bounded by a deadline).
+fn slow_identd(ip: &str, user: &'static str, delay: Duration, conns: usize) {
+    let ip: IpAddr = ip.parse().unwrap_or_else(|e| panic!("{e}"));
+    let l = TcpListener::bind((ip, 113)).unwrap_or_else(|e| panic!("bind {ip}:113: {e}"));
+    let _ = l.set_nonblocking(true);
+    thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut served = 0;
+        while served < conns && Instant::now() < end {
+            let Ok((mut c, _)) = l.accept() else {
+                thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            served += 1;
+            thread::spawn(move || {
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut req = Vec::new();
+                let mut b = [0u8; 1];
+                while !req.ends_with(b"\n") && req.len() < 100 {
+                    match c.read(&mut b) {
+                        Ok(1) => req.push(b[0]),
+                        _ => break,
+                    }
+                }
+                thread::sleep(delay);
+                let req = String::from_utf8_lossy(&req);
+                let ports = req.trim_end();
+                let _ = c.write_all(format!("{ports} : USERID : UNIX : {user}\r\n").as_bytes());
+            });
+        }
+    });
+}
+
+/// Issue 13: with every evaluation slot waiting on a 3 s identd, a connection whose rules need
+/// no lookup (`local:` only) waited for a slot (8.8 s measured). It is decided at once now.
+#[test]
+fn all_slots_on_slow_identd_never_delay_a_local_only_connection() {
+    let ns = ns_addr(26);
+    let Some(env) = isolate(
+        "all_slots_on_slow_identd_never_delay_a_local_only_connection",
+        ns,
+        Nameserver::External(Records::new()),
+    ) else {
+        return;
+    };
+    let slow_srcs = ["127.54.9.2", "127.54.9.3"];
+    for src in slow_srcs {
+        slow_identd(src, "alice", Duration::from_secs(3), 1);
+    }
+    // A second port: connections to it match `local:` before any rule needs a lookup.
+    let fast_port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("free port: {e}"));
+    let rules = format!("fast: local: {fast_port}\nident: identd: alice\nother: ALL\n");
+    let actions = "fast: msg fast%(nl)s\nident: msg ident%(nl)s\nother: msg other%(nl)s\n";
+    let n = env.start_nanny(
+        &rules,
+        actions,
+        &format!("listen {fast_port}@127.0.0.1\nmaxthreads 2\nidentdtimeout 10s"),
+    );
+    let port = n.port;
+    // Both evaluation slots go to clients whose identd answers after 3 s ...
+    let slow: Vec<_> = slow_srcs
+        .iter()
+        .map(|src| {
+            let src = src.to_string();
+            thread::spawn(move || fetch_from(&src, port, CLIENT_TIMEOUT))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    // ... then a client on the `local:` port, which must be served at once.
+    let (got, took) = fetch_from("127.54.9.1", fast_port, CLIENT_TIMEOUT);
+    assert_eq!(got, "fast\n", "{}", n.log());
+    for h in slow {
+        let (got, slow_took) = h.join().unwrap_or_else(|_| panic!("client thread"));
+        assert_eq!(got, "ident\n", "{}", n.log());
+        assert!(slow_took >= Duration::from_millis(2900), "{slow_took:?}");
+    }
+    eprintln!("local:-only client served in {took:?} while both slots waited 3 s on identd");
+    assert!(took < Duration::from_secs(1), "{took:?}\n{}", n.log());
+}
+
+/// Parent pid of `pid`, from /proc/PID/stat (after the last ')': comm may hold anything).
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The worker whose argv names `role`, of a daemon this test process started (the daemon is
+/// our child, the worker its child).
+fn worker_pid(role: &str) -> Option<u32> {
+    let me = std::process::id();
+    let dir = std::fs::read_dir("/proc").ok()?;
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if ppid(pid).and_then(ppid) != Some(me) {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let mut args = cmd.split(|b| *b == 0);
+        if args.any(|a| a == b"--privsep-role") && args.next() == Some(role.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Threads of `pid`, from /proc/PID/task.
+fn tasks(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Issue 12: the resolver started 32 lookup threads even when no rule needed a lookup. They
+/// are started on demand now: few before the first lookup, one per parallel lookup after; and
+/// the resolver still cannot create processes (a seccomp filter instead of RLIMIT_NPROC 0).
+#[test]
+fn resolver_threads_start_on_demand() {
+    let ns = ns_addr(27);
+    let Some(env) = isolate(
+        "resolver_threads_start_on_demand",
+        ns,
+        Nameserver::External(Records::new()),
+    ) else {
+        return;
+    };
+    let srcs = ["127.54.10.1", "127.54.10.2", "127.54.10.3", "127.54.10.4"];
+    for src in srcs {
+        slow_identd(src, "alice", Duration::from_millis(1500), 1);
+    }
+    let rules = "ident: identd: alice\nother: ALL\n";
+    let actions = "ident: msg ident%(nl)s\nother: msg other%(nl)s\n";
+    let n = env.start_nanny(rules, actions, "maxthreads 4\nidentdtimeout 10s");
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let resolver = loop {
+        if let Some(p) = worker_pid("resolver") {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no resolver; log:\n{}", n.log());
+        thread::sleep(Duration::from_millis(20));
+    };
+    let status = std::fs::read_to_string(format!("/proc/{resolver}/status")).unwrap_or_default();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
+        "the resolver runs under its process-creation filter:\n{status}"
+    );
+    let before = tasks(resolver);
+    let port = n.port;
+    let clients: Vec<_> = srcs
+        .iter()
+        .map(|src| {
+            let src = src.to_string();
+            thread::spawn(move || fetch_from(&src, port, CLIENT_TIMEOUT))
+        })
+        .collect();
+    // While the four identd lookups wait (1.5 s each), look at the thread count.
+    let mut during = 0;
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        during = during.max(tasks(resolver));
+        thread::sleep(Duration::from_millis(50));
+    }
+    for h in clients {
+        let (got, _) = h.join().unwrap_or_else(|_| panic!("client thread"));
+        assert_eq!(got, "ident\n", "{}", n.log());
+    }
+    eprintln!(
+        "resolver threads: {before} before any lookup (max lookup threads 32), {during} during 4 parallel lookups"
+    );
+    assert!(before <= 4, "main, two readers, the timer: {before}");
+    assert!(
+        during >= before + 4,
+        "one lookup thread per parallel lookup: {before} -> {during}"
+    );
+}

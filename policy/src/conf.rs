@@ -1,14 +1,14 @@
 //! nanny.conf: the main configuration file, read once at start (and by `-C`).
 //!
 //! Runs in the parent, as root, before anything else; the bytes are the administrator's file.
-//! Every directive takes exactly one argument (`directive ARGUMENT`). All directives except
-//! `listen` may be given once. The file must name the rules file and the actions file and have
+//! Every directive takes exactly one argument (`directive ARGUMENT`), except `passenv`, which
+//! takes any number of names. All directives except `listen` and `passenv` may be given once. The file must name the rules file and the actions file and have
 //! at least one `listen`. Every problem is reported (not just the first), each with file, line
 //! and column; the value is returned only when there were none.
 //!
 //! Besides portnanny's own directives this accepts the extensions of this implementation:
-//! `privsepuser`, `chrootdir`, `dnstimeout`, `identdtimeout`, `answersontimeout`, `cachettl` and
-//! `cachesize`.
+//! `privsepuser`, `chrootdir`, `dnstimeout`, `identdtimeout`, `answersontimeout`, `cachettl`,
+//! `cachesize` and `passenv` (xinetd's).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -54,6 +54,11 @@ pub struct NannyConf {
     pub cachettl_secs: u32,
     /// Extension: most entries the resolver caches (default 10000; 0 turns caching off).
     pub cachesize: u32,
+    /// Extension (xinetd's `passenv`): None (no `passenv` line) means services inherit the
+    /// daemon's whole environment, as under tcpserver; Some(names) means they start from a
+    /// minimal one plus these variables of the daemon's. Every `passenv` line adds its names,
+    /// in order, without duplicates.
+    pub passenv: Option<Vec<String>>,
 }
 
 impl fmt::Display for NannyConf {
@@ -93,7 +98,15 @@ impl fmt::Display for NannyConf {
         writeln!(f, "identdtimeout {}ms", self.identdtimeout_ms)?;
         writeln!(f, "answersontimeout {}ms", self.answersontimeout_ms)?;
         writeln!(f, "cachettl {}s", self.cachettl_secs)?;
-        writeln!(f, "cachesize {}", self.cachesize)
+        writeln!(f, "cachesize {}", self.cachesize)?;
+        if let Some(names) = &self.passenv {
+            f.write_str("passenv")?;
+            for n in names {
+                write!(f, " {n}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
     }
 }
 
@@ -150,6 +163,7 @@ pub const DIRECTIVES: &[&str] = &[
     "answersontimeout",
     "cachettl",
     "cachesize",
+    "passenv",
 ];
 
 /// A nanny.conf directive (the words are [`DIRECTIVES`], in the same order).
@@ -172,9 +186,10 @@ enum Dir {
     AnswersOnTimeout,
     CacheTtl,
     CacheSize,
+    PassEnv,
 }
 
-const DIRS: [Dir; 17] = [
+const DIRS: [Dir; 18] = [
     Dir::RuleFile,
     Dir::ActionFile,
     Dir::Listen,
@@ -192,6 +207,7 @@ const DIRS: [Dir; 17] = [
     Dir::AnswersOnTimeout,
     Dir::CacheTtl,
     Dir::CacheSize,
+    Dir::PassEnv,
 ];
 
 /// Where some directives were written, for check mode's cross-file warnings.
@@ -245,6 +261,7 @@ struct Builder {
     answersontimeout_ms: Option<u32>,
     cachettl_secs: Option<u32>,
     cachesize: Option<u32>,
+    passenv: Option<Vec<String>>,
 }
 
 pub(crate) fn parse_conf_positions(name: &str, text: &str) -> (Parsed<NannyConf>, ConfPositions) {
@@ -319,6 +336,7 @@ pub(crate) fn parse_conf_positions(name: &str, text: &str) -> (Parsed<NannyConf>
             answersontimeout_ms: b.answersontimeout_ms.unwrap_or(DEFAULT_ANSWERSONTIMEOUT_MS),
             cachettl_secs: b.cachettl_secs.unwrap_or(DEFAULT_CACHETTL_SECS),
             cachesize: b.cachesize.unwrap_or(DEFAULT_CACHESIZE),
+            passenv: b.passenv,
         }),
         _ => None,
     };
@@ -357,6 +375,10 @@ fn parse_line(
         ));
         return;
     };
+    if *dir == Dir::PassEnv {
+        parse_passenv(src, ll, ws.get(1..).unwrap_or_default(), b, diags);
+        return;
+    }
     let Some(&(a_off, arg)) = ws.get(1) else {
         diags.push(err(
             dspan,
@@ -398,6 +420,8 @@ fn parse_line(
     }
     let bad = |msg: String| err(aspan.clone(), "C005", msg);
     match dir {
+        // Handled before the one-argument checks, by parse_passenv.
+        Dir::PassEnv => {}
         Dir::RuleFile => b.rulefile = Some(arg.to_owned()),
         Dir::ActionFile => b.actionfile = Some(arg.to_owned()),
         Dir::User => b.user = Some(arg.to_owned()),
@@ -504,7 +528,55 @@ fn usage(dir: Dir) -> &'static str {
         Dir::DnsTimeout | Dir::IdentdTimeout | Dir::AnswersOnTimeout => {
             "a time such as 500ms, 5s or 1m"
         }
+        Dir::PassEnv => "environment variable names",
     }
+}
+
+/// `passenv [NAME...]`: repeatable; each line adds its names (a line without names still
+/// switches services to the minimal environment). A bad name is reported at its own column.
+fn parse_passenv(
+    src: &SourceFile,
+    ll: &LogicalLine,
+    names: &[(usize, &str)],
+    b: &mut Builder,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let list = b.passenv.get_or_insert_with(Vec::new);
+    for &(off, name) in names {
+        if !is_env_name(name) {
+            let comment = name.starts_with('#');
+            let hint = if comment {
+                " (a comment must be on a line of its own)"
+            } else {
+                ""
+            };
+            diags.push(src.diag_at(
+                Severity::Error,
+                "C005",
+                ll,
+                off..off + name.len(),
+                format!(
+                    "passenv takes environment variable names (letters, digits and '_', not \
+                     starting with a digit); '{name}' is not one{hint}"
+                ),
+            ));
+            if comment {
+                // The rest is the would-be comment's words, not more bad names.
+                break;
+            }
+        } else if !list.iter().any(|n| n == name) {
+            list.push(name.to_owned());
+        }
+    }
+}
+
+/// A portable environment variable name (POSIX: letters, digits, underscore; no leading digit).
+pub fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && bytes.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 fn parse_u32(arg: &str) -> Option<u32> {

@@ -54,6 +54,10 @@ fn defaults() {
     assert_eq!(c.answersontimeout_ms, 5000);
     assert_eq!(c.cachettl_secs, 300);
     assert_eq!(c.cachesize, 10_000);
+    assert_eq!(
+        c.passenv, None,
+        "without passenv, services inherit everything"
+    );
 }
 
 #[test]
@@ -200,7 +204,7 @@ fn golden_errors() {
     let rows: &[(&str, &[&str])] = &[
         (
             "foobar x\n",
-            &["nanny.conf:4:1: error[C001]: unknown directive 'foobar' (known: rulefile, actionfile, listen, user, dropipafter, expireevery, onfileerror, substitutions, maxthreads, aftermaxthreads, privsepuser, chrootdir, dnstimeout, identdtimeout, answersontimeout, cachettl, cachesize)"],
+            &["nanny.conf:4:1: error[C001]: unknown directive 'foobar' (known: rulefile, actionfile, listen, user, dropipafter, expireevery, onfileerror, substitutions, maxthreads, aftermaxthreads, privsepuser, chrootdir, dnstimeout, identdtimeout, answersontimeout, cachettl, cachesize, passenv)"],
         ),
         ("user\n", &["nanny.conf:4:1: error[C002]: 'user' needs an argument (a user name)"]),
         (
@@ -360,12 +364,50 @@ fn display_parses_back_to_the_same_value() {
         "rulefile /r\nactionfile /a\nlisten 1@::1\nlisten 2@10.0.0.1\nlisten 3\nuser u\n\
          dropipafter 2h\nexpireevery 0\nonfileerror drop\nsubstitutions off\nmaxthreads 4\n\
          aftermaxthreads busy\nprivsepuser p\nchrootdir /c\ndnstimeout 1s\nidentdtimeout 7ms\n\
-         answersontimeout 1m\ncachettl 1d\ncachesize 5\n"
+         answersontimeout 1m\ncachettl 1d\ncachesize 5\npassenv TZ LANG\n"
             .to_owned(),
+        format!("{BASE}passenv\n"),
     ];
     for t in texts {
         let c = ok(&t);
         let printed = c.to_string();
         assert_eq!(ok(&printed), c, "{printed}");
+    }
+}
+
+/// Issue 11: xinetd's `passenv`, repeatable, names checked one by one.
+#[test]
+fn passenv_lists_names_and_reports_each_bad_one() {
+    assert_eq!(ok(&format!("{BASE}passenv\n")).passenv, Some(vec![]));
+    assert_eq!(
+        ok(&format!("{BASE}passenv TZ LANG\npassenv _X1 TZ\n")).passenv,
+        Some(vec!["TZ".into(), "LANG".into(), "_X1".into()]),
+        "every line adds its names, in order, once each"
+    );
+    assert_eq!(
+        ok(&format!("{BASE}passenv TZ\n  LC_ALL\n")).passenv,
+        Some(vec!["TZ".into(), "LC_ALL".into()]),
+        "a continuation line carries more names"
+    );
+    let rows: &[(&str, &[&str])] = &[
+        (
+            "passenv TZ 1X A-B\n",
+            &[
+                "nanny.conf:4:12: error[C005]: passenv takes environment variable names (letters, digits and '_', not starting with a digit); '1X' is not one",
+                "nanny.conf:4:15: error[C005]: passenv takes environment variable names (letters, digits and '_', not starting with a digit); 'A-B' is not one",
+            ],
+        ),
+        (
+            "passenv HOME=/x\n",
+            &["nanny.conf:4:9: error[C005]: passenv takes environment variable names (letters, digits and '_', not starting with a digit); 'HOME=/x' is not one"],
+        ),
+        (
+            "passenv TZ # keep the zone\n",
+            &["nanny.conf:4:12: error[C005]: passenv takes environment variable names (letters, digits and '_', not starting with a digit); '#' is not one (a comment must be on a line of its own)"],
+        ),
+    ];
+    for (extra, want) in rows {
+        let got = errors(&format!("{BASE}{extra}"));
+        assert_eq!(&got, want, "{extra}");
     }
 }

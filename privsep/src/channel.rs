@@ -3,9 +3,12 @@
 //!
 //! Runs in every role. Received bytes come from the peer process and are untrusted: a frame
 //! header is checked before any body byte is buffered, so a peer can make us hold at most
-//! [`MAX_FRAME`] + [`HEADER`] + one small read chunk (16 KiB) per channel, whatever it sends. An oversize or
-//! undecodable frame is a [`Violation`]: the channel shuts the socket down (the peer sees EOF)
-//! and every later call returns [`ChannelError::Closed`].
+//! [`MAX_FRAME`] + [`HEADER`] + one small read chunk (16 KiB) per channel, whatever it sends.
+//! Only a receiver that trusts its peer raises that cap ([`Channel::accept_frames_up_to`]: the
+//! classifier, for the parent's `Policy`), and the buffer grows to a large frame only while
+//! one is arriving and is given back once it is consumed. An oversize or undecodable frame is
+//! a [`Violation`]: the channel shuts the socket down (the peer sees EOF) and every later call
+//! returns [`ChannelError::Closed`].
 //!
 //! Two ways to use it:
 //! - blocking (`send`/`recv`), or split into a [`Sender`] and a [`Receiver`] for threads;
@@ -29,22 +32,25 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{ChannelError, Violation};
-use crate::wire::{self, HEADER, MAX_FRAME};
+use crate::wire::{self, HEADER, MAX_FRAME, MAX_TRUSTED_FRAME};
 
 /// Smallest read we issue: small frames arrive several per read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Largest single read, so a big frame is not zero-filled in one MAX_FRAME piece per call.
 const MAX_READ: usize = 256 * 1024;
 /// Bytes queued for sending before `queue` refuses: a peer that stops reading must not make us
-/// grow without bound. Room for several maximal frames (a Policy plus traffic).
-pub const MAX_QUEUED: usize = 4 * (MAX_FRAME + HEADER);
+/// grow without bound. Room for one largest trusted frame (a Policy) plus several maximal
+/// ordinary ones (traffic queued behind it).
+pub const MAX_QUEUED: usize = MAX_TRUSTED_FRAME + HEADER + 4 * (MAX_FRAME + HEADER);
 
 /// Receive buffer holding at most one incomplete frame plus one read chunk.
 ///
 /// `buf[start..end]` are received bytes not yet handed out; `buf[end..]` is space already
 /// zeroed, reused by the next read, so a read does not zero-fill its chunk again each time.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct FrameReader {
+    /// The largest frame body accepted (the receiver's cap, see wire's header).
+    max: usize,
     buf: Vec<u8>,
     /// Bytes of `buf` already handed out as frames.
     start: usize,
@@ -55,6 +61,18 @@ struct FrameReader {
     drained: bool,
 }
 
+impl Default for FrameReader {
+    fn default() -> FrameReader {
+        FrameReader {
+            max: MAX_FRAME,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            drained: false,
+        }
+    }
+}
+
 impl FrameReader {
     fn pending(&self) -> &[u8] {
         self.buf.get(self.start..self.end).unwrap_or_default()
@@ -63,7 +81,7 @@ impl FrameReader {
     /// The next complete frame body in the buffer, if any. Checks the header as soon as four
     /// bytes are present, before reading any of the body.
     fn next_frame(&mut self) -> Result<Option<std::ops::Range<usize>>, Violation> {
-        let Some((body, _)) = wire::split_frame(self.pending())? else {
+        let Some((body, _)) = wire::split_frame_within(self.pending(), self.max)? else {
             return Ok(None);
         };
         let range = self.start + HEADER..self.start + HEADER + body.len();
@@ -79,7 +97,8 @@ impl FrameReader {
             Some(header) => {
                 h.copy_from_slice(header);
                 // The header was validated by next_frame before we are asked to read more.
-                wire::frame_len(h).map_or(0, |len| (HEADER + len).saturating_sub(avail.len()))
+                wire::frame_len_within(h, self.max)
+                    .map_or(0, |len| (HEADER + len).saturating_sub(avail.len()))
             }
             None => 0,
         }
@@ -94,15 +113,19 @@ impl FrameReader {
             self.start = 0;
         }
         if self.end == 0 && self.buf.capacity() > MAX_READ {
-            // Do not keep a megabyte around after one large Policy frame.
+            // Do not keep megabytes around after one large Policy frame.
             self.buf = Vec::new();
         }
-        let want = self.missing().clamp(READ_CHUNK, MAX_READ);
+        let missing = self.missing();
+        let want = missing.clamp(READ_CHUNK, MAX_READ);
         if self.buf.len() < self.end + want {
-            // Exact, not amortised doubling: the allocation bound in the header must hold for
-            // the capacity too. (Wanting more than the frame lacks only happens below
+            // Capacity for the rest of the frame at once (bounded by the checked header), so a
+            // large frame is not copied at every growth step; exact, not amortised doubling,
+            // so the bound holds for the capacity too. Only `want` bytes of it are zeroed and
+            // read into per call. (Wanting more than the frame lacks only happens below
             // READ_CHUNK.)
-            self.buf.reserve_exact(self.end + want - self.buf.len());
+            let cap = self.end + want.max(missing);
+            self.buf.reserve_exact(cap.saturating_sub(self.buf.len()));
             self.buf.resize(self.end + want, 0);
         }
         let space = self
@@ -121,6 +144,7 @@ impl FrameReader {
 
     fn clear(&mut self) {
         self.buf = Vec::new();
+        // `max` stays: it belongs to the channel.
         self.start = 0;
         self.end = 0;
         self.drained = false;
@@ -153,7 +177,7 @@ fn receive<In: DeserializeOwned>(
             Err(v) => break Err(ChannelError::Violation(v)),
             Ok(Some(range)) => {
                 let body = rd.buf.get(range).unwrap_or_default();
-                break wire::decode(body)
+                break wire::decode_within(body, rd.max)
                     .map(Some)
                     .map_err(ChannelError::Violation);
             }
@@ -293,6 +317,14 @@ impl<Out: Serialize, In: DeserializeOwned> Channel<Out, In> {
         ))
     }
 
+    /// Accept frames of up to `max` bytes from the peer (at most [`MAX_TRUSTED_FRAME`]; the
+    /// default is [`MAX_FRAME`]). Only for a peer this process trusts: the classifier calls it
+    /// for the parent, whose `Policy` carries the whole rules and actions text. Kept by
+    /// [`Channel::split`]'s receiver.
+    pub fn accept_frames_up_to(&mut self, max: usize) {
+        self.rd.max = max.min(MAX_TRUSTED_FRAME);
+    }
+
     /// Switch the socket between blocking and non-blocking mode (poll-loop use).
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         self.sock.set_nonblocking(on)
@@ -315,7 +347,10 @@ impl<Out: Serialize, In: DeserializeOwned> Channel<Out, In> {
     /// bad header) already buffered. Poll does not report those bytes (they have left the
     /// socket), so a poll loop that stops calling `try_recv` before `Ok(None)` must check this.
     pub fn has_buffered(&self) -> bool {
-        !matches!(wire::split_frame(self.rd.pending()), Ok(None))
+        !matches!(
+            wire::split_frame_within(self.rd.pending(), self.rd.max),
+            Ok(None)
+        )
     }
 
     /// Whether queued bytes wait for the socket to become writable (poll for POLLOUT).
@@ -616,6 +651,76 @@ mod tests {
         }
     }
 
+    fn policy(rules: String) -> ParentToClassifier {
+        ParentToClassifier::Policy {
+            gen: Gen(1),
+            rules: Some(rules),
+            actions: None,
+            settings: crate::proto::ClassifierSettings {
+                maxthreads: 1,
+                aftermaxthreads: None,
+                dropipafter_secs: None,
+                expireevery_secs: 60,
+                dns_timeout_ms: 5000,
+                identd_timeout_ms: 10000,
+                answerson_timeout_ms: 5000,
+            },
+        }
+    }
+
+    /// Issue 16: a 2 MB policy (100,000 rules) crosses from the parent to a classifier that
+    /// trusts it, and its buffer is given back afterwards; the same frame to a receiver with
+    /// the default cap, and an oversize header from an untrusted peer, stay violations.
+    #[test]
+    fn large_frames_only_where_the_receiver_trusts_the_sender() {
+        let big = policy("ip: 10.0.0.1\n".repeat(2_100_000 / 13));
+        let frame = wire::encode(&big).unwrap();
+        assert!(frame.len() > 2 * MAX_FRAME, "{}", frame.len());
+
+        let (mut parent, child) = ParentSide::pair().unwrap();
+        let mut child: Channel<ClassifierToParent, ParentToClassifier> = child;
+        child.accept_frames_up_to(MAX_TRUSTED_FRAME);
+        let writer = std::thread::spawn(move || {
+            parent.send(&big).unwrap();
+            parent.send(&ParentToClassifier::Flush).unwrap();
+            (parent, big)
+        });
+        let got = child.recv().unwrap();
+        assert_eq!(child.recv().unwrap(), ParentToClassifier::Flush);
+        let (_parent, big) = writer.join().unwrap();
+        assert_eq!(got, big);
+        child.set_nonblocking(true).unwrap();
+        assert!(child.try_recv().unwrap().is_none());
+        assert!(
+            child.rd.buf.capacity() <= MAX_READ,
+            "the large buffer is given back: {}",
+            child.rd.buf.capacity()
+        );
+
+        // The same bytes to a receiver with the default cap: refused from the header.
+        let (mut untrusting, mut peer) = {
+            let (a, b) = UnixStream::pair().unwrap();
+            let ch: Channel<ClassifierToParent, ParentToClassifier> = Channel::from_fd(a.into());
+            ch.set_nonblocking(true).unwrap();
+            (ch, b)
+        };
+        peer.write_all(&frame[..HEADER]).unwrap();
+        assert!(matches!(
+            untrusting.try_recv(),
+            Err(ChannelError::Violation(Violation::FrameSize(n))) if n == frame.len() - HEADER
+        ));
+
+        // Raising the cap is bounded by MAX_TRUSTED_FRAME.
+        let (mut ch, mut peer) = raw_pair();
+        ch.accept_frames_up_to(usize::MAX);
+        peer.write_all(&(MAX_TRUSTED_FRAME as u32 + 1).to_be_bytes())
+            .unwrap();
+        assert!(matches!(
+            ch.try_recv(),
+            Err(ChannelError::Violation(Violation::FrameSize(n))) if n == MAX_TRUSTED_FRAME + 1
+        ));
+    }
+
     #[test]
     fn undecodable_frame_closes() {
         let (mut ch, mut peer) = raw_pair();
@@ -734,7 +839,8 @@ mod tests {
             },
         };
         let mut refused = None;
-        for i in 0..10 {
+        let fit = MAX_QUEUED / MAX_FRAME;
+        for i in 0..fit + 2 {
             if let Err(e) = parent.queue(&big) {
                 refused = Some((i, e));
                 break;
@@ -743,7 +849,8 @@ mod tests {
         match refused {
             Some((i, ChannelError::Io(e))) => {
                 assert_eq!(e.kind(), io::ErrorKind::OutOfMemory);
-                assert!(i >= 4, "refused too early: {i}");
+                // The socket takes some of the first frames; the queue the rest.
+                assert!(i >= fit - 1, "refused too early: {i} of {fit}");
             }
             other => panic!("queue not capped: {other:?}"),
         }

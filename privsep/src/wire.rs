@@ -3,8 +3,13 @@
 //!
 //! Runs in every role, on bytes that come from another process (a less privileged one when the
 //! parent decodes). Invariants:
-//! - a declared length of 0 or more than [`MAX_FRAME`] is refused before anything is allocated
-//!   ([`frame_len`]);
+//! - a declared length of 0 or more than the receiver's cap is refused before anything is
+//!   allocated ([`frame_len`]). The cap is per direction: [`MAX_FRAME`] for every frame from a
+//!   less trusted peer (classifier or resolver to the parent, resolver to the classifier, and
+//!   by default everywhere); [`MAX_TRUSTED_FRAME`] only where the receiver trusts the sender
+//!   (the classifier reading the parent, whose `Policy` carries the whole rules and actions
+//!   text). Senders may encode up to [`MAX_TRUSTED_FRAME`]: the cap protects the receiver,
+//!   which checks it whatever the sender did;
 //! - a body is decoded with a byte limit equal to its own length, so no length field inside it
 //!   can make the decoder allocate more than the frame already holds;
 //! - every byte of the body must be consumed ([`Violation::Trailing`]).
@@ -30,10 +35,21 @@ use serde::Serialize;
 
 pub use crate::error::Violation;
 
-/// Largest frame body in bytes. The parent ships the rules and actions text in one `Policy`
-/// frame, so this bounds the policy size; everything else is far smaller. A peer can make a
-/// receiver buffer at most this much (plus one read chunk) per channel.
+/// Largest frame body in bytes from a less trusted peer (the default cap of every receiver).
+/// Every message but the parent's `Policy` is far smaller. Such a peer can make a receiver
+/// buffer at most this much (plus one read chunk) per channel.
 pub const MAX_FRAME: usize = 1 << 20;
+
+/// Largest rules file, and largest actions file, that the configuration accepts: the binary's
+/// per-file cap (`MAX_CONFIG_BYTES`, 16 MiB, which `-C` and reloads apply), repeated here
+/// because privsep depends on neither: keep the two equal.
+pub const MAX_POLICY_FILE: usize = 16 << 20;
+
+/// Largest frame body a receiver accepts from a peer it trusts: the parent's `Policy` to the
+/// classifier carries the rules and the actions text whole, each up to [`MAX_POLICY_FILE`], so
+/// any policy `-C` accepts must fit; 1 MiB of margin covers the rest of the message (length
+/// fields, settings). Fits a u32 header.
+pub const MAX_TRUSTED_FRAME: usize = 2 * MAX_POLICY_FILE + (1 << 20);
 
 /// Length of the frame header (a big-endian u32 body length).
 pub const HEADER: usize = 4;
@@ -48,10 +64,16 @@ fn options(limit: u64) -> impl Options + Copy {
 /// Check a frame header and return the body length it declares. Refuses 0 and anything over
 /// [`MAX_FRAME`] before the caller allocates a byte for the body.
 pub fn frame_len(header: [u8; HEADER]) -> Result<usize, Violation> {
+    frame_len_within(header, MAX_FRAME)
+}
+
+/// [`frame_len`] with the receiver's own cap (`max`, at most [`MAX_TRUSTED_FRAME`]).
+pub fn frame_len_within(header: [u8; HEADER], max: usize) -> Result<usize, Violation> {
+    let max = max.min(MAX_TRUSTED_FRAME);
     let len = u32::from_be_bytes(header);
     match usize::try_from(len) {
-        Ok(n) if n > 0 && n <= MAX_FRAME => Ok(n),
-        // A u32 that does not fit a usize is certainly over MAX_FRAME.
+        Ok(n) if n > 0 && n <= max => Ok(n),
+        // A u32 that does not fit a usize is certainly over the cap.
         Ok(n) => Err(Violation::FrameSize(n)),
         Err(_) => Err(Violation::FrameSize(usize::MAX)),
     }
@@ -64,21 +86,27 @@ pub type Split<'a> = (&'a [u8], &'a [u8]);
 /// `buf` holds only part of one. The header is checked as soon as its four bytes are there,
 /// before the caller waits for (or buffers) any of the body.
 pub fn split_frame(buf: &[u8]) -> Result<Option<Split<'_>>, Violation> {
+    split_frame_within(buf, MAX_FRAME)
+}
+
+/// [`split_frame`] with the receiver's own cap (see [`frame_len_within`]).
+pub fn split_frame_within(buf: &[u8], max: usize) -> Result<Option<Split<'_>>, Violation> {
     let Some((header, after)) = buf.split_first_chunk::<HEADER>() else {
         return Ok(None);
     };
-    let len = frame_len(*header)?;
+    let len = frame_len_within(*header, max)?;
     Ok(after.split_at_checked(len))
 }
 
-/// Encode `msg` as one complete frame: header plus body.
+/// Encode `msg` as one complete frame: header plus body, at most [`MAX_TRUSTED_FRAME`] (the
+/// receiver applies its own cap, smaller unless it trusts us).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, Violation> {
     // Counting first avoids building an oversize body only to throw it away.
     let size = options(u64::MAX)
         .serialized_size(msg)
         .map_err(|e| Violation::Encode(e.to_string()))?;
     let body_len = usize::try_from(size).map_err(|_| Violation::FrameSize(usize::MAX))?;
-    if body_len == 0 || body_len > MAX_FRAME {
+    if body_len == 0 || body_len > MAX_TRUSTED_FRAME {
         return Err(Violation::FrameSize(body_len));
     }
     let header = u32::try_from(body_len).map_err(|_| Violation::FrameSize(body_len))?;
@@ -100,7 +128,12 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, Violation> {
 /// Decode one frame body (without its header) as a `T`. The body must be 1..=MAX_FRAME bytes
 /// and must be consumed exactly.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Violation> {
-    if body.is_empty() || body.len() > MAX_FRAME {
+    decode_within(body, MAX_FRAME)
+}
+
+/// [`decode`] with the receiver's own cap (see [`frame_len_within`]).
+pub fn decode_within<T: DeserializeOwned>(body: &[u8], max: usize) -> Result<T, Violation> {
+    if body.is_empty() || body.len() > max.min(MAX_TRUSTED_FRAME) {
         return Err(Violation::FrameSize(body.len()));
     }
     let mut rest = body;
@@ -501,14 +534,31 @@ mod tests {
             Err(Violation::FrameSize(MAX_FRAME + 1))
         );
         assert!(frame_len(u32::MAX.to_be_bytes()).is_err());
+        // The trusted cap, and no cap above it whatever a receiver asks for.
+        let t = MAX_TRUSTED_FRAME as u32;
+        assert_eq!(
+            frame_len_within(t.to_be_bytes(), MAX_TRUSTED_FRAME),
+            Ok(MAX_TRUSTED_FRAME)
+        );
+        assert_eq!(
+            frame_len_within((t + 1).to_be_bytes(), usize::MAX),
+            Err(Violation::FrameSize(MAX_TRUSTED_FRAME + 1))
+        );
+        assert_eq!(
+            split_frame(&t.to_be_bytes()),
+            Err(Violation::FrameSize(MAX_TRUSTED_FRAME)),
+            "the default (untrusted) cap"
+        );
+        const { assert!(MAX_TRUSTED_FRAME >= 2 * MAX_POLICY_FILE) };
+        const { assert!(MAX_TRUSTED_FRAME <= u32::MAX as usize) };
     }
 
     #[test]
     fn encode_refuses_oversize_and_empty() {
-        // A Policy whose text alone exceeds the frame: refused, not truncated.
+        // A Policy whose text alone exceeds the largest frame: refused, not truncated.
         let big = ParentToClassifier::Policy {
             gen: Gen(1),
-            rules: Some("x".repeat(MAX_FRAME)),
+            rules: Some("x".repeat(MAX_TRUSTED_FRAME)),
             actions: None,
             settings: ClassifierSettings {
                 maxthreads: 1,
@@ -520,7 +570,7 @@ mod tests {
                 answerson_timeout_ms: 5000,
             },
         };
-        assert!(matches!(encode(&big), Err(Violation::FrameSize(n)) if n > MAX_FRAME));
+        assert!(matches!(encode(&big), Err(Violation::FrameSize(n)) if n > MAX_TRUSTED_FRAME));
         // The largest body that fits is accepted (limit, then limit + 1 above).
         let fits = LogRecord {
             level: LogLevel::Info,
@@ -529,17 +579,28 @@ mod tests {
         };
         let overhead = encode(&fits).unwrap().len() - HEADER;
         let fits = LogRecord {
-            text: "y".repeat(MAX_FRAME - overhead),
+            text: "y".repeat(MAX_TRUSTED_FRAME - overhead),
             ..fits
         };
         let frame = encode(&fits).unwrap();
-        assert_eq!(frame.len(), HEADER + MAX_FRAME);
-        assert_eq!(decode::<LogRecord>(body(&frame)).unwrap(), fits);
+        assert_eq!(frame.len(), HEADER + MAX_TRUSTED_FRAME);
+        assert_eq!(
+            decode_within::<LogRecord>(body(&frame), MAX_TRUSTED_FRAME).unwrap(),
+            fits
+        );
+        // ... but only for a receiver that raised its cap.
+        assert_eq!(
+            decode::<LogRecord>(body(&frame)),
+            Err(Violation::FrameSize(MAX_TRUSTED_FRAME))
+        );
         let over = LogRecord {
-            text: "y".repeat(MAX_FRAME - overhead + 1),
+            text: "y".repeat(MAX_TRUSTED_FRAME - overhead + 1),
             ..fits
         };
-        assert_eq!(encode(&over), Err(Violation::FrameSize(MAX_FRAME + 1)));
+        assert_eq!(
+            encode(&over),
+            Err(Violation::FrameSize(MAX_TRUSTED_FRAME + 1))
+        );
         // A zero-sized message cannot be framed (a length of 0 is refused on receipt).
         assert_eq!(encode(&()), Err(Violation::FrameSize(0)));
     }

@@ -7,10 +7,12 @@
 //! restarts a classifier in a known state.
 //!
 //! Invariants:
-//! - Nothing here waits for a lookup: evaluations go to the pool, except that a connection is
-//!   evaluated on this thread when the current rules cannot need any lookup and the pool is
-//!   idle (no job queued or running, so it overtakes nothing); the aftermaxthreads shortcut
-//!   also decides here, and needs no lookup.
+//! - Nothing here waits for a lookup. Every connection is first evaluated on this thread, up
+//!   to the first fact that needs a lookup (pool::try_here); only one that needs a lookup goes
+//!   to the pool. So a connection whose evaluation needs no lookup is decided at once and takes
+//!   no evaluation slot, however busy the pool is with slow lookups. When every slot is busy
+//!   and aftermaxthreads is set, the shortcut decides here instead, without rules or lookups,
+//!   as documented ("not evaluated at all").
 //! - Every `ConnAccepted` is answered by exactly one `Verdict` (from the pool, from this
 //!   thread, from the aftermaxthreads shortcut, or a close verdict when the queue is full).
 //! - The pool is started once, on the first policy, and only then are new processes forbidden.
@@ -27,7 +29,8 @@ use privsep::proto::{
 use super::facts::{canonical, Observed};
 use super::lookups::Timeouts;
 use super::pool::{self, Job, Pool};
-use super::{verdict, Loaded, Options, Shared, EXIT_TEMP};
+use super::{verdict, Loaded, Options, Shared};
+use crate::exit::EXIT_SYSTEM;
 
 /// Evaluation threads, at most, whatever maxthreads says: each one reserves a stack, and past
 /// this many concurrent lookups the resolver's own pool is the bottleneck anyway.
@@ -95,7 +98,7 @@ impl Dispatcher {
             0,
             "protocol: second Hello from the parent".to_string(),
         );
-        Flow::Exit(EXIT_TEMP)
+        Flow::Exit(EXIT_SYSTEM)
     }
 
     fn on_policy(
@@ -133,7 +136,7 @@ impl Dispatcher {
                 );
                 if self.pool.is_none() {
                     // No old policy to keep: nothing could ever be decided.
-                    return Flow::Exit(EXIT_TEMP);
+                    return Flow::Exit(EXIT_SYSTEM);
                 }
                 return Flow::Continue;
             }
@@ -178,14 +181,14 @@ impl Dispatcher {
                             0,
                             format!("starting {wanted} evaluation threads: {e}"),
                         );
-                        return Flow::Exit(EXIT_TEMP);
+                        return Flow::Exit(EXIT_SYSTEM);
                     }
                 }
                 // ORDER: all threads exist now; from here on none can be created.
                 if self.opts.forbid_new_processes {
                     if let Err(e) = privsep::drop::forbid_new_processes() {
                         self.log(LogLevel::Crit, 0, format!("forbidding new processes: {e}"));
-                        return Flow::Exit(EXIT_TEMP);
+                        return Flow::Exit(EXIT_SYSTEM);
                     }
                 }
             }
@@ -239,7 +242,7 @@ impl Dispatcher {
                 0,
                 format!("protocol: conn={} arrived before any policy", conn.0),
             );
-            return Flow::Exit(EXIT_TEMP);
+            return Flow::Exit(EXIT_SYSTEM);
         };
         let remote = canonical(remote);
         let now = self.shared.clock.now_secs();
@@ -287,19 +290,23 @@ impl Dispatcher {
             conn,
             remote,
             local,
+            seen: None,
         };
-        // A lookup-free policy evaluates in microseconds: doing it here saves waking a pool
-        // thread (a cross-thread hop per connection). Only with the pool idle, so the
-        // connection overtakes no queued one and `busy()` keeps its meaning.
-        if pool.idle()
-            && self
-                .shared
-                .current_policy()
-                .is_some_and(|p| !p.needs_lookups)
+        // Evaluating here saves waking a pool thread, and, above all, a connection that needs
+        // no lookup never waits for a slot behind slow lookups. Rules that cannot need one
+        // evaluate straight away; others are tried up to their first lookup.
+        if self
+            .shared
+            .current_policy()
+            .is_some_and(|p| !p.needs_lookups)
         {
             pool::evaluate_here(&self.shared, job);
             return Flow::Continue;
         }
+        let job = match pool::try_here(&self.shared, job) {
+            Ok(()) => return Flow::Continue,
+            Err(job) => job,
+        };
         if let Err(job) = pool.submit(job) {
             self.log(
                 LogLevel::Warning,

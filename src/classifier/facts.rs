@@ -13,6 +13,11 @@
 //! - Every wait ends by its deadline; a timeout, a broken resolver channel or a name that is not
 //!   a valid hostname mean "no answer": no hostname, no identd, not listed, does not answer.
 //! - Dropping a `ConnFacts` withdraws its pending requests, so late answers are stale.
+//! - A speculative `ConnFacts` (the dispatch thread's first try, see pool.rs) never asks the
+//!   resolver and never waits: the first fact that would need a lookup marks it `blocked` and
+//!   answers "no"; its classification is then thrown away and the connection is evaluated
+//!   again on the pool. The history is consulted (and the connection recorded in it) only
+//!   before it is blocked, and the times it read go with the job, so nothing is recorded twice.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -60,6 +65,10 @@ pub struct ConnFacts<'a> {
     /// (a prefetched answer nobody read must not make substitutions depend on timing).
     host_asked: bool,
     identd_asked: bool,
+    /// The dispatch thread's try: answer nothing that needs a lookup (see the header).
+    speculative: bool,
+    /// A speculative evaluation reached a fact that needs a lookup.
+    blocked: bool,
 }
 
 impl<'a> ConnFacts<'a> {
@@ -76,7 +85,42 @@ impl<'a> ConnFacts<'a> {
             seen: None,
             host_asked: false,
             identd_asked: false,
+            speculative: false,
+            blocked: false,
         }
+    }
+
+    /// Facts for the dispatch thread's try, which must never wait (see the header).
+    pub fn speculative(shared: &'a Shared, remote: SocketAddr, local: SocketAddr) -> Self {
+        let mut facts = ConnFacts::new(shared, remote, local);
+        facts.speculative = true;
+        facts
+    }
+
+    /// Starts from history times an earlier (speculative) evaluation of this connection
+    /// already read, so the connection is not recorded twice.
+    pub fn with_seen(mut self, seen: Option<SeenTimes>) -> Self {
+        self.seen = seen;
+        self
+    }
+
+    /// Whether a speculative evaluation needed a lookup: its classification is not valid.
+    pub fn blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// The history times read, for [`ConnFacts::with_seen`].
+    pub fn seen_times(&self) -> Option<SeenTimes> {
+        self.seen
+    }
+
+    /// True (and marks this evaluation blocked) when a fact needing a lookup must not be
+    /// asked: in a speculative evaluation.
+    fn must_not_wait(&mut self) -> bool {
+        if self.speculative {
+            self.blocked = true;
+        }
+        self.speculative
     }
 
     /// The facts a verdict may carry, as far as this evaluation looked them up.
@@ -241,6 +285,12 @@ impl Facts for ConnFacts<'_> {
     }
 
     fn host_info(&mut self) -> HostInfo {
+        if self.must_not_wait() {
+            return HostInfo {
+                status: pf::HnStatus::Unknown,
+                claimed: None,
+            };
+        }
         self.host_asked = true;
         match self.answer(self.host_query()) {
             Some(Answer::Host(h)) => HostInfo {
@@ -255,6 +305,9 @@ impl Facts for ConnFacts<'_> {
     }
 
     fn identd(&mut self) -> Option<String> {
+        if self.must_not_wait() {
+            return None;
+        }
         self.identd_asked = true;
         match self.answer(self.identd_query()) {
             Some(Answer::Identd(user)) => user.map(String::from),
@@ -263,14 +316,23 @@ impl Facts for ConnFacts<'_> {
     }
 
     fn forward_lookup(&mut self, name: &str) -> Vec<IpAddr> {
+        if self.must_not_wait() {
+            return Vec::new();
+        }
         self.addrs(&Lookup::Forward(name.to_owned()))
     }
 
     fn dnsbl(&mut self, zone: &str) -> Vec<IpAddr> {
+        if self.must_not_wait() {
+            return Vec::new();
+        }
         self.addrs(&Lookup::Dnsbl(zone.to_owned()))
     }
 
     fn answers_on(&mut self, port: u16) -> bool {
+        if self.must_not_wait() {
+            return false;
+        }
         let Some(query) = self.query_for(&Lookup::AnswersOn(port)) else {
             return false;
         };
@@ -280,6 +342,14 @@ impl Facts for ConnFacts<'_> {
     fn seen(&mut self) -> SeenTimes {
         if let Some(times) = self.seen {
             return times;
+        }
+        if self.blocked {
+            // Past a lookup this try is thrown away; the pool's evaluation records the
+            // connection if its path really reaches a time matcher.
+            return SeenTimes {
+                first_secs_ago: 0,
+                last_secs_ago: None,
+            };
         }
         let now = self.shared.clock.now_secs();
         let times = self
@@ -293,6 +363,10 @@ impl Facts for ConnFacts<'_> {
     }
 
     fn prefetch(&mut self, lookups: &[Lookup]) {
+        // Only a hint: a speculative try starts nothing (it may never need the lookups).
+        if self.speculative {
+            return;
+        }
         for lookup in lookups {
             if let Some(query) = self.query_for(lookup) {
                 self.start(&query);

@@ -56,15 +56,12 @@ use privsep::proto::{
 };
 use privsep::{Channel, ChannelError, Sender};
 
+use crate::exit::{EXIT_OK, EXIT_SYSTEM};
+
 use self::conntrack::Conntrack;
 use self::dispatch::{Dispatcher, Flow};
 use self::history::{History, MAX_HISTORY};
 use self::lookups::{Lookups, ResolverEnd};
-
-/// Normal end: the parent closed our channel.
-const EXIT_OK: u8 = 0;
-/// Temporary or system error (s6 convention): the parent restarts us.
-const EXIT_TEMP: u8 = 111;
 
 /// Entry point of the classifier role, called by the role main after the privilege drop.
 pub fn run(
@@ -223,36 +220,40 @@ pub(crate) fn serve(
     opts: Options,
 ) -> ExitCode {
     let build = privsep::spawn::build_id();
+    // The parent is trusted (root; it checked the policy text it ships), and its Policy frame
+    // carries the whole rules and actions text: any policy -C accepts must get through. The
+    // resolver channel keeps the small cap.
+    parent.accept_frames_up_to(privsep::wire::MAX_TRUSTED_FRAME);
     // ORDER: the parent's Hello comes first; until it is answered, stderr (the parent's) is the
     // only place to report.
     match parent.recv() {
         Ok(ParentToClassifier::Hello { .. }) => {}
         Ok(_) => {
             eprintln!("portnanny classifier: first message from the parent is not Hello");
-            return ExitCode::from(EXIT_TEMP);
+            return ExitCode::from(EXIT_SYSTEM);
         }
         Err(e) => {
             eprintln!("portnanny classifier: reading the parent's Hello: {e}");
-            return ExitCode::from(EXIT_TEMP);
+            return ExitCode::from(EXIT_SYSTEM);
         }
     }
     if let Err(e) = parent.send(&ClassifierToParent::Hello {
         build: build.clone(),
     }) {
         eprintln!("portnanny classifier: answering the parent's Hello: {e}");
-        return ExitCode::from(EXIT_TEMP);
+        return ExitCode::from(EXIT_SYSTEM);
     }
     let (parent_tx, mut parent_rx) = match parent.split() {
         Ok(halves) => halves,
         Err(e) => {
             eprintln!("portnanny classifier: splitting the parent channel: {e}");
-            return ExitCode::from(EXIT_TEMP);
+            return ExitCode::from(EXIT_SYSTEM);
         }
     };
     let link = ParentLink::new(parent_tx);
     let crit = |text: String| {
         link.log(LogLevel::Crit, 0, text);
-        ExitCode::from(EXIT_TEMP)
+        ExitCode::from(EXIT_SYSTEM)
     };
 
     if let Err(e) = resolver.send(&ClassifierToResolver::Hello {
@@ -331,5 +332,5 @@ pub(crate) fn serve(
 /// Log a fatal condition at Crit and give the exit code for it.
 fn fail(shared: &Shared, text: String) -> u8 {
     shared.parent.log(LogLevel::Crit, 0, text);
-    EXIT_TEMP
+    EXIT_SYSTEM
 }

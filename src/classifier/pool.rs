@@ -12,8 +12,11 @@
 //!   taken off the queue, not when it was queued).
 //! - A job leaves `in_flight` as soon as it is decided, before its verdict is written, so the
 //!   next connection after a verdict never sees a stale "busy".
-//! - An evaluation that may need a lookup never runs on the dispatch thread, so a slow lookup
-//!   never delays it; [`evaluate_here`] is only for rules that cannot need one.
+//! - An evaluation that waits for a lookup never runs on the dispatch thread, so a slow lookup
+//!   never delays it: [`evaluate_here`] is only for rules that cannot need one, and
+//!   [`try_here`] gives the job back (for the pool) at the first fact that needs a lookup.
+//!   Evaluations on the dispatch thread take no pool slot, so a connection that needs no
+//!   lookup never waits behind the pool's slow ones (README, DESIGN §4).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel as cb;
+use policy::facts::SeenTimes;
 use privsep::proto::{ConnId, LogLevel};
 
 use super::facts::{canonical, ConnFacts};
@@ -37,6 +41,8 @@ pub struct Job {
     pub conn: ConnId,
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// History times a speculative try already read (and recorded); None if it read none.
+    pub seen: Option<SeenTimes>,
 }
 
 /// The evaluation pool.
@@ -81,11 +87,6 @@ impl Pool {
         self.in_flight.load(Ordering::Acquire) >= self.size
     }
 
-    /// Whether no job is queued or being evaluated.
-    pub fn idle(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0
-    }
-
     /// Queue a job; gives it back if the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), Job> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -112,15 +113,46 @@ pub fn evaluate_here(shared: &Shared, job: Job) {
     send(shared, job.conn, msg);
 }
 
+/// Evaluates `job` on the calling thread (the dispatch thread) unless that would wait for a
+/// lookup: then nothing is decided or sent, and the job comes back (with the history times the
+/// try read) for the pool. Never waits.
+pub fn try_here(shared: &Shared, job: Job) -> Result<(), Job> {
+    match classify_with(shared, job, true) {
+        Ok(msg) => {
+            send(shared, job.conn, msg);
+            Ok(())
+        }
+        Err(seen) => Err(Job { seen, ..job }),
+    }
+}
+
 /// The verdict for `job` under the current policy; None if no policy was ever loaded.
 fn classify(shared: &Shared, job: Job) -> Option<privsep::proto::ClassifierToParent> {
-    match shared.current_policy() {
+    // A waiting evaluation is never blocked.
+    classify_with(shared, job, false).unwrap_or(None)
+}
+
+/// [`classify`]; when `speculative`, Err(history times read) as soon as a lookup is needed.
+fn classify_with(
+    shared: &Shared,
+    job: Job,
+    speculative: bool,
+) -> Result<Option<privsep::proto::ClassifierToParent>, Option<SeenTimes>> {
+    Ok(match shared.current_policy() {
         Some(snapshot) => {
             let remote = canonical(job.remote);
             let started = Instant::now();
             let (classification, observed) = {
-                let mut facts = ConnFacts::new(shared, remote, job.local);
+                let mut facts = if speculative {
+                    ConnFacts::speculative(shared, remote, job.local)
+                } else {
+                    ConnFacts::new(shared, remote, job.local)
+                }
+                .with_seen(job.seen);
                 let classification = snapshot.rules.evaluate(&mut facts);
+                if facts.blocked() {
+                    return Err(facts.seen_times());
+                }
                 (classification, facts.observed())
             };
             shared.stats.record(started.elapsed());
@@ -129,7 +161,7 @@ fn classify(shared: &Shared, job: Job) -> Option<privsep::proto::ClassifierToPar
             verdict::decide(shared, job.conn, remote.ip(), &classification, observed)
         }
         None => None,
-    }
+    })
 }
 
 fn send(shared: &Shared, conn: ConnId, msg: Option<privsep::proto::ClassifierToParent>) {

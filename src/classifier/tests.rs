@@ -996,3 +996,46 @@ fn a_full_queue_closes_the_connection_instead_of_growing() {
     assert!(facts.classes.is_empty());
     finish(run);
 }
+
+/// Issue 13: with the only evaluation slot waiting on a lookup, a connection that needs none is
+/// still decided at once (it takes no slot), and the waiting one is decided afterwards.
+#[test]
+fn a_lookup_free_connection_is_decided_while_every_slot_waits() {
+    let mut run = start(
+        "local: 127.0.0.1\nlisted: dnsbl: bl.example.org\n",
+        "local: msg hi\nlisted: msg go away\n",
+        settings(1, None),
+    );
+    accept(&mut run, 1, "127.0.0.2:4000");
+    let (req, query) = expect_lookup(&mut run.resolver);
+    accept(&mut run, 2, "127.0.0.1:4001");
+    let (_, facts) = expect_verdict(&mut run.parent, 2);
+    assert_eq!(class_names(&facts), ["local", GLOBAL]);
+    answer(&mut run.resolver, req, query, Answer::Addrs(vec![]));
+    let (decision, _) = expect_verdict(&mut run.parent, 1);
+    assert_eq!(decision.disposition, Disposition::Close);
+    finish(run);
+}
+
+/// A dispatch-thread try that consulted the history before it met a lookup hands the times it
+/// read to the pool, so the connection is recorded once: `firsttime` still holds there.
+#[test]
+fn a_try_that_reached_a_lookup_records_the_history_once() {
+    let mut run = start(
+        "new: firsttime && identd: someone\nold: ALL\n",
+        "new: msg welcome\nold: msg again\n",
+        settings(2, None),
+    );
+    accept(&mut run, 1, "127.0.0.2:4000");
+    let (req, query) = expect_lookup(&mut run.resolver);
+    assert!(matches!(query, Query::Identd { .. }), "{query:?}");
+    let user = privsep::proto::IdentUser::try_from("someone".to_string()).unwrap();
+    answer(&mut run.resolver, req, query, Answer::Identd(Some(user)));
+    let (_, facts) = expect_verdict(&mut run.parent, 1);
+    assert_eq!(class_names(&facts), ["new", GLOBAL]);
+    // The address is known now: the next connection is not a first time, and needs no lookup.
+    accept(&mut run, 2, "127.0.0.2:4001");
+    let (_, facts) = expect_verdict(&mut run.parent, 2);
+    assert_eq!(class_names(&facts), ["old", GLOBAL]);
+    finish(run);
+}

@@ -10,7 +10,9 @@
 //! in the child between clone and exec, in the order setgroups → setresgid → setresuid (std's
 //! `Command` cannot set supplementary groups, and waits for every exec, see [`spawn_service`]);
 //! a failed step aborts that child before exec. The signal mask is emptied and the parent's
-//! signal dispositions (including the ignored SIGPIPE) are reset to default. The child is
+//! signal dispositions (including the ignored SIGPIPE) are reset to default. Each service leads
+//! a session and process group of its own (setsid), so signals aimed at the daemon's group
+//! (a terminal's Ctrl-C) never reach it. The child is
 //! created vfork-style (`clone(CLONE_VM | CLONE_VFORK)`: no copy of the parent's page tables,
 //! no copy-on-write faults in the parent afterwards), so until its execve it runs in the
 //! parent's memory and may only read it: everything it uses is prepared before the clone.
@@ -27,13 +29,16 @@ use std::sync::OnceLock;
 use nix::unistd::{Gid, User};
 
 /// Who a service runs as: uid, primary gid and the supplementary groups a login would give
-/// (initgroups semantics: the groups file plus the primary group).
+/// (initgroups semantics: the groups file plus the primary group), and the passwd entry's home
+/// and shell for the login variables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Creds {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<libc::gid_t>,
+    pub home: String,
+    pub shell: String,
 }
 
 /// Looks up `name` in the password and group databases (call it while /etc is visible).
@@ -49,7 +54,133 @@ pub fn resolve_user(name: &str) -> Result<Creds, String> {
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
         groups: groups.into_iter().map(Gid::as_raw).collect(),
+        home: user.dir.to_string_lossy().into_owned(),
+        shell: user.shell.to_string_lossy().into_owned(),
     })
+}
+
+/// HOME, USER, LOGNAME and SHELL of the user services run as, from the passwd entry (the
+/// daemon's own, or a setuid to root, must never leak into a service run as `nobody`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Login {
+    user: String,
+    home: String,
+    shell: String,
+}
+
+impl Login {
+    fn of(c: &Creds) -> Login {
+        Login {
+            user: c.name.clone(),
+            home: c.home.clone(),
+            shell: c.shell.clone(),
+        }
+    }
+
+    /// The variables, NAME=value.
+    fn vars(&self) -> [(&'static str, &str); 4] {
+        [
+            ("HOME", self.home.as_str()),
+            ("USER", self.user.as_str()),
+            ("LOGNAME", self.user.as_str()),
+            ("SHELL", self.shell.as_str()),
+        ]
+    }
+}
+
+/// The names [`Login`] sets.
+const LOGIN_VARS: [&str; 4] = ["HOME", "USER", "LOGNAME", "SHELL"];
+
+/// What a service's environment starts from, decided once at start from nanny.conf: the
+/// daemon's whole environment (no `passenv`, tcpserver's behaviour), or xinetd's minimal one
+/// (PATH plus the `passenv` names the daemon has). Either way the login variables are the
+/// service user's, and the UCSPI, NANNY_ and `setenv` variables are added per connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEnvPolicy {
+    passenv: Option<Vec<String>>,
+    /// The user services run as when the verdict has no [`Creds`] (no `user`, or not root):
+    /// the daemon's own. None if its uid has no passwd entry: the login variables are then
+    /// left out rather than inherited.
+    own: Option<Login>,
+}
+
+impl ServiceEnvPolicy {
+    /// The policy nanny.conf asks for. Call at start, while /etc is visible (the daemon's own
+    /// passwd entry is looked up here).
+    pub fn from_conf(conf: &policy::conf::NannyConf) -> ServiceEnvPolicy {
+        ServiceEnvPolicy {
+            passenv: conf.passenv.clone(),
+            own: own_login(),
+        }
+    }
+
+    /// The parent's environment as the policy filters it, without the login variables.
+    fn base(&self) -> EnvEntries {
+        let keep = |name: &[u8]| -> bool {
+            if LOGIN_VARS.iter().any(|v| v.as_bytes() == name) {
+                return false;
+            }
+            match &self.passenv {
+                None => true,
+                Some(names) => name == b"PATH" || names.iter().any(|n| n.as_bytes() == name),
+            }
+        };
+        let mut out: EnvEntries = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let name = k.as_bytes().to_vec();
+                if !keep(&name) {
+                    return None;
+                }
+                let mut kv = name.clone();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).ok().map(|c| (name, c))
+            })
+            .collect();
+        if self.passenv.is_some() && !out.iter().any(|(n, _)| n == b"PATH") {
+            if let Ok(c) = CString::new(format!("PATH={DEFAULT_PATH}")) {
+                out.push((b"PATH".to_vec(), c));
+            }
+        }
+        out
+    }
+}
+
+/// The daemon's own passwd entry (the user its services run as without `user`).
+fn own_login() -> Option<Login> {
+    let user = User::from_uid(nix::unistd::geteuid()).ok()??;
+    Some(Login {
+        user: user.name,
+        home: user.dir.to_string_lossy().into_owned(),
+        shell: user.shell.to_string_lossy().into_owned(),
+    })
+}
+
+/// Environment entries as (name, `NAME=value`), ready for envp.
+type EnvEntries = Vec<(Vec<u8>, CString)>;
+
+/// The policy set by [`set_env_policy`] and the base it filters out of the parent's
+/// environment; until it is set (unit tests), the whole environment with the daemon's own login
+/// variables.
+static ENV_POLICY: OnceLock<(ServiceEnvPolicy, EnvEntries)> = OnceLock::new();
+
+fn env_policy() -> &'static (ServiceEnvPolicy, EnvEntries) {
+    ENV_POLICY.get_or_init(|| {
+        let p = ServiceEnvPolicy {
+            passenv: None,
+            own: own_login(),
+        };
+        let base = p.base();
+        (p, base)
+    })
+}
+
+/// Sets the environment policy of every later service, once, at start (the parent never
+/// changes its own environment, so the filtered base is built here once). A second call is
+/// ignored: nanny.conf is read only at start.
+pub fn set_env_policy(p: ServiceEnvPolicy) {
+    let base = p.base();
+    let _ = ENV_POLICY.set((p, base));
 }
 
 /// Exit status of a service child whose set-up failed before exec (dup2 or a credential
@@ -62,23 +193,6 @@ pub const EXIT_EXEC_FAILED: i32 = 127;
 /// one (execvp's default, without the current directory).
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-/// The parent's own environment as `NAME=value` C strings with their names, built once: the
-/// parent never changes its environment, and every service starts from it.
-fn base_env() -> &'static [(Vec<u8>, CString)] {
-    static BASE: OnceLock<Vec<(Vec<u8>, CString)>> = OnceLock::new();
-    BASE.get_or_init(|| {
-        std::env::vars_os()
-            .filter_map(|(k, v)| {
-                let name = k.as_bytes().to_vec();
-                let mut kv = name.clone();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                CString::new(kv).ok().map(|c| (name, c))
-            })
-            .collect()
-    })
-}
-
 fn cstring(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| {
         io::Error::new(
@@ -88,15 +202,32 @@ fn cstring(s: &str) -> io::Result<CString> {
     })
 }
 
-/// The environment for one service: the parent's, with `extra` added or replacing (later
-/// entries of `extra` win, so setenv beats the built-in variables). The parent's entries are
-/// borrowed from [`base_env`], not copied for every service.
-fn service_env(extra: &[(String, String)]) -> io::Result<Vec<Cow<'static, CStr>>> {
-    let mut out: Vec<Cow<'static, CStr>> = base_env()
+/// The environment for one service: the policy's base (the parent's environment, filtered by
+/// `passenv`), then the login variables of the user it runs as (`creds`, else the daemon's
+/// own), then `extra` (later entries win, so setenv beats the built-in variables). The base
+/// entries are borrowed, not copied for every service.
+fn service_env(
+    extra: &[(String, String)],
+    creds: Option<&Creds>,
+) -> io::Result<Vec<Cow<'static, CStr>>> {
+    let (policy, base) = env_policy();
+    let in_extra = |name: &[u8]| extra.iter().any(|(k, _)| k.as_bytes() == name);
+    let mut out: Vec<Cow<'static, CStr>> = base
         .iter()
-        .filter(|(name, _)| !extra.iter().any(|(k, _)| k.as_bytes() == name.as_slice()))
+        .filter(|(name, _)| !in_extra(name))
         .map(|(_, kv)| Cow::Borrowed(kv.as_c_str()))
         .collect();
+    let login = match creds {
+        Some(c) => Some(Login::of(c)),
+        None => policy.own.clone(),
+    };
+    if let Some(login) = login {
+        for (k, v) in login.vars() {
+            if !in_extra(k.as_bytes()) {
+                out.push(Cow::Owned(cstring(&format!("{k}={v}"))?));
+            }
+        }
+    }
     for (i, (k, v)) in extra.iter().enumerate() {
         if extra
             .get(i + 1..)
@@ -170,7 +301,7 @@ pub fn spawn_service(
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let path = find_program(prog, env)?;
     let args: Vec<CString> = argv.iter().map(|a| cstring(a)).collect::<io::Result<_>>()?;
-    let envs = service_env(env)?;
+    let envs = service_env(env, creds)?;
     let mut argp: Vec<*const libc::c_char> = args.iter().map(|c| c.as_ptr()).collect();
     argp.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = envs.iter().map(|c| c.as_ptr()).collect();
@@ -353,7 +484,7 @@ mod raw {
 /// The child side of [`spawn_service`]. async-signal-safe: no alloc, no locks, and no write to
 /// memory shared with the parent (the child shares it until execve) except errno; it only reads
 /// values prepared by the parent and makes system calls (signal, dup2, setgroups, setresgid,
-/// setresuid, getrlimit/setrlimit, sigprocmask, execve, _exit).
+/// setresuid, getrlimit/setrlimit, sigprocmask, setsid, execve, _exit).
 ///
 /// # Safety
 /// Call only in the child of `clone(CLONE_VM | CLONE_VFORK)` or `fork`, with valid
@@ -372,6 +503,13 @@ unsafe fn service_child(a: &ChildArgs<'_>) -> ! {
         libc::SIGPIPE,
     ] {
         libc::signal(sig, libc::SIG_DFL);
+    }
+    // A session (and process group) of its own: a terminal's Ctrl-C or `kill -INT -PGID`
+    // aimed at the daemon must not reach running services, which SIGTERM also leaves running;
+    // and a service's own job control cannot signal the daemon's group. Never fails in a fresh
+    // child (it is not a group leader), but a child that could not detach must not run.
+    if libc::setsid() < 0 {
+        libc::_exit(EXIT_SETUP_FAILED);
     }
     // dup2 clears close-on-exec on the copies; the original (CLOEXEC, above 2 because fds 0-2
     // are always open in the parent) closes at exec.
@@ -577,17 +715,20 @@ mod tests {
 
     #[test]
     fn env_merging_and_path_search() {
-        let env = service_env(&[
-            ("PROTO".into(), "TCP".into()),
-            ("X".into(), "1".into()),
-            ("X".into(), "2".into()),
-        ])
+        let env = service_env(
+            &[
+                ("PROTO".into(), "TCP".into()),
+                ("X".into(), "1".into()),
+                ("X".into(), "2".into()),
+            ],
+            None,
+        )
         .unwrap();
         let strs: Vec<&str> = env.iter().map(|c| c.to_str().unwrap()).collect();
         assert!(strs.contains(&"PROTO=TCP"));
         assert!(strs.contains(&"X=2") && !strs.contains(&"X=1"));
-        assert!(service_env(&[("A=B".into(), "x".into())]).is_err());
-        assert!(service_env(&[("A".into(), "x\0y".into())]).is_err());
+        assert!(service_env(&[("A=B".into(), "x".into())], None).is_err());
+        assert!(service_env(&[("A".into(), "x\0y".into())], None).is_err());
         assert_eq!(
             find_program("/bin/sh", &[]).unwrap().to_str().unwrap(),
             "/bin/sh"

@@ -57,6 +57,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         }
         (None, false) => None,
     };
+    spawn::set_env_policy(spawn::ServiceEnvPolicy::from_conf(conf));
     let plan = if root {
         let (name, uid, gid) = setup::privsep_user(conf)?;
         let dir =

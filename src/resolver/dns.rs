@@ -5,7 +5,7 @@
 //! `/etc/nsswitch.conf`, `/etc/hosts` and `/etc/resolv.conf`). The bytes handled are DNS answers
 //! as decoded by the C library; the names it hands back are untrusted (a PTR record says
 //! whatever its owner likes) and become facts only after passing the `HostName` shape check.
-//! Every call here blocks for as long as the C library decides; the dispatcher runs them on the
+//! Every call here blocks for as long as the C library decides; the scheduler runs them on the
 //! pool and answers at the request deadline regardless.
 //!
 //! Hostname statuses (the four words `hnstatus:` matches):

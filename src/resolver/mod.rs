@@ -20,17 +20,21 @@
 //! Exit codes: 0 when the parent or the classifier closes its channel (shutdown or a restart of
 //! the pair), 111 on a protocol violation or a broken channel.
 //!
-//! Thread layout: the pool's workers and the deadline timer (see `dispatch`) plus two reader
-//! threads (parent, classifier); the calling thread only waits for one of the readers to stop.
-//! Every thread is started before the first lookup, and their number never changes afterwards:
-//! once they all exist, `run` sets RLIMIT_NPROC to 0 (`privsep::forbid_new_processes`).
+//! Thread layout: the deadline timer (see `scheduler`) and two reader threads (parent,
+//! classifier); the calling thread only waits for one of the readers to stop. Lookup threads
+//! are started on demand, when lookups are queued and every existing one is busy, up to the
+//! maximum (`pool`). So the resolver cannot forbid processes with RLIMIT_NPROC 0, which Linux
+//! also applies to threads: before its first thread, `run` installs a seccomp filter that
+//! refuses every way of creating a process or running a program but lets threads start
+//! (`nofork`).
 
 pub mod answerson;
 pub mod cache;
-pub mod dispatch;
 pub mod dns;
 pub mod identd;
+pub mod nofork;
 pub mod pool;
+pub mod scheduler;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -43,7 +47,9 @@ use privsep::proto::{
 };
 use privsep::{Channel, ChannelError, Sender};
 
-use dispatch::{Dispatcher, Lookups, Outcome, Sink};
+use crate::exit::{EXIT_OK, EXIT_SYSTEM};
+
+use scheduler::{Lookups, Outcome, Scheduler, Sink};
 
 /// The lookups the resolver really performs: the system resolver, identd, TCP connects.
 pub struct SystemLookups;
@@ -132,9 +138,6 @@ fn log_early(parent: &mut Channel<ResolverToParent, ParentToResolver>, text: Str
     }));
 }
 
-const EXIT_OK: u8 = 0;
-const EXIT_TEMP: u8 = 111;
-
 /// The resolver role's entry point (called by the role main after the privilege drop).
 pub fn run(
     parent: Channel<ResolverToParent, ParentToResolver>,
@@ -143,8 +146,8 @@ pub fn run(
     serve_with(parent, classifier, SystemLookups, true)
 }
 
-/// `run` with the lookups supplied and without RLIMIT_NPROC (tests run it in-process, where
-/// the limit would stop the rest of the test binary from starting threads).
+/// `run` with the lookups supplied and without the process-creation filter (tests run it
+/// in-process, where the filter would stop the rest of the test binary from running programs).
 pub fn serve<L: Lookups>(
     parent: Channel<ResolverToParent, ParentToResolver>,
     classifier: Channel<ResolverToClassifier, ClassifierToResolver>,
@@ -169,16 +172,16 @@ fn serve_with<L: Lookups>(
         }) if theirs == build => settings,
         Ok(ParentToResolver::Hello { .. }) => {
             log_early(&mut parent, "parent build differs; exiting".into());
-            return ExitCode::from(EXIT_TEMP);
+            return ExitCode::from(EXIT_SYSTEM);
         }
         Ok(_) => {
             log_early(&mut parent, "first parent message was not Hello".into());
-            return ExitCode::from(EXIT_TEMP);
+            return ExitCode::from(EXIT_SYSTEM);
         }
         Err(ChannelError::Closed) => return ExitCode::from(EXIT_OK),
         Err(e) => {
             log_early(&mut parent, format!("parent channel: {e}"));
-            return ExitCode::from(EXIT_TEMP);
+            return ExitCode::from(EXIT_SYSTEM);
         }
     };
     if parent
@@ -187,39 +190,39 @@ fn serve_with<L: Lookups>(
         })
         .is_err()
     {
-        return ExitCode::from(EXIT_TEMP);
+        return ExitCode::from(EXIT_SYSTEM);
     }
 
     match classifier.recv() {
         Ok(ClassifierToResolver::Hello { build: theirs }) if theirs == build => {}
         Ok(ClassifierToResolver::Hello { .. }) => {
             log_early(&mut parent, "classifier build differs; exiting".into());
-            return ExitCode::from(EXIT_TEMP);
+            return ExitCode::from(EXIT_SYSTEM);
         }
         Ok(ClassifierToResolver::Lookup { .. }) => {
             log_early(&mut parent, "classifier sent Lookup before Hello".into());
-            return ExitCode::from(EXIT_TEMP);
+            return ExitCode::from(EXIT_SYSTEM);
         }
         Err(ChannelError::Closed) => return ExitCode::from(EXIT_OK),
         Err(e) => {
             log_early(&mut parent, format!("classifier channel: {e}"));
-            return ExitCode::from(EXIT_TEMP);
+            return ExitCode::from(EXIT_SYSTEM);
         }
     }
     if classifier
         .send(&ResolverToClassifier::Hello { build })
         .is_err()
     {
-        return ExitCode::from(EXIT_TEMP);
+        return ExitCode::from(EXIT_SYSTEM);
     }
 
     let (parent_tx, mut parent_rx) = match parent.split() {
         Ok(halves) => halves,
-        Err(_) => return ExitCode::from(EXIT_TEMP),
+        Err(_) => return ExitCode::from(EXIT_SYSTEM),
     };
     let (class_tx, mut class_rx) = match classifier.split() {
         Ok(halves) => halves,
-        Err(_) => return ExitCode::from(EXIT_TEMP),
+        Err(_) => return ExitCode::from(EXIT_SYSTEM),
     };
     let sink = ChannelSink {
         classifier: class_tx,
@@ -233,7 +236,15 @@ fn serve_with<L: Lookups>(
         }));
     };
 
-    let dispatcher = match Dispatcher::from_settings(&settings, sink, lookups) {
+    // ORDER: before the first thread of this process (the filter is synchronised to every
+    // thread anyway, and inherited by the ones started later).
+    if forbid_new_processes {
+        if let Err(e) = nofork::forbid_new_processes() {
+            log(LogLevel::Crit, 0, format!("forbidding new processes: {e}"));
+            return ExitCode::from(EXIT_SYSTEM);
+        }
+    }
+    let scheduler = match Scheduler::from_settings(&settings, sink, lookups) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             log(
@@ -241,15 +252,15 @@ fn serve_with<L: Lookups>(
                 0,
                 format!("cannot start lookup threads: {e}"),
             );
-            return ExitCode::from(EXIT_TEMP);
+            return ExitCode::from(EXIT_SYSTEM);
         }
     };
     log(
         LogLevel::Info,
         1,
         format!(
-            "resolver ready threads={} dnstimeout={}ms identdtimeout={}ms answersontimeout={}ms cachettl={}s cachesize={}",
-            dispatcher.threads(),
+            "resolver ready maxthreads={} dnstimeout={}ms identdtimeout={}ms answersontimeout={}ms cachettl={}s cachesize={}",
+            scheduler.max_threads(),
             settings.dns_timeout_ms,
             settings.identd_timeout_ms,
             settings.answerson_timeout_ms,
@@ -261,7 +272,7 @@ fn serve_with<L: Lookups>(
     // Whichever reader stops first decides the exit code.
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<u8>(2);
 
-    let d = Arc::clone(&dispatcher);
+    let d = Arc::clone(&scheduler);
     let plog = log.clone();
     let stop = stop_tx.clone();
     let parent_reader = thread::Builder::new()
@@ -275,18 +286,18 @@ fn serve_with<L: Lookups>(
                     }
                     Ok(ParentToResolver::Hello { .. }) => {
                         plog(LogLevel::Crit, 0, "second Hello from parent".into());
-                        break EXIT_TEMP;
+                        break EXIT_SYSTEM;
                     }
                     Err(ChannelError::Closed) => break EXIT_OK,
                     Err(e) => {
                         plog(LogLevel::Crit, 0, format!("parent channel: {e}"));
-                        break EXIT_TEMP;
+                        break EXIT_SYSTEM;
                     }
                 }
             };
             let _ = stop.send(code);
         });
-    let d = Arc::clone(&dispatcher);
+    let d = Arc::clone(&scheduler);
     let clog = log.clone();
     let stop = stop_tx;
     let class_reader = thread::Builder::new()
@@ -295,13 +306,13 @@ fn serve_with<L: Lookups>(
             let code = loop {
                 match class_rx.recv() {
                     Ok(ClassifierToResolver::Lookup { req, query }) => {
-                        if !dispatch::plausible(&query) {
+                        if !scheduler::plausible(&query) {
                             clog(
                                 LogLevel::Warning,
                                 0,
                                 format!(
                                     "refusing lookup about a non-peer address: {}",
-                                    dispatch::describe(&query)
+                                    scheduler::describe(&query)
                                 ),
                             );
                             d.answer_failure(req, query);
@@ -311,12 +322,12 @@ fn serve_with<L: Lookups>(
                     }
                     Ok(ClassifierToResolver::Hello { .. }) => {
                         clog(LogLevel::Crit, 0, "second Hello from classifier".into());
-                        break EXIT_TEMP;
+                        break EXIT_SYSTEM;
                     }
                     Err(ChannelError::Closed) => break EXIT_OK,
                     Err(e) => {
                         clog(LogLevel::Crit, 0, format!("classifier channel: {e}"));
-                        break EXIT_TEMP;
+                        break EXIT_SYSTEM;
                     }
                 }
             };
@@ -324,16 +335,8 @@ fn serve_with<L: Lookups>(
         });
     if parent_reader.is_err() || class_reader.is_err() {
         log(LogLevel::Crit, 0, "cannot start reader threads".into());
-        return ExitCode::from(EXIT_TEMP);
+        return ExitCode::from(EXIT_SYSTEM);
     }
-    // ORDER: every thread this process will ever have exists now (pool, timer, readers), so
-    // from here on none may be created: a compromised resolver cannot fork or run programs.
-    if forbid_new_processes {
-        if let Err(e) = privsep::forbid_new_processes() {
-            log(LogLevel::Crit, 0, format!("forbidding new processes: {e}"));
-            return ExitCode::from(EXIT_TEMP);
-        }
-    }
-    let code = stop_rx.recv().unwrap_or(EXIT_TEMP);
+    let code = stop_rx.recv().unwrap_or(EXIT_SYSTEM);
     ExitCode::from(code)
 }

@@ -1135,3 +1135,83 @@ pub fn fields(line: &str) -> HashMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// A daemon in a process group of its own
+// ---------------------------------------------------------------------------------------------
+
+impl Nanny {
+    /// Like [`Nanny::start`], but the daemon leads a process group of its own, as a shell's
+    /// foreground job does, so a test can signal that whole group (a terminal's Ctrl-C) without
+    /// signalling itself. As root it runs in the same DNS sandbox as `start` (no syslog, no
+    /// `Mode::NonRoot`).
+    pub fn start_group_leader(s: &Scratch, setup: Setup) -> Nanny {
+        Nanny::start_group_leader_env(s, setup, &[])
+    }
+
+    /// [`Nanny::start_group_leader`] with these variables in the daemon's environment besides
+    /// PATH.
+    pub fn start_group_leader_env(s: &Scratch, setup: Setup, env: &[(&str, &str)]) -> Nanny {
+        use std::os::unix::process::CommandExt;
+        let conf = s.write("nanny.conf", &setup.conf_text(s));
+        let rules = s.write("nanny-rules", &setup.rules);
+        let actions = s.write("nanny-actions", &setup.actions);
+        let stderr = s.path("nanny.stderr");
+        let errf = fs::File::create(&stderr).expect("create stderr file");
+        let mut dns = None;
+        let mut cmd;
+        if is_root() {
+            let d = start_dns_sandbox(s);
+            let script = format!(
+                "set -e\nmount --bind {} /etc/resolv.conf\nexec \"$@\"\n",
+                d.resolv_conf.display()
+            );
+            dns = Some(d);
+            cmd = Command::new("unshare");
+            cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+                .arg(script)
+                .arg("sh")
+                .arg(BIN);
+        } else {
+            cmd = Command::new(BIN);
+        }
+        cmd.args(&setup.args)
+            .arg(&conf)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .envs(env.iter().copied())
+            .current_dir(&s.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(errf))
+            .process_group(0);
+        let child = cmd.spawn().expect("spawn portnanny");
+        let pid = child.id() as i32;
+        let n = Nanny {
+            child: Some(child),
+            pid,
+            addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, setup.port)),
+            stderr,
+            conf,
+            rules,
+            actions,
+            dns,
+            syslogd: None,
+            seen: std::sync::Mutex::new(BTreeMap::new()),
+        };
+        n.wait_listening(setup.port);
+        n
+    }
+}
+
+/// (process group, session) of `pid`, fields 5 and 6 of /proc/PID/stat.
+pub fn pgrp_session(pid: i32) -> Option<(i32, i32)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): pgrp is field 5, session field 6.
+    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+}

@@ -1,4 +1,4 @@
-//! The resolver's request dispatcher: cache, in-flight merging, the worker pool and deadlines.
+//! The resolver's lookup scheduler: cache, in-flight merging, the worker pool and deadlines.
 //!
 //! Runs in the resolver process. Requests come from the classifier (`Lookup { req, query }`,
 //! shape-checked on decode); answers go back to it through a [`Sink`], always echoing `req` and
@@ -16,8 +16,9 @@
 //! forward lookup unfinished" = `noforward`). A late lookup still fills the cache.
 //!
 //! Invariants:
-//! - threads are fixed (pool + one timer thread); a stuck C library call holds one worker, never
-//!   starts another, and the jobs queued behind it are answered by the timer at their deadline;
+//! - pool threads are started on demand up to the maximum, plus one timer thread; a stuck C
+//!   library call holds one worker, and once the maximum is reached the jobs queued behind it
+//!   are answered by the timer at their deadline;
 //! - a job whose every waiter has already been answered is skipped when a worker reaches it, so
 //!   a backlog drains quickly after a stall;
 //! - answers are sent without holding the state lock (the sink may block on a socket);
@@ -157,7 +158,7 @@ pub struct Stats {
     pub waiting: usize,
 }
 
-pub struct Dispatcher<S: Sink, L: Lookups> {
+pub struct Scheduler<S: Sink, L: Lookups> {
     shared: Arc<Shared<S, L>>,
     pool: Pool,
 }
@@ -269,7 +270,7 @@ impl<S: Sink, L: Lookups> Shared<S, L> {
     }
 }
 
-impl<S: Sink, L: Lookups> Dispatcher<S, L> {
+impl<S: Sink, L: Lookups> Scheduler<S, L> {
     /// Start the pool (`threads` clamped to [`MIN_THREADS`]..=[`MAX_THREADS`]) and the timer.
     pub fn start(
         threads: usize,
@@ -277,7 +278,7 @@ impl<S: Sink, L: Lookups> Dispatcher<S, L> {
         cache: Cache,
         sink: S,
         lookups: L,
-    ) -> std::io::Result<Dispatcher<S, L>> {
+    ) -> std::io::Result<Scheduler<S, L>> {
         let threads = threads.clamp(MIN_THREADS, MAX_THREADS);
         let pool = Pool::start(threads, threads * QUEUE_PER_THREAD)?;
         let shared = Arc::new(Shared {
@@ -299,10 +300,10 @@ impl<S: Sink, L: Lookups> Dispatcher<S, L> {
         thread::Builder::new()
             .name("lookup-deadlines".to_owned())
             .spawn(move || t.timer_loop())?;
-        Ok(Dispatcher { shared, pool })
+        Ok(Scheduler { shared, pool })
     }
 
-    /// Settings → dispatcher, as the resolver's `run` uses it.
+    /// Settings → scheduler, as the resolver's `run` uses it.
     pub fn from_settings(s: &ResolverSettings, sink: S, lookups: L) -> std::io::Result<Self> {
         let ms = |v: u32| Duration::from_millis(u64::from(v.max(1)));
         let timeouts = Timeouts {
@@ -318,8 +319,14 @@ impl<S: Sink, L: Lookups> Dispatcher<S, L> {
         Self::start(threads, timeouts, cache, sink, lookups)
     }
 
+    /// Lookup threads started so far (they are started on demand).
     pub fn threads(&self) -> usize {
         self.pool.threads()
+    }
+
+    /// The most lookup threads this scheduler starts.
+    pub fn max_threads(&self) -> usize {
+        self.pool.max_threads()
     }
 
     /// Handle one request from the classifier. Blocks only when the pool queue is full, and
@@ -403,7 +410,7 @@ impl<S: Sink, L: Lookups> Dispatcher<S, L> {
     }
 }
 
-impl<S: Sink, L: Lookups> Drop for Dispatcher<S, L> {
+impl<S: Sink, L: Lookups> Drop for Scheduler<S, L> {
     fn drop(&mut self) {
         self.shared.lock().stopping = true;
         self.shared.timer.notify_all();
@@ -506,10 +513,10 @@ mod tests {
         delay_ms: u64,
         dns_ms: u64,
         partial: Option<Answer>,
-    ) -> (Dispatcher<SinkRef, Slow>, SinkRef, Arc<AtomicUsize>) {
+    ) -> (Scheduler<SinkRef, Slow>, SinkRef, Arc<AtomicUsize>) {
         let sink = SinkRef::default();
         let calls = Arc::new(AtomicUsize::new(0));
-        let d = Dispatcher::start(
+        let d = Scheduler::start(
             8,
             timeouts(dns_ms),
             Cache::new(100, Duration::from_secs(300)),
@@ -630,12 +637,14 @@ mod tests {
         // backpressure) and is then answered as failed. Every request is answered close to its
         // deadline although no lookup finished.
         let (d, sink, calls) = start(1000, 100, None);
-        assert_eq!(d.threads(), MIN_THREADS);
+        assert_eq!(d.max_threads(), MIN_THREADS);
+        assert_eq!(d.threads(), 0, "started on demand");
         let t = Instant::now();
         for i in 0..41u64 {
             d.submit(ReqId(i), dnsbl(&format!("z{i}.example")));
         }
         let blocked = t.elapsed();
+        assert_eq!(d.threads(), MIN_THREADS, "grown to the maximum, not beyond");
         assert!(
             blocked >= Duration::from_millis(90),
             "41st submit waited: {blocked:?}"
