@@ -107,7 +107,8 @@ fn silent_identd(ip: Ipv4Addr) -> TcpListener {
 }
 
 /// issue 9 item 7: out of descriptors, "pausing accepts" is logged once per episode (it was
-/// logged ten times a second per listener), and the end of the episode is logged with a count.
+/// logged ten times a second per listener), the end of the episode is logged with a count, and
+/// pending connections whose clients have gone are closed without being evaluated.
 #[test]
 fn accept_exhaustion_is_logged_once_per_episode() {
     if skip_unless_root("accept_exhaustion_is_logged_once_per_episode") {
@@ -120,7 +121,7 @@ fn accept_exhaustion_is_logged_once_per_episode() {
     let n = Nanny::start(
         &s,
         Setup::new(rules, "slow: msg slow%(nl)s\nother: msg other%(nl)s\n")
-            .conf("identdtimeout 3s\nmaxthreads 8"),
+            .conf("identdtimeout 3s\nmaxthreads 2"),
     );
     // A hard descriptor limit just above what the parent holds at rest.
     let st = Command::new("prlimit")
@@ -148,7 +149,21 @@ fn accept_exhaustion_is_logged_once_per_episode() {
     let during = n.log_since(mark);
     let lines = during.matches("pausing accepts").count();
     assert_eq!(lines, 1, "one line per episode, got {lines}:\n{during}");
+    // The clients give up. Their connections must not be evaluated (two at a time, 3 s each:
+    // over 40 s for the ~30 the parent holds) before a new client is served.
     drop(clients);
+    let left = Instant::now();
+    let fresh = Ipv4Addr::new(127, 61, 7, 2);
+    let served = wait_for(Duration::from_secs(30), || {
+        let r = n.fetch_from(fresh).text();
+        (r == "other\n").then_some(left.elapsed())
+    })
+    .unwrap_or_else(|| panic!("no new client served within 30 s; log:\n{}", n.log()));
+    assert!(
+        served < Duration::from_secs(10),
+        "a new client waited {served:?} behind connections whose clients had gone; log:\n{}",
+        n.log()
+    );
     let resumed = n
         .wait_log_since(mark, Duration::from_secs(30), |l| {
             l.contains("accepts resumed:")

@@ -320,6 +320,10 @@ pub enum ParentToClassifier {
     Flush,
     /// SIGUSR2: answer with `Status`.
     StatusRequest,
+    /// The peer of pending connection `conn` has gone (reset, or closed without sending
+    /// anything) and the parent closed its socket. If its evaluation has not started it is
+    /// skipped: the classifier answers a close verdict at once (still exactly one `Verdict`).
+    ConnGone { conn: ConnId },
 }
 
 /// Sent by the classifier; decoded only by the parent, which admits it in `parent/admit.rs`.

@@ -85,7 +85,25 @@ impl Dispatcher {
             ParentToClassifier::ConnClosed { conn } => self.on_conn_closed(conn),
             ParentToClassifier::Flush => self.on_flush(),
             ParentToClassifier::StatusRequest => self.on_status_request(),
+            ParentToClassifier::ConnGone { conn } => self.on_conn_gone(conn),
         }
+    }
+
+    /// Remembers that `conn`'s peer has gone; the pool skips its evaluation if it is still
+    /// queued. The set only ever needs the queued connections: when it outgrows the queue,
+    /// stale entries (connections decided before the message came) are dropped wholesale,
+    /// which at worst evaluates a gone connection as before.
+    fn on_conn_gone(&mut self, conn: ConnId) -> Flow {
+        let mut gone = self
+            .shared
+            .gone
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if gone.len() >= pool::MAX_QUEUED {
+            gone.clear();
+        }
+        gone.insert(conn);
+        Flow::Continue
     }
 
     fn log(&self, level: LogLevel, verbosity: u8, text: String) {

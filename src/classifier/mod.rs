@@ -178,6 +178,8 @@ impl Clock {
 /// State shared by the dispatch thread, the evaluation pool and the resolver reader.
 pub(crate) struct Shared {
     pub parent: ParentLink,
+    /// Pending connections whose peer has gone (`ConnGone`): skipped if not yet evaluated.
+    pub gone: Mutex<std::collections::HashSet<privsep::proto::ConnId>>,
     pub lookups: Lookups,
     pub history: Mutex<History>,
     pub conntrack: Mutex<Conntrack>,
@@ -195,6 +197,7 @@ impl Shared {
     fn with_link(parent: ParentLink, resolver: Sender<ClassifierToResolver>) -> Self {
         Shared {
             parent,
+            gone: Mutex::new(std::collections::HashSet::new()),
             lookups: Lookups::new(resolver),
             history: Mutex::new(History::new(MAX_HISTORY)),
             conntrack: Mutex::new(Conntrack::new()),

@@ -101,7 +101,17 @@ impl Pool {
 }
 
 fn evaluate(shared: &Shared, job: Job, in_flight: &AtomicUsize) {
-    let msg = classify(shared, job);
+    let gone = shared
+        .gone
+        .lock()
+        .map(|mut g| !g.is_empty() && g.remove(&job.conn))
+        .unwrap_or(false);
+    let msg = if gone {
+        // Its peer left while it waited for a thread: no evaluation, no lookups.
+        verdict::close(shared, job.conn)
+    } else {
+        classify(shared, job)
+    };
     in_flight.fetch_sub(1, Ordering::AcqRel);
     send(shared, job.conn, msg);
 }

@@ -83,6 +83,9 @@ impl Parent {
                                 last: now,
                                 failures: 1,
                             });
+                            // Clients that gave up still hold descriptors here: free them now.
+                            self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                            return self.close_gone();
                         }
                     }
                     self.accept_paused_until = Some(now + ACCEPT_PAUSE);

@@ -43,7 +43,8 @@ pub struct Served {
 #[derive(Debug)]
 pub enum State {
     Pending {
-        stream: TcpStream,
+        /// None once its peer has gone: the socket is closed, the verdict still awaited.
+        stream: Option<TcpStream>,
         /// The oldest generation its verdict may name.
         min_gen: Gen,
     },
@@ -111,6 +112,32 @@ pub struct PendingConn {
     pub stream: TcpStream,
 }
 
+/// What [`Conns::take_pending`] found.
+#[derive(Debug)]
+pub enum Taken {
+    Live(PendingConn),
+    /// Its peer had gone and its socket is closed already.
+    Gone(Meta),
+}
+
+/// Whether the peer of an accepted socket has gone: it reset the connection, or closed it
+/// without sending a byte. Never blocks.
+fn peer_gone(s: &TcpStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    match recv(
+        s.as_raw_fd(),
+        &mut b,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
+        Err(_) => true,
+    }
+}
+
 impl Conns {
     pub fn len(&self) -> usize {
         self.rows.len()
@@ -155,7 +182,10 @@ impl Conns {
             remote,
             local,
             accepted: now,
-            state: State::Pending { stream, min_gen },
+            state: State::Pending {
+                stream: Some(stream),
+                min_gen,
+            },
         };
         if let Some(old) = self.rows.insert(id, row) {
             // Ids are never reused; keep the indexes right even so.
@@ -191,8 +221,23 @@ impl Conns {
             .map(|c| c.id)
     }
 
+    /// Closes the sockets of pending connections whose peer has gone (see [`peer_gone`]), so
+    /// they hold no descriptor while their verdict is awaited; returns their ids.
+    pub fn close_gone(&mut self) -> Vec<ConnId> {
+        let mut ids = Vec::new();
+        for c in self.rows.values_mut() {
+            if let State::Pending { stream, .. } = &mut c.state {
+                if stream.as_ref().is_some_and(peer_gone) {
+                    *stream = None;
+                    ids.push(c.id);
+                }
+            }
+        }
+        ids
+    }
+
     /// Takes a pending connection out for its verdict (None if it is not pending).
-    pub fn take_pending(&mut self, id: ConnId) -> Option<PendingConn> {
+    pub fn take_pending(&mut self, id: ConnId) -> Option<Taken> {
         if !matches!(
             self.rows.get(&id).map(|c| &c.state),
             Some(State::Pending { .. })
@@ -201,16 +246,18 @@ impl Conns {
         }
         let c = self.rows.remove(&id)?;
         self.pending = self.pending.saturating_sub(1);
+        let meta = Meta {
+            id,
+            remote: c.remote,
+            local: c.local,
+            accepted: c.accepted,
+        };
         match c.state {
-            State::Pending { stream, .. } => Some(PendingConn {
-                meta: Meta {
-                    id,
-                    remote: c.remote,
-                    local: c.local,
-                    accepted: c.accepted,
-                },
-                stream,
-            }),
+            State::Pending {
+                stream: Some(stream),
+                ..
+            } => Some(Taken::Live(PendingConn { meta, stream })),
+            State::Pending { stream: None, .. } => Some(Taken::Gone(meta)),
             _ => None,
         }
     }
@@ -417,7 +464,9 @@ mod tests {
         assert_eq!(t.min_gen(ConnId(1)), Some(Gen(2)));
         assert_eq!(t.oldest_pending_gen(), Some(Gen(2)));
 
-        let p = t.take_pending(ConnId(1)).unwrap();
+        let Some(Taken::Live(p)) = t.take_pending(ConnId(1)) else {
+            panic!("pending")
+        };
         assert!(t.take_pending(ConnId(1)).is_none(), "one verdict per conn");
         assert_eq!(t.min_gen(ConnId(1)), None);
         t.add_running(p.meta, 4242, true, served(2, now));
@@ -441,6 +490,45 @@ mod tests {
     }
 
     #[test]
+    fn a_gone_peer_loses_its_socket_but_keeps_its_row() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let now = Instant::now();
+        let local = l.local_addr().unwrap();
+        let mut t = Conns::default();
+        // Accepted sockets: one whose client left, one that sent a request, one still quiet.
+        let left = stream(&l);
+        let (a, ra) = l.accept().unwrap();
+        let mut talking = stream(&l);
+        let (b, rb) = l.accept().unwrap();
+        let _quiet = stream(&l);
+        let (c, rc) = l.accept().unwrap();
+        std::io::Write::write_all(&mut talking, b"GET\n").unwrap();
+        drop(talking);
+        drop(left);
+        t.add_pending(ConnId(1), a, ra, local, Gen(1), now);
+        t.add_pending(ConnId(2), b, rb, local, Gen(1), now);
+        t.add_pending(ConnId(3), c, rc, local, Gen(1), now);
+        let gone = crate::parent::conns::tests::wait_gone(&mut t);
+        assert_eq!(gone, vec![ConnId(1)]);
+        assert!(t.close_gone().is_empty(), "reported once");
+        assert_eq!(t.pending_len(), 3, "rows stay until their verdicts");
+        assert!(matches!(t.take_pending(ConnId(1)), Some(Taken::Gone(m)) if m.remote == ra));
+        assert!(matches!(t.take_pending(ConnId(2)), Some(Taken::Live(_))));
+    }
+
+    /// close_gone, retried briefly: the FIN reaches the accepted socket asynchronously.
+    fn wait_gone(t: &mut Conns) -> Vec<ConnId> {
+        for _ in 0..200 {
+            let g = t.close_gone();
+            if !g.is_empty() {
+                return g;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Vec::new()
+    }
+
+    #[test]
     fn writers_keep_their_slots() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let now = Instant::now();
@@ -448,7 +536,9 @@ mod tests {
         let mut t = Conns::default();
         for i in 1..=3 {
             t.add_pending(ConnId(i), stream(&l), local, local, Gen(1), now);
-            let p = t.take_pending(ConnId(i)).unwrap();
+            let Some(Taken::Live(p)) = t.take_pending(ConnId(i)) else {
+                panic!("pending")
+            };
             let s = p.stream.try_clone().unwrap();
             t.add_writing(
                 p.meta,

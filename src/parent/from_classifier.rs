@@ -12,7 +12,7 @@ use privsep::proto::{ConnId, Gen, LiveConn, ParentToClassifier};
 use privsep::Role;
 
 use super::admit::{self, Admitted, Verdict};
-use super::conns::Conns;
+use super::conns::{Conns, Taken};
 use super::status;
 use super::verdict::{self, ActCtx, Acted};
 use super::workers::Failure;
@@ -125,12 +125,17 @@ impl Parent {
     fn on_verdict(&mut self, v: Verdict) -> Result<(), Failure> {
         // Old tables are pruned once a second and on PolicyLoaded, not per verdict: finding the
         // oldest pending generation is a walk over every pending connection.
-        let Some(p) = self.conns.take_pending(v.conn()) else {
+        let counted = v.decision().counted;
+        let p = match self.conns.take_pending(v.conn()) {
+            Some(Taken::Live(p)) => p,
+            Some(Taken::Gone(meta)) => {
+                log::debug(1, &format!("drop conn={} reason=peer-gone", meta.id.0));
+                return self.conn_closed(meta.id, counted);
+            }
             // admit() checked it is pending; nothing to act on otherwise.
-            return Ok(());
+            None => return Ok(()),
         };
         let meta = p.meta;
-        let counted = v.decision().counted;
         let mut ctx = ActCtx {
             creds: self.creds.as_ref(),
             substitutions: self.settings.substitutions,
@@ -181,6 +186,30 @@ impl Parent {
         };
         for (m, what) in &sends {
             w.queue(m, what)?;
+        }
+        Ok(())
+    }
+
+    /// Closes pending connections whose peer has gone and tells the classifier, which skips
+    /// their evaluation if it has not started: a flood of clients that gave up must not hold
+    /// descriptors, or lookups, for the time their evaluations would take.
+    pub(super) fn close_gone(&mut self) -> Result<(), Failure> {
+        let gone = self.conns.close_gone();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        log::debug(
+            1,
+            &format!(
+                "closed {} pending connections whose peer has gone",
+                gone.len()
+            ),
+        );
+        let Some(w) = self.classifier.as_mut() else {
+            return Ok(());
+        };
+        for conn in gone {
+            w.queue(&ParentToClassifier::ConnGone { conn }, "ConnGone")?;
         }
         Ok(())
     }

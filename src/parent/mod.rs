@@ -409,6 +409,11 @@ impl Parent {
                 self.check_verdict_deadline(Instant::now());
                 self.note_good_policy(Instant::now());
                 self.end_exhaustion(Instant::now());
+                if self.exhausted.is_some() || self.conns.pending_len() >= MAX_PENDING / 2 {
+                    if let Err(f) = self.close_gone() {
+                        self.worker_failed(f);
+                    }
+                }
                 self.prune_tables();
                 self.reload(false);
                 self.next_reload = Instant::now() + RELOAD_EVERY;

@@ -126,7 +126,9 @@ mod tests {
             "127.0.0.1:4040".parse().unwrap(),
         );
         conns.add_pending(ConnId(17), stream, remote, local, Gen(3), t0);
-        let p = conns.take_pending(ConnId(17)).unwrap();
+        let Some(crate::parent::conns::Taken::Live(p)) = conns.take_pending(ConnId(17)) else {
+            panic!("pending")
+        };
         let served = Served {
             classes: vec!["local".to_owned(), "GLOBAL".to_owned()],
             action_class: "local".to_owned(),
