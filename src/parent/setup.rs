@@ -83,11 +83,12 @@ pub fn load_conf(path: &Path) -> Result<Config> {
     })
 }
 
-/// What the host must provide for nanny.conf to work: the `user` exists; the privsep user
-/// exists and is not root (when `privsep`: the daemon runs as root, or this is -C); the
-/// chroot directory passes the checks the daemon makes (only as root, the only case where
-/// the daemon chroots). A missing chroot directory is created by the daemon at start, so
-/// `-C` (`check`) only mentions it.
+/// What the host must provide for nanny.conf to work, as diagnostics at the directive: the
+/// `user` exists (H001); the privsep user exists and is not root (H002; when `root`, the only
+/// case where the daemon uses it, or when `check`, for -C); an existing chroot directory
+/// passes the daemon's checks (H003; only when `root`, the only case where the daemon
+/// chroots). A missing chroot directory is created by the daemon at start, so -C only
+/// mentions it (H004).
 pub fn host_checks(
     conf_src: (&str, &str),
     conf: &NannyConf,
