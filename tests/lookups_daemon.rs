@@ -411,7 +411,7 @@ fn resolver_threads_start_on_demand() {
     };
     let srcs = ["127.54.10.1", "127.54.10.2", "127.54.10.3", "127.54.10.4"];
     for src in srcs {
-        slow_identd(src, "alice", Duration::from_millis(1500), 1);
+        slow_identd(src, "alice", Duration::from_millis(2500), 1);
     }
     let rules = "ident: identd: alice\nother: ALL\n";
     let actions = "ident: msg ident%(nl)s\nother: msg other%(nl)s\n";
@@ -440,9 +440,9 @@ fn resolver_threads_start_on_demand() {
             thread::spawn(move || fetch_from(&src, port, CLIENT_TIMEOUT))
         })
         .collect();
-    // While the four identd lookups wait (1.5 s each), look at the thread count.
+    // While the four identd lookups wait (2.5 s each), look at the thread count.
     let mut during = 0;
-    let until = Instant::now() + Duration::from_millis(1200);
+    let until = Instant::now() + Duration::from_millis(2000);
     while Instant::now() < until {
         during = during.max(tasks(resolver));
         thread::sleep(Duration::from_millis(50));
