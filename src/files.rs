@@ -20,6 +20,9 @@ use policy::Diagnostic;
 /// 2 MB), small enough that a wrong path cannot exhaust the parent's memory.
 pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
+// A policy this size must fit in the parent-to-classifier frame (privsep's wire mirrors it).
+const _: () = assert!(privsep::wire::MAX_POLICY_FILE as u64 >= MAX_CONFIG_BYTES);
+
 /// Why a file could not be used.
 #[derive(Debug)]
 pub enum FileError {

@@ -11,6 +11,7 @@
 pub mod args;
 pub mod classifier;
 pub mod exit;
+pub mod fds;
 pub mod files;
 pub mod log;
 pub mod parent;

@@ -25,30 +25,9 @@ use std::sync::Mutex;
 
 use syslog::{Facility, LogFormat, LoggerBackend, Severity};
 
-/// Severity of a line; mapped to syslog priorities with -l.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Crit,
-    Err,
-    Warning,
-    Notice,
-    Info,
-    Debug,
-}
-
-impl From<privsep::proto::LogLevel> for Level {
-    fn from(l: privsep::proto::LogLevel) -> Level {
-        use privsep::proto::LogLevel as L;
-        match l {
-            L::Crit => Level::Crit,
-            L::Err => Level::Err,
-            L::Warning => Level::Warning,
-            L::Notice => Level::Notice,
-            L::Info => Level::Info,
-            L::Debug => Level::Debug,
-        }
-    }
-}
+/// Severity of a line; mapped to syslog priorities with -l. The same type workers put in their
+/// `Log` records (one definition, in the message contract).
+pub use privsep::proto::LogLevel as Level;
 
 type Syslog = syslog::Logger<LoggerBackend, LocalFormat>;
 

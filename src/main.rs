@@ -17,8 +17,8 @@ use std::process::ExitCode;
 use nix::unistd::{getppid, Gid, Uid};
 use portnanny::args::{self, Command, RoleArgs};
 use portnanny::exit::{Error, Result, EXIT_SYSTEM};
+use portnanny::fds::{cloexec_inherited, ensure_std_fds};
 use portnanny::log;
-use portnanny::parent::spawn::{cloexec_inherited, ensure_std_fds};
 use privsep::proto::{
     ClassifierToParent, LogLevel, LogRecord, ParentToClassifier, ParentToResolver,
     ResolverToParent, MAX_LOG_LINE,

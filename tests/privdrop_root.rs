@@ -92,6 +92,13 @@ fn workers_are_unprivileged_and_the_classifier_is_chrooted() {
     );
     assert_no_caps(r, "resolver");
     assert_eq!(status_field(r, "NoNewPrivs").as_deref(), Some("1"));
+    // It must create lookup threads on demand, so processes are forbidden by a seccomp
+    // filter (fork, vfork, execve) instead of RLIMIT_NPROC 0.
+    assert_eq!(
+        status_field(r, "Seccomp").as_deref(),
+        Some("2"),
+        "the resolver runs under its no-fork filter"
+    );
     let rroot = fs::read_link(format!("/proc/{r}/root")).ok();
     assert_eq!(
         rroot.as_deref(),

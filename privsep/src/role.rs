@@ -32,15 +32,26 @@ pub struct Profile {
     pub nofile: u64,
     /// RLIMIT_FSIZE 0: the worker can write no file content.
     pub fsize_zero: bool,
-    /// RLIMIT_NPROC 0 once the worker's own threads are started (it calls
-    /// `forbid_new_processes` itself at that point).
-    pub nproc_zero: bool,
+    /// How the worker is kept from creating processes, once its set-up is done (the worker
+    /// does it itself at that point).
+    pub no_processes: NoProcesses,
     /// Exactly the capabilities the worker keeps (bounding, permitted and effective; ambient
     /// and inheritable are always empty). Empty for a fully unprivileged worker.
     pub keep_caps: &'static [Capability],
     /// Workers restarted together with this one: they share a socketpair that only the
     /// parent can make when it starts them, so none of them can be given a new peer alone.
     pub restart_with: &'static [Role],
+}
+
+/// How a role is kept from creating processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoProcesses {
+    /// RLIMIT_NPROC 0 (`forbid_new_processes`) after its fixed set of threads started; Linux
+    /// counts threads too, so no thread can start after it.
+    RlimitNproc,
+    /// A seccomp filter refusing fork, vfork, clone without CLONE_THREAD and execve, for a
+    /// role that must start threads on demand.
+    Seccomp,
 }
 
 /// The other end of a worker's channel.
@@ -59,7 +70,7 @@ pub const ROLES: [Profile; 2] = [
         // Its two channels and the standard descriptors; it opens nothing else.
         nofile: 64,
         fsize_zero: true,
-        nproc_zero: true,
+        no_processes: NoProcesses::RlimitNproc,
         keep_caps: &[],
         restart_with: &[Role::Resolver],
     },
@@ -71,7 +82,8 @@ pub const ROLES: [Profile; 2] = [
         // One socket per concurrent DNS, identd or answerson lookup.
         nofile: 4096,
         fsize_zero: false,
-        nproc_zero: false,
+        // Lookup threads start on demand (src/resolver/nofork.rs installs the filter).
+        no_processes: NoProcesses::Seccomp,
         keep_caps: &[],
         restart_with: &[Role::Classifier],
     },

@@ -261,7 +261,7 @@ fn worker_drop(role: Role, real_parent: Pid, rest: &[String]) -> ExitCode {
             chroot: false,
             nofile: 32,
             fsize_zero: true,
-            nproc_zero: false,
+            no_processes: privsep::NoProcesses::Seccomp,
             keep_caps: &[caps::Capability::CAP_NET_RAW],
             restart_with: &[],
         };

@@ -87,7 +87,7 @@ impl Parent {
                     level,
                     verbosity,
                     text,
-                }) => self.on_log(Level::from(level), verbosity, &text),
+                }) => self.on_log(level, verbosity, &text),
                 Ok(Admitted::Status(stats)) => self.on_status(stats),
             }
         }

@@ -11,7 +11,6 @@ use privsep::Role;
 use super::admit::{self, AdmittedResolver};
 use super::workers::Failure;
 use super::{Parent, RECV_BATCH};
-use crate::log::Level;
 
 impl Parent {
     /// Reads and handles up to [`RECV_BATCH`] resolver messages.
@@ -30,7 +29,7 @@ impl Parent {
                     level,
                     verbosity,
                     text,
-                }) => w.log(Level::from(level), verbosity, &text),
+                }) => w.log(level, verbosity, &text),
             }
         }
         Ok(())

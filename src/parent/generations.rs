@@ -38,6 +38,8 @@ pub struct Generations {
     /// The newest generation that ran (see [`Generations::mark_good`]), to go back to when a
     /// newer one keeps making the workers fail.
     good: Option<Snapshot>,
+    /// nanny.conf's `substitutions`: templates are checked when they will be expanded.
+    substitutions: bool,
     /// A parse of changed files in progress.
     loading: Option<Loader>,
     /// A forced check (SIGHUP) arrived while a parse ran: check every file again after it.
@@ -55,6 +57,7 @@ impl Generations {
         rules: std::path::PathBuf,
         actions: std::path::PathBuf,
         aftermax: Option<String>,
+        substitutions: bool,
     ) -> Result<Generations> {
         let mut rules_watch = Watched::new(rules);
         let mut actions_watch = Watched::new(actions);
@@ -72,7 +75,8 @@ impl Generations {
             None => errors.push(format!("{}: not read", rules_watch.name)),
         }
         match actions_watch.poll(true) {
-            Some(Ok(text)) => match reload::load_actions(&actions_watch.name, &text) {
+            Some(Ok(text)) => match reload::load_actions(&actions_watch.name, &text, substitutions)
+            {
                 Ok((a, warns)) => {
                     warns.iter().for_each(|w| log::warn(&w.to_string()));
                     files.actions = Some((text, Arc::new(a)));
@@ -93,6 +97,7 @@ impl Generations {
             actions_watch,
             aftermax,
             good: None,
+            substitutions,
             loading: None,
             again: false,
         };
@@ -189,7 +194,7 @@ impl Generations {
         if rules.is_none() && actions.is_none() {
             return None;
         }
-        match Loader::start(rules, actions) {
+        match Loader::start(rules, actions, self.substitutions) {
             Ok(l) => {
                 self.loading = Some(l);
                 None

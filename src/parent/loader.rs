@@ -43,7 +43,7 @@ pub struct Loader {
     thread: Option<JoinHandle<()>>,
 }
 
-fn parse(rules: Option<ReadFile>, actions: Option<ReadFile>) -> Parsed {
+fn parse(rules: Option<ReadFile>, actions: Option<ReadFile>, substitutions: bool) -> Parsed {
     Parsed {
         rules: rules.map(|(name, res)| {
             let r = res
@@ -52,9 +52,9 @@ fn parse(rules: Option<ReadFile>, actions: Option<ReadFile>) -> Parsed {
             (name, r)
         }),
         actions: actions.map(|(name, res)| {
-            let r = res
-                .map_err(LoadError::Read)
-                .and_then(|text| reload::load_actions(&name, &text).map(|(a, w)| (text, a, w)));
+            let r = res.map_err(LoadError::Read).and_then(|text| {
+                reload::load_actions(&name, &text, substitutions).map(|(a, w)| (text, a, w))
+            });
             (name, r)
         }),
     }
@@ -66,9 +66,10 @@ impl Loader {
     pub fn start(
         rules: Option<ReadFile>,
         actions: Option<ReadFile>,
+        substitutions: bool,
     ) -> Result<Loader, Box<Parsed>> {
         let Ok((wake, mut ping)) = UnixStream::pair() else {
-            return Err(Box::new(parse(rules, actions)));
+            return Err(Box::new(parse(rules, actions, substitutions)));
         };
         let (tx, rx) = mpsc::channel();
         // The closure owns the texts; if spawning fails they come back through this slot.
@@ -80,7 +81,7 @@ impl Loader {
             .spawn(move || {
                 let taken = job2.lock().ok().and_then(|mut j| j.take());
                 if let Some((rules, actions)) = taken {
-                    let _ = tx.send(parse(rules, actions));
+                    let _ = tx.send(parse(rules, actions, substitutions));
                 }
                 let _ = ping.write_all(&[1]);
             });
@@ -96,7 +97,7 @@ impl Loader {
             Err(_) => {
                 let taken = job.lock().ok().and_then(|mut j| j.take());
                 let (rules, actions) = taken.unwrap_or((None, None));
-                Err(Box::new(parse(rules, actions)))
+                Err(Box::new(parse(rules, actions, substitutions)))
             }
         }
     }

@@ -19,7 +19,6 @@
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -216,25 +215,9 @@ pub fn load_rules(name: &str, text: &str) -> Result<(Vec<String>, Vec<Diagnostic
     }
 }
 
-/// Whether the actions file's strings are expanded (nanny.conf's `substitutions`); when they
-/// are, [`load_actions`] checks every template as `-C` does. nanny.conf is read once, at
-/// start-up, by `setup::load_conf`, which records the setting here so the loads agree with
-/// `-C` without the caller passing it on every reload.
-static SUBSTITUTIONS: AtomicBool = AtomicBool::new(true);
-
-/// Records nanny.conf's `substitutions` setting for [`load_actions`].
-pub fn set_substitutions(on: bool) {
-    SUBSTITUTIONS.store(on, Ordering::Relaxed);
-}
-
-/// Parses an actions file; warnings are returned for logging even on success. Templates are
-/// checked when substitutions are on (see [`set_substitutions`]).
-pub fn load_actions(name: &str, text: &str) -> Result<(Actions, Vec<Diagnostic>), LoadError> {
-    load_actions_expanding(name, text, SUBSTITUTIONS.load(Ordering::Relaxed))
-}
-
-/// [`load_actions`] with the `substitutions` setting given explicitly.
-pub fn load_actions_expanding(
+/// Parses an actions file; warnings are returned for logging even on success. When
+/// `substitutions` is on (nanny.conf), every template is checked as `-C` checks it.
+pub fn load_actions(
     name: &str,
     text: &str,
     substitutions: bool,

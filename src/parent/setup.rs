@@ -74,7 +74,6 @@ pub fn load_conf(path: &Path) -> Result<Config> {
         Some(conf) if errors.is_empty() => conf,
         _ => return Err(Error::Config(errors.join("\n"))),
     };
-    super::reload::set_substitutions(conf.substitutions);
     Ok(Config {
         rules_path: resolve_relative(path, &conf.rulefile),
         actions_path: resolve_relative(path, &conf.actionfile),

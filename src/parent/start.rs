@@ -139,6 +139,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         cfg.rules_path.clone(),
         cfg.actions_path.clone(),
         conf.aftermaxthreads.clone(),
+        conf.substitutions,
     )?;
     let p = Parent {
         build: privsep::build_id(),
