@@ -26,10 +26,11 @@ use privsep::proto::{
     ParentToClassifier,
 };
 
+use super::compiler::{self, Compiler, PolicyJob};
 use super::facts::{canonical, Observed};
 use super::lookups::Timeouts;
 use super::pool::{self, Job, Pool};
-use super::{verdict, Loaded, Options, Shared};
+use super::{verdict, Options, Shared};
 use crate::exit::EXIT_SYSTEM;
 
 /// Evaluation threads, at most, whatever maxthreads says: each one reserves a stack, and past
@@ -54,6 +55,8 @@ pub(crate) struct Dispatcher {
     shared: Arc<Shared>,
     opts: Options,
     pool: Option<Pool>,
+    /// Compiles reloaded generations off this thread (started with the pool).
+    compiler: Option<Compiler>,
     settings: Option<ClassifierSettings>,
 }
 
@@ -63,6 +66,7 @@ impl Dispatcher {
             shared,
             opts,
             pool: None,
+            compiler: None,
             settings: None,
         }
     }
@@ -126,49 +130,38 @@ impl Dispatcher {
         actions: Option<String>,
         settings: ClassifierSettings,
     ) -> Flow {
-        let rules_text = rules.unwrap_or_default();
-        let actions_text = actions.unwrap_or_default();
-        let parsed_rules = policy::rules::parse_rules("rules", &rules_text);
-        let parsed_actions = policy::actions::parse_actions("actions", &actions_text);
-        let (rules, actions) = match (parsed_rules.value, parsed_actions.value) {
-            (Some(r), Some(a)) => (r, a),
-            _ => {
-                let mut errors = parsed_rules
-                    .diagnostics
-                    .iter()
-                    .chain(parsed_actions.diagnostics.iter())
-                    .filter(|d| d.severity == policy::Severity::Error);
-                let first = errors
-                    .next()
-                    .map(|d| d.to_string())
-                    .unwrap_or_else(|| "no diagnostic".to_string());
-                let more = errors.count();
-                self.log(
-                    LogLevel::Crit,
-                    0,
-                    format!(
-                        "policy gen={} does not parse in the classifier (the parent accepted \
-                         it): {first} (+{more} more); keeping the old policy",
-                        gen.0
-                    ),
-                );
-                if self.pool.is_none() {
-                    // No old policy to keep: nothing could ever be decided.
-                    return Flow::Exit(EXIT_SYSTEM);
-                }
-                return Flow::Continue;
-            }
-        };
-        *self
-            .shared
-            .policy
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(Loaded {
+        let job = PolicyJob {
             gen,
-            needs_lookups: rules.can_need_lookups(),
-            rules,
-            actions,
-        }));
+            rules: rules.unwrap_or_default(),
+            actions: actions.unwrap_or_default(),
+        };
+        // A reload: compiled off this thread, connections meanwhile use the current policy.
+        let job = match &self.compiler {
+            Some(c) => c.submit(job).err(),
+            None => Some(job),
+        };
+        let first = self.pool.is_none();
+        if let Some(job) = &job {
+            match compiler::compile(job) {
+                Ok(loaded) if first => {
+                    // ORDER: installed before the pool starts; acknowledged at the end.
+                    *self
+                        .shared
+                        .policy
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(loaded));
+                }
+                Ok(loaded) => compiler::install(&self.shared, loaded),
+                Err(e) => {
+                    self.log(LogLevel::Crit, 0, e);
+                    if first {
+                        // No old policy to keep: nothing could ever be decided.
+                        return Flow::Exit(EXIT_SYSTEM);
+                    }
+                    return Flow::Continue;
+                }
+            }
+        }
         self.shared
             .history
             .lock()
@@ -202,6 +195,13 @@ impl Dispatcher {
                         return Flow::Exit(EXIT_SYSTEM);
                     }
                 }
+                match Compiler::start(&self.shared) {
+                    Ok(c) => self.compiler = Some(c),
+                    Err(e) => {
+                        self.log(LogLevel::Crit, 0, format!("starting the compiler: {e}"));
+                        return Flow::Exit(EXIT_SYSTEM);
+                    }
+                }
                 // ORDER: all threads exist now; from here on none can be created.
                 if self.opts.forbid_new_processes {
                     if let Err(e) = privsep::drop::forbid_new_processes() {
@@ -225,10 +225,12 @@ impl Dispatcher {
             Some(_) => {}
         }
         self.settings = Some(settings);
-        self.shared
-            .parent
-            .send(&ClassifierToParent::PolicyLoaded { gen });
-        self.log(LogLevel::Info, 2, format!("policy gen={} loaded", gen.0));
+        if first {
+            self.shared
+                .parent
+                .send(&ClassifierToParent::PolicyLoaded { gen });
+            self.log(LogLevel::Info, 2, format!("policy gen={} loaded", gen.0));
+        }
         Flow::Continue
     }
 

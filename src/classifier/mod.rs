@@ -31,6 +31,7 @@
 //! Exit codes: 0 when the parent closes the channel; 111 for everything else (resolver gone,
 //! protocol violation, failed set-up); the parent restarts the workers.
 
+mod compiler;
 mod conntrack;
 mod dispatch;
 mod facts;
