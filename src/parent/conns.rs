@@ -300,23 +300,26 @@ impl Conns {
             .collect()
     }
 
+    fn insert(&mut self, m: Meta, state: State) {
+        let row = Conn {
+            id: m.id,
+            remote: m.remote,
+            local: m.local,
+            accepted: m.accepted,
+            state,
+        };
+        self.rows.insert(m.id, row);
+    }
+
     /// A connection handed to service `pid`.
     pub fn add_running(&mut self, p: Meta, pid: i32, counted: bool, served: Served) {
         self.by_pid.insert(pid, p.id);
-        self.rows.insert(
-            p.id,
-            Conn {
-                id: p.id,
-                remote: p.remote,
-                local: p.local,
-                accepted: p.accepted,
-                state: State::Running {
-                    pid,
-                    counted,
-                    served,
-                },
-            },
-        );
+        let state = State::Running {
+            pid,
+            counted,
+            served,
+        };
+        self.insert(p, state);
     }
 
     /// The connection whose service `pid` ended; its row is removed.
@@ -328,16 +331,7 @@ impl Conns {
     /// A message to write from the loop.
     pub fn add_writing(&mut self, p: Meta, writer: MsgWrite<TcpStream>, served: Served) {
         self.writers.push(p.id);
-        self.rows.insert(
-            p.id,
-            Conn {
-                id: p.id,
-                remote: p.remote,
-                local: p.local,
-                accepted: p.accepted,
-                state: State::Writing { writer, served },
-            },
-        );
+        self.insert(p, State::Writing { writer, served });
     }
 
     /// The message writers, in poll-slot order.
