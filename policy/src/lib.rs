@@ -15,6 +15,7 @@ pub mod expand;
 pub mod facts;
 pub mod rules;
 pub mod source;
+pub mod template;
 pub mod timespec;
 
 pub use source::{Diagnostic, Parsed, Severity, SourceFile};

@@ -3,7 +3,7 @@
 //!
 //! Runs wherever the actions file is parsed (the parent at start, on reload and for `-C`; the
 //! classifier). No I/O. Each `%` of a template is checked on its own with the same formatter
-//! that expands it at run time ([`crate::expand::format_template`]), with a stand-in value of
+//! that expands it at run time ([`crate::template::format_template`]), with a stand-in value of
 //! the right type for each name, so a malformed `%`, an unclosed `%(` or `%(ip)d` is an error
 //! here exactly when it would be one for every connection. Names that are not built-ins are
 //! returned; whether a `subst` can ever define them depends on `see` chains, which the
@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use crate::expand::{format_template, ExpandErrorKind, Value, BUILTINS};
+use crate::template::{format_template, ExpandErrorKind, Value, BUILTINS};
 
 /// Built-ins whose value is a number (they format with `%d`); every other name is text.
 const NUMERIC: &[&str] = &["remport", "port", "seensince", "lastseen", "lineno"];
