@@ -32,6 +32,7 @@
 
 mod accept;
 pub mod admit;
+pub mod blocks;
 mod confwatch;
 pub mod conns;
 mod from_classifier;
@@ -40,6 +41,7 @@ pub mod generations;
 pub mod listen;
 mod loader;
 pub mod msgwrite;
+pub mod neverblock;
 mod reap;
 pub mod reload;
 mod roles;
