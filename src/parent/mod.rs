@@ -32,6 +32,7 @@
 
 mod accept;
 pub mod admit;
+pub mod blockcmd;
 pub mod blocks;
 mod confwatch;
 pub mod conns;
