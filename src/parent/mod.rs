@@ -39,6 +39,7 @@ pub mod conns;
 mod from_classifier;
 mod from_resolver;
 pub mod generations;
+pub mod hostsdeny;
 pub mod listen;
 mod loader;
 pub mod msgwrite;
