@@ -36,6 +36,7 @@ mod conntrack;
 mod dispatch;
 mod facts;
 mod history;
+pub mod hits;
 mod lookups;
 mod pool;
 mod verdict;
