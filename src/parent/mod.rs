@@ -53,6 +53,7 @@ pub mod signals;
 pub mod spawn;
 mod start;
 pub mod status;
+pub mod traps;
 mod verdict;
 pub mod workers;
 
