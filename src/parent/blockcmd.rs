@@ -141,6 +141,11 @@ impl Runner {
         self.running.is_none() && self.queue.is_empty()
     }
 
+    /// The running command's pid.
+    pub fn running_pid(&self) -> Option<Pid> {
+        self.running.as_ref().map(|r| r.pid)
+    }
+
     /// The running command's output pipe, for the poll set.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.running.as_ref().map(|r| r.out.as_fd())

@@ -33,6 +33,7 @@
 mod accept;
 pub mod admit;
 pub mod blockcmd;
+pub mod blocker;
 pub mod blocks;
 mod confwatch;
 pub mod conns;

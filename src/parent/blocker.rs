@@ -1,0 +1,403 @@
+//! Carrying out blocks: the one place that changes the blocked set and keeps everything that
+//! mirrors it in step — the blockfile, the historyfile, hosts.deny, the rbldnsd zone and the
+//! block and unblock commands — and refuses the blocks it must not do (neverblock addresses,
+//! forgeable detections over the budget).
+//!
+//! Runs in the parent. Requests come from admitted verdicts and probe reports (their address
+//! is validated; a worker never names a file or a command); the files and commands are the
+//! administrator's. A file that cannot be written is logged and the block still holds in
+//! memory: blocking matters more than its bookkeeping. SIGUSR1 never touches any of this.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use policy::addr::AddrSet;
+
+use super::blockcmd::{self, Job, Runner, Vars};
+use super::blocks::{self, Block, Blocked, BlockedSet, Budget, Increment, Request};
+use super::hostsdeny;
+use crate::log;
+
+/// What the blocked set is kept in and does (from nanny.conf).
+#[derive(Clone, Debug, Default)]
+pub struct BlockConf {
+    pub blockfile: Option<PathBuf>,
+    pub historyfile: Option<PathBuf>,
+    pub hostsdeny: Option<PathBuf>,
+    /// The zone file and the zone's name.
+    pub blockzone: Option<(PathBuf, String)>,
+    /// Command lines, run in order for every new block / every unblock.
+    pub blockcmd: Vec<String>,
+    pub unblockcmd: Vec<String>,
+    pub neverblock: AddrSet,
+    /// New blocks per minute from forgeable detections (stealth scans, UDP).
+    pub budget: u32,
+    pub increment: Option<Increment>,
+}
+
+/// What became of a block request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Blocked(Block),
+    Extended(Block),
+    AlreadyBlocked,
+    /// Not done: the address is in neverblock.
+    Never,
+    /// Not done: the forgeable-detection budget for this minute is spent.
+    OverBudget,
+}
+
+pub struct Blocker {
+    conf: BlockConf,
+    set: BlockedSet,
+    budget: Budget,
+    runner: Runner,
+}
+
+impl Blocker {
+    /// Restores the blocked set from the blockfile (blocks that ended while the daemon was
+    /// down are unblocked now, commands included); a missing blockfile is an empty set.
+    pub fn start(conf: BlockConf, now: u64) -> Blocker {
+        let mut set = BlockedSet::default();
+        let mut ended = Vec::new();
+        if let Some(path) = &conf.blockfile {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let name = path.display().to_string();
+                    let (s, expired, errors) = BlockedSet::parse(&name, &text, now);
+                    for e in errors {
+                        log::err(&format!("{e}; line skipped"));
+                    }
+                    set = s;
+                    ended = expired;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::err(&format!("{}: cannot read: {e}", path.display())),
+            }
+        }
+        let budget = Budget::new(conf.budget);
+        let mut b = Blocker {
+            conf,
+            set,
+            budget,
+            runner: Runner::default(),
+        };
+        if !b.set.is_empty() {
+            log::notice(&format!("restored {} blocked addresses", b.set.len()));
+        }
+        for blk in ended {
+            b.ended(&blk, "expire", now);
+        }
+        b.persist();
+        b
+    }
+
+    pub fn set(&self) -> &BlockedSet {
+        &self.set
+    }
+
+    pub fn runner(&mut self) -> &mut Runner {
+        &mut self.runner
+    }
+
+    /// Blocks `req.addr` unless it must not be; `forgeable` detections spend the budget.
+    pub fn block(&mut self, req: Request, forgeable: bool, now: u64) -> Outcome {
+        let probe = Block {
+            addr: req.addr,
+            since: now,
+            until: req.seconds.map(|s| now.saturating_add(s)),
+            port: req.port,
+            mode: req.mode.clone(),
+            repeat: 0,
+            reason: req.reason.clone(),
+        };
+        if self.conf.neverblock.contains(req.addr) {
+            log::warn(&format!(
+                "not blocking {}: it is in neverblock ({})",
+                req.addr, req.reason
+            ));
+            self.history(now, "refuse", &probe);
+            return Outcome::Never;
+        }
+        if forgeable && !self.set.contains(req.addr) && !self.budget.take(now) {
+            log::warn(&format!(
+                "not blocking {}: more than {} new blocks this minute from forgeable detections \
+                 ({})",
+                req.addr, self.conf.budget, req.reason
+            ));
+            self.history(now, "refuse", &probe);
+            return Outcome::OverBudget;
+        }
+        match self.set.block(req, now, self.conf.increment) {
+            Blocked::Unchanged => Outcome::AlreadyBlocked,
+            Blocked::Extended(b) => {
+                log::notice(&format!("block of {} extended: {}", b.addr, until(&b)));
+                self.history(now, "extend", &b);
+                self.persist();
+                Outcome::Extended(b)
+            }
+            Blocked::New(b) => {
+                log::notice(&format!(
+                    "blocked {} ({}, port {} {}): {}",
+                    b.addr,
+                    log::escape(&b.reason),
+                    b.port,
+                    if b.mode.is_empty() { "-" } else { &b.mode },
+                    until(&b)
+                ));
+                self.history(now, "block", &b);
+                self.mirror(&b, true);
+                self.persist();
+                self.commands(&self.conf.blockcmd.clone(), "blockcmd", &b, now);
+                Outcome::Blocked(b)
+            }
+        }
+    }
+
+    /// Ends the block of `addr` by hand.
+    pub fn unblock(&mut self, addr: IpAddr, now: u64) -> Option<Block> {
+        let b = self.set.unblock(addr)?;
+        self.ended(&b, "unblock", now);
+        self.persist();
+        Some(b)
+    }
+
+    /// Ends the blocks whose time is up.
+    pub fn expire(&mut self, now: u64) -> usize {
+        let gone = self.set.expire(now);
+        for b in &gone {
+            self.ended(b, "expire", now);
+        }
+        if !gone.is_empty() {
+            self.persist();
+        }
+        gone.len()
+    }
+
+    /// When the next block ends (unix seconds).
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.set.next_expiry()
+    }
+
+    fn ended(&mut self, b: &Block, event: &str, now: u64) {
+        log::notice(&format!("{event}: {} is no longer blocked", b.addr));
+        self.history(now, event, b);
+        self.mirror(b, false);
+        self.commands(&self.conf.unblockcmd.clone(), "unblockcmd", b, now);
+    }
+
+    fn commands(&mut self, lines: &[String], what: &str, b: &Block, now: u64) {
+        let vars = Vars {
+            ip: b.addr,
+            port: b.port,
+            mode: b.mode.clone(),
+            until: b.until,
+            seconds: b.remaining(now),
+        };
+        let mut jobs = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            let name = format!("{what} {} for {}", i + 1, b.addr);
+            match blockcmd::render(line, &vars) {
+                Ok(argv) => jobs.push(Job { argv, what: name }),
+                Err(e) => log::err(&format!("{name}: {e}")),
+            }
+        }
+        self.runner.push(jobs);
+    }
+
+    /// hosts.deny and the zone follow the set.
+    fn mirror(&self, b: &Block, add: bool) {
+        if let Some(p) = &self.conf.hostsdeny {
+            if let Err(e) = hostsdeny::update(p, b.addr, add) {
+                log::err(&format!("{}: {e}", p.display()));
+            }
+        }
+        if let Some((p, zone)) = &self.conf.blockzone {
+            if let Err(e) = hostsdeny::write_zone(p, zone, self.set.iter()) {
+                log::err(&format!("{}: {e}", p.display()));
+            }
+        }
+    }
+
+    fn persist(&self) {
+        if let Some(p) = &self.conf.blockfile {
+            if let Err(e) = blocks::write_atomic(p, self.set.to_text().as_bytes()) {
+                log::err(&format!(
+                    "{}: cannot write the blocked set: {e}",
+                    p.display()
+                ));
+            }
+        }
+    }
+
+    fn history(&self, now: u64, event: &str, b: &Block) {
+        let Some(p) = &self.conf.historyfile else {
+            return;
+        };
+        let line = blocks::history_line(now, event, b);
+        let r = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(p)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = r {
+            log::err(&format!("{}: {e}", p.display()));
+        }
+    }
+}
+
+fn until(b: &Block) -> String {
+    match b.until {
+        None => "forever".to_owned(),
+        Some(u) => format!("until {u} ({} s)", u.saturating_sub(b.since)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("pn-blocker-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    fn req(ip: &str, seconds: Option<u64>) -> Request {
+        Request {
+            addr: ip.parse().unwrap(),
+            port: 31337,
+            mode: "tcp".into(),
+            reason: "trap".into(),
+            seconds,
+        }
+    }
+
+    fn conf(d: &Dir) -> BlockConf {
+        BlockConf {
+            blockfile: Some(d.0.join("blocks")),
+            historyfile: Some(d.0.join("history")),
+            hostsdeny: Some(d.0.join("hosts.deny")),
+            blockzone: Some((d.0.join("zone"), "bl.test".into())),
+            neverblock: AddrSet::from_ranges([policy::addr::parse_addrspec("192.0.2.1").unwrap()]),
+            budget: 1,
+            ..BlockConf::default()
+        }
+    }
+
+    #[test]
+    fn a_block_reaches_every_mirror_and_survives_a_restart() {
+        let d = dir("mirrors");
+        let mut b = Blocker::start(conf(&d), 1000);
+        assert!(matches!(
+            b.block(req("192.0.2.7", Some(600)), false, 1000),
+            Outcome::Blocked(_)
+        ));
+        assert_eq!(
+            b.block(req("192.0.2.7", Some(60)), false, 1001),
+            Outcome::AlreadyBlocked
+        );
+        let read = |f: &str| std::fs::read_to_string(d.0.join(f)).unwrap();
+        assert!(read("blocks").contains("block 192.0.2.7 1000 1600 31337 tcp 1 trap"));
+        assert_eq!(read("hosts.deny"), "ALL: 192.0.2.7 # portnanny\n");
+        assert!(read("zone").contains("192.0.2.7 :127.0.0.2:trap"));
+        assert_eq!(
+            read("history"),
+            "1000 block 192.0.2.7 31337 tcp 1600 trap\n"
+        );
+
+        // A restart with time left keeps it; after its end, the restart unblocks it.
+        let again = Blocker::start(conf(&d), 1200);
+        assert!(again.set().contains("192.0.2.7".parse().unwrap()));
+        let mut later = Blocker::start(conf(&d), 2000);
+        assert!(later.set().is_empty());
+        assert_eq!(read("hosts.deny"), "");
+        assert!(!read("zone").contains("192.0.2.7"));
+        assert!(read("history").ends_with("2000 expire 192.0.2.7 31337 tcp 1600 trap\n"));
+        assert!(!read("blocks").contains("block 192.0.2.7"));
+        assert!(read("blocks").contains("offence 192.0.2.7 1 1000"));
+        assert_eq!(later.expire(3000), 0);
+    }
+
+    #[test]
+    fn neverblock_and_the_budget_refuse_and_are_recorded() {
+        let d = dir("refuse");
+        let mut b = Blocker::start(conf(&d), 1000);
+        assert_eq!(b.block(req("192.0.2.1", None), false, 1000), Outcome::Never);
+        assert!(matches!(
+            b.block(req("198.51.100.1", None), true, 1000),
+            Outcome::Blocked(_)
+        ));
+        assert_eq!(
+            b.block(req("198.51.100.2", None), true, 1001),
+            Outcome::OverBudget,
+            "budget 1 per minute"
+        );
+        assert!(
+            matches!(
+                b.block(req("198.51.100.3", None), false, 1002),
+                Outcome::Blocked(_)
+            ),
+            "a full connect is not forgeable: no budget"
+        );
+        let h = std::fs::read_to_string(d.0.join("history")).unwrap();
+        assert!(h.contains("1000 refuse 192.0.2.1 "), "{h}");
+        assert!(h.contains("1001 refuse 198.51.100.2 "), "{h}");
+        assert_eq!(b.set().len(), 2);
+        assert!(b.unblock("198.51.100.1".parse().unwrap(), 1100).is_some());
+        assert_eq!(b.set().len(), 1);
+    }
+
+    #[test]
+    fn block_and_unblock_commands_run_with_the_blocks_values() {
+        let d = dir("cmds");
+        let out = d.0.join("cmds.log");
+        let mut c = conf(&d);
+        // The administrator's own script: it gets each value as one argument.
+        let script = d.0.join("log.sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", out.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        c.blockcmd = vec![format!(
+            "{} add %(ip)s %(port)s %(seconds)s",
+            script.display()
+        )];
+        c.unblockcmd = vec![format!("{} del %(ip)s", script.display())];
+        let mut b = Blocker::start(c, 1000);
+        b.block(req("192.0.2.7", Some(600)), false, 1000);
+        b.unblock("192.0.2.7".parse().unwrap(), 1001);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !b.runner().is_idle() && std::time::Instant::now() < end {
+            b.runner().on_output();
+            // Stand in for the daemon's SIGCHLD reaper (only our own child: tests run in
+            // threads of one process).
+            if let Some(pid) = b.runner().running_pid() {
+                if let Ok(st) =
+                    nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+                {
+                    if st.pid().is_some() {
+                        b.runner().on_exit(pid, st);
+                    }
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "add 192.0.2.7 31337 600\ndel 192.0.2.7\n"
+        );
+    }
+}
