@@ -48,6 +48,16 @@ pub enum Outcome {
     OverBudget,
 }
 
+/// Blocks listed in the status report, newest first.
+const STATUS_RECENT: usize = 10;
+
+/// Seconds since the Unix epoch: blocks end at wall-clock times that must survive a restart.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 pub struct Blocker {
     conf: BlockConf,
     set: BlockedSet,
@@ -91,6 +101,17 @@ impl Blocker {
         }
         b.persist();
         b
+    }
+
+    /// Whether blocking is configured or anything is blocked (the status report says so).
+    pub fn in_use(&self) -> bool {
+        let c = &self.conf;
+        !self.set.is_empty()
+            || c.blockfile.is_some()
+            || c.historyfile.is_some()
+            || c.hostsdeny.is_some()
+            || c.blockzone.is_some()
+            || !c.blockcmd.is_empty()
     }
 
     pub fn set(&self) -> &BlockedSet {
@@ -178,6 +199,45 @@ impl Blocker {
     /// When the next block ends (unix seconds).
     pub fn next_expiry(&self) -> Option<u64> {
         self.set.next_expiry()
+    }
+
+    /// The loop's once-a-second work: blocks that ended, block commands past their time.
+    pub fn tick(&mut self, now: std::time::Instant) {
+        self.runner.check_timeout(now);
+        if self.next_expiry().is_some_and(|t| t <= unix_now()) {
+            self.expire(unix_now());
+        }
+    }
+
+    /// The running block command's output, for the poll set.
+    pub fn runner_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.runner.fd()
+    }
+
+    /// When the running block command is killed.
+    pub fn runner_deadline(&self) -> Option<std::time::Instant> {
+        self.runner.deadline()
+    }
+
+    /// Status lines (SIGUSR2): the blocked count and the most recent blocks.
+    pub fn status(&self, now: u64) -> Vec<String> {
+        let mut recent: Vec<&Block> = self.set.iter().collect();
+        recent.sort_by_key(|b| std::cmp::Reverse(b.since));
+        let mut out = vec![format!("status: {} addresses blocked", self.set.len())];
+        for b in recent.iter().take(STATUS_RECENT) {
+            let left = b
+                .remaining(now)
+                .map_or_else(|| "forever".to_owned(), |s| format!("{s}s left"));
+            out.push(format!(
+                "status: blocked {} since {} ({left}; port {} {}; {})",
+                b.addr,
+                b.since,
+                b.port,
+                if b.mode.is_empty() { "-" } else { &b.mode },
+                log::escape(&b.reason)
+            ));
+        }
+        out
     }
 
     fn ended(&mut self, b: &Block, event: &str, now: u64) {

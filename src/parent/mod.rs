@@ -139,6 +139,8 @@ struct Parent {
     /// Worker failures since the current generation was shipped.
     failed_since_ship: u32,
     policy: Generations,
+    /// The blocked set and everything that mirrors it (sentry).
+    blocker: blocker::Blocker,
     conf_watch: confwatch::ConfWatch,
     next_reload: Instant,
     creds: Option<Creds>,
@@ -168,6 +170,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
 enum Slot {
     Signals,
     Loader,
+    BlockCmd,
     Worker(Role),
     Listener(usize),
     Msg(usize),
@@ -344,6 +347,10 @@ impl Parent {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 slots.push(Slot::Loader);
             }
+            if let Some(fd) = self.blocker.runner_fd() {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                slots.push(Slot::BlockCmd);
+            }
             for w in &links {
                 fds.push(PollFd::new(w.fd(), w.events()));
                 slots.push(Slot::Worker(w.role()));
@@ -381,6 +388,7 @@ impl Parent {
                 match slot {
                     Slot::Signals => signalled = true,
                     Slot::Loader => self.loaded(),
+                    Slot::BlockCmd => self.blocker.runner().on_output(),
                     Slot::Worker(role) => self.on_worker_ready(*role, *rev),
                     Slot::Listener(i) => {
                         if let Err(f) = self.accept_from(*i) {
@@ -415,6 +423,7 @@ impl Parent {
                 self.check_verdict_deadline(Instant::now());
                 self.note_good_policy(Instant::now());
                 self.end_exhaustion(Instant::now());
+                self.blocker.tick(Instant::now());
                 if self.exhausted.is_some() || self.conns.pending_len() >= MAX_PENDING / 2 {
                     if let Err(f) = self.close_gone() {
                         self.worker_failed(f);
@@ -473,6 +482,9 @@ impl Parent {
             until = until.min(t + workers::START_TIMEOUT + Duration::from_millis(1));
         }
         if let Some(d) = self.conns.writers().map(|w| w.deadline()).min() {
+            until = until.min(d);
+        }
+        if let Some(d) = self.blocker.runner_deadline() {
             until = until.min(d);
         }
         let ms = until.saturating_duration_since(now).as_millis();

@@ -49,6 +49,11 @@ impl Parent {
         for line in status::report(&p, &self.conns, c.as_ref(), Instant::now()) {
             log::info(&line);
         }
+        if self.blocker.in_use() {
+            for line in self.blocker.status(super::blocker::unix_now()) {
+                log::info(&line);
+            }
+        }
     }
 
     fn request_status(&mut self) {

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use privsep::proto::{ClassName, ClassifierSettings, Gen, ResolverSettings};
 
+use super::blocker::{unix_now, BlockConf, Blocker};
 use super::confwatch::ConfWatch;
 use super::conns::Conns;
 use super::from_classifier::Shipped;
@@ -160,6 +161,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         group_started: None,
         failed_since_ship: 0,
         policy,
+        blocker: Blocker::start(BlockConf::default(), unix_now()),
         conf_watch: ConfWatch::new(cfg.conf_path.clone()),
         next_reload: Instant::now() + RELOAD_EVERY,
         creds,
