@@ -16,6 +16,8 @@ mod parse;
 mod resolve;
 mod templates;
 
+pub(crate) use templates::segment_end;
+
 use std::collections::HashMap;
 
 use crate::source::Parsed;
