@@ -2,18 +2,23 @@
 //!
 //! Runs in the parent, as root, before anything else; the bytes are the administrator's file.
 //! Every directive takes exactly one argument (`directive ARGUMENT`), except `passenv`, which
-//! takes any number of names. All directives except `listen` and `passenv` may be given once. The file must name the rules file and the actions file and have
+//! takes any number of names, and the sentry directives (see [`crate::sentry`]). All directives
+//! except `listen`, `passenv`, `trap`, `stealth`, `blockcmd`, `unblockcmd` and `neverblock` may be
+//! given once. The file must name the rules file and the actions file and have
 //! at least one `listen`. Every problem is reported (not just the first), each with file, line
 //! and column; the value is returned only when there were none.
 //!
 //! Besides portnanny's own directives this accepts the extensions of this implementation:
 //! `privsepuser`, `chrootdir`, `dnstimeout`, `identdtimeout`, `answersontimeout`, `cachettl`,
-//! `cachesize` and `passenv` (xinetd's).
+//! `cachesize` and `passenv` (xinetd's), and the sentry directives (`trap`, `stealth`,
+//! `blockfile`, `historyfile`, `blockcmd`, `unblockcmd`, `hostsdeny`, `neverblock`,
+//! `blockzone`, `blockbudget`, `blockincrement`, `blockkills`), parsed by [`crate::sentry`].
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
+use crate::sentry::{SentryBuilder, SentryConf};
 use crate::source::{Diagnostic, LogicalLine, Parsed, Severity, SourceFile};
 use crate::timespec::parse_timespec;
 
@@ -59,6 +64,9 @@ pub struct NannyConf {
     /// minimal one plus these variables of the daemon's. Every `passenv` line adds its names,
     /// in order, without duplicates.
     pub passenv: Option<Vec<String>>,
+    /// Extension: the sentry directives (traps, stealth watches, blocking); see
+    /// [`crate::sentry`].
+    pub sentry: SentryConf,
 }
 
 impl fmt::Display for NannyConf {
@@ -106,7 +114,7 @@ impl fmt::Display for NannyConf {
             }
             writeln!(f)?;
         }
-        Ok(())
+        write!(f, "{}", self.sentry)
     }
 }
 
@@ -262,6 +270,7 @@ struct Builder {
     cachettl_secs: Option<u32>,
     cachesize: Option<u32>,
     passenv: Option<Vec<String>>,
+    sentry: SentryBuilder,
 }
 
 pub(crate) fn parse_conf_positions(name: &str, text: &str) -> (Parsed<NannyConf>, ConfPositions) {
@@ -337,6 +346,7 @@ pub(crate) fn parse_conf_positions(name: &str, text: &str) -> (Parsed<NannyConf>
             cachettl_secs: b.cachettl_secs.unwrap_or(DEFAULT_CACHETTL_SECS),
             cachesize: b.cachesize.unwrap_or(DEFAULT_CACHESIZE),
             passenv: b.passenv,
+            sentry: b.sentry.conf,
         }),
         _ => None,
     };
@@ -364,13 +374,19 @@ fn parse_line(
         src.diag_at(Severity::Error, code, ll, range, msg)
     };
     let dspan = d_off..d_off + dword.len();
+    if crate::sentry::DIRECTIVES.contains(&dword) {
+        let listens: Vec<(Listen, u32)> = b.listens.iter().map(|l| (l.0, l.1)).collect();
+        crate::sentry::parse_directive(src, ll, &ws, &listens, &mut b.sentry, diags);
+        return;
+    }
     let Some((dir, &directive)) = DIRS.iter().zip(DIRECTIVES).find(|(_, d)| **d == dword) else {
         diags.push(err(
             dspan,
             "C001",
             format!(
-                "unknown directive '{dword}' (known: {})",
-                DIRECTIVES.join(", ")
+                "unknown directive '{dword}' (known: {}, {})",
+                DIRECTIVES.join(", "),
+                crate::sentry::DIRECTIVES.join(", ")
             ),
         ));
         return;
@@ -451,6 +467,8 @@ fn parse_line(
                 let (line, col) = src.position(ll, a_off);
                 if let Some(clash) = listen_clash(&b.listens, &l) {
                     diags.push(err(aspan.clone(), "C007", clash));
+                } else if let Some(clash) = b.sentry.trap_for_listen(&l) {
+                    diags.push(err(aspan.clone(), "C009", clash));
                 }
                 b.listens.push((l, line, col, arg.chars().count() as u32));
             }
@@ -649,7 +667,7 @@ pub fn parse_listen(arg: &str) -> Result<Listen, String> {
 
 /// A numeric address. IPv4 octets may have leading zeros (portnanny accepted `001.010.090.05`,
 /// meaning decimal); IPv6 may be written in brackets.
-fn parse_ip(s: &str) -> Option<IpAddr> {
+pub(crate) fn parse_ip(s: &str) -> Option<IpAddr> {
     let s = s
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))

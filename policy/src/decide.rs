@@ -16,7 +16,11 @@
 //! 3. A refusal is answered by the refusing class's `failrun`, else its `failmsg`, else (unless
 //!    it has a `failrun`) the `failmsg` of DEFAULT-<why>, then of DEFAULTMSGS, else closing.
 //! 4. Only run and failrun connections are counted against the limits.
+//! 5. The action class's `block` (merged through `see`), if any, applies whatever the
+//!    disposition: a trap class may refuse (`reject`), send a banner (`msg`) or close, and
+//!    block in every case. See [`block_request`].
 
+pub use crate::actions::BlockRequest;
 use crate::actions::{
     Actions, ClassAction, Limit, DEFAULTMSGS, DEFAULT_CONNMAX, DEFAULT_IPMAX, DEFAULT_REJECT,
 };
@@ -113,6 +117,20 @@ pub struct Decision {
     pub log: bool,
     /// Indices of member classes whose (merged) `record` is to be logged, in match order.
     pub records: Vec<u32>,
+}
+
+/// The block a decision asks for: the action class's `block`, from `actions`, the table the
+/// decision was made against. None when there is no action class or it has no `block`.
+///
+/// Deliberately not a field of [`Decision`]: a verdict names an action class and the parent
+/// renders everything else from its own copy of the table (STYLE.md 2.4), so a classifier
+/// cannot ask for a block the administrator did not write; and the message's shape stays as
+/// it is. The classifier, the parent and the sentry worker's path all call this.
+pub fn block_request(actions: &Actions, decision: &Decision) -> Option<BlockRequest> {
+    decision
+        .action_class
+        .and_then(|i| actions.get(i))
+        .and_then(|c| c.block)
 }
 
 /// The classes that supply defaults for a refusal, in lookup order (those the file defines).

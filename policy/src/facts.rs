@@ -73,6 +73,58 @@ pub struct SeenTimes {
     pub last_secs_ago: Option<u64>,
 }
 
+/// Which sentry detector saw a connection or probe (PortSentry's modes), for `mode:` and
+/// `%(mode)s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SentryMode {
+    /// A connection to a `trap tcp` port (PortSentry's classic `-tcp`).
+    Tcp,
+    /// A datagram to a `trap udp` port (`-udp`).
+    Udp,
+    /// A probe seen on the raw socket to a listed `stealth tcp PORTS` port (`-stcp`).
+    Stcp,
+    /// A probe to a listed `stealth udp PORTS` port (`-sudp`).
+    Sudp,
+    /// A probe to an unbound port under `stealth tcp below N` (`-atcp`).
+    Atcp,
+    /// A probe to an unbound port under `stealth udp below N` (`-audp`).
+    Audp,
+}
+
+impl SentryMode {
+    /// Every mode, in the order the documentation lists them.
+    pub const ALL: [SentryMode; 6] = [
+        SentryMode::Tcp,
+        SentryMode::Udp,
+        SentryMode::Stcp,
+        SentryMode::Sudp,
+        SentryMode::Atcp,
+        SentryMode::Audp,
+    ];
+
+    /// The word `mode:` matches and `%(mode)s` expands to.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SentryMode::Tcp => "tcp",
+            SentryMode::Udp => "udp",
+            SentryMode::Stcp => "stcp",
+            SentryMode::Sudp => "sudp",
+            SentryMode::Atcp => "atcp",
+            SentryMode::Audp => "audp",
+        }
+    }
+
+    pub fn from_word(word: &str) -> Option<SentryMode> {
+        SentryMode::ALL.into_iter().find(|m| m.as_str() == word)
+    }
+
+    /// Whether the peer address of this mode can be forged (everything but a completed TCP
+    /// handshake): blocks it causes are limited by `blockbudget`.
+    pub fn forgeable(self) -> bool {
+        self != SentryMode::Tcp
+    }
+}
+
 /// A lookup the evaluator may ask the implementation to start early, so that several of them
 /// (an or-list of `dnsbl:` zones, say) run in parallel. Starting is only a hint: the answers are
 /// still read through the normal [`Facts`] methods, in left-to-right order.
@@ -107,6 +159,34 @@ pub trait Facts {
     fn seen(&mut self) -> SeenTimes;
     /// A hint that these lookups will probably be needed soon; start them together.
     fn prefetch(&mut self, _lookups: &[Lookup]) {}
+
+    // The sentry facts. None of them needs a lookup: the classifier answers them from what the
+    // sentry worker or the trap listener reported and from its mirror of the parent's blocked
+    // set. The defaults are the answers for an ordinary TCP connection to a `listen` port.
+
+    /// `trap`: this connection or probe hit a `trap` or `stealth` port.
+    fn trap(&mut self) -> bool {
+        false
+    }
+    /// `blocked`: the peer address is in the blocked set.
+    fn blocked(&mut self) -> bool {
+        false
+    }
+    /// `hits:`: how many distinct trapped ports (trap and stealth, TCP and UDP) this peer
+    /// address touched in the last `window_secs` seconds, this connection or probe included.
+    fn trap_hits(&mut self, _window_secs: u64) -> u32 {
+        0
+    }
+    /// `mode:`: which detector saw this connection or probe; None for a `listen` connection.
+    fn sentry_mode(&mut self) -> Option<SentryMode> {
+        None
+    }
+    /// `ipfile:`: whether the peer address is in the address list file `name` (as written in
+    /// the rules; see [`crate::rules::Rules::ipfiles`] and [`crate::sentry::parse_ipfile`]).
+    /// A file that could not be read holds nothing.
+    fn in_ipfile(&mut self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// One class the connection became a member of.

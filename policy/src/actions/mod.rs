@@ -10,13 +10,19 @@
 //! chain (the first class in the chain that gives a directive wins; `setenv` and `subst` are
 //! merged name by name, first value winning). `drop`/`run`/`msg` are merged as a group, as are
 //! `failrun`/`failmsg`, because the original picks the first class in the chain that names any
-//! of them and then uses that class's choice.
+//! of them and then uses that class's choice. `block` (issue 10) is merged like `log`: the
+//! first class in the chain that gives one decides; a class that ends up with both `run` and
+//! `block` is an error (A021), because a blocked address gets no service.
 
 mod parse;
 mod resolve;
 mod templates;
 
+pub(crate) use templates::segment_end;
+
 use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::source::Parsed;
 
@@ -38,6 +44,7 @@ pub const DIRECTIVES: &[&str] = &[
     "setenv",
     "subst",
     "see",
+    "block",
 ];
 
 /// The most bytes of one `msg`/`failmsg` that are sent (the rest is cut and logged): far more
@@ -65,6 +72,29 @@ pub enum Limit {
     ConnMax(i64),
 }
 
+/// `block [TIMESPEC]` or `block cmdonly`: what the parent does to the peer address of a
+/// connection or probe whose action class has it (see [`crate::decide::block_request`]).
+/// PortSentry's BLOCK_TCP/BLOCK_UDP 0 is no `block`, 1 is `block`, 2 is `block cmdonly`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlockRequest {
+    /// How long the block lasts, before `blockincrement`; None: until unblocked by hand.
+    pub seconds: Option<u64>,
+    /// `block cmdonly`: run the `blockcmd` lines and nothing else: no entry in the blocked
+    /// set (so no `blocked`, blockfile, hostsdeny, blockzone or unblockcmd), no kills.
+    pub cmd_only: bool,
+}
+
+impl std::fmt::Display for BlockRequest {
+    /// The directive as written in the actions file.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.cmd_only, self.seconds) {
+            (true, _) => f.write_str("block cmdonly"),
+            (false, None) => f.write_str("block"),
+            (false, Some(s)) => write!(f, "block {s}s"),
+        }
+    }
+}
+
 /// One class's action rule, with everything its `see` chain supplies merged in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClassAction {
@@ -87,6 +117,8 @@ pub struct ClassAction {
     pub record: Option<String>,
     pub ipmax: Option<i64>,
     pub connmax: Option<i64>,
+    /// `block`: the first class in the `see` chain that gives one decides.
+    pub block: Option<BlockRequest>,
     /// Environment for run/failrun, in chain order, first value of a name winning.
     pub setenv: Vec<(String, String)>,
     /// Extra substitutions, in the order they are expanded (chain order, then file order).

@@ -32,6 +32,7 @@ pub(super) struct RawClass {
     pub record: Option<String>,
     pub ipmax: Option<i64>,
     pub connmax: Option<i64>,
+    pub block: Option<super::BlockRequest>,
     pub setenv: Vec<(String, String)>,
     pub subst: Vec<(String, String)>,
     pub see: Option<(String, Pos)>,
@@ -58,10 +59,12 @@ enum Shape {
     NameValue,
     /// One class name: see.
     Class,
+    /// Nothing, a TIMESPEC or `cmdonly`: block.
+    Block,
 }
 
 /// Every directive (the same list as [`super::DIRECTIVES`]) and what it takes.
-const SHAPES: [(&str, Shape); 16] = [
+const SHAPES: [(&str, Shape); 17] = [
     ("run", Shape::Text),
     ("msg", Shape::Text),
     ("failrun", Shape::Text),
@@ -78,6 +81,7 @@ const SHAPES: [(&str, Shape); 16] = [
     ("setenv", Shape::NameValue),
     ("subst", Shape::NameValue),
     ("see", Shape::Class),
+    ("block", Shape::Block),
 ];
 
 /// Longest class name the privsep protocol carries.
@@ -204,6 +208,7 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
     let mut setenv_at: HashMap<String, u32> = HashMap::new();
     let mut subst_at: HashMap<String, u32> = HashMap::new();
     let mut run_like: HashMap<&'static str, std::ops::Range<usize>> = HashMap::new();
+    let mut block_range: Option<std::ops::Range<usize>> = None;
 
     for piece in split_directives(text, rest_start) {
         let range = trim_range(text, piece.clone());
@@ -448,8 +453,59 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
                 }
                 class.see = Some((arg.to_owned(), pos_of(arg_range.clone())));
             }
+            Shape::Block => {
+                let seconds = match arg {
+                    "" | "cmdonly" => None,
+                    _ if arg.contains(char::is_whitespace) => {
+                        diags.push(extra("takes at most one argument, a time or 'cmdonly'"));
+                        continue;
+                    }
+                    _ => match crate::timespec::parse_timespec(arg) {
+                        Ok(0) => {
+                            diags.push(err(
+                                arg_range.clone(),
+                                "A020",
+                                "'block 0s' would end at once; write 'block' for a block \
+                                 without end"
+                                    .to_owned(),
+                            ));
+                            continue;
+                        }
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            diags.push(err(
+                                arg_range.clone(),
+                                "A020",
+                                format!(
+                                    "'block' takes a time (as in 1h or 7d) or 'cmdonly', not \
+                                     '{arg}': {e}"
+                                ),
+                            ));
+                            continue;
+                        }
+                    },
+                };
+                class.block = Some(super::BlockRequest {
+                    seconds,
+                    cmd_only: arg == "cmdonly",
+                });
+                block_range = Some(kw_range.clone());
+            }
         }
         first_at.insert(directive, kw_col);
+    }
+    // A trap or a scanner's connection gets a banner (msg) or nothing; a service for an
+    // address that is being blocked contradicts the block (and blockkills would end it).
+    if let (Some(range), Some(_)) = (block_range, &class.run) {
+        diags.push(err(
+            range,
+            "A021",
+            format!(
+                "class '{cname}' has both 'run' and 'block'; a blocked address gets no \
+                 service (use 'msg' for a banner, or 'drop')"
+            ),
+        ));
+        class.block = None;
     }
     Some(class)
 }

@@ -139,6 +139,27 @@ pub(super) fn resolve(
         merged[i] = Some(m);
     }
     let merged: Vec<ClassAction> = merged.into_iter().flatten().collect();
+    // The same conflict as A021 on one line, arising through `see`: reported once per class
+    // that ends up with both, at its name (its own line already had A021 if both were there).
+    let mut conflict = false;
+    for (c, raw) in merged.iter().zip(&classes) {
+        let own_both = raw.block.is_some() && raw.run.is_some();
+        if c.block.is_some() && c.run.is_some() && !own_both {
+            conflict = true;
+            diags.push(err(
+                raw.name_pos,
+                "A021",
+                format!(
+                    "class '{}' gets both 'run' and 'block' through its 'see' chain; a blocked \
+                     address gets no service (use 'msg' for a banner, or 'drop')",
+                    c.name
+                ),
+            ));
+        }
+    }
+    if conflict {
+        return None;
+    }
     Some(Actions {
         classes: merged,
         index,
@@ -245,6 +266,7 @@ fn merge(own: &RawClass, see_idx: Option<usize>, seen: Option<&ClassAction>) -> 
         record: own.record.clone(),
         ipmax: own.ipmax,
         connmax: own.connmax,
+        block: own.block,
         setenv: Vec::new(),
         subst: Vec::new(),
         see: own.see.as_ref().map(|s| s.0.clone()),
@@ -317,6 +339,9 @@ fn merge(own: &RawClass, see_idx: Option<usize>, seen: Option<&ClassAction>) -> 
     if out.connmax.is_none() {
         out.connmax = s.connmax;
     }
+    if out.block.is_none() {
+        out.block = s.block;
+    }
     push_unique(&mut out.setenv, &s.setenv);
     push_unique(&mut out.subst, &s.subst);
     out
@@ -332,7 +357,7 @@ fn push_unique(out: &mut Vec<(String, String)>, from: &[(String, String)]) {
 }
 
 fn own_directives(c: &RawClass) -> Vec<String> {
-    let flags: [(&str, bool); 16] = [
+    let flags: [(&str, bool); 17] = [
         ("run", c.run.is_some()),
         ("msg", c.msg.is_some()),
         ("failrun", c.failrun.is_some()),
@@ -347,6 +372,7 @@ fn own_directives(c: &RawClass) -> Vec<String> {
         ("ipmax", c.ipmax.is_some()),
         ("connmax", c.connmax.is_some()),
         ("see", c.see.is_some()),
+        ("block", c.block.is_some()),
         ("setenv", !c.setenv.is_empty()),
         ("subst", !c.subst.is_empty()),
     ];

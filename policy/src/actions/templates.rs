@@ -80,7 +80,7 @@ pub(super) fn scan(template: &str) -> Vec<Finding> {
 /// when no `(` follows; else after the matching `)`, the flags, width, precision, length
 /// letters and one conversion character (Python's `%` syntax); the end of the template for an
 /// unclosed `%(`.
-fn segment_end(t: &str, at: usize) -> usize {
+pub(crate) fn segment_end(t: &str, at: usize) -> usize {
     let b = t.as_bytes();
     if b.get(at + 1) != Some(&b'(') {
         // '%' plus one whole character (it may be multi-byte), or a lone '%' at the end.

@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use regex::{Regex, RegexBuilder};
 
 use crate::addr::{looks_like_addr, parse_addrspec, AddrRange, AddrSet};
-use crate::facts::{Facts, HnStatus, Lookup, MatchedClass};
+use crate::facts::{Facts, HnStatus, Lookup, MatchedClass, SentryMode};
 use crate::timespec::parse_timespec;
 
 /// The peer or local address as rules see it: v4-mapped IPv6 as IPv4.
@@ -93,7 +93,24 @@ pub enum Matcher {
     },
     FirstTime,
     Time(TimeKind, u64),
+    /// `trap`: this connection or probe hit a trap or stealth port.
+    Trap,
+    /// `blocked`: the peer address is in the blocked set.
+    Blocked,
+    /// `hits: N[/TIMESPEC]`: the peer touched at least `n` distinct trapped ports within
+    /// `window_secs` (PortSentry's SCAN_TRIGGER).
+    Hits {
+        n: u32,
+        window_secs: u64,
+    },
+    /// `mode: tcp,stcp,...`: one of these detectors saw it.
+    Mode(Vec<SentryMode>),
+    /// `ipfile: FILE`: the peer address is in the address list file FILE (as written).
+    IpFile(String),
 }
+
+/// The window of `hits: N` written without `/TIMESPEC`: an hour.
+pub const DEFAULT_HITS_WINDOW: u64 = 3600;
 
 /// An operand's compiled form before or-list merging: address operands are kept as ranges so
 /// that a run of them becomes one [`AddrSet`] built in a single sort.
@@ -174,10 +191,22 @@ pub const ARG_MATCHERS: &[&str] = &[
     "notseenfor:",
     "stallfor:",
     "waited:",
+    "hits:",
+    "mode:",
+    "ipfile:",
 ];
 
 /// Matchers that take no argument.
-pub const BARE_MATCHERS: &[&str] = &["ALL", "KNOWN", "UNKNOWN", "PARANOID", "IDENTD", "firsttime"];
+pub const BARE_MATCHERS: &[&str] = &[
+    "ALL",
+    "KNOWN",
+    "UNKNOWN",
+    "PARANOID",
+    "IDENTD",
+    "firsttime",
+    "trap",
+    "blocked",
+];
 
 /// The original's hostname test, on the lower-cased name: letters, digits, `.`, `-`, `_`,
 /// not empty and not just `.`.
@@ -323,6 +352,53 @@ fn dnsbl_matcher(arg: &str) -> Result<Matcher, OperandError> {
     Ok(Matcher::Dnsbl { zone, want })
 }
 
+/// `hits: N[/TIMESPEC]`, N at least 1.
+fn hits_matcher(arg: &str) -> Result<Matcher, OperandError> {
+    let (n_s, window) = match arg.split_once('/') {
+        Some((n, w)) => (n, Some(w)),
+        None => (arg, None),
+    };
+    let n = match n_s.parse::<u32>() {
+        Ok(n) if n >= 1 && n_s.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => {
+            return Err(arg_err(format!(
+                "hits: '{arg}' must be a number of ports (1 or more), optionally followed by \
+                 /TIMESPEC, as in 3 or 3/10m"
+            )))
+        }
+    };
+    let window_secs = match window {
+        None => DEFAULT_HITS_WINDOW,
+        Some(w) => match parse_timespec(w) {
+            Ok(0) => {
+                return Err(arg_err(format!(
+                    "hits: '{arg}': the window must be longer than 0s"
+                )))
+            }
+            Ok(s) => s,
+            Err(e) => return Err(arg_err(format!("hits: '{arg}': {e}"))),
+        },
+    };
+    Ok(Matcher::Hits { n, window_secs })
+}
+
+/// `mode: WORD[,WORD...]`.
+fn mode_matcher(arg: &str) -> Result<Matcher, OperandError> {
+    let mut modes = Vec::new();
+    for w in arg.split(',') {
+        let Some(m) = SentryMode::from_word(w) else {
+            return Err(arg_err(format!(
+                "mode: '{w}' is not a sentry mode (tcp, udp, stcp, sudp, atcp or audp; several \
+                 are separated by commas)"
+            )));
+        };
+        if !modes.contains(&m) {
+            modes.push(m);
+        }
+    }
+    Ok(Matcher::Mode(modes))
+}
+
 /// Compiles `MATCHER: ARG`.
 pub fn with_arg(name: &str, arg: &str) -> Result<Piece, OperandError> {
     let m = match name {
@@ -367,6 +443,17 @@ pub fn with_arg(name: &str, arg: &str) -> Result<Piece, OperandError> {
         }
         "local:" => local_matcher(arg)?,
         "dnsbl:" => dnsbl_matcher(arg)?,
+        "hits:" => hits_matcher(arg)?,
+        "mode:" => mode_matcher(arg)?,
+        // The parent reads the file (by this name, relative names against nanny.conf's
+        // directory) and ships its contents; see Rules::ipfiles.
+        "ipfile:" if arg.is_empty() || arg.bytes().any(|b| b.is_ascii_control()) => {
+            return Err(arg_err(format!(
+                "ipfile: '{}' is not a file name",
+                arg.escape_debug()
+            )))
+        }
+        "ipfile:" => Matcher::IpFile(arg.to_owned()),
         "seenwithin:" | "notseenfor:" | "stallfor:" | "waited:" => {
             let secs = parse_timespec(arg).map_err(|e| arg_err(format!("{name} '{arg}': {e}")))?;
             let kind = match name {
@@ -412,6 +499,8 @@ pub fn bare(word: &str) -> Result<Piece, OperandError> {
         },
         "IDENTD" => Matcher::Identd(None),
         "firsttime" => Matcher::FirstTime,
+        "trap" => Matcher::Trap,
+        "blocked" => Matcher::Blocked,
         "" => {
             return Err(OperandError {
                 at_arg: false,
@@ -538,6 +627,20 @@ impl fmt::Display for Matcher {
             }
             Matcher::FirstTime => f.write_str("firsttime"),
             Matcher::Time(kind, secs) => write!(f, "{} {secs}s", kind.name()),
+            Matcher::Trap => f.write_str("trap"),
+            Matcher::Blocked => f.write_str("blocked"),
+            Matcher::Hits { n, window_secs } => write!(f, "hits: {n}/{window_secs}s"),
+            Matcher::Mode(modes) => {
+                f.write_str("mode: ")?;
+                for (i, m) in modes.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    f.write_str(m.as_str())?;
+                }
+                Ok(())
+            }
+            Matcher::IpFile(name) => write!(f, "ipfile: {}", quote_word(name)),
         }
     }
 }
@@ -648,6 +751,11 @@ impl Matcher {
                     TimeKind::Waited => seen.first_secs_ago > *secs,
                 }
             }
+            Matcher::Trap => cx.facts.trap(),
+            Matcher::Blocked => cx.facts.blocked(),
+            Matcher::Hits { n, window_secs } => cx.facts.trap_hits(*window_secs) >= *n,
+            Matcher::Mode(modes) => cx.facts.sentry_mode().is_some_and(|m| modes.contains(&m)),
+            Matcher::IpFile(name) => cx.facts.in_ipfile(name),
         }
     }
 }

@@ -37,6 +37,10 @@
 //!   process boundary as checked strings.
 //! - Brackets, NOT and EXCEPT may nest at most [`parse::MAX_DEPTH`] levels.
 //! - GLOBAL is not added a second time when a rule itself names the class GLOBAL.
+//! - The sentry matchers (issue 10, an extension): `trap`, `blocked`, `hits: N[/TIMESPEC]`,
+//!   `mode: MODE[,MODE...]` and `ipfile: FILE`; see [`matchers::Matcher`]. None needs a
+//!   lookup. Because `trap` and `blocked` are matcher words, a bare `trap` or `blocked` is no
+//!   longer the single-label hostname it was (write `hostname: trap`).
 
 pub mod ast;
 pub mod compile;
@@ -52,6 +56,7 @@ use crate::facts::{Classification, Facts};
 use crate::source::{Diagnostic, LogicalLine, Parsed, Severity, SourceFile};
 
 use compile::Node;
+use matchers::Matcher;
 
 /// Longest class name or label, matching what the process boundary accepts.
 pub const MAX_NAME: usize = 256;
@@ -149,6 +154,57 @@ impl Rules {
             }
         }
         self.rules.iter().any(|r| walk(&r.expr))
+    }
+
+    /// The files `ipfile:` operands name, as written, in order of first use, without
+    /// duplicates. The parent reads each (relative to nanny.conf's directory), parses it with
+    /// [`crate::sentry::parse_ipfile`] and ships the sets; a rule's operand asks for its file
+    /// by this name through [`Facts::in_ipfile`].
+    pub fn ipfiles(&self) -> Vec<String> {
+        fn walk(node: &Node, out: &mut Vec<String>) {
+            match node {
+                Node::M(Matcher::IpFile(name)) => {
+                    if !out.contains(name) {
+                        out.push(name.clone());
+                    }
+                }
+                Node::M(_) => {}
+                Node::Not(x) => walk(x, out),
+                Node::Or(o) => o.items.iter().for_each(|n| walk(n, out)),
+                Node::And(v) => v.iter().for_each(|n| walk(n, out)),
+                Node::Except(a, b) => {
+                    walk(a, out);
+                    walk(b, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for r in &self.rules {
+            walk(&r.expr, &mut out);
+        }
+        out
+    }
+
+    /// Whether some rule uses a sentry matcher that only a trap can make true (`trap`,
+    /// `hits:`, `mode:`) or `blocked`; -C warns when nothing is trapped. Returns the first
+    /// such rule's line and the matcher as written.
+    pub fn sentry_matcher(&self) -> Option<(u32, String)> {
+        fn walk(node: &Node) -> Option<String> {
+            match node {
+                Node::M(
+                    m
+                    @ (Matcher::Trap | Matcher::Blocked | Matcher::Hits { .. } | Matcher::Mode(_)),
+                ) => Some(m.to_string()),
+                Node::M(_) => None,
+                Node::Not(x) => walk(x),
+                Node::Or(o) => o.items.iter().find_map(walk),
+                Node::And(v) => v.iter().find_map(walk),
+                Node::Except(a, b) => walk(a).or_else(|| walk(b)),
+            }
+        }
+        self.rules
+            .iter()
+            .find_map(|r| walk(&r.expr).map(|m| (r.lineno, m)))
     }
 }
 

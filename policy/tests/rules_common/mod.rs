@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use policy::facts::{Facts, HnStatus, HostInfo, Lookup, SeenTimes};
+use policy::facts::{Facts, HnStatus, HostInfo, Lookup, SeenTimes, SentryMode};
 use policy::rules::{parse_rules, Rules};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub enum Asked {
     AnswersOn(u16),
     Seen,
     Prefetch(Vec<Lookup>),
+    /// `hits:` asked with this window.
+    Hits(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -31,6 +33,20 @@ pub struct Fake {
     pub answers: Vec<u16>,
     pub seen: SeenTimes,
     pub log: Vec<Asked>,
+    /// The sentry facts; None: use the trait's defaults (an ordinary connection).
+    pub sentry: Option<SentryFacts>,
+}
+
+/// What the sentry knows about the connection or probe.
+#[derive(Clone, Debug, Default)]
+pub struct SentryFacts {
+    pub trap: bool,
+    pub blocked: bool,
+    /// (timestamp in seconds before now, port) of each trap hit of the address.
+    pub hits: Vec<(u64, u16)>,
+    pub mode: Option<SentryMode>,
+    /// The ipfiles the address is in.
+    pub ipfiles: Vec<String>,
 }
 
 impl Fake {
@@ -52,7 +68,13 @@ impl Fake {
                 last_secs_ago: None,
             },
             log: Vec::new(),
+            sentry: None,
         }
+    }
+
+    pub fn sentry(mut self, s: SentryFacts) -> Fake {
+        self.sentry = Some(s);
+        self
     }
 
     pub fn host(mut self, status: HnStatus, claimed: &str) -> Fake {
@@ -155,6 +177,33 @@ impl Facts for Fake {
     }
     fn prefetch(&mut self, lookups: &[Lookup]) {
         self.log.push(Asked::Prefetch(lookups.to_vec()));
+    }
+    fn trap(&mut self) -> bool {
+        self.sentry.as_ref().is_some_and(|s| s.trap)
+    }
+    fn blocked(&mut self) -> bool {
+        self.sentry.as_ref().is_some_and(|s| s.blocked)
+    }
+    fn trap_hits(&mut self, window_secs: u64) -> u32 {
+        self.log.push(Asked::Hits(window_secs));
+        let Some(s) = &self.sentry else { return 0 };
+        let mut ports: Vec<u16> = s
+            .hits
+            .iter()
+            .filter(|(ago, _)| *ago <= window_secs)
+            .map(|(_, p)| *p)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports.len() as u32
+    }
+    fn sentry_mode(&mut self) -> Option<SentryMode> {
+        self.sentry.as_ref().and_then(|s| s.mode)
+    }
+    fn in_ipfile(&mut self, name: &str) -> bool {
+        self.sentry
+            .as_ref()
+            .is_some_and(|s| s.ipfiles.iter().any(|f| f == name))
     }
 }
 
