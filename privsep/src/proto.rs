@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 /// by index into the parent's own actions table and carries no text.
 pub use policy::decide::{Decision, Disposition, Refusal};
 /// Lookup results that cross a boundary, as the policy crate defines them.
-pub use policy::facts::{HnStatus, SeenTimes};
+pub use policy::facts::{HnStatus, SeenTimes, SentryMode};
 
 /// Longest hostname we accept from a peer (RFC 1035 presentation form without the final dot).
 pub const MAX_HOSTNAME: usize = 253;
@@ -308,11 +308,13 @@ pub enum ParentToClassifier {
     /// Live counted connections after a classifier restart (sent once, before any
     /// `ConnAccepted`).
     Seed { live: Vec<LiveConn> },
-    /// A new connection to classify; answered by exactly one `Verdict`.
+    /// A new connection to classify; answered by exactly one `Verdict`. `trap` is set when it
+    /// came in on a `trap tcp` port (a full connect to a port that exists to catch scanners).
     ConnAccepted {
         conn: ConnId,
         remote: SocketAddr,
         local: SocketAddr,
+        trap: Option<SentryMode>,
     },
     /// A counted connection ended (its service exited, or spawning failed).
     ConnClosed { conn: ConnId },
@@ -324,6 +326,19 @@ pub enum ParentToClassifier {
     /// anything) and the parent closed its socket. If its evaluation has not started it is
     /// skipped: the classifier answers a close verdict at once (still exactly one `Verdict`).
     ConnGone { conn: ConnId },
+    /// A probe with no connection behind it (a datagram to a `trap udp` port, or a stealth
+    /// probe the sentry saw), numbered from the connections' counter and classified like one:
+    /// answered by exactly one `Verdict`, whose service or message the parent never starts
+    /// (there is no socket), but whose `block` it carries out.
+    Probe {
+        conn: ConnId,
+        remote: SocketAddr,
+        local: SocketAddr,
+        mode: SentryMode,
+    },
+    /// The blocked set changed (`blocked` matcher): these addresses are now blocked (`on`) or
+    /// no longer are. After a restart the whole set is sent this way, before any connection.
+    Blocked { addrs: Vec<IpAddr>, on: bool },
 }
 
 /// Sent by the classifier; decoded only by the parent, which admits it in `parent/admit.rs`.

@@ -332,6 +332,17 @@ mod tests {
                 conn: ConnId(2),
                 remote: v4(7, 4711),
                 local: v6(25),
+                trap: Some(SentryMode::Stcp),
+            },
+            ParentToClassifier::Probe {
+                conn: ConnId(3),
+                remote: v4(7, 4711),
+                local: v6(25),
+                mode: SentryMode::Audp,
+            },
+            ParentToClassifier::Blocked {
+                addrs: vec![v4(7, 1).ip()],
+                on: true,
             },
             ParentToClassifier::ConnClosed { conn: ConnId(2) },
             ParentToClassifier::Flush,

@@ -17,13 +17,13 @@
 //!   thread, from the aftermaxthreads shortcut, or a close verdict when the queue is full).
 //! - The pool is started once, on the first policy, and only then are new processes forbidden.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError};
 
 use policy::facts::Classification;
 use privsep::proto::{
     ClassName, ClassifierSettings, ClassifierToParent, ConnId, Gen, LiveConn, LogLevel,
-    ParentToClassifier,
+    ParentToClassifier, SentryMode,
 };
 
 use super::compiler::{self, Compiler, PolicyJob};
@@ -32,6 +32,10 @@ use super::lookups::Timeouts;
 use super::pool::{self, Job, Pool};
 use super::{verdict, Options, Shared};
 use crate::exit::EXIT_SYSTEM;
+
+/// How long trap hits are remembered: longer than any sensible `hits:` window (the matcher's
+/// window is checked against this in the policy's -C warnings).
+const HITS_KEEP: u64 = 24 * 3600;
 
 /// Evaluation threads, at most, whatever maxthreads says: each one reserves a stack, and past
 /// this many concurrent lookups the resolver's own pool is the bottleneck anyway.
@@ -85,7 +89,15 @@ impl Dispatcher {
                 conn,
                 remote,
                 local,
-            } => self.on_conn_accepted(conn, remote, local),
+                trap,
+            } => self.on_conn_accepted(conn, remote, local, trap),
+            ParentToClassifier::Probe {
+                conn,
+                remote,
+                local,
+                mode,
+            } => self.on_conn_accepted(conn, remote, local, Some(mode)),
+            ParentToClassifier::Blocked { addrs, on } => self.on_blocked(addrs, on),
             ParentToClassifier::ConnClosed { conn } => self.on_conn_closed(conn),
             ParentToClassifier::Flush => self.on_flush(),
             ParentToClassifier::StatusRequest => self.on_status_request(),
@@ -255,7 +267,31 @@ impl Dispatcher {
         Flow::Continue
     }
 
-    fn on_conn_accepted(&mut self, conn: ConnId, remote: SocketAddr, local: SocketAddr) -> Flow {
+    /// The parent's blocked set changed; `blocked` answers from this mirror.
+    fn on_blocked(&mut self, addrs: Vec<IpAddr>, on: bool) -> Flow {
+        let mut set = self
+            .shared
+            .blocked
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for a in addrs {
+            if on {
+                set.insert(a);
+            } else {
+                set.remove(&a);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// A connection (or, with `trap`, a trap connection or probe) to classify.
+    fn on_conn_accepted(
+        &mut self,
+        conn: ConnId,
+        remote: SocketAddr,
+        local: SocketAddr,
+        trap: Option<SentryMode>,
+    ) -> Flow {
         let Some(pool) = &self.pool else {
             self.log(
                 LogLevel::Crit,
@@ -280,7 +316,18 @@ impl Dispatcher {
             );
         }
 
-        if let Some(class) = self.overflow_class() {
+        if trap.is_some() {
+            // ORDER: recorded before the rules run, so `hits:` counts this one too.
+            let mut hits = self
+                .shared
+                .hits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            hits.expire(HITS_KEEP, now);
+            hits.record(remote.ip(), local.port(), now);
+        }
+        // Scans are always judged by the rules: the overflow class is for ordinary load.
+        if let Some(class) = self.overflow_class().filter(|_| trap.is_none()) {
             if pool.busy() {
                 // aftermaxthreads: decided here at once, without rules or lookups.
                 let classification = Classification::forced(class.as_str());
@@ -311,6 +358,7 @@ impl Dispatcher {
             remote,
             local,
             seen: None,
+            trap,
         };
         // Evaluating here saves waking a pool thread, and, above all, a connection that needs
         // no lookup never waits for a slot behind slow lookups. Rules that cannot need one
@@ -370,6 +418,12 @@ impl Dispatcher {
     fn on_flush(&mut self) -> Flow {
         self.shared
             .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        // Trap hits are history too; the blocked set is the parent's and is never flushed.
+        self.shared
+            .hits
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();

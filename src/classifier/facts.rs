@@ -25,7 +25,7 @@ use std::sync::PoisonError;
 use std::time::Instant;
 
 use crossbeam_channel::{self as cb, RecvTimeoutError};
-use policy::facts::{self as pf, Facts, HostInfo, Lookup, SeenTimes};
+use policy::facts::{self as pf, Facts, HostInfo, Lookup, SeenTimes, SentryMode};
 use privsep::proto::{Answer, HnStatus, HostFacts, HostName, IdentUser, LogLevel, Query, ReqId};
 
 use super::lookups::Reply;
@@ -69,6 +69,8 @@ pub struct ConnFacts<'a> {
     speculative: bool,
     /// A speculative evaluation reached a fact that needs a lookup.
     blocked: bool,
+    /// Set for a trap connection or a probe: the detector that saw it.
+    trap: Option<SentryMode>,
 }
 
 impl<'a> ConnFacts<'a> {
@@ -87,6 +89,7 @@ impl<'a> ConnFacts<'a> {
             identd_asked: false,
             speculative: false,
             blocked: false,
+            trap: None,
         }
     }
 
@@ -105,8 +108,14 @@ impl<'a> ConnFacts<'a> {
     }
 
     /// Whether a speculative evaluation needed a lookup: its classification is not valid.
-    pub fn blocked(&self) -> bool {
+    pub fn needed_lookup(&self) -> bool {
         self.blocked
+    }
+
+    /// A trap connection or probe, and the detector that saw it.
+    pub fn with_trap(mut self, trap: Option<SentryMode>) -> Self {
+        self.trap = trap;
+        self
     }
 
     /// The history times read, for [`ConnFacts::with_seen`].
@@ -278,6 +287,34 @@ impl Drop for ConnFacts<'_> {
 impl Facts for ConnFacts<'_> {
     fn remote(&self) -> SocketAddr {
         self.remote
+    }
+
+    // The sentry facts need no lookup: the detector came with the connection, the hits were
+    // recorded by the dispatch thread before the rules ran, the blocked set is the parent's,
+    // mirrored.
+    fn trap(&mut self) -> bool {
+        self.trap.is_some()
+    }
+
+    fn sentry_mode(&mut self) -> Option<SentryMode> {
+        self.trap
+    }
+
+    fn trap_hits(&mut self, window_secs: u64) -> u32 {
+        let now = self.shared.clock.now_secs();
+        self.shared
+            .hits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .count(self.remote.ip(), Some(window_secs), now)
+    }
+
+    fn blocked(&mut self) -> bool {
+        self.shared
+            .blocked
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&self.remote.ip())
     }
 
     fn local(&self) -> SocketAddr {

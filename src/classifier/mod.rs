@@ -180,6 +180,10 @@ impl Clock {
 /// State shared by the dispatch thread, the evaluation pool and the resolver reader.
 pub(crate) struct Shared {
     pub parent: ParentLink,
+    /// Trap hits per address (`hits:`).
+    pub hits: Mutex<hits::Hits>,
+    /// The parent's blocked set, mirrored (`blocked`).
+    pub blocked: RwLock<std::collections::HashSet<std::net::IpAddr>>,
     /// Pending connections whose peer has gone (`ConnGone`): skipped if not yet evaluated.
     pub gone: Mutex<std::collections::HashSet<privsep::proto::ConnId>>,
     pub lookups: Lookups,
@@ -200,6 +204,8 @@ impl Shared {
         Shared {
             parent,
             gone: Mutex::new(std::collections::HashSet::new()),
+            hits: Mutex::new(hits::Hits::default()),
+            blocked: RwLock::new(std::collections::HashSet::new()),
             lookups: Lookups::new(resolver),
             history: Mutex::new(History::new(MAX_HISTORY)),
             conntrack: Mutex::new(Conntrack::new()),

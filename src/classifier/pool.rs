@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel as cb;
-use policy::facts::SeenTimes;
+use policy::facts::{SeenTimes, SentryMode};
 use privsep::proto::{ConnId, LogLevel};
 
 use super::facts::{canonical, ConnFacts};
@@ -43,6 +43,8 @@ pub struct Job {
     pub local: SocketAddr,
     /// History times a speculative try already read (and recorded); None if it read none.
     pub seen: Option<SeenTimes>,
+    /// The detector that saw it, for a trap connection or a probe.
+    pub trap: Option<SentryMode>,
 }
 
 /// The evaluation pool.
@@ -158,9 +160,10 @@ fn classify_with(
                 } else {
                     ConnFacts::new(shared, remote, job.local)
                 }
-                .with_seen(job.seen);
+                .with_seen(job.seen)
+                .with_trap(job.trap);
                 let classification = snapshot.rules.evaluate(&mut facts);
-                if facts.blocked() {
+                if facts.needed_lookup() {
                     return Err(facts.seen_times());
                 }
                 (classification, facts.observed())

@@ -183,6 +183,7 @@ fn accept(run: &mut Running, conn: u64, remote: &str) {
             conn: ConnId(conn),
             remote: addr(remote),
             local: addr("127.0.0.1:2525"),
+            trap: None,
         })
         .unwrap();
 }

@@ -1,5 +1,6 @@
-//! Accepting: new connections from the listeners become pending rows of the connection table
-//! and `ConnAccepted` messages to the classifier.
+//! Accepting: new connections from the listeners (and trap ports) become pending rows of the
+//! connection table and `ConnAccepted` messages to the classifier; datagrams on UDP traps
+//! become probes.
 //!
 //! Runs in the parent. The only input is accept(2) on our own listening sockets; the peer's
 //! bytes are never read here.
@@ -115,8 +116,31 @@ impl Parent {
                 );
                 continue;
             }
-            self.classify(a, conn, Instant::now())?;
+            let trap = self
+                .listeners
+                .get(idx)
+                .is_some_and(|l| l.trap)
+                .then_some(privsep::proto::SentryMode::Tcp);
+            self.classify(a, conn, Instant::now(), trap)?;
         }
         Ok(())
+    }
+
+    /// Datagrams on UDP trap `i`: each is a probe for the rules.
+    pub(super) fn on_udp_trap(&mut self, i: usize) {
+        let Some(t) = self.udp_traps.get(i) else {
+            return;
+        };
+        for hit in super::traps::drain_udp(t) {
+            let r = self.classify_probe(
+                hit.src,
+                hit.trap,
+                privsep::proto::SentryMode::Udp,
+                Instant::now(),
+            );
+            if let Err(f) = r {
+                return self.worker_failed(f);
+            }
+        }
     }
 }

@@ -34,6 +34,8 @@ pub struct BlockConf {
     /// New blocks per minute from forgeable detections (stealth scans, UDP).
     pub budget: u32,
     pub increment: Option<Increment>,
+    /// A block also ends the blocked address's running services (`blockkills on`).
+    pub kills: bool,
 }
 
 /// What became of a block request.
@@ -112,6 +114,7 @@ impl Blocker {
             || c.hostsdeny.is_some()
             || c.blockzone.is_some()
             || !c.blockcmd.is_empty()
+            || !c.neverblock.is_empty()
     }
 
     pub fn set(&self) -> &BlockedSet {
@@ -176,6 +179,35 @@ impl Blocker {
         }
     }
 
+    /// Whether a block ends the address's running services.
+    pub fn kills(&self) -> bool {
+        self.conf.kills
+    }
+
+    /// `block cmdonly` (PortSentry's BLOCK_TCP 2): runs the block commands for `req` and
+    /// nothing else; neverblock still holds.
+    pub fn commands_only(&mut self, req: &Request, now: u64) {
+        let b = Block {
+            addr: req.addr,
+            since: now,
+            until: req.seconds.map(|s| now.saturating_add(s)),
+            port: req.port,
+            mode: req.mode.clone(),
+            repeat: 0,
+            reason: req.reason.clone(),
+        };
+        if self.conf.neverblock.contains(req.addr) {
+            log::warn(&format!(
+                "not running the block commands for {}: it is in neverblock ({})",
+                req.addr, req.reason
+            ));
+            self.history(now, "refuse", &b);
+            return;
+        }
+        self.history(now, "command", &b);
+        self.commands(&self.conf.blockcmd.clone(), "blockcmd", &b, now);
+    }
+
     /// Ends the block of `addr` by hand.
     pub fn unblock(&mut self, addr: IpAddr, now: u64) -> Option<Block> {
         let b = self.set.unblock(addr)?;
@@ -184,8 +216,8 @@ impl Blocker {
         Some(b)
     }
 
-    /// Ends the blocks whose time is up.
-    pub fn expire(&mut self, now: u64) -> usize {
+    /// Ends the blocks whose time is up; returns their addresses.
+    pub fn expire(&mut self, now: u64) -> Vec<IpAddr> {
         let gone = self.set.expire(now);
         for b in &gone {
             self.ended(b, "expire", now);
@@ -193,7 +225,7 @@ impl Blocker {
         if !gone.is_empty() {
             self.persist();
         }
-        gone.len()
+        gone.into_iter().map(|b| b.addr).collect()
     }
 
     /// When the next block ends (unix seconds).
@@ -201,11 +233,14 @@ impl Blocker {
         self.set.next_expiry()
     }
 
-    /// The loop's once-a-second work: blocks that ended, block commands past their time.
-    pub fn tick(&mut self, now: std::time::Instant) {
+    /// The loop's once-a-second work: block commands past their time, blocks that ended
+    /// (returned, for the classifier's mirror).
+    pub fn tick(&mut self, now: std::time::Instant) -> Vec<IpAddr> {
         self.runner.check_timeout(now);
         if self.next_expiry().is_some_and(|t| t <= unix_now()) {
-            self.expire(unix_now());
+            self.expire(unix_now())
+        } else {
+            Vec::new()
         }
     }
 
@@ -385,7 +420,7 @@ mod tests {
         assert!(read("history").ends_with("2000 expire 192.0.2.7 31337 tcp 1600 trap\n"));
         assert!(!read("blocks").contains("block 192.0.2.7"));
         assert!(read("blocks").contains("offence 192.0.2.7 1 1000"));
-        assert_eq!(later.expire(3000), 0);
+        assert!(later.expire(3000).is_empty());
     }
 
     #[test]

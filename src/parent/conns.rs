@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
-use privsep::proto::{ClassName, ConnId, Gen, LiveConn};
+use privsep::proto::{ClassName, ConnId, Gen, LiveConn, SentryMode};
 
 use super::msgwrite::{MsgWrite, Progress};
 
@@ -43,8 +43,11 @@ pub struct Served {
 #[derive(Debug)]
 pub enum State {
     Pending {
-        /// None once its peer has gone: the socket is closed, the verdict still awaited.
+        /// None once its peer has gone (the socket is closed, the verdict still awaited), and
+        /// for a probe, which never had one.
         stream: Option<TcpStream>,
+        /// The detector, for a trap connection or a probe.
+        trap: Option<SentryMode>,
         /// The oldest generation its verdict may name.
         min_gen: Gen,
     },
@@ -94,6 +97,8 @@ pub struct Conns {
     /// Rows in `Writing`, in the order their poll slots are built.
     writers: Vec<ConnId>,
     pending: usize,
+    /// Pending rows that are probes (no socket ever).
+    probes: std::collections::HashSet<ConnId>,
 }
 
 /// The fixed part of a row.
@@ -115,9 +120,11 @@ pub struct PendingConn {
 /// What [`Conns::take_pending`] found.
 #[derive(Debug)]
 pub enum Taken {
-    Live(PendingConn),
+    Live(PendingConn, Option<SentryMode>),
     /// Its peer had gone and its socket is closed already.
-    Gone(Meta),
+    Gone(Meta, Option<SentryMode>),
+    /// A probe: there never was a socket.
+    Probe(Meta, SentryMode),
 }
 
 /// Whether the peer of an accepted socket has gone: it reset the connection, or closed it
@@ -167,7 +174,22 @@ impl Conns {
         self.rows.values()
     }
 
-    /// A newly accepted connection.
+    /// A probe (no connection: a UDP trap datagram or a stealth probe) awaiting its verdict.
+    pub fn add_probe(&mut self, m: Meta, mode: SentryMode, min_gen: Gen) {
+        self.probes.insert(m.id);
+        self.insert(
+            m,
+            State::Pending {
+                stream: None,
+                trap: Some(mode),
+                min_gen,
+            },
+        );
+        self.pending += 1;
+    }
+
+    /// A newly accepted connection (`trap`: on a trap port).
+    #[allow(clippy::too_many_arguments)]
     pub fn add_pending(
         &mut self,
         id: ConnId,
@@ -176,6 +198,7 @@ impl Conns {
         local: SocketAddr,
         min_gen: Gen,
         now: Instant,
+        trap: Option<SentryMode>,
     ) {
         let row = Conn {
             id,
@@ -184,6 +207,7 @@ impl Conns {
             accepted: now,
             state: State::Pending {
                 stream: Some(stream),
+                trap,
                 min_gen,
             },
         };
@@ -255,9 +279,17 @@ impl Conns {
         match c.state {
             State::Pending {
                 stream: Some(stream),
+                trap,
                 ..
-            } => Some(Taken::Live(PendingConn { meta, stream })),
-            State::Pending { stream: None, .. } => Some(Taken::Gone(meta)),
+            } => Some(Taken::Live(PendingConn { meta, stream }, trap)),
+            State::Pending {
+                stream: None,
+                trap: Some(mode),
+                ..
+            } if self.probes.remove(&id) => Some(Taken::Probe(meta, mode)),
+            State::Pending {
+                stream: None, trap, ..
+            } => Some(Taken::Gone(meta, trap)),
             _ => None,
         }
     }
@@ -274,6 +306,7 @@ impl Conns {
             self.rows.remove(id);
         }
         self.pending = 0;
+        self.probes.clear();
         ids
     }
 
@@ -452,13 +485,13 @@ mod tests {
         let remote: SocketAddr = "127.0.0.9:4000".parse().unwrap();
         let local = l.local_addr().unwrap();
         let mut t = Conns::default();
-        t.add_pending(ConnId(1), stream(&l), remote, local, Gen(2), now);
-        t.add_pending(ConnId(2), stream(&l), remote, local, Gen(3), now);
+        t.add_pending(ConnId(1), stream(&l), remote, local, Gen(2), now, None);
+        t.add_pending(ConnId(2), stream(&l), remote, local, Gen(3), now, None);
         assert_eq!((t.len(), t.pending_len()), (2, 2));
         assert_eq!(t.min_gen(ConnId(1)), Some(Gen(2)));
         assert_eq!(t.oldest_pending_gen(), Some(Gen(2)));
 
-        let Some(Taken::Live(p)) = t.take_pending(ConnId(1)) else {
+        let Some(Taken::Live(p, None)) = t.take_pending(ConnId(1)) else {
             panic!("pending")
         };
         assert!(t.take_pending(ConnId(1)).is_none(), "one verdict per conn");
@@ -499,15 +532,28 @@ mod tests {
         std::io::Write::write_all(&mut talking, b"GET\n").unwrap();
         drop(talking);
         drop(left);
-        t.add_pending(ConnId(1), a, ra, local, Gen(1), now);
-        t.add_pending(ConnId(2), b, rb, local, Gen(1), now);
-        t.add_pending(ConnId(3), c, rc, local, Gen(1), now);
+        t.add_pending(ConnId(1), a, ra, local, Gen(1), now, None);
+        t.add_pending(ConnId(2), b, rb, local, Gen(1), now, None);
+        t.add_pending(ConnId(3), c, rc, local, Gen(1), now, None);
         let gone = crate::parent::conns::tests::wait_gone(&mut t);
         assert_eq!(gone, vec![ConnId(1)]);
         assert!(t.close_gone().is_empty(), "reported once");
         assert_eq!(t.pending_len(), 3, "rows stay until their verdicts");
-        assert!(matches!(t.take_pending(ConnId(1)), Some(Taken::Gone(m)) if m.remote == ra));
-        assert!(matches!(t.take_pending(ConnId(2)), Some(Taken::Live(_))));
+        assert!(matches!(t.take_pending(ConnId(1)), Some(Taken::Gone(m, None)) if m.remote == ra));
+        assert!(matches!(t.take_pending(ConnId(2)), Some(Taken::Live(..))));
+        let probe = Meta {
+            id: ConnId(9),
+            remote: ra,
+            local,
+            accepted: now,
+        };
+        t.add_probe(probe, SentryMode::Udp, Gen(1));
+        assert_eq!(t.min_gen(ConnId(9)), Some(Gen(1)));
+        assert!(t.close_gone().is_empty(), "a probe has no socket to close");
+        assert!(matches!(
+            t.take_pending(ConnId(9)),
+            Some(Taken::Probe(m, SentryMode::Udp)) if m == probe
+        ));
     }
 
     /// close_gone, retried briefly: the FIN reaches the accepted socket asynchronously.
@@ -529,8 +575,8 @@ mod tests {
         let local = l.local_addr().unwrap();
         let mut t = Conns::default();
         for i in 1..=3 {
-            t.add_pending(ConnId(i), stream(&l), local, local, Gen(1), now);
-            let Some(Taken::Live(p)) = t.take_pending(ConnId(i)) else {
+            t.add_pending(ConnId(i), stream(&l), local, local, Gen(1), now, None);
+            let Some(Taken::Live(p, _)) = t.take_pending(ConnId(i)) else {
                 panic!("pending")
             };
             let s = p.stream.try_clone().unwrap();

@@ -8,11 +8,15 @@
 
 use std::time::Instant;
 
-use privsep::proto::{ConnId, Gen, LiveConn, ParentToClassifier};
+use std::net::{IpAddr, SocketAddr};
+
+use privsep::proto::{ConnId, Gen, LiveConn, ParentToClassifier, SentryMode};
 use privsep::Role;
 
 use super::admit::{self, Admitted, Verdict};
-use super::conns::{Conns, Taken};
+use super::blocker::Outcome;
+use super::blocks::Request;
+use super::conns::{Conns, Meta, Taken};
 use super::status;
 use super::verdict::{self, ActCtx, Acted};
 use super::workers::Failure;
@@ -126,23 +130,31 @@ impl Parent {
         // Old tables are pruned once a second and on PolicyLoaded, not per verdict: finding the
         // oldest pending generation is a walk over every pending connection.
         let counted = v.decision().counted;
-        let p = match self.conns.take_pending(v.conn()) {
-            Some(Taken::Live(p)) => p,
-            Some(Taken::Gone(meta)) => {
+        let (meta, stream, trap) = match self.conns.take_pending(v.conn()) {
+            Some(Taken::Live(p, trap)) => (p.meta, Some(p.stream), trap),
+            Some(Taken::Gone(meta, trap)) => {
                 log::debug(1, &format!("drop conn={} reason=peer-gone", meta.id.0));
-                return self.conn_closed(meta.id, counted);
+                (meta, None, trap)
             }
+            Some(Taken::Probe(meta, mode)) => (meta, None, Some(mode)),
             // admit() checked it is pending; nothing to act on otherwise.
             None => return Ok(()),
         };
-        let meta = p.meta;
         let mut ctx = ActCtx {
             creds: self.creds.as_ref(),
             substitutions: self.settings.substitutions,
             last_log: &mut self.last_log,
             writing: self.conns.writing_len(),
         };
-        match verdict::act(&v, p, &mut ctx) {
+        let acted = verdict::act(&v, meta, stream, trap, &mut ctx);
+        // The class's `block`, from the parent's own table for the verdict's generation.
+        let block = v
+            .actions()
+            .and_then(|a| policy::decide::block_request(a, v.decision()));
+        if let Some(req) = block {
+            self.block(&v, &meta, trap, req)?;
+        }
+        match acted {
             Acted::Running { pid, served } => {
                 self.conns.add_running(meta, pid, counted, served);
                 Ok(())
@@ -180,6 +192,16 @@ impl Parent {
         ];
         if !live.is_empty() || self.ever_ready {
             sends.push((ParentToClassifier::Seed { live }, "Seed"));
+        }
+        let blocked: Vec<IpAddr> = self.blocker.set().iter().map(|b| b.addr).collect();
+        if !blocked.is_empty() {
+            sends.push((
+                ParentToClassifier::Blocked {
+                    addrs: blocked,
+                    on: true,
+                },
+                "Blocked",
+            ));
         }
         let Some(w) = self.classifier.as_mut() else {
             return Ok(());
@@ -231,6 +253,7 @@ impl Parent {
         a: super::listen::Accepted,
         conn: ConnId,
         now: Instant,
+        trap: Option<SentryMode>,
     ) -> Result<(), Failure> {
         let min_gen = self.shipped.oldest();
         let sent = match self.classifier.as_mut() {
@@ -239,13 +262,117 @@ impl Parent {
                     conn,
                     remote: a.remote,
                     local: a.local,
+                    trap,
                 },
                 "ConnAccepted",
             ),
             None => Err(Failure::new(Role::Classifier, "no classifier")),
         };
         self.conns
-            .add_pending(conn, a.stream, a.remote, a.local, min_gen, now);
+            .add_pending(conn, a.stream, a.remote, a.local, min_gen, now, trap);
         sent
+    }
+
+    /// A probe with no connection (a UDP trap datagram, a stealth probe), classified like a
+    /// connection so its rules can block it.
+    pub(super) fn classify_probe(
+        &mut self,
+        remote: SocketAddr,
+        local: SocketAddr,
+        mode: SentryMode,
+        now: Instant,
+    ) -> Result<(), Failure> {
+        if !self.workers_ready() || self.conns.pending_len() >= super::MAX_PENDING {
+            log::debug(
+                1,
+                &format!(
+                    "probe from {remote} to {local} ({}) not classified: busy",
+                    mode.as_str()
+                ),
+            );
+            return Ok(());
+        }
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let meta = Meta {
+            id: conn,
+            remote,
+            local,
+            accepted: now,
+        };
+        self.conns.add_probe(meta, mode, self.shipped.oldest());
+        match self.classifier.as_mut() {
+            Some(w) => w.queue(
+                &ParentToClassifier::Probe {
+                    conn,
+                    remote,
+                    local,
+                    mode,
+                },
+                "Probe",
+            ),
+            None => Err(Failure::new(Role::Classifier, "no classifier")),
+        }
+    }
+
+    /// Carries out a verdict's `block` for the connection or probe `meta`, and tells the
+    /// classifier's mirror. A full connect is not forgeable; every other detection is.
+    fn block(
+        &mut self,
+        v: &Verdict,
+        meta: &Meta,
+        trap: Option<SentryMode>,
+        req: policy::actions::BlockRequest,
+    ) -> Result<(), Failure> {
+        let now = super::blocker::unix_now();
+        let request = Request {
+            addr: meta.remote.ip(),
+            port: meta.local.port(),
+            mode: trap.map_or_else(String::new, |m| m.as_str().to_owned()),
+            reason: format!("class {}", v.action_class_name().unwrap_or("-")),
+            seconds: req.seconds,
+        };
+        let forgeable = trap.is_some_and(SentryMode::forgeable);
+        if req.cmd_only {
+            self.blocker.commands_only(&request, now);
+            return Ok(());
+        }
+        match self.blocker.block(request, forgeable, now) {
+            Outcome::Blocked(b) => {
+                if self.blocker.kills() {
+                    self.kill_services_of(b.addr);
+                }
+                self.mirror_blocks(vec![b.addr], true)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `blockkills on`: ends every running service of a newly blocked address (each leads its
+    /// own process group, so its children go too).
+    fn kill_services_of(&mut self, addr: IpAddr) {
+        for c in self.conns.iter() {
+            if let (Some(pid), true) = (c.pid(), c.remote.ip() == addr) {
+                log::notice(&format!(
+                    "blockkills: ending pid={pid} conn={} of {addr}",
+                    c.id.0
+                ));
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    /// Tells the classifier's mirror of the blocked set.
+    pub(super) fn mirror_blocks(&mut self, addrs: Vec<IpAddr>, on: bool) -> Result<(), Failure> {
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        match self.classifier.as_mut() {
+            Some(w) => w.queue(&ParentToClassifier::Blocked { addrs, on }, "Blocked"),
+            None => Ok(()),
+        }
     }
 }

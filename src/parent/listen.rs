@@ -27,6 +27,8 @@ pub struct Listener {
     pub sock: TcpListener,
     /// The address it is bound to (the port is the real one).
     pub addr: SocketAddr,
+    /// A `trap tcp` port: its connections are trap hits.
+    pub trap: bool,
 }
 
 /// Where one `listen` line binds: an explicit address, or both wildcards.
@@ -63,7 +65,11 @@ pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
     socket::listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?;
     let sock = TcpListener::from(fd);
     let addr = sock.local_addr()?;
-    Ok(Listener { sock, addr })
+    Ok(Listener {
+        sock,
+        addr,
+        trap: false,
+    })
 }
 
 /// Binds every listen line. A wildcard line whose IPv6 half cannot be created because the host

@@ -141,6 +141,8 @@ struct Parent {
     policy: Generations,
     /// The blocked set and everything that mirrors it (sentry).
     blocker: blocker::Blocker,
+    /// `trap udp` sockets (TCP traps are among the listeners).
+    udp_traps: Vec<traps::UdpTrap>,
     conf_watch: confwatch::ConfWatch,
     next_reload: Instant,
     creds: Option<Creds>,
@@ -171,6 +173,7 @@ enum Slot {
     Signals,
     Loader,
     BlockCmd,
+    UdpTrap(usize),
     Worker(Role),
     Listener(usize),
     Msg(usize),
@@ -360,6 +363,10 @@ impl Parent {
                     fds.push(PollFd::new(l.sock.as_fd(), PollFlags::POLLIN));
                     slots.push(Slot::Listener(i));
                 }
+                for (i, t) in self.udp_traps.iter().enumerate() {
+                    fds.push(PollFd::new(t.sock.as_fd(), PollFlags::POLLIN));
+                    slots.push(Slot::UdpTrap(i));
+                }
             }
             for (i, w) in self.conns.writers().enumerate() {
                 fds.push(PollFd::new(w.get_ref().as_fd(), PollFlags::POLLOUT));
@@ -389,6 +396,7 @@ impl Parent {
                     Slot::Signals => signalled = true,
                     Slot::Loader => self.loaded(),
                     Slot::BlockCmd => self.blocker.runner().on_output(),
+                    Slot::UdpTrap(i) => self.on_udp_trap(*i),
                     Slot::Worker(role) => self.on_worker_ready(*role, *rev),
                     Slot::Listener(i) => {
                         if let Err(f) = self.accept_from(*i) {
@@ -423,7 +431,10 @@ impl Parent {
                 self.check_verdict_deadline(Instant::now());
                 self.note_good_policy(Instant::now());
                 self.end_exhaustion(Instant::now());
-                self.blocker.tick(Instant::now());
+                let ended = self.blocker.tick(Instant::now());
+                if let Err(f) = self.mirror_blocks(ended, false) {
+                    self.worker_failed(f);
+                }
                 if self.exhausted.is_some() || self.conns.pending_len() >= MAX_PENDING / 2 {
                     if let Err(f) = self.close_gone() {
                         self.worker_failed(f);

@@ -36,8 +36,8 @@ pub fn auto() -> Vec<(IpAddr, &'static str)> {
 }
 
 /// The set to check block requests against: `specs` plus, with `auto`, [`auto`]'s addresses.
-pub fn build(specs: &[AddrRange], with_auto: bool) -> AddrSet {
-    let mut set = AddrSet::from_ranges(specs.iter().cloned());
+pub fn build(specs: &AddrSet, with_auto: bool) -> AddrSet {
+    let mut set = specs.clone();
     if with_auto {
         for (a, _) in auto() {
             set.insert(single(a));
@@ -120,13 +120,11 @@ mod tests {
 
     #[test]
     fn auto_covers_loopback_and_this_hosts_addresses() {
-        let set = build(&[], true);
+        let set = build(&AddrSet::new(), true);
         assert!(set.contains("127.0.0.1".parse().unwrap()));
         assert!(set.contains("::1".parse().unwrap()));
-        let none = build(
-            &[policy::addr::parse_addrspec("203.0.113.0/24").unwrap()],
-            false,
-        );
+        let specs = AddrSet::from_ranges([policy::addr::parse_addrspec("203.0.113.0/24").unwrap()]);
+        let none = build(&specs, false);
         assert!(none.contains("203.0.113.9".parse().unwrap()));
         assert!(!none.contains("127.0.0.1".parse().unwrap()));
     }

@@ -10,12 +10,13 @@ use std::time::Instant;
 use privsep::proto::{ClassName, ClassifierSettings, Gen, ResolverSettings};
 
 use super::blocker::{unix_now, BlockConf, Blocker};
+use super::blocks::Increment;
 use super::confwatch::ConfWatch;
 use super::conns::Conns;
 use super::from_classifier::Shipped;
 use super::generations::Generations;
 use super::workers::{Backoff, WorkerPlan};
-use super::{listen, setup, signals, spawn, Parent, Settings, RELOAD_EVERY};
+use super::{listen, neverblock, setup, signals, spawn, traps, Parent, Settings, RELOAD_EVERY};
 use crate::args::Args;
 use crate::exit::{Error, Result};
 use crate::log;
@@ -127,11 +128,15 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
 
     // Bind (step 4).
     let lines: Vec<_> = conf.listens.iter().map(|l| (l.port, l.addr)).collect();
-    let (listeners, skipped) = listen::bind_all(&lines)
+    let (mut listeners, skipped) = listen::bind_all(&lines)
         .map_err(|(addr, e)| Error::system(format!("cannot listen on {addr}"), e))?;
     for s in skipped {
         log::warn(&format!("no IPv6 on this host: not listening on {s}"));
     }
+    let traps =
+        traps::bind_all(&trap_specs(&conf.sentry)).map_err(|e| Error::System(e.to_string()))?;
+    listeners.extend(traps.tcp);
+    let blocker = Blocker::start(block_conf(&cfg), unix_now());
 
     // Signals before the first child, so no SIGCHLD can be missed.
     let signals = signals::Signals::install().map_err(|e| Error::system("signal handlers", e))?;
@@ -161,7 +166,8 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         group_started: None,
         failed_since_ship: 0,
         policy,
-        blocker: Blocker::start(BlockConf::default(), unix_now()),
+        blocker,
+        udp_traps: traps.udp,
         conf_watch: ConfWatch::new(cfg.conf_path.clone()),
         next_reload: Instant::now() + RELOAD_EVERY,
         creds,
@@ -171,4 +177,67 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         fatal: None,
     };
     Ok(p)
+}
+
+/// One trap spec per port of every `trap` line.
+fn trap_specs(s: &policy::sentry::SentryConf) -> Vec<traps::TrapSpec> {
+    let mut out = Vec::new();
+    for t in &s.traps {
+        let proto = match t.proto {
+            policy::sentry::Proto::Tcp => traps::Proto::Tcp,
+            policy::sentry::Proto::Udp => traps::Proto::Udp,
+        };
+        for r in &t.ports {
+            for port in r.lo..=r.hi {
+                out.push(traps::TrapSpec {
+                    proto,
+                    port,
+                    addr: t.addr,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The blocker's settings from nanny.conf (relative files next to nanny.conf, like rulefile).
+fn block_conf(cfg: &setup::Config) -> BlockConf {
+    let s = &cfg.conf.sentry;
+    let path = |f: &Option<String>| {
+        f.as_ref()
+            .map(|f| setup::resolve_relative(&cfg.conf_path, f))
+    };
+    let neverblock = match &s.neverblock {
+        Some(n) => {
+            if n.auto {
+                let found: Vec<String> = neverblock::auto()
+                    .iter()
+                    .map(|(a, why)| format!("{a} ({why})"))
+                    .collect();
+                log::info(&format!("neverblock auto: {}", found.join(", ")));
+            }
+            neverblock::build(&n.set, n.auto)
+        }
+        None => policy::addr::AddrSet::new(),
+    };
+    BlockConf {
+        blockfile: path(&s.blockfile),
+        historyfile: path(&s.historyfile),
+        hostsdeny: path(&s.hostsdeny),
+        blockzone: s.blockzone.as_ref().map(|z| {
+            (
+                setup::resolve_relative(&cfg.conf_path, &z.file),
+                z.zone.clone().unwrap_or_else(|| "blocked".to_owned()),
+            )
+        }),
+        blockcmd: s.blockcmds.clone(),
+        unblockcmd: s.unblockcmds.clone(),
+        neverblock,
+        budget: s.blockbudget,
+        increment: s.blockincrement.as_ref().map(|i| Increment {
+            factor: f64::from(i.factor),
+            max: i.max_secs,
+        }),
+        kills: s.blockkills,
+    }
 }

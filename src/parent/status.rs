@@ -125,8 +125,8 @@ mod tests {
             "127.0.0.5:4711".parse().unwrap(),
             "127.0.0.1:4040".parse().unwrap(),
         );
-        conns.add_pending(ConnId(17), stream, remote, local, Gen(3), t0);
-        let Some(crate::parent::conns::Taken::Live(p)) = conns.take_pending(ConnId(17)) else {
+        conns.add_pending(ConnId(17), stream, remote, local, Gen(3), t0, None);
+        let Some(crate::parent::conns::Taken::Live(p, _)) = conns.take_pending(ConnId(17)) else {
             panic!("pending")
         };
         let served = Served {

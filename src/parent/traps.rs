@@ -114,7 +114,10 @@ pub fn bind_all(specs: &[TrapSpec]) -> Result<Traps, BindError> {
     for s in specs {
         for addr in listen::addresses(s.port, s.addr) {
             let r = match s.proto {
-                Proto::Tcp => listen::bind(addr).map(|l| t.tcp.push(l)),
+                Proto::Tcp => listen::bind(addr).map(|mut l| {
+                    l.trap = true;
+                    t.tcp.push(l)
+                }),
                 Proto::Udp => bind_udp(addr).map(|u| t.udp.push(u)),
             };
             match r {

@@ -15,10 +15,11 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 use super::admit::Verdict;
-use super::conns::{Meta, PendingConn, Served};
+use super::conns::{Meta, Served};
 use super::msgwrite::{self, MsgWrite, Progress};
 use super::spawn::{self, Creds, ServiceEnv};
 use crate::log;
+use privsep::proto::SentryMode;
 
 /// What [`act`] did with the connection.
 #[derive(Debug)]
@@ -44,9 +45,16 @@ pub struct ActCtx<'a> {
     pub writing: usize,
 }
 
-/// Acts on `v` for the pending connection `p`.
-pub fn act(v: &Verdict, p: PendingConn, ctx: &mut ActCtx<'_>) -> Acted {
-    let PendingConn { meta, stream } = p;
+/// Acts on `v` for the pending connection `meta`. `stream` is None for a probe (a UDP trap
+/// datagram, a stealth probe) or a connection whose peer has gone: its `log` and `record`
+/// lines are written, but nothing is run or sent. `trap` names the detector that saw it.
+pub fn act(
+    v: &Verdict,
+    meta: Meta,
+    stream: Option<TcpStream>,
+    trap: Option<SentryMode>,
+    ctx: &mut ActCtx<'_>,
+) -> Acted {
     let conn = meta.id;
     let d = v.decision();
     let disposition = d.disposition;
@@ -59,13 +67,14 @@ pub fn act(v: &Verdict, p: PendingConn, ctx: &mut ActCtx<'_>) -> Acted {
         log::debug(
             1,
             &format!(
-                "verdict conn={} peer={} local={} class={} action={}{why} gen={}",
+                "verdict conn={} peer={} local={} class={} action={}{why} gen={}{}",
                 conn.0,
                 meta.remote,
                 meta.local,
                 log::escape(&class),
                 disposition.as_str(),
-                v.gen().0
+                v.gen().0,
+                trap.map_or_else(String::new, |m| format!(" trap={}", m.as_str()))
             ),
         );
     }
@@ -106,6 +115,10 @@ pub fn act(v: &Verdict, p: PendingConn, ctx: &mut ActCtx<'_>) -> Acted {
         }
         *ctx.last_log = Some(line.text.clone());
     }
+    let Some(stream) = stream else {
+        // A probe or a peer that has gone: nothing to run or send.
+        return close(meta, None);
+    };
     let names: Vec<&str> = v.classification().names().collect();
     let served = |user: Option<String>| Served {
         classes: names.iter().map(|s| s.to_string()).collect(),
@@ -124,7 +137,7 @@ pub fn act(v: &Verdict, p: PendingConn, ctx: &mut ActCtx<'_>) -> Acted {
                     conn.0,
                     log::escape(&class)
                 ));
-                return close(meta, stream);
+                return close(meta, Some(stream));
             };
             let mut env = ServiceEnv {
                 remote: meta.remote,
@@ -160,14 +173,14 @@ pub fn act(v: &Verdict, p: PendingConn, ctx: &mut ActCtx<'_>) -> Acted {
         }
         D::Msg | D::FailMsg => {
             let Some(text) = r.message else {
-                return close(meta, stream);
+                return close(meta, Some(stream));
             };
             if ctx.writing >= msgwrite::MAX_MSG_WRITERS {
                 log::warn(&format!(
                     "drop conn={} reason=too-many-messages-in-flight",
                     conn.0
                 ));
-                return close(meta, stream);
+                return close(meta, Some(stream));
             }
             let (bytes, cut) = msgwrite::message_bytes(&text);
             if cut {
@@ -182,7 +195,7 @@ pub fn act(v: &Verdict, p: PendingConn, ctx: &mut ActCtx<'_>) -> Acted {
             // must never wait on a peer.
             if let Err(e) = stream.set_nonblocking(true) {
                 log::debug(1, &format!("msg conn={} failed: {e}", conn.0));
-                return close(meta, stream);
+                return close(meta, Some(stream));
             }
             let mut w = MsgWrite::new(conn, stream, bytes, Instant::now());
             match w.advance(Instant::now()) {
@@ -197,12 +210,12 @@ pub fn act(v: &Verdict, p: PendingConn, ctx: &mut ActCtx<'_>) -> Acted {
             }
             // Messages are never counted (admission refuses counted msg verdicts).
         }
-        D::Close => close(meta, stream),
+        D::Close => close(meta, Some(stream)),
     }
 }
 
 /// Closes a connection that gets no service.
-fn close(meta: Meta, stream: TcpStream) -> Acted {
+fn close(meta: Meta, stream: Option<TcpStream>) -> Acted {
     drop(stream);
     if log::enabled(2) {
         log::debug(2, &format!("close conn={}", meta.id.0));

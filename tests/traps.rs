@@ -1,0 +1,192 @@
+//! Trap ports and the blocked set (issue 10, PortSentry's tcp and udp modes) end to end: a
+//! full connect to a `trap tcp` port and a datagram to a `trap udp` port are trap hits for the
+//! rules; `hits:` counts distinct trapped ports; `block` blocks the address (blockfile,
+//! historyfile, hosts.deny, blockcmd exactly once) and `blocked` then refuses it on every
+//! port; a restart keeps the block; neverblock addresses are never blocked; other clients are
+//! served throughout.
+//!
+//! Runs in the test process against the real daemon on loopback addresses only.
+
+mod util;
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use util::*;
+
+fn ip(d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 62, 0, d)
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+const RULES: &str = "banned: blocked\nscan: trap && hits: 2\ntrapped: trap\nok: ALL\n";
+const ACTIONS: &str = "scan: block 1h : msg caught%(nl)s\ntrapped: msg banner%(nl)s\n\
+                       banned: drop\nok: msg hello%(nl)s\n";
+
+struct Ports {
+    tcp: u16,
+    udp: u16,
+}
+
+fn setup(s: &Scratch, p: &Ports) -> Setup {
+    let log = s.script(
+        "blockcmd.sh",
+        &format!(
+            "#!/bin/sh\necho \"$@\" >> {}\n",
+            s.path("cmds.log").display()
+        ),
+    );
+    Setup::new(RULES, ACTIONS)
+        .conf(&format!("trap tcp {}@127.0.0.1", p.tcp))
+        .conf(&format!("trap udp {}@127.0.0.1", p.udp))
+        .conf(&format!("blockfile {}", s.path("blocks").display()))
+        .conf(&format!("historyfile {}", s.path("history").display()))
+        .conf(&format!("hostsdeny {}", s.path("hosts.deny").display()))
+        .conf(&format!(
+            "blockcmd {} block %(ip)s %(port)s %(mode)s",
+            log.display()
+        ))
+        .conf(&format!("unblockcmd {} unblock %(ip)s", log.display()))
+        .conf("neverblock 127.62.0.1")
+        .arg("-v")
+}
+
+fn trap_connect(src: Ipv4Addr, port: u16) -> String {
+    let dst = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    match connect_from(src, dst, IO_TIMEOUT) {
+        Ok(mut c) => read_all(&mut c, IO_TIMEOUT).text(),
+        Err(e) => format!("connect failed: {e}"),
+    }
+}
+
+fn datagram(src: Ipv4Addr, port: u16) {
+    let s = UdpSocket::bind((src, 0)).expect("bind udp");
+    s.send_to(b"probe", (Ipv4Addr::LOCALHOST, port))
+        .expect("send");
+}
+
+fn read(s: &Scratch, f: &str) -> String {
+    std::fs::read_to_string(s.path(f)).unwrap_or_default()
+}
+
+#[test]
+fn a_scanner_is_trapped_blocked_everywhere_and_stays_blocked_after_a_restart() {
+    let s = Scratch::new("traps-block");
+    let p = Ports {
+        tcp: free_port(),
+        udp: free_udp_port(),
+    };
+    let n = Nanny::start(&s, setup(&s, &p));
+    let scanner = ip(5);
+    let bystander = ip(9);
+    assert_eq!(n.fetch_from(bystander).text(), "hello\n", "{}", n.log());
+
+    // One trapped port: the banner (PORT_BANNER), no block yet.
+    assert_eq!(trap_connect(scanner, p.tcp), "banner\n", "{}", n.log());
+    assert_eq!(
+        n.fetch_from(scanner).text(),
+        "hello\n",
+        "not blocked after one port"
+    );
+    // A second, distinct trapped port (UDP): hits 2, blocked.
+    let mark = n.mark();
+    datagram(scanner, p.udp);
+    let line = n.expect_log(mark, &["blocked 127.62.0.5"]);
+    assert!(line.contains(&format!("port {} udp", p.udp)), "{line}");
+
+    // Refused on every port, the listen port included; others keep being served.
+    let r = n.fetch_from(scanner);
+    assert!(r.closed_silently(), "a blocked address is dropped: {r:?}");
+    assert_eq!(n.fetch_from(bystander).text(), "hello\n");
+
+    // Everything that mirrors the set followed; the block command ran exactly once.
+    assert!(
+        read(&s, "blocks").contains("block 127.62.0.5 "),
+        "{}",
+        read(&s, "blocks")
+    );
+    assert!(read(&s, "history").contains(" block 127.62.0.5 "));
+    assert_eq!(read(&s, "hosts.deny"), "ALL: 127.62.0.5 # portnanny\n");
+    let cmds = wait_for(Duration::from_secs(10), || {
+        let c = read(&s, "cmds.log");
+        (!c.is_empty()).then_some(c)
+    })
+    .unwrap_or_default();
+    assert_eq!(
+        cmds,
+        format!("block 127.62.0.5 {} udp\n", p.udp),
+        "{}",
+        n.log()
+    );
+    // More probes extend nothing and run nothing again.
+    datagram(scanner, p.udp);
+    assert_eq!(
+        trap_connect(scanner, p.tcp),
+        "",
+        "blocked: no banner either"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(&s, "cmds.log").lines().count(), 1);
+
+    // A restart restores the set from the blockfile and the classifier's mirror with it.
+    drop(n);
+    let n = Nanny::start(&s, setup(&s, &p));
+    let r = n.fetch_from(scanner);
+    assert!(
+        r.closed_silently(),
+        "still blocked after a restart: {r:?}\n{}",
+        n.log()
+    );
+    assert_eq!(n.fetch_from(bystander).text(), "hello\n");
+    assert!(
+        n.log().contains("restored 1 blocked addresses"),
+        "{}",
+        n.log()
+    );
+}
+
+#[test]
+fn neverblock_addresses_are_trapped_but_never_blocked() {
+    let s = Scratch::new("traps-never");
+    let p = Ports {
+        tcp: free_port(),
+        udp: free_udp_port(),
+    };
+    let n = Nanny::start(&s, setup(&s, &p));
+    let friend = ip(1);
+    let mark = n.mark();
+    assert_eq!(trap_connect(friend, p.tcp), "banner\n");
+    datagram(friend, p.udp);
+    n.expect_log(mark, &["not blocking 127.62.0.1", "neverblock"]);
+    assert_eq!(n.fetch_from(friend).text(), "hello\n");
+    assert!(read(&s, "history").contains(" refuse 127.62.0.1 "));
+    assert!(!read(&s, "blocks").contains("block 127.62.0.1"));
+    assert_eq!(read(&s, "cmds.log"), "");
+}
+
+#[test]
+fn a_trap_port_in_use_is_a_start_up_error_naming_it() {
+    let s = Scratch::new("traps-inuse");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let p = Ports {
+        tcp: port,
+        udp: free_udp_port(),
+    };
+    let setup = setup(&s, &p);
+    let mut n = Nanny::spawn(&s, &setup);
+    let st = n.wait_exit(START_TIMEOUT).expect("the daemon exits");
+    assert_eq!(st.code(), Some(111), "{}", n.log());
+    assert!(
+        n.log()
+            .contains(&format!("cannot bind trap tcp 127.0.0.1:{port}")),
+        "{}",
+        n.log()
+    );
+}
