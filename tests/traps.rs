@@ -190,3 +190,50 @@ fn a_trap_port_in_use_is_a_start_up_error_naming_it() {
         n.log()
     );
 }
+
+/// A block with a time ends on time: the unblock command runs, hosts.deny and the blockfile
+/// lose the address, the history says `expire`, and the address is served again.
+#[test]
+fn a_block_expires_on_time_and_everything_follows() {
+    let s = Scratch::new("traps-expire");
+    let p = Ports {
+        tcp: free_port(),
+        udp: free_udp_port(),
+    };
+    let actions = ACTIONS.replace("block 1h", "block 2s");
+    let mut setup = setup(&s, &p);
+    setup.actions = actions;
+    let n = Nanny::start(&s, setup);
+    let scanner = ip(6);
+    let mark = n.mark();
+    assert_eq!(trap_connect(scanner, p.tcp), "banner\n");
+    datagram(scanner, p.udp);
+    n.expect_log(mark, &["blocked 127.62.0.6"]);
+    assert!(n.fetch_from(scanner).closed_silently());
+    let line = n
+        .wait_log_since(mark, Duration::from_secs(10), |l| {
+            l.contains("expire: 127.62.0.6 is no longer blocked")
+        })
+        .unwrap_or_else(|| panic!("no expiry; log:\n{}", n.log()));
+    assert!(!line.is_empty());
+    let served = wait_for(Duration::from_secs(5), || {
+        (n.fetch_from(scanner).text() == "hello\n").then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "served again after the block ended; {}",
+        n.log()
+    );
+    assert_eq!(read(&s, "hosts.deny"), "");
+    assert!(!read(&s, "blocks").contains("block 127.62.0.6"));
+    assert!(read(&s, "history").contains(" expire 127.62.0.6 "));
+    let cmds = wait_for(Duration::from_secs(10), || {
+        let c = read(&s, "cmds.log");
+        c.contains("unblock").then_some(c)
+    })
+    .unwrap_or_default();
+    assert_eq!(
+        cmds,
+        format!("block 127.62.0.6 {} udp\nunblock 127.62.0.6\n", p.udp)
+    );
+}

@@ -1,4 +1,4 @@
-//! Reaping: services and workers that exited, collected after SIGCHLD.
+//! Reaping: services, block commands and workers that exited, collected after SIGCHLD.
 //!
 //! Runs in the parent. The input is waitpid(2) for our own children; a service's end releases
 //! its connection's count in the classifier, a worker's death is a failure for the loop.
@@ -75,6 +75,9 @@ impl Parent {
                 if let Err(f) = self.conn_closed(c.id, counted) {
                     failed.get_or_insert(f);
                 }
+                continue;
+            }
+            if self.blocker.runner().on_exit(pid, st) {
                 continue;
             }
             let worker = self

@@ -49,6 +49,16 @@ impl Parent {
         for line in status::report(&p, &self.conns, c.as_ref(), Instant::now()) {
             log::info(&line);
         }
+        let traps: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|l| l.trap)
+            .map(|l| format!("tcp {}", l.addr))
+            .chain(self.udp_traps.iter().map(|t| format!("udp {}", t.addr)))
+            .collect();
+        if !traps.is_empty() {
+            log::info(&format!("status: traps: {}", traps.join(", ")));
+        }
         if self.blocker.in_use() {
             for line in self.blocker.status(super::blocker::unix_now()) {
                 log::info(&line);
