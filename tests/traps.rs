@@ -237,3 +237,35 @@ fn a_block_expires_on_time_and_everything_follows() {
         format!("block 127.62.0.6 {} udp\nunblock 127.62.0.6\n", p.udp)
     );
 }
+
+/// `ipfile: FILE` (PortSentry's IGNORE_FILE): an address list next to nanny.conf, read by the
+/// parent and shipped with the policy; an edit is picked up (here at once, by SIGHUP).
+#[test]
+fn ipfile_lists_are_matched_and_reloaded_when_they_change() {
+    let s = Scratch::new("traps-ipfile");
+    s.write("friends.txt", "# ours\n127.62.1.0/30\n");
+    let n = Nanny::start(
+        &s,
+        Setup::new(
+            "friends: ipfile: friends.txt\nok: ALL\n",
+            "friends: msg friend%(nl)s\nok: msg hello%(nl)s\n",
+        ),
+    );
+    let listed = Ipv4Addr::new(127, 62, 1, 2);
+    let other = Ipv4Addr::new(127, 62, 1, 9);
+    assert_eq!(n.fetch_from(listed).text(), "friend\n", "{}", n.log());
+    assert_eq!(n.fetch_from(other).text(), "hello\n");
+    write_atomic(
+        &s.path("friends.txt"),
+        "127.62.1.9\nnot-an-address\n",
+        0o644,
+    );
+    let mark = n.mark();
+    n.signal(nix::sys::signal::Signal::SIGHUP);
+    n.expect_log(mark, &["friends.txt:2:1"]);
+    let got = wait_for(Duration::from_secs(10), || {
+        (n.fetch_from(other).text() == "friend\n").then_some(())
+    });
+    assert!(got.is_some(), "the edited list applies; log:\n{}", n.log());
+    assert_eq!(n.fetch_from(listed).text(), "hello\n", "no longer listed");
+}

@@ -665,6 +665,7 @@ mod tests {
                 identd_timeout_ms: 10000,
                 answerson_timeout_ms: 5000,
             },
+            ipfiles: Vec::new(),
         }
     }
 
@@ -790,6 +791,7 @@ mod tests {
                 identd_timeout_ms: 10000,
                 answerson_timeout_ms: 5000,
             },
+            ipfiles: Vec::new(),
         };
         // Queue until the socket buffer is full (bounded: 64 frames is far beyond any buffer).
         let mut sent = 0;
@@ -837,6 +839,7 @@ mod tests {
                 identd_timeout_ms: 10000,
                 answerson_timeout_ms: 5000,
             },
+            ipfiles: Vec::new(),
         };
         let mut refused = None;
         let fit = MAX_QUEUED / MAX_FRAME;

@@ -304,6 +304,9 @@ pub enum ParentToClassifier {
         rules: Option<String>,
         actions: Option<String>,
         settings: ClassifierSettings,
+        /// The `ipfile:` address lists the rules name: (name as written, text read by the
+        /// parent; empty when it could not be read).
+        ipfiles: Vec<(String, String)>,
     },
     /// Live counted connections after a classifier restart (sent once, before any
     /// `ConnAccepted`).

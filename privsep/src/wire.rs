@@ -320,6 +320,7 @@ mod tests {
                 rules: Some("remote: ALL\n".to_owned()),
                 actions: None,
                 settings,
+                ipfiles: Vec::new(),
             },
             ParentToClassifier::Seed {
                 live: vec![LiveConn {
@@ -580,6 +581,7 @@ mod tests {
                 identd_timeout_ms: 10000,
                 answerson_timeout_ms: 5000,
             },
+            ipfiles: Vec::new(),
         };
         assert!(matches!(encode(&big), Err(Violation::FrameSize(n)) if n > MAX_TRUSTED_FRAME));
         // The largest body that fits is accepted (limit, then limit + 1 above).

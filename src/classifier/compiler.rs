@@ -23,6 +23,8 @@ pub struct PolicyJob {
     pub gen: Gen,
     pub rules: String,
     pub actions: String,
+    /// `ipfile:` lists: (name as written in the rules, text).
+    pub ipfiles: Vec<(String, String)>,
 }
 
 /// Parses both texts into a generation; Err with the first error and how many more.
@@ -35,6 +37,12 @@ pub fn compile(job: &PolicyJob) -> Result<Loaded, String> {
             needs_lookups: rules.can_need_lookups(),
             rules,
             actions,
+            // The parent reported what did not parse; what did is used.
+            ipfiles: job
+                .ipfiles
+                .iter()
+                .map(|(name, text)| (name.clone(), address_list(name, text)))
+                .collect(),
         }),
         _ => {
             let mut errors = parsed_rules
@@ -54,6 +62,21 @@ pub fn compile(job: &PolicyJob) -> Result<Loaded, String> {
             ))
         }
     }
+}
+
+/// An `ipfile:` list: every entry that parses (the parent logged the others with their
+/// positions when it read the file).
+fn address_list(name: &str, text: &str) -> policy::addr::AddrSet {
+    if let Some(set) = policy::sentry::parse_ipfile(name, text).value {
+        return set;
+    }
+    let mut set = policy::addr::AddrSet::new();
+    for line in text.lines() {
+        if let Some(one) = policy::sentry::parse_ipfile(name, line).value {
+            set.extend(&one);
+        }
+    }
+    set
 }
 
 /// Makes `loaded` the current generation and acknowledges it to the parent.

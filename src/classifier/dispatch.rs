@@ -83,7 +83,8 @@ impl Dispatcher {
                 rules,
                 actions,
                 settings,
-            } => self.on_policy(gen, rules, actions, settings),
+                ipfiles,
+            } => self.on_policy(gen, rules, actions, settings, ipfiles),
             ParentToClassifier::Seed { live } => self.on_seed(live),
             ParentToClassifier::ConnAccepted {
                 conn,
@@ -141,11 +142,13 @@ impl Dispatcher {
         rules: Option<String>,
         actions: Option<String>,
         settings: ClassifierSettings,
+        ipfiles: Vec<(String, String)>,
     ) -> Flow {
         let job = PolicyJob {
             gen,
             rules: rules.unwrap_or_default(),
             actions: actions.unwrap_or_default(),
+            ipfiles,
         };
         // A reload: compiled off this thread, connections meanwhile use the current policy.
         let job = match &self.compiler {

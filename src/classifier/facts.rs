@@ -71,6 +71,8 @@ pub struct ConnFacts<'a> {
     blocked: bool,
     /// Set for a trap connection or a probe: the detector that saw it.
     trap: Option<SentryMode>,
+    /// The evaluated generation's `ipfile:` lists.
+    ipfiles: Option<&'a HashMap<String, policy::addr::AddrSet>>,
 }
 
 impl<'a> ConnFacts<'a> {
@@ -90,6 +92,7 @@ impl<'a> ConnFacts<'a> {
             speculative: false,
             blocked: false,
             trap: None,
+            ipfiles: None,
         }
     }
 
@@ -110,6 +113,12 @@ impl<'a> ConnFacts<'a> {
     /// Whether a speculative evaluation needed a lookup: its classification is not valid.
     pub fn needed_lookup(&self) -> bool {
         self.blocked
+    }
+
+    /// The `ipfile:` lists of the generation the rules come from.
+    pub fn with_ipfiles(mut self, ipfiles: &'a HashMap<String, policy::addr::AddrSet>) -> Self {
+        self.ipfiles = Some(ipfiles);
+        self
     }
 
     /// A trap connection or probe, and the detector that saw it.
@@ -307,6 +316,12 @@ impl Facts for ConnFacts<'_> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .count(self.remote.ip(), Some(window_secs), now)
+    }
+
+    fn in_ipfile(&mut self, name: &str) -> bool {
+        self.ipfiles
+            .and_then(|m| m.get(name))
+            .is_some_and(|set| set.contains(self.remote.ip()))
     }
 
     fn blocked(&mut self) -> bool {

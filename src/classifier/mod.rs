@@ -140,6 +140,8 @@ pub(crate) struct Loaded {
     /// `rules.can_need_lookups()`, computed once: when false, the dispatch thread may evaluate
     /// a connection itself (see dispatch.rs), since nothing in the rules can make it wait.
     pub needs_lookups: bool,
+    /// The `ipfile:` address lists, by the name the rules use.
+    pub ipfiles: std::collections::HashMap<String, policy::addr::AddrSet>,
 }
 
 /// Evaluation counters for `Status`.

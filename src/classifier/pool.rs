@@ -161,7 +161,8 @@ fn classify_with(
                     ConnFacts::new(shared, remote, job.local)
                 }
                 .with_seen(job.seen)
-                .with_trap(job.trap);
+                .with_trap(job.trap)
+                .with_ipfiles(&snapshot.ipfiles);
                 let classification = snapshot.rules.evaluate(&mut facts);
                 if facts.needed_lookup() {
                     return Err(facts.seen_times());

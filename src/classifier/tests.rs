@@ -168,6 +168,7 @@ fn start(rules: &str, actions: &str, s: ClassifierSettings) -> Running {
             rules: Some(rules.to_string()),
             actions: Some(actions.to_string()),
             settings: s,
+            ipfiles: Vec::new(),
         })
         .unwrap();
     match from_classifier(&mut run.parent, WAIT) {
@@ -519,6 +520,7 @@ fn a_new_policy_applies_to_later_connections() {
             rules: Some("b: ALL\n".to_string()),
             actions: None,
             settings: settings(1, None),
+            ipfiles: Vec::new(),
         })
         .unwrap();
     match from_classifier(&mut run.parent, WAIT) {
@@ -849,6 +851,7 @@ fn loaded(rules: &str, actions: &str) -> Arc<Loaded> {
         needs_lookups: rules.can_need_lookups(),
         rules,
         actions,
+        ipfiles: Default::default(),
     })
 }
 

@@ -18,7 +18,7 @@ use privsep::proto::{ClassifierSettings, Gen, ParentToClassifier};
 
 use super::admit::GenTable;
 use super::loader::{Loader, Parsed};
-use super::reload::{self, Outcome, PolicyFiles, Watched};
+use super::reload::{self, Outcome, PolicyFiles, RuleNames, Watched};
 use crate::exit::{Error, Result};
 use crate::log;
 
@@ -26,7 +26,7 @@ use crate::log;
 #[derive(Clone, Debug)]
 struct Snapshot {
     gen: Gen,
-    rules: Option<(String, Vec<String>)>,
+    rules: Option<(String, RuleNames)>,
     actions: Option<(String, Arc<Actions>)>,
 }
 
@@ -48,12 +48,27 @@ pub struct Generations {
     actions_watch: Watched,
     /// The aftermaxthreads class (a class every generation may produce).
     aftermax: Option<String>,
+    /// The `ipfile:` address lists the current rules name, read by the parent (relative to
+    /// nanny.conf's directory) and shipped with the policy; reloaded when they change.
+    ipfiles: BTreeMap<String, IpFile>,
+    /// nanny.conf, for relative ipfile names.
+    conf_path: std::path::PathBuf,
+    /// An ipfile changed while a parse ran: the next applied load makes a new generation.
+    ipfiles_changed: bool,
+}
+
+#[derive(Debug)]
+struct IpFile {
+    watch: Watched,
+    /// Its text, empty if it could not be read (a list that cannot be read holds nothing).
+    text: String,
 }
 
 impl Generations {
     /// Loads both files for generation 1. The first policy must load: a daemon that starts
     /// with a broken file would silently drop every connection.
     pub fn load_first(
+        conf_path: &std::path::Path,
         rules: std::path::PathBuf,
         actions: std::path::PathBuf,
         aftermax: Option<String>,
@@ -100,7 +115,11 @@ impl Generations {
             substitutions,
             loading: None,
             again: false,
+            ipfiles: BTreeMap::new(),
+            conf_path: conf_path.to_path_buf(),
+            ipfiles_changed: false,
         };
+        g.sync_ipfiles(true);
         g.install_table();
         Ok(g)
     }
@@ -111,7 +130,7 @@ impl Generations {
             .files
             .rules
             .as_ref()
-            .map(|(_, c)| c.clone())
+            .map(|(_, n)| n.classes.clone())
             .unwrap_or_default();
         let actions = self.files.actions.as_ref().map(|(_, a)| Arc::clone(a));
         let t = GenTable::new(self.gen, actions, classes, self.aftermax.as_deref());
@@ -170,6 +189,11 @@ impl Generations {
             rules: self.files.rules.as_ref().map(|(t, _)| t.clone()),
             actions: self.files.actions.as_ref().map(|(t, _)| t.clone()),
             settings: settings.clone(),
+            ipfiles: self
+                .ipfiles
+                .iter()
+                .map(|(name, f)| (name.clone(), f.text.clone()))
+                .collect(),
         }
     }
 
@@ -183,6 +207,7 @@ impl Generations {
             return None;
         }
         let force = force || std::mem::take(&mut self.again);
+        self.ipfiles_changed |= self.sync_ipfiles(force);
         let rules = self
             .rules_watch
             .poll(force)
@@ -192,7 +217,15 @@ impl Generations {
             .poll(force)
             .map(|r| (self.actions_watch.name.clone(), r));
         if rules.is_none() && actions.is_none() {
-            return None;
+            if !std::mem::take(&mut self.ipfiles_changed) {
+                return None;
+            }
+            // Only an address list changed: the same rules and actions, a new generation.
+            self.new_generation();
+            return Some(Reloaded {
+                policy: true,
+                actions_loaded: false,
+            });
         }
         match Loader::start(rules, actions, self.substitutions) {
             Ok(l) => {
@@ -201,6 +234,54 @@ impl Generations {
             }
             Err(parsed) => Some(self.apply(*parsed, mode)),
         }
+    }
+
+    /// Reads the ipfiles the current rules name that are new or changed (all when `force`);
+    /// forgets those no longer named. Returns whether any text changed.
+    fn sync_ipfiles(&mut self, force: bool) -> bool {
+        let wanted: Vec<String> = self
+            .files
+            .rules
+            .as_ref()
+            .map(|(_, n)| n.ipfiles.clone())
+            .unwrap_or_default();
+        let before = self.ipfiles.len();
+        self.ipfiles.retain(|name, _| wanted.contains(name));
+        let mut changed = self.ipfiles.len() != before;
+        for name in wanted {
+            let conf_path = &self.conf_path;
+            let new = !self.ipfiles.contains_key(&name);
+            let f = self.ipfiles.entry(name.clone()).or_insert_with(|| IpFile {
+                watch: Watched::new(super::setup::resolve_relative(conf_path, &name)),
+                text: String::new(),
+            });
+            let Some(res) = f.watch.poll(force || new) else {
+                continue;
+            };
+            let text = match res {
+                Ok(text) => {
+                    let parsed = policy::sentry::parse_ipfile(&f.watch.name, &text);
+                    for d in &parsed.diagnostics {
+                        log::err(&format!("{d}; entry skipped"));
+                    }
+                    text
+                }
+                Err(e) => {
+                    log::err(&format!(
+                        "ipfile {name}: {e}; it holds no address until it loads"
+                    ));
+                    String::new()
+                }
+            };
+            if text != f.text || new {
+                if !new {
+                    log::info(&format!("reloaded ipfile {}", f.watch.name));
+                }
+                f.text = text;
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// The running loader's wake-up descriptor, for the poll set.
@@ -262,12 +343,18 @@ impl Generations {
             };
             changed.policy |= outcome.changes_policy();
         }
+        // New rules may name other address lists.
+        changed.policy |= self.sync_ipfiles(false) | std::mem::take(&mut self.ipfiles_changed);
         if changed.policy {
-            self.gen = Gen(self.gen.0.saturating_add(1));
-            self.install_table();
-            log::debug(2, &format!("policy generation {}", self.gen.0));
+            self.new_generation();
         }
         changed
+    }
+
+    fn new_generation(&mut self) {
+        self.gen = Gen(self.gen.0.saturating_add(1));
+        self.install_table();
+        log::debug(2, &format!("policy generation {}", self.gen.0));
     }
 }
 

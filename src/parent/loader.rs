@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use policy::actions::Actions;
 use policy::Diagnostic;
 
-use super::reload::{self, LoadError};
+use super::reload::{self, LoadError, RuleNames};
 
 /// The loader thread's stack: the parsers recurse on nested expressions.
 const LOADER_STACK: usize = 16 << 20;
@@ -25,7 +25,7 @@ const LOADER_STACK: usize = 16 << 20;
 /// A file read for a reload: its name, and its text or why it could not be read.
 pub type ReadFile = (String, Result<String, String>);
 
-pub type RulesResult = Result<(String, Vec<String>, Vec<Diagnostic>), LoadError>;
+pub type RulesResult = Result<(String, RuleNames, Vec<Diagnostic>), LoadError>;
 pub type ActionsResult = Result<(String, Actions, Vec<Diagnostic>), LoadError>;
 
 /// What the loader made of the files that changed (None: that file did not change).

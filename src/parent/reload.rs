@@ -181,11 +181,19 @@ impl Watched {
     }
 }
 
+/// What the parent needs from a rules file: the classes it can produce (admission), and the
+/// address list files its `ipfile:` matchers name (the parent reads and ships them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleNames {
+    pub classes: Vec<String>,
+    pub ipfiles: Vec<String>,
+}
+
 /// The loaded (or dropped) policy texts and the parent's parsed copies.
 #[derive(Debug, Default)]
 pub struct PolicyFiles {
-    /// Rules text (None: dropped / never loaded) and the class names it can produce.
-    pub rules: Option<(String, Vec<String>)>,
+    /// Rules text (None: dropped / never loaded) and the names the parent needs from it.
+    pub rules: Option<(String, RuleNames)>,
     pub actions: Option<(String, Arc<Actions>)>,
 }
 
@@ -207,10 +215,16 @@ impl LoadError {
 }
 
 /// Parses a rules file; warnings are returned for logging even on success.
-pub fn load_rules(name: &str, text: &str) -> Result<(Vec<String>, Vec<Diagnostic>), LoadError> {
+pub fn load_rules(name: &str, text: &str) -> Result<(RuleNames, Vec<Diagnostic>), LoadError> {
     let parsed = policy::rules::parse_rules(name, text);
     match parsed.value {
-        Some(rules) => Ok((rules.class_names(), warnings(parsed.diagnostics))),
+        Some(rules) => Ok((
+            RuleNames {
+                classes: rules.class_names(),
+                ipfiles: rules.ipfiles(),
+            },
+            warnings(parsed.diagnostics),
+        )),
         None => Err(LoadError::Diagnostics(parsed.diagnostics)),
     }
 }

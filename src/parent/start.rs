@@ -142,6 +142,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
     let signals = signals::Signals::install().map_err(|e| Error::system("signal handlers", e))?;
 
     let policy = Generations::load_first(
+        &cfg.conf_path,
         cfg.rules_path.clone(),
         cfg.actions_path.clone(),
         conf.aftermaxthreads.clone(),
