@@ -194,3 +194,39 @@ fn conf_value_diagnostics_point_at_the_directive() {
     );
     assert_eq!(d.to_string(), "nanny.conf:1:1: error[H002]: x");
 }
+
+/// Issue 10: sentry matchers without traps, blocks without a blockfile or neverblock.
+#[test]
+fn sentry_warnings() {
+    let got = check(
+        CONF,
+        "scan: trap AND\n  hits: 3\nbad: blocked\nlocal: ALL\n",
+        "scan: msg do not block me : block 1h\nbad: drop\nlocal: run /bin/cat\n",
+    );
+    assert_eq!(
+        got,
+        vec![
+            "rules:1:7: warning[W006]: 'trap' is never true here: nanny.conf has no 'trap' or 'stealth' line, so nothing is ever trapped",
+            "rules:2:3: warning[W006]: 'hits:' is never true here: nanny.conf has no 'trap' or 'stealth' line, so nothing is ever trapped",
+            "actions:1:29: warning[W007]: 'block' is used but nanny.conf has no 'blockfile', so every block is forgotten when portnanny restarts",
+            "actions:1:29: warning[W008]: 'block' is used but nanny.conf has no 'neverblock'; add 'neverblock auto' so this machine's own addresses, its gateways and its nameservers are never blocked",
+        ]
+    );
+
+    // Nothing can block: `blocked` is never true either.
+    let got = check(CONF, "bad: ! blocked\n", "bad: drop\n");
+    assert_eq!(
+        got,
+        vec!["rules:1:8: warning[W006]: 'blocked' is never true here: nothing can block an address (nanny.conf has no 'trap' or 'stealth' line and the actions file has no 'block')"]
+    );
+
+    // A complete sentry configuration has nothing to say.
+    let conf =
+        format!("{CONF}trap tcp 1,31337\nblockfile /var/lib/nanny/blocked\nneverblock auto\n");
+    let got = check(
+        &conf,
+        "scan: trap AND hits: 2 mode: tcp\nbad: blocked\nlocal: ALL\n",
+        "scan: msg nothing : block 1h\nbad: drop\nlocal: run /bin/cat\n",
+    );
+    assert_eq!(got, Vec::<String>::new());
+}
