@@ -230,3 +230,25 @@ fn sentry_warnings() {
     );
     assert_eq!(got, Vec::<String>::new());
 }
+
+/// The PortSentry example of docs/configuration.md's Sentry section loads without a word.
+#[test]
+fn sentry_docs_example() {
+    let doc = include_str!("../../docs/configuration.md");
+    let start = doc
+        .find("# nanny.conf\ntrap tcp")
+        .expect("the example is in the docs");
+    let block = &doc[start..];
+    let block = &block[..block.find("```").expect("end of the example")];
+    let part = |from: &str, to: Option<&str>| -> String {
+        let s = &block[block.find(from).expect(from) + from.len()..];
+        match to {
+            Some(t) => s[..s.find(t).expect(t)].to_owned(),
+            None => s.to_owned(),
+        }
+    };
+    let conf = format!("{CONF}{}", part("# nanny.conf\n", Some("\n# rules\n")));
+    let rules = part("# rules\n", Some("\n# actions\n"));
+    let actions = part("# actions\n", None);
+    assert_eq!(check(&conf, &rules, &actions), Vec::<String>::new());
+}
