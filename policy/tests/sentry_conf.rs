@@ -253,3 +253,57 @@ fn ipfiles() {
         ]
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("trap".to_owned()),
+            Just("stealth".to_owned()),
+            Just("tcp".to_owned()),
+            Just("udp".to_owned()),
+            Just("below".to_owned()),
+            Just("except".to_owned()),
+            Just("blockcmd".to_owned()),
+            Just("neverblock".to_owned()),
+            Just("blockzone".to_owned()),
+            Just("blockincrement".to_owned()),
+            Just("auto".to_owned()),
+            Just("\n".to_owned()),
+            Just("%(ip)s".to_owned()),
+            Just("%(".to_owned()),
+            "[0-9,@:.*-]{0,12}",
+            any::<char>().prop_map(String::from),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Never a panic; a value exactly when there is no error; and what loads prints back
+        /// to the same value.
+        #[test]
+        fn sentry_lines_never_panic_and_round_trip(
+            words in proptest::collection::vec(word(), 0..16),
+        ) {
+            let text = format!("{BASE}{}\n", words.join(" "));
+            let p = parse_conf("nanny.conf", &text);
+            prop_assert_eq!(p.value.is_some(), !p.has_errors());
+            if let Some(c) = p.value {
+                let again = parse_conf("nanny.conf", &c.to_string());
+                prop_assert_eq!(again.value, Some(c));
+            }
+        }
+
+        #[test]
+        fn port_lists_never_panic(text in "[0-9,-]{0,20}") {
+            if let Ok(list) = parse_ports(&text) {
+                for r in &list {
+                    prop_assert!(r.lo >= 1 && r.lo <= r.hi);
+                }
+            }
+        }
+    }
+}
