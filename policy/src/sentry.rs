@@ -98,7 +98,7 @@ impl fmt::Display for PortList<'_> {
     }
 }
 
-/// Whether any port of `list` is in `port`.
+/// Whether `port` is in one of the ranges of `list`.
 pub fn list_contains(list: &[PortRange], port: u16) -> bool {
     list.iter().any(|r| r.contains(port))
 }
@@ -684,7 +684,7 @@ pub(crate) fn parse_directive(
                 zone,
             });
         }
-        "blockbudget" => match port_count(arg) {
+        "blockbudget" => match whole_u32(arg) {
             Some(n) => c.blockbudget = n,
             None => diags.push(bad(
                 aspan,
@@ -692,7 +692,7 @@ pub(crate) fn parse_directive(
             )),
         },
         "blockincrement" => {
-            let factor = match port_count(arg) {
+            let factor = match whole_u32(arg) {
                 Some(n) if n >= 1 => n,
                 _ => {
                     diags.push(bad(
@@ -733,7 +733,7 @@ pub(crate) fn parse_directive(
 }
 
 /// A whole number that fits 32 bits.
-fn port_count(s: &str) -> Option<u32> {
+fn whole_u32(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
