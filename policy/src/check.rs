@@ -15,6 +15,13 @@
 //! - W003: a default message class that rules can also produce (the original refused this in
 //!   its check mode; the document advises against it).
 //! - W004 / W005: the rules file has no rules / the actions file defines no classes.
+//! - W006: a rule uses `trap`, `hits:` or `mode:` but nanny.conf has no `trap` or `stealth`
+//!   line, so it is never true; or `blocked` while nothing can block (no trap or stealth, and
+//!   no `block` in the actions file).
+//! - W007: the actions file uses `block` but nanny.conf has no `blockfile`, so blocks are
+//!   forgotten at restart.
+//! - W008: the actions file uses `block` but nanny.conf has no `neverblock` (suggests
+//!   `neverblock auto`, so the machine's own addresses, gateways and nameservers are safe).
 //!
 //! Host checks (users, the chroot directory) need I/O, so the binary makes them and anchors
 //! them with [`conf_value_diagnostic`].
@@ -70,10 +77,12 @@ pub fn check_all(
     out.extend(conf_parsed.diagnostics);
     let conf_value = conf_parsed.value;
 
+    let mut sentry_uses: Vec<(u32, &'static str)> = Vec::new();
     let rule_classes: Option<Vec<String>> = rules.and_then(|(name, text)| {
         let parsed = parse_rules(name, text);
         out.extend(parsed.diagnostics);
         let rules = parsed.value?;
+        sentry_uses = rules.sentry_matchers();
         if rules.is_empty() {
             out.push(SourceFile::new(name, text).diagnostic(
                 Severity::Warning,
@@ -175,6 +184,10 @@ pub fn check_all(
         }
     }
 
+    if let Some(c) = &conf_value {
+        sentry_warnings(c, rules, &sentry_uses, actions, &actions_value, &mut out);
+    }
+
     let rank = |file: &str| -> usize {
         [Some(conf.0), rules.map(|r| r.0), actions.map(|a| a.0)]
             .iter()
@@ -183,4 +196,112 @@ pub fn check_all(
     };
     out.sort_by_key(|d| (rank(&d.file), d.line, d.col));
     out
+}
+
+/// W006-W008 (see the module comment).
+fn sentry_warnings(
+    conf: &crate::conf::NannyConf,
+    rules: Option<(&str, &str)>,
+    uses: &[(u32, &'static str)],
+    actions: Option<(&str, &str)>,
+    actions_value: &Option<(SourceFile, crate::actions::Actions)>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let s = &conf.sentry;
+    let watching = s.watches_anything();
+    // The first class (in file order) that gives `block` itself, and where.
+    let block_at = match (actions, actions_value) {
+        (Some((_, _)), Some((asrc, acts))) => acts
+            .iter()
+            .find(|c| c.own_directives.iter().any(|d| d == "block"))
+            .map(|c| (asrc, find_word(asrc, c.lineno, "block", true))),
+        _ => None,
+    };
+    if let Some((name, text)) = rules {
+        let rsrc = SourceFile::new(name, text);
+        for &(line, word) in uses {
+            let why = match word {
+                "blocked" if watching || block_at.is_some() => continue,
+                "blocked" => {
+                    "nothing can block an address (nanny.conf has no 'trap' or 'stealth' line \
+                     and the actions file has no 'block')"
+                }
+                _ if watching => continue,
+                _ => "nanny.conf has no 'trap' or 'stealth' line, so nothing is ever trapped",
+            };
+            let (l, col, width) = find_word(&rsrc, line, word, false);
+            out.push(rsrc.diagnostic(
+                Severity::Warning,
+                "W006",
+                l,
+                col,
+                width,
+                format!("'{word}' is never true here: {why}"),
+            ));
+        }
+    }
+    let Some((asrc, (l, col, width))) = block_at else {
+        return;
+    };
+    if s.blockfile.is_none() {
+        out.push(
+            asrc.diagnostic(
+                Severity::Warning,
+                "W007",
+                l,
+                col,
+                width,
+                "'block' is used but nanny.conf has no 'blockfile', so every block is forgotten \
+             when portnanny restarts"
+                    .to_owned(),
+            ),
+        );
+    }
+    if s.neverblock.is_none() {
+        out.push(asrc.diagnostic(
+            Severity::Warning,
+            "W008",
+            l,
+            col,
+            width,
+            "'block' is used but nanny.conf has no 'neverblock'; add 'neverblock auto' so this \
+             machine's own addresses, its gateways and its nameservers are never blocked"
+                .to_owned(),
+        ));
+    }
+}
+
+/// Where `word` is first written as a whole word from physical line `from` on (a rule or an
+/// action line may continue over several lines): (line, column, width). The start of line
+/// `from` when it cannot be found. `directive`: only where an actions-file directive starts
+/// (after `CLASS:` or a ` : ` separator), so a `msg` text that mentions the word is skipped.
+fn find_word(src: &SourceFile, from: u32, word: &str, directive: bool) -> (u32, u32, u32) {
+    let width = u32::try_from(word.chars().count()).unwrap_or(1);
+    // A logical line is never longer than this many physical lines in practice; the bound
+    // keeps a miss from scanning a huge file.
+    for line in from..from.saturating_add(64) {
+        let text = src.physical_line(line);
+        let mut start = 0;
+        while let Some(i) = text
+            .get(start..)
+            .and_then(|t| t.find(word))
+            .map(|i| start + i)
+        {
+            let before = text.get(..i).and_then(|t| t.chars().last());
+            let after = text.get(i + word.len()..).and_then(|t| t.chars().next());
+            let open = if directive {
+                text.get(..i).is_some_and(|t| t.trim_end().ends_with(':'))
+                    && before.is_some_and(char::is_whitespace)
+            } else {
+                before.is_none_or(|c| c.is_whitespace() || c == '(' || c == '!')
+            };
+            let close = word.ends_with(':') || after.is_none_or(|c| c.is_whitespace() || c == ')');
+            if open && close {
+                let col = text.get(..i).map_or(0, |t| t.chars().count()) + 1;
+                return (line, u32::try_from(col).unwrap_or(1), width);
+            }
+            start = i + word.len();
+        }
+    }
+    (from, 1, width)
 }

@@ -294,6 +294,9 @@ pub(crate) fn parse_conf_positions(name: &str, text: &str) -> (Parsed<NannyConf>
         parse_line(&src, ll, &mut b, &mut diags, &mut pos);
     }
 
+    let listens: Vec<(Listen, u32)> = b.listens.iter().map(|l| (l.0, l.1)).collect();
+    b.sentry.finish(&src, &listens, &mut diags);
+
     // Completeness: these are file-level errors, so they point at the start of the file.
     let missing = |what: &str, why: &str| {
         src.diagnostic(

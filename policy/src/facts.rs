@@ -4,6 +4,11 @@
 //! asking the resolver process and its own history table. Everything expensive is asked for only
 //! when a matcher needs it, and each answer is cached by the implementation for the life of the
 //! connection, so asking twice costs nothing. This module does no I/O itself.
+//!
+//! The sentry facts (`trap`, `blocked`, `hits:`, `mode:`, `ipfile:`; issue 10) need no
+//! lookup: the classifier answers them from what the trap listeners and the `sentry` worker
+//! reported and from its mirror of the parent's blocked set and address lists. Their default
+//! methods give the answers for an ordinary connection to a `listen` port.
 
 use std::net::{IpAddr, SocketAddr};
 

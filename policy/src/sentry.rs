@@ -15,7 +15,8 @@
 //! Diagnostic codes (nanny.conf's C series): C005 a bad value; C008 a bad port list (port 0, a
 //! range whose end is below its start, a port given twice in one list); C009 a trap port that
 //! is already trapped or listened on at an overlapping address; C010 an unknown `%(name)s` or a
-//! malformed `%` in `blockcmd`/`unblockcmd`; C011 an address list file's bad line.
+//! malformed `%` in `blockcmd`/`unblockcmd`; C011 an address list file's bad line; C012 a
+//! `stealth` list port that a `listen` or `trap` binds.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -97,7 +98,7 @@ impl fmt::Display for PortList<'_> {
     }
 }
 
-/// Whether any port of `list` is in `port`.
+/// Whether `port` is in one of the ranges of `list`.
 pub fn list_contains(list: &[PortRange], port: u16) -> bool {
     list.iter().any(|r| r.contains(port))
 }
@@ -402,9 +403,61 @@ pub(crate) struct SentryBuilder {
     trap_lines: Vec<u32>,
     /// The first line of each once-only directive.
     seen: Vec<(&'static str, u32)>,
+    /// For each `stealth` line, the (line, col, width) of each element of its port list (empty
+    /// for `below`).
+    stealth_pos: Vec<Vec<(u32, u32, u32)>>,
 }
 
 impl SentryBuilder {
+    /// Checks that need the whole file: a `stealth tcp|udp PORTS` port that a `listen` (TCP)
+    /// or a `trap` of the same protocol binds (C012). Every connection to such a port would be
+    /// taken for a probe, so clients of a real service would be trapped (`below` skips bound
+    /// ports by design, so it is not checked).
+    pub(crate) fn finish(
+        &self,
+        src: &SourceFile,
+        listens: &[(Listen, u32)],
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        for (st, pos) in self.conf.stealth.iter().zip(&self.stealth_pos) {
+            let StealthPorts::List(list) = &st.ports else {
+                continue;
+            };
+            for (r, &(line, col, width)) in list.iter().zip(pos) {
+                let listened = (st.proto == Proto::Tcp)
+                    .then(|| listens.iter().find(|(l, _)| r.contains(l.port)))
+                    .flatten()
+                    .map(|(l, n)| format!("'listen {l}' (line {n})"));
+                let trapped = || {
+                    self.conf
+                        .traps
+                        .iter()
+                        .zip(&self.trap_lines)
+                        .filter(|(t, _)| t.proto == st.proto)
+                        .find_map(|(t, n)| {
+                            t.ports
+                                .iter()
+                                .find(|p| p.overlaps(r))
+                                .map(|p| format!("'trap {} {p}' (line {n})", t.proto.as_str()))
+                        })
+                };
+                if let Some(what) = listened.or_else(trapped) {
+                    diags.push(src.diagnostic(
+                        Severity::Error,
+                        "C012",
+                        line,
+                        col,
+                        width,
+                        format!(
+                            "stealth port(s) {r} are bound by {what}: every connection to them \
+                             would count as a probe"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
     /// A `listen` that takes a port a TCP trap already takes at an overlapping address.
     pub(crate) fn trap_for_listen(&self, l: &Listen) -> Option<String> {
         self.conf
@@ -538,8 +591,22 @@ pub(crate) fn parse_directive(
                     c.traps.push(t);
                     b.trap_lines.push(ll.lineno);
                 }
-            } else if let Some(s) = parse_stealth(src, ll, proto, rest, diags) {
-                c.stealth.push(s);
+            } else if let Some(st) = parse_stealth(src, ll, proto, rest, diags) {
+                // Where each element of a port list is, for the check at the end of the file.
+                if let (StealthPorts::List(_), Some(&(off, word))) = (&st.ports, rest.first()) {
+                    let mut at = off;
+                    let mut pos = Vec::new();
+                    for item in word.split(',') {
+                        let (line, col) = src.position(ll, at);
+                        let width = u32::try_from(item.chars().count()).unwrap_or(1);
+                        pos.push((line, col, width));
+                        at += item.len() + 1;
+                    }
+                    b.stealth_pos.push(pos);
+                } else {
+                    b.stealth_pos.push(Vec::new());
+                }
+                c.stealth.push(st);
             }
         }
         "blockfile" => c.blockfile = Some(arg.to_owned()),
@@ -617,7 +684,7 @@ pub(crate) fn parse_directive(
                 zone,
             });
         }
-        "blockbudget" => match port_count(arg) {
+        "blockbudget" => match whole_u32(arg) {
             Some(n) => c.blockbudget = n,
             None => diags.push(bad(
                 aspan,
@@ -625,7 +692,7 @@ pub(crate) fn parse_directive(
             )),
         },
         "blockincrement" => {
-            let factor = match port_count(arg) {
+            let factor = match whole_u32(arg) {
                 Some(n) if n >= 1 => n,
                 _ => {
                     diags.push(bad(
@@ -666,7 +733,7 @@ pub(crate) fn parse_directive(
 }
 
 /// A whole number that fits 32 bits.
-fn port_count(s: &str) -> Option<u32> {
+fn whole_u32(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -194,3 +194,61 @@ fn conf_value_diagnostics_point_at_the_directive() {
     );
     assert_eq!(d.to_string(), "nanny.conf:1:1: error[H002]: x");
 }
+
+/// Issue 10: sentry matchers without traps, blocks without a blockfile or neverblock.
+#[test]
+fn sentry_warnings() {
+    let got = check(
+        CONF,
+        "scan: trap AND\n  hits: 3\nbad: blocked\nlocal: ALL\n",
+        "scan: msg do not block me : block 1h\nbad: drop\nlocal: run /bin/cat\n",
+    );
+    assert_eq!(
+        got,
+        vec![
+            "rules:1:7: warning[W006]: 'trap' is never true here: nanny.conf has no 'trap' or 'stealth' line, so nothing is ever trapped",
+            "rules:2:3: warning[W006]: 'hits:' is never true here: nanny.conf has no 'trap' or 'stealth' line, so nothing is ever trapped",
+            "actions:1:29: warning[W007]: 'block' is used but nanny.conf has no 'blockfile', so every block is forgotten when portnanny restarts",
+            "actions:1:29: warning[W008]: 'block' is used but nanny.conf has no 'neverblock'; add 'neverblock auto' so this machine's own addresses, its gateways and its nameservers are never blocked",
+        ]
+    );
+
+    // Nothing can block: `blocked` is never true either.
+    let got = check(CONF, "bad: ! blocked\n", "bad: drop\n");
+    assert_eq!(
+        got,
+        vec!["rules:1:8: warning[W006]: 'blocked' is never true here: nothing can block an address (nanny.conf has no 'trap' or 'stealth' line and the actions file has no 'block')"]
+    );
+
+    // A complete sentry configuration has nothing to say.
+    let conf =
+        format!("{CONF}trap tcp 1,31337\nblockfile /var/lib/nanny/blocked\nneverblock auto\n");
+    let got = check(
+        &conf,
+        "scan: trap AND hits: 2 mode: tcp\nbad: blocked\nlocal: ALL\n",
+        "scan: msg nothing : block 1h\nbad: drop\nlocal: run /bin/cat\n",
+    );
+    assert_eq!(got, Vec::<String>::new());
+}
+
+/// The PortSentry example of docs/configuration.md's Sentry section loads without a word.
+#[test]
+fn sentry_docs_example() {
+    let doc = include_str!("../../docs/configuration.md");
+    let start = doc
+        .find("# nanny.conf\ntrap tcp")
+        .expect("the example is in the docs");
+    let block = &doc[start..];
+    let block = &block[..block.find("```").expect("end of the example")];
+    let part = |from: &str, to: Option<&str>| -> String {
+        let s = &block[block.find(from).expect(from) + from.len()..];
+        match to {
+            Some(t) => s[..s.find(t).expect(t)].to_owned(),
+            None => s.to_owned(),
+        }
+    };
+    let conf = format!("{CONF}{}", part("# nanny.conf\n", Some("\n# rules\n")));
+    let rules = part("# rules\n", Some("\n# actions\n"));
+    let actions = part("# actions\n", None);
+    assert_eq!(check(&conf, &rules, &actions), Vec::<String>::new());
+}

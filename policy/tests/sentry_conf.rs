@@ -53,7 +53,7 @@ fn every_directive() {
 trap tcp 1,7,9,11-15,31337
 trap tcp 8080@::1
 trap udp 1,7@127.0.0.1
-stealth tcp 1,11-15
+stealth tcp 2,16-20
 stealth udp below 1024 except 137,138
 stealth tcp below 1024
 blockfile /var/lib/nanny/blocked
@@ -98,7 +98,7 @@ blockkills on
     );
     assert!(s.stealth[1].watches(1023) && !s.stealth[1].watches(1024));
     assert!(!s.stealth[1].watches(137) && !s.stealth[1].watches(0));
-    assert!(s.stealth[0].watches(12) && !s.stealth[0].watches(2));
+    assert!(s.stealth[0].watches(17) && !s.stealth[0].watches(3));
     assert_eq!(s.blockfile.as_deref(), Some("/var/lib/nanny/blocked"));
     assert_eq!(s.historyfile.as_deref(), Some("/var/log/nanny/history"));
     assert_eq!(
@@ -196,6 +196,8 @@ fn golden_errors() {
         ("stealth udp below 1024 but 7\n", &["nanny.conf:4:24: error[C005]: expected 'except PORTS' after 'below 1024', found 'but'"]),
         ("stealth tcp below 1024 except 0\n", &["nanny.conf:4:31: error[C008]: '0': port 0 cannot be watched; ports are 1 to 65535"]),
         ("stealth tcp 1 2\n", &["nanny.conf:4:15: error[C003]: 'stealth tcp|udp PORTS' takes one port list; this is extra"]),
+        ("stealth tcp 7,79-81\n", &["nanny.conf:4:15: error[C012]: stealth port(s) 79-81 are bound by 'listen 80@*' (line 3): every connection to them would count as a probe"]),
+        ("stealth udp 5,9\ntrap udp 9@::1\n", &["nanny.conf:4:15: error[C012]: stealth port(s) 9 are bound by 'trap udp 9' (line 5): every connection to them would count as a probe"]),
         ("blockfile a\nblockfile b\n", &["nanny.conf:5:1: error[C004]: 'blockfile' may be given only once; it was already given on line 4"]),
         ("blockcmd /bin/x %(ip)s %(host)s\n", &["nanny.conf:4:24: error[C010]: blockcmd: unknown name '%(host)': a block command may use %(ip)s, %(port)s, %(mode)s, %(until)s, %(seconds)s"]),
         ("unblockcmd /bin/x 50%\n", &["nanny.conf:4:21: error[C010]: unblockcmd: a lone '%' at the end: write %% for a percent sign"]),
@@ -250,4 +252,58 @@ fn ipfiles() {
             "ignore:3:1: error[C011]: '5.6.7.8/33' has a netblock size that is not a number from 0 to 32",
         ]
     );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("trap".to_owned()),
+            Just("stealth".to_owned()),
+            Just("tcp".to_owned()),
+            Just("udp".to_owned()),
+            Just("below".to_owned()),
+            Just("except".to_owned()),
+            Just("blockcmd".to_owned()),
+            Just("neverblock".to_owned()),
+            Just("blockzone".to_owned()),
+            Just("blockincrement".to_owned()),
+            Just("auto".to_owned()),
+            Just("\n".to_owned()),
+            Just("%(ip)s".to_owned()),
+            Just("%(".to_owned()),
+            "[0-9,@:.*-]{0,12}",
+            any::<char>().prop_map(String::from),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Never a panic; a value exactly when there is no error; and what loads prints back
+        /// to the same value.
+        #[test]
+        fn sentry_lines_never_panic_and_round_trip(
+            words in proptest::collection::vec(word(), 0..16),
+        ) {
+            let text = format!("{BASE}{}\n", words.join(" "));
+            let p = parse_conf("nanny.conf", &text);
+            prop_assert_eq!(p.value.is_some(), !p.has_errors());
+            if let Some(c) = p.value {
+                let again = parse_conf("nanny.conf", &c.to_string());
+                prop_assert_eq!(again.value, Some(c));
+            }
+        }
+
+        #[test]
+        fn port_lists_never_panic(text in "[0-9,-]{0,20}") {
+            if let Ok(list) = parse_ports(&text) {
+                for r in &list {
+                    prop_assert!(r.lo >= 1 && r.lo <= r.hi);
+                }
+            }
+        }
+    }
 }

@@ -142,6 +142,41 @@ pub fn host_checks(
     out
 }
 
+/// -C: the files the sentry directives name (`blockfile`, `historyfile`, `hostsdeny`,
+/// `blockzone`) are written by the parent, so the directory each is in must exist; resolved like
+/// `rulefile`. A missing one is warning H005 at the directive.
+fn sentry_paths(conf_src: (&str, &str), conf: &NannyConf, conf_path: &Path) -> Vec<Diagnostic> {
+    let s = &conf.sentry;
+    let files = [
+        ("blockfile", s.blockfile.as_deref()),
+        ("historyfile", s.historyfile.as_deref()),
+        ("hostsdeny", s.hostsdeny.as_deref()),
+        ("blockzone", s.blockzone.as_ref().map(|z| z.file.as_str())),
+    ];
+    let mut out = Vec::new();
+    for (directive, file) in files {
+        let Some(file) = file else { continue };
+        let path = resolve_relative(conf_path, file);
+        let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+            continue;
+        };
+        if !dir.is_dir() {
+            out.push(policy::check::conf_value_diagnostic(
+                conf_src,
+                directive,
+                Severity::Warning,
+                "H005",
+                format!(
+                    "{} is not a directory, so {} cannot be written there",
+                    dir.display(),
+                    path.display()
+                ),
+            ));
+        }
+    }
+    out
+}
+
 /// -C: checks all three files at once, plus what the host must provide (users, the chroot
 /// directory), and prints every diagnostic with its excerpt on stderr. Exit 0 when there are
 /// no errors (warnings allowed), 1 for any problem found, including a nanny.conf that cannot
@@ -178,6 +213,21 @@ pub fn check(args: &Args) -> Result<ExitCode> {
                 }
             }
             diags.extend(host_checks((&conf_name, conf_text), &conf, root, true));
+            diags.extend(sentry_paths((&conf_name, conf_text), &conf, &args.config));
+            // The address lists `ipfile:` names: each must be readable and parse (C011).
+            let ipfiles = rules
+                .as_ref()
+                .and_then(|(n, t)| policy::rules::parse_rules(n, t).value)
+                .map(|r| r.ipfiles())
+                .unwrap_or_default();
+            for file in ipfiles {
+                let path = resolve_relative(&args.config, &file);
+                let name = path.display().to_string();
+                match files::read_text(&path, &name) {
+                    Ok(t) => diags.extend(policy::sentry::parse_ipfile(&name, &t).diagnostics),
+                    Err(e) => unreadable(e, &mut diags),
+                }
+            }
         }
         diags.extend(policy::check::check_all(
             (&conf_name, conf_text),

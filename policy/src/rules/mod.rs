@@ -185,26 +185,31 @@ impl Rules {
         out
     }
 
-    /// Whether some rule uses a sentry matcher that only a trap can make true (`trap`,
-    /// `hits:`, `mode:`) or `blocked`; -C warns when nothing is trapped. Returns the first
-    /// such rule's line and the matcher as written.
-    pub fn sentry_matcher(&self) -> Option<(u32, String)> {
-        fn walk(node: &Node) -> Option<String> {
+    /// Every use of a sentry matcher that needs a trap or a block to be true (`trap`,
+    /// `blocked`, `hits:`, `mode:`), as (line where the rule starts, matcher word), in file
+    /// order; -C warns about them when nothing is trapped or blocked.
+    pub fn sentry_matchers(&self) -> Vec<(u32, &'static str)> {
+        fn walk(node: &Node, line: u32, out: &mut Vec<(u32, &'static str)>) {
             match node {
-                Node::M(
-                    m
-                    @ (Matcher::Trap | Matcher::Blocked | Matcher::Hits { .. } | Matcher::Mode(_)),
-                ) => Some(m.to_string()),
-                Node::M(_) => None,
-                Node::Not(x) => walk(x),
-                Node::Or(o) => o.items.iter().find_map(walk),
-                Node::And(v) => v.iter().find_map(walk),
-                Node::Except(a, b) => walk(a).or_else(|| walk(b)),
+                Node::M(Matcher::Trap) => out.push((line, "trap")),
+                Node::M(Matcher::Blocked) => out.push((line, "blocked")),
+                Node::M(Matcher::Hits { .. }) => out.push((line, "hits:")),
+                Node::M(Matcher::Mode(_)) => out.push((line, "mode:")),
+                Node::M(_) => {}
+                Node::Not(x) => walk(x, line, out),
+                Node::Or(o) => o.items.iter().for_each(|n| walk(n, line, out)),
+                Node::And(v) => v.iter().for_each(|n| walk(n, line, out)),
+                Node::Except(a, b) => {
+                    walk(a, line, out);
+                    walk(b, line, out);
+                }
             }
         }
-        self.rules
-            .iter()
-            .find_map(|r| walk(&r.expr).map(|m| (r.lineno, m)))
+        let mut out = Vec::new();
+        for r in &self.rules {
+            walk(&r.expr, r.lineno, &mut out);
+        }
+        out
     }
 }
 
