@@ -688,4 +688,36 @@ mod tests {
         assert_eq!(p.limit(), 31338);
         assert_eq!(Watch::Ports(PortSet::new(vec![]).unwrap()).limit(), 0);
     }
+
+    #[test]
+    fn sentry_messages_round_trip_and_refuse_bad_port_lists() {
+        use crate::wire::{decode, encode, HEADER};
+        let hello = ParentToSentry::Hello {
+            build: crate::spawn::build_id(),
+            settings: SentrySettings {
+                tcp: Some(Watch::Below {
+                    below: 1024,
+                    except: PortSet::new(vec![113, 22]).unwrap(),
+                }),
+                udp: Some(Watch::Ports(PortSet::new(vec![69]).unwrap())),
+            },
+        };
+        let frame = encode(&hello).unwrap();
+        assert_eq!(decode::<ParentToSentry>(&frame[HEADER..]).unwrap(), hello);
+        let probe = SentryToParent::Probe(ProbeReport {
+            src: "fd00::2".parse().unwrap(),
+            dst: "fd00::1".parse().unwrap(),
+            port: 22,
+            mode: ProbeMode::Atcp,
+            kind: ProbeKind::Xmas,
+        });
+        let frame = encode(&probe).unwrap();
+        assert_eq!(decode::<SentryToParent>(&frame[HEADER..]).unwrap(), probe);
+        // An unsorted or zero-holding port list from a peer fails to decode.
+        for bad in [vec![80u16, 22], vec![0], vec![5, 5]] {
+            let raw = Watch::Ports(PortSet(bad.clone()));
+            let frame = encode(&raw).unwrap();
+            assert!(decode::<Watch>(&frame[HEADER..]).is_err(), "{bad:?}");
+        }
+    }
 }
