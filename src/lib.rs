@@ -16,3 +16,4 @@ pub mod files;
 pub mod log;
 pub mod parent;
 pub mod resolver;
+pub mod sentry;

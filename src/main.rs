@@ -20,8 +20,8 @@ use portnanny::exit::{Error, Result, EXIT_SYSTEM};
 use portnanny::fds::{cloexec_inherited, ensure_std_fds};
 use portnanny::log;
 use privsep::proto::{
-    ClassifierToParent, LogLevel, LogRecord, ParentToClassifier, ParentToResolver,
-    ResolverToParent, MAX_LOG_LINE,
+    ClassifierToParent, LogLevel, LogRecord, ParentToClassifier, ParentToResolver, ParentToSentry,
+    ResolverToParent, SentryToParent, MAX_LOG_LINE,
 };
 use privsep::{Channel, DropPlan, Role};
 
@@ -99,9 +99,11 @@ fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
         }
     };
     let mut fds = fds.into_iter();
-    let (Some(fd3), Some(fd4)) = (fds.next(), fds.next()) else {
+    let Some(fd3) = fds.next() else {
         return ExitCode::from(EXIT_SYSTEM);
     };
+    // The second channel of the roles that have one (classifier and resolver).
+    let fd4 = fds.next();
     // Stdout and stderr are /dev/null: what goes wrong from here on is said over the channel.
     let fail = |fd3, what: &str| {
         report_setup_failure(role, fd3, what);
@@ -112,6 +114,15 @@ fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
         Some(Ok(p)) => p,
         Some(Err(e)) => return fail(fd3, &e.0),
         None => return fail(fd3, "worker arguments are not UTF-8"),
+    };
+    // ORDER: what needs a path is opened before the drop chroots the role: the sentry's
+    // /proc/net tables (it re-reads the open files from offset 0 afterwards).
+    let sentry_tables = match role {
+        Role::Sentry => match portnanny::sentry::netstat::NetTables::open() {
+            Ok(t) => Some(t),
+            Err(e) => return fail(fd3, &format!("sentry: {e}")),
+        },
+        Role::Classifier | Role::Resolver => None,
     };
     let drop_plan = DropPlan::for_profile(
         profile,
@@ -124,11 +135,17 @@ fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
         return fail(fd3, &format!("privilege drop failed: {e}"));
     }
     // The one place a role's name meets its main.
-    match role {
-        Role::Classifier => {
+    match (role, fd4, sentry_tables) {
+        (Role::Classifier, Some(fd4), _) => {
             portnanny::classifier::run(Channel::from_fd(fd3), Channel::from_fd(fd4))
         }
-        Role::Resolver => portnanny::resolver::run(Channel::from_fd(fd3), Channel::from_fd(fd4)),
+        (Role::Resolver, Some(fd4), _) => {
+            portnanny::resolver::run(Channel::from_fd(fd3), Channel::from_fd(fd4))
+        }
+        (Role::Sentry, None, Some(tables)) => portnanny::sentry::run(Channel::from_fd(fd3), tables),
+        // take_worker_fds returned exactly the row's channel count, so this is unreachable;
+        // fail closed rather than panic.
+        _ => fail(fd3, "descriptors do not match the role's row"),
     }
 }
 
@@ -153,6 +170,12 @@ fn report_setup_failure(role: Role, fd3: std::os::fd::OwnedFd, what: &str) {
             let _ = ch
                 .send(&ResolverToParent::Hello { build })
                 .and_then(|()| ch.send(&ResolverToParent::Log(rec)));
+        }
+        Role::Sentry => {
+            let mut ch: Channel<SentryToParent, ParentToSentry> = Channel::from_fd(fd3);
+            let _ = ch
+                .send(&SentryToParent::Hello { build })
+                .and_then(|()| ch.send(&SentryToParent::Log(rec)));
         }
     }
 }

@@ -462,6 +462,192 @@ pub enum ResolverToParent {
     Log(LogRecord),
 }
 
+/// Most ports one stealth watch may list (a `PortSet`). PortSentry's own lists are a few dozen
+/// ports; the cap keeps a Hello small and a lookup cheap.
+pub const MAX_WATCH_PORTS: usize = 4096;
+
+/// A set of ports, never 0: strictly ascending on the wire (checked on decode), so a lookup is
+/// a binary search and a duplicated or unsorted list from a peer is a shape error.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "Vec<u16>", into = "Vec<u16>")]
+pub struct PortSet(Vec<u16>);
+
+impl PortSet {
+    /// The set of `ports`, sorted and deduplicated; refused if it holds 0 or more than
+    /// [`MAX_WATCH_PORTS`] ports.
+    pub fn new(mut ports: Vec<u16>) -> Result<PortSet, ShapeError> {
+        ports.sort_unstable();
+        ports.dedup();
+        PortSet::try_from(ports)
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.binary_search(&port).is_ok()
+    }
+
+    pub fn ports(&self) -> &[u16] {
+        &self.0
+    }
+
+    /// The highest port in the set (None if empty).
+    pub fn max(&self) -> Option<u16> {
+        self.0.last().copied()
+    }
+}
+
+impl TryFrom<Vec<u16>> for PortSet {
+    type Error = ShapeError;
+    fn try_from(v: Vec<u16>) -> Result<Self, ShapeError> {
+        if v.len() > MAX_WATCH_PORTS {
+            return Err(ShapeError("port list length"));
+        }
+        if v.first() == Some(&0) {
+            return Err(ShapeError("port 0 in a port list"));
+        }
+        if !v.windows(2).all(|w| matches!(w, [a, b] if a < b)) {
+            return Err(ShapeError("port list not strictly ascending"));
+        }
+        Ok(PortSet(v))
+    }
+}
+
+impl From<PortSet> for Vec<u16> {
+    fn from(p: PortSet) -> Vec<u16> {
+        p.0
+    }
+}
+
+/// What the sentry watches for one protocol (nanny.conf `stealth tcp|udp ...`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Watch {
+    /// `stealth tcp|udp PORTS`: exactly these ports (PortSentry's stcp / sudp modes).
+    Ports(PortSet),
+    /// `stealth tcp|udp below N except PORTS`: every port 1..N that is not in `except`
+    /// (PortSentry's atcp / audp modes; ADVANCED_PORTS_TCP/UDP and ADVANCED_EXCLUDE_*).
+    Below { below: u16, except: PortSet },
+}
+
+impl Watch {
+    /// Does this watch cover `port`? Never port 0.
+    pub fn covers(&self, port: u16) -> bool {
+        port != 0
+            && match self {
+                Watch::Ports(p) => p.contains(port),
+                Watch::Below { below, except } => port < *below && !except.contains(port),
+            }
+    }
+
+    /// One past the highest port covered (0 if none): the sentry's packet filter passes only
+    /// destination ports below it.
+    pub fn limit(&self) -> u32 {
+        match self {
+            Watch::Ports(p) => p.max().map_or(0, |m| u32::from(m) + 1),
+            Watch::Below { below, .. } => u32::from(*below),
+        }
+    }
+}
+
+/// What the sentry watches: nothing for a protocol that is `None`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentrySettings {
+    pub tcp: Option<Watch>,
+    pub udp: Option<Watch>,
+}
+
+/// PortSentry's detection modes, named as its `-stcp`, `-sudp`, `-atcp`, `-audp` switches and
+/// the rules language's `mode:` matcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ProbeMode {
+    /// A TCP probe to a listed port.
+    Stcp,
+    /// A UDP datagram to a listed port.
+    Sudp,
+    /// A TCP probe to a port below the advanced limit.
+    Atcp,
+    /// A UDP datagram to a port below the advanced limit.
+    Audp,
+}
+
+impl ProbeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeMode::Stcp => "stcp",
+            ProbeMode::Sudp => "sudp",
+            ProbeMode::Atcp => "atcp",
+            ProbeMode::Audp => "audp",
+        }
+    }
+}
+
+/// What a probe looked like on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ProbeKind {
+    /// TCP SYN without ACK (a half-open scan, `nmap -sS`, or a plain connect attempt).
+    Syn,
+    /// TCP FIN without ACK, SYN, PSH or URG (`nmap -sF`).
+    Fin,
+    /// TCP with none of FIN, SYN, RST, PSH, URG, ACK set (`nmap -sN`).
+    Null,
+    /// TCP FIN + PSH + URG without ACK (`nmap -sX`).
+    Xmas,
+    /// A UDP datagram (`nmap -sU`).
+    Udp,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Syn => "syn",
+            ProbeKind::Fin => "fin",
+            ProbeKind::Null => "null",
+            ProbeKind::Xmas => "xmas",
+            ProbeKind::Udp => "udp",
+        }
+    }
+}
+
+/// One probe the sentry saw: from `src` to this host's `dst`, destination `port`. Every field
+/// is forgeable by whoever sent the packet (the source address above all): the parent treats
+/// a report as a claim, checks it against the settings it sent
+/// (`portnanny::sentry::report::check_report`), and forgeable modes have a block budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub port: u16,
+    pub mode: ProbeMode,
+    pub kind: ProbeKind,
+}
+
+/// Sent by the parent; decoded only by the sentry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParentToSentry {
+    /// First message, exactly once, with what to watch. The sentry checks the build against its
+    /// own (a differing build exits 111) and only then opens its capture socket, whose kernel
+    /// filter is built from `settings`.
+    Hello {
+        build: BuildId,
+        settings: SentrySettings,
+    },
+}
+
+/// Sent by the sentry; decoded only by the parent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SentryToParent {
+    /// First message, exactly once, after the parent's Hello and once the capture socket is
+    /// open, carrying the sentry's own `build_id()`; the parent kills a sentry whose build
+    /// differs.
+    Hello { build: BuildId },
+    /// A probe to a watched port that has no listener and belongs to no socket of this host,
+    /// any time after `Hello`; at most one per (source, port, kind) per second and a bounded
+    /// number per second in all. The parent refuses (as a violation) a report that fails
+    /// `check_report` against the settings it sent: a port or mode not watched, port 0, a
+    /// kind of the other protocol, a source that is not a unicast address of another host.
+    Probe(ProbeReport),
+    /// A log line, any time after `Hello`; the parent caps, escapes and rate-limits it.
+    Log(LogRecord),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,5 +682,60 @@ mod tests {
         assert!(ClassName::try_from("a b".to_owned()).is_err());
         assert!(Label::try_from("dip DE".to_owned()).is_ok());
         assert!(Label::try_from("a\tb".to_owned()).is_err());
+    }
+
+    #[test]
+    fn port_set_shapes() {
+        let from = |v: Vec<u16>| PortSet::try_from(v);
+        assert!(from(vec![1, 22, 65535]).is_ok());
+        assert!(from(vec![]).is_ok());
+        assert_eq!(from(vec![0, 1]), Err(ShapeError("port 0 in a port list")));
+        assert!(from(vec![22, 22]).is_err());
+        assert!(from(vec![80, 22]).is_err());
+        assert!(from((1..=MAX_WATCH_PORTS as u16 + 1).collect()).is_err());
+        assert_eq!(PortSet::new(vec![80, 22, 80]).unwrap().ports(), &[22, 80]);
+        let w = Watch::Below {
+            below: 1024,
+            except: PortSet::new(vec![113]).unwrap(),
+        };
+        assert!(w.covers(1) && w.covers(1023) && !w.covers(1024) && !w.covers(113));
+        assert!(!w.covers(0));
+        assert_eq!(w.limit(), 1024);
+        let p = Watch::Ports(PortSet::new(vec![31337, 1]).unwrap());
+        assert!(p.covers(1) && p.covers(31337) && !p.covers(2));
+        assert_eq!(p.limit(), 31338);
+        assert_eq!(Watch::Ports(PortSet::new(vec![]).unwrap()).limit(), 0);
+    }
+
+    #[test]
+    fn sentry_messages_round_trip_and_refuse_bad_port_lists() {
+        use crate::wire::{decode, encode, HEADER};
+        let hello = ParentToSentry::Hello {
+            build: crate::spawn::build_id(),
+            settings: SentrySettings {
+                tcp: Some(Watch::Below {
+                    below: 1024,
+                    except: PortSet::new(vec![113, 22]).unwrap(),
+                }),
+                udp: Some(Watch::Ports(PortSet::new(vec![69]).unwrap())),
+            },
+        };
+        let frame = encode(&hello).unwrap();
+        assert_eq!(decode::<ParentToSentry>(&frame[HEADER..]).unwrap(), hello);
+        let probe = SentryToParent::Probe(ProbeReport {
+            src: "fd00::2".parse().unwrap(),
+            dst: "fd00::1".parse().unwrap(),
+            port: 22,
+            mode: ProbeMode::Atcp,
+            kind: ProbeKind::Xmas,
+        });
+        let frame = encode(&probe).unwrap();
+        assert_eq!(decode::<SentryToParent>(&frame[HEADER..]).unwrap(), probe);
+        // An unsorted or zero-holding port list from a peer fails to decode.
+        for bad in [vec![80u16, 22], vec![0], vec![5, 5]] {
+            let raw = Watch::Ports(PortSet(bad.clone()));
+            let frame = encode(&raw).unwrap();
+            assert!(decode::<Watch>(&frame[HEADER..]).is_err(), "{bad:?}");
+        }
     }
 }

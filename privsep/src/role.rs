@@ -17,6 +17,7 @@ use caps::Capability;
 pub enum Role {
     Classifier,
     Resolver,
+    Sentry,
 }
 
 /// One row of the role table.
@@ -62,7 +63,7 @@ pub enum Peer {
 }
 
 /// Every role, in start order.
-pub const ROLES: [Profile; 2] = [
+pub const ROLES: [Profile; 3] = [
     Profile {
         role: Role::Classifier,
         channels: &[Peer::Parent, Peer::Worker(Role::Resolver)],
@@ -87,6 +88,28 @@ pub const ROLES: [Profile; 2] = [
         keep_caps: &[],
         restart_with: &[Role::Classifier],
     },
+    Profile {
+        role: Role::Sentry,
+        // It talks to the parent only: reports go up, settings come down.
+        channels: &[Peer::Parent],
+        // It reads /proc/net/{tcp,tcp6,udp,udp6} to skip ports with a listener and packets of
+        // the host's own sockets, but it opens those four files before the drop and re-reads
+        // them from offset 0 (a seq_file regenerates), so it needs no path at all afterwards:
+        // chrooted like the classifier. The capture socket is opened after the drop with the
+        // one capability kept, CAP_NET_RAW.
+        chroot: true,
+        // Its channel, its capture socket, the four /proc/net tables and the standard
+        // descriptors.
+        nofile: 16,
+        fsize_zero: true,
+        // Single-threaded (one poll loop), so RLIMIT_NPROC 0 forbids both new processes and
+        // threads and needs no architecture-specific filter.
+        no_processes: NoProcesses::RlimitNproc,
+        // An AF_PACKET socket needs CAP_NET_RAW; nothing else is kept.
+        keep_caps: &[Capability::CAP_NET_RAW],
+        // No worker-to-worker channel: it restarts alone.
+        restart_with: &[],
+    },
 ];
 
 impl Role {
@@ -94,6 +117,7 @@ impl Role {
         match self {
             Role::Classifier => "classifier",
             Role::Resolver => "resolver",
+            Role::Sentry => "sentry",
         }
     }
 
@@ -107,6 +131,7 @@ impl Role {
         match self {
             Role::Classifier => &ROLES[0],
             Role::Resolver => &ROLES[1],
+            Role::Sentry => &ROLES[2],
         }
     }
 
@@ -172,7 +197,22 @@ mod tests {
             Role::Classifier.restart_group(),
             vec![Role::Classifier, Role::Resolver]
         );
-        assert!(ROLES.iter().all(|p| p.keep_caps.is_empty()));
+        assert!(Role::Classifier.profile().keep_caps.is_empty());
+        assert!(Role::Resolver.profile().keep_caps.is_empty());
         assert!(Role::Classifier.profile().chroot && !Role::Resolver.profile().chroot);
+    }
+
+    #[test]
+    fn sentry_row() {
+        let p = Role::Sentry.profile();
+        assert_eq!(p.keep_caps, &[Capability::CAP_NET_RAW]);
+        assert_eq!(Role::Sentry.fd_of(Peer::Parent), Some(3));
+        assert_eq!(p.channels.len(), 1);
+        assert_eq!(Role::Sentry.restart_group(), vec![Role::Sentry]);
+        assert!(p.chroot && p.fsize_zero && p.nofile <= 16);
+        assert_eq!(p.no_processes, NoProcesses::RlimitNproc);
+        assert_eq!(Role::from_arg("sentry"), Some(Role::Sentry));
+        // The classifier's group does not start the sentry.
+        assert!(!Role::Classifier.restart_group().contains(&Role::Sentry));
     }
 }

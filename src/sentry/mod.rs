@@ -1,0 +1,210 @@
+//! The sentry worker: PortSentry's stealth and advanced scan detection (stcp, sudp, atcp,
+//! audp) from raw packets, reported to the parent as typed `Probe` messages.
+//!
+//! Runs as its own process, started by the parent (re-exec with `--privsep-role sentry UID GID
+//! [CHROOT]`, fd 3 = its channel to the parent, nothing else), demoted by the role main to an
+//! unprivileged uid/gid that keeps exactly CAP_NET_RAW (bounding, permitted, effective),
+//! no_new_privs, chrooted into the empty directory. The role main opens the /proc/net tables
+//! ([`netstat::NetTables`]) before the drop; this module opens the capture socket after it. It
+//! handles bytes from the network (every captured packet, hostile; parsed with etherparse in
+//! [`detect`]) and from the parent (trusted, but decoded with the usual limits).
+//!
+//! Protocol (privsep::proto):
+//! 1. parent → `ParentToSentry::Hello { build, settings }`, first and only message; the build
+//!    must be ours, else we log and exit 111;
+//! 2. we open the capture socket with a kernel filter built from `settings`, forbid new
+//!    processes (RLIMIT_NPROC 0: the sentry is single-threaded), and answer
+//!    `SentryToParent::Hello { build }`; if the socket cannot be opened we still say Hello,
+//!    then `Log` the reason at LOG_CRIT and exit 111;
+//! 3. from then on `Probe(ProbeReport)` for each probe (see [`detect`] for what is reported
+//!    and the rate limits) and `Log` records (a once-a-second summary of suppressed reports).
+//!
+//! Starting it (the parent's side, not wired yet): only when nanny.conf has a `stealth` line;
+//! one socketpair (CLOEXEC), `spawn_worker(Role::Sentry, vec![its_end], &RoleArgs { uid, gid,
+//! chroot }.to_words())` with the classifier's privsep user and empty chroot directory; it is a
+//! restart group of its own (`Role::Sentry.restart_group()`). Then send `Hello { build:
+//! build_id(), settings }`, expect `Hello` with the same build within the start timeout, and pass
+//! every `Probe` through `report::check_report(&settings, &report)` before believing it: a
+//! refusal is a violation (LOG_CRIT, kill, restart with back-off). A parent without root (or
+//! CAP_NET_RAW) gets a sentry that says Hello, logs why the capture socket failed and exits 111.
+//!
+//! Exit codes: 0 when the parent closes the channel, 111 on anything else (a second parent
+//! message is a protocol violation, a broken channel or capture socket a system error).
+
+pub mod bpf;
+pub mod capture;
+pub mod detect;
+pub mod netstat;
+pub mod report;
+
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use privsep::proto::{LogLevel, LogRecord, ParentToSentry, SentryToParent, MAX_LOG_LINE};
+use privsep::{Channel, ChannelError};
+
+use crate::exit::{EXIT_OK, EXIT_SYSTEM};
+
+use capture::Capture;
+use detect::{Detector, Sockets};
+use netstat::{NetTables, SocketTable};
+
+/// Packets handled per wakeup before the parent channel is looked at again.
+const BATCH: usize = 256;
+/// How often suppressed reports are summarised and the duplicate table is expired.
+const TICK: Duration = Duration::from_secs(1);
+
+type ToParent = Channel<SentryToParent, ParentToSentry>;
+
+impl Sockets for NetTables {
+    fn read(&mut self) -> Option<SocketTable> {
+        NetTables::read(self).ok()
+    }
+}
+
+fn log(parent: &mut ToParent, level: LogLevel, text: String) -> Result<(), ChannelError> {
+    let mut text = text;
+    if text.len() > MAX_LOG_LINE {
+        let mut end = MAX_LOG_LINE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    parent.send(&SentryToParent::Log(LogRecord {
+        level,
+        verbosity: 0,
+        text,
+    }))
+}
+
+/// The sentry role's entry point (called by the role main after the privilege drop, with the
+/// tables it opened before it).
+pub fn run(parent: ToParent, tables: NetTables) -> ExitCode {
+    serve(parent, tables, true)
+}
+
+/// `run`, optionally without forbidding new processes (for a test that runs it in-process).
+pub fn serve(mut parent: ToParent, tables: NetTables, forbid_processes: bool) -> ExitCode {
+    let build = privsep::build_id();
+    let settings = match parent.recv() {
+        Ok(ParentToSentry::Hello {
+            build: theirs,
+            settings,
+        }) if theirs == build => settings,
+        Ok(ParentToSentry::Hello { .. }) => {
+            let _ = log(
+                &mut parent,
+                LogLevel::Crit,
+                "parent build differs; exiting".into(),
+            );
+            return ExitCode::from(EXIT_SYSTEM);
+        }
+        Err(ChannelError::Closed) => return ExitCode::from(EXIT_OK),
+        Err(e) => {
+            let _ = log(&mut parent, LogLevel::Crit, format!("parent channel: {e}"));
+            return ExitCode::from(EXIT_SYSTEM);
+        }
+    };
+    let (tcp_limit, udp_limit) = (
+        settings.tcp.as_ref().map_or(0, |w| w.limit()),
+        settings.udp.as_ref().map_or(0, |w| w.limit()),
+    );
+    let opened = Capture::open(tcp_limit, udp_limit).map_err(|e| e.to_string());
+    // ORDER: the socket first (nothing after it creates a thread or process), then the limit.
+    let forbidden = match (&opened, forbid_processes) {
+        (Ok(_), true) => privsep::forbid_new_processes().map_err(|e| e.to_string()),
+        _ => Ok(()),
+    };
+    if parent
+        .send(&SentryToParent::Hello {
+            build: build.clone(),
+        })
+        .is_err()
+    {
+        return ExitCode::from(EXIT_SYSTEM);
+    }
+    let mut capture = match (opened, forbidden) {
+        (Ok(c), Ok(())) => c,
+        (Err(e), _) | (Ok(_), Err(e)) => {
+            let _ = log(&mut parent, LogLevel::Crit, format!("capture: {e}"));
+            return ExitCode::from(EXIT_SYSTEM);
+        }
+    };
+    let mut detector = Detector::new(settings, tables, Instant::now());
+    match watch(&mut parent, &mut capture, &mut detector) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            let _ = log(&mut parent, LogLevel::Crit, e);
+            ExitCode::from(EXIT_SYSTEM)
+        }
+    }
+}
+
+/// The poll loop. Ok(()) when the parent closed the channel.
+fn watch<S: Sockets>(
+    parent: &mut ToParent,
+    capture: &mut Capture,
+    detector: &mut Detector<S>,
+) -> Result<(), String> {
+    let mut buf = [0u8; bpf::SNAP as usize];
+    let mut tick = Instant::now() + TICK;
+    loop {
+        let left = tick.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let (cap_ready, parent_ready) = {
+            let mut fds = [
+                PollFd::new(capture.as_fd(), PollFlags::POLLIN),
+                PollFd::new(parent.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(format!("poll: {e}")),
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        if parent_ready {
+            // The parent sends nothing after Hello: EOF is the only normal event.
+            return match parent.recv() {
+                Err(ChannelError::Closed) => Ok(()),
+                Ok(m) => Err(format!("unexpected parent message after Hello: {m:?}")),
+                Err(e) => Err(format!("parent channel: {e}")),
+            };
+        }
+        if cap_ready {
+            for _ in 0..BATCH {
+                let now = Instant::now();
+                let report = match capture.recv(&mut buf) {
+                    Ok(Some(pkt)) => detector.examine(pkt.bytes, now),
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("capture: {e}")),
+                };
+                if let Some(r) = report {
+                    parent
+                        .send(&SentryToParent::Probe(r))
+                        .map_err(|e| format!("parent channel: {e}"))?;
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= tick {
+            tick = now + TICK;
+            detector.expire(now);
+            let dropped = detector.take_dropped();
+            if dropped > 0 {
+                log(
+                    parent,
+                    LogLevel::Warning,
+                    format!(
+                        "{dropped} probe reports suppressed (more than {} a second)",
+                        detect::MAX_REPORTS_PER_SEC
+                    ),
+                )
+                .map_err(|e| format!("parent channel: {e}"))?;
+            }
+        }
+    }
+}
