@@ -39,6 +39,7 @@ mod confwatch;
 pub mod conns;
 mod from_classifier;
 mod from_resolver;
+mod from_sentry;
 pub mod generations;
 pub mod hostsdeny;
 pub mod listen;
@@ -127,6 +128,11 @@ struct Parent {
     conns: Conns,
     classifier: Option<Worker<ParentToClassifier, ClassifierToParent>>,
     resolver: Option<Worker<ParentToResolver, ResolverToParent>>,
+    /// Stealth detection (only with `stealth` lines), restarted alone.
+    sentry: Option<Worker<privsep::proto::ParentToSentry, privsep::proto::SentryToParent>>,
+    /// What it watches; None: no sentry (not configured, or given up).
+    sentry_settings: Option<privsep::proto::SentrySettings>,
+    sentry_restarts: Backoff,
     /// The generations shipped to the running classifier.
     shipped: Shipped,
     /// Whether the workers were ever ready (a group that never comes up is fatal at start).
@@ -157,6 +163,7 @@ struct Parent {
 pub fn run(args: &Args) -> Result<ExitCode> {
     let mut p = start::prepare(args)?;
     p.start_workers()?;
+    p.start_sentry();
     let addrs: Vec<String> = p.listeners.iter().map(|l| l.addr.to_string()).collect();
     log::notice(&format!(
         "started: listening on {}; policy generation {}",
@@ -186,6 +193,9 @@ impl Parent {
     /// restart group, close every connection waiting on the classifier (fail closed) and
     /// schedule a restart. Fatal errors are stored for the loop to return.
     fn worker_failed(&mut self, f: Failure) {
+        if f.role == Role::Sentry {
+            return self.sentry_failed(f);
+        }
         if self.classifier.is_none() && self.resolver.is_none() {
             return;
         }
@@ -322,6 +332,11 @@ impl Parent {
             if self.classifier.is_none() && self.restarts.due.is_some_and(|d| now >= d) {
                 self.restarts.due = None;
                 self.start_workers()?;
+                continue;
+            }
+            if self.sentry.is_none() && self.sentry_restarts.due.is_some_and(|d| now >= d) {
+                self.sentry_restarts.due = None;
+                self.start_sentry();
                 continue;
             }
             if let Some(t) = self.group_started.filter(|_| !self.workers_ready()) {
@@ -486,6 +501,9 @@ impl Parent {
         if let Some(d) = self.restarts.due.filter(|_| self.classifier.is_none()) {
             until = until.min(d);
         }
+        if let Some(d) = self.sentry_restarts.due.filter(|_| self.sentry.is_none()) {
+            until = until.min(d);
+        }
         if let Some(t) = self.accept_paused_until {
             until = until.min(t);
         }
@@ -517,6 +535,7 @@ impl Parent {
         }
         self.classifier = None;
         self.resolver = None;
+        self.sentry = None;
         log::notice(&format!(
             "stopping: closed {}; {} services left running",
             addrs.join(" "),

@@ -24,6 +24,9 @@ impl Parent {
         if let Some(w) = &self.resolver {
             v.push(w);
         }
+        if let Some(w) = &self.sentry {
+            v.push(w);
+        }
         v
     }
 
@@ -31,10 +34,7 @@ impl Parent {
         match role {
             Role::Classifier => self.classifier.as_mut().map(|w| w as &mut dyn Link),
             Role::Resolver => self.resolver.as_mut().map(|w| w as &mut dyn Link),
-            // XXX: the sentry role exists (privsep's ROLES) but the parent does not start it
-            // yet; wiring it (a `sentry` field, from_sentry.rs with check_report) is its own
-            // change. Until then no sentry link exists.
-            Role::Sentry => None,
+            Role::Sentry => self.sentry.as_mut().map(|w| w as &mut dyn Link),
         }
     }
 
@@ -43,7 +43,7 @@ impl Parent {
         match role {
             Role::Classifier => self.serve_classifier(),
             Role::Resolver => self.serve_resolver(),
-            Role::Sentry => Err(workers::Failure::new(role, "the sentry is not wired yet")),
+            Role::Sentry => self.serve_sentry(),
         }
     }
 
@@ -96,7 +96,7 @@ impl Parent {
             .filter_map(|role| match role {
                 Role::Classifier => self.classifier.take().map(|w| w.pid),
                 Role::Resolver => self.resolver.take().map(|w| w.pid),
-                Role::Sentry => None,
+                Role::Sentry => self.sentry.take().map(|w| w.pid),
             })
             .collect()
     }

@@ -16,7 +16,9 @@ use super::conns::Conns;
 use super::from_classifier::Shipped;
 use super::generations::Generations;
 use super::workers::{Backoff, WorkerPlan};
-use super::{listen, neverblock, setup, signals, spawn, traps, Parent, Settings, RELOAD_EVERY};
+use super::{
+    from_sentry, listen, neverblock, setup, signals, spawn, traps, Parent, Settings, RELOAD_EVERY,
+};
 use crate::args::Args;
 use crate::exit::{Error, Result};
 use crate::log;
@@ -169,6 +171,9 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         policy,
         blocker,
         udp_traps: traps.udp,
+        sentry: None,
+        sentry_settings: from_sentry::settings(&conf.sentry).map_err(Error::Config)?,
+        sentry_restarts: Backoff::default(),
         conf_watch: ConfWatch::new(cfg.conf_path.clone()),
         next_reload: Instant::now() + RELOAD_EVERY,
         creds,

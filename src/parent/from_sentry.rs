@@ -1,0 +1,178 @@
+//! The parent's side of the sentry channel (issue 10's stealth detection): the sentry's
+//! settings from nanny.conf's `stealth` lines, its greeting, and the admission of its
+//! messages — every probe report is checked against the settings it was given
+//! (`sentry::report::check_report`) before it becomes a probe for the rules.
+//!
+//! Runs in the parent (root). The sentry reads raw packets from the network and holds
+//! CAP_NET_RAW: everything it sends is treated as possibly forged. A bad report is a protocol
+//! violation, like a bad verdict: the sentry is killed and restarted.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use policy::sentry::{Proto, SentryConf, StealthPorts};
+use privsep::proto::{
+    ParentToSentry, PortSet, ProbeMode, SentryMode, SentrySettings, SentryToParent, Watch,
+};
+use privsep::Role;
+
+use super::workers::Failure;
+use super::{Parent, RECV_BATCH};
+use crate::log;
+
+/// What the sentry is to watch, from the `stealth` lines; None when there are none. Several
+/// lines for one protocol are merged: `below` lines into the widest limit with every `except`,
+/// lists into one list (a list beside a `below` line adds nothing the `below` line lacks,
+/// except ports at or above its limit, which then raise the limit to cover them).
+pub fn settings(conf: &SentryConf) -> Result<Option<SentrySettings>, String> {
+    let mut out = SentrySettings {
+        tcp: None,
+        udp: None,
+    };
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let mut list: Vec<u16> = Vec::new();
+        let mut below: Option<(u16, Vec<u16>)> = None;
+        for s in conf.stealth.iter().filter(|s| s.proto == proto) {
+            match &s.ports {
+                StealthPorts::List(ranges) => {
+                    list.extend(ranges.iter().flat_map(|r| r.lo..=r.hi));
+                }
+                StealthPorts::Below { below: n, except } => {
+                    let ex = except.iter().flat_map(|r| r.lo..=r.hi);
+                    let (lim, exs) = below.get_or_insert((0, Vec::new()));
+                    *lim = (*lim).max(*n);
+                    exs.extend(ex);
+                }
+            }
+        }
+        let watch = match below {
+            Some((n, except)) => {
+                let except: Vec<u16> = except.into_iter().filter(|p| !list.contains(p)).collect();
+                let n = list.iter().map(|p| p.saturating_add(1)).fold(n, u16::max);
+                Some(Watch::Below {
+                    below: n,
+                    except: PortSet::new(except).map_err(|e| format!("stealth except: {e}"))?,
+                })
+            }
+            None if !list.is_empty() => Some(Watch::Ports(
+                PortSet::new(list).map_err(|e| format!("stealth ports: {e}"))?,
+            )),
+            None => None,
+        };
+        match proto {
+            Proto::Tcp => out.tcp = watch,
+            Proto::Udp => out.udp = watch,
+        }
+    }
+    Ok((out.tcp.is_some() || out.udp.is_some()).then_some(out))
+}
+
+fn mode(m: ProbeMode) -> SentryMode {
+    match m {
+        ProbeMode::Stcp => SentryMode::Stcp,
+        ProbeMode::Sudp => SentryMode::Sudp,
+        ProbeMode::Atcp => SentryMode::Atcp,
+        ProbeMode::Audp => SentryMode::Audp,
+    }
+}
+
+impl Parent {
+    /// Reads and handles up to [`RECV_BATCH`] sentry messages.
+    pub(super) fn serve_sentry(&mut self) -> Result<(), Failure> {
+        for _ in 0..RECV_BATCH {
+            let (Some(w), Some(settings)) = (self.sentry.as_mut(), self.sentry_settings.as_ref())
+            else {
+                return Ok(());
+            };
+            let Some(msg) = w.recv()? else {
+                return Ok(());
+            };
+            let violation = |why: String| Failure::violation(Role::Sentry, why);
+            match msg {
+                SentryToParent::Hello { build } => {
+                    if w.hello {
+                        return Err(violation("sentry Hello refused: second Hello".into()));
+                    }
+                    if build != self.build {
+                        return Err(violation(
+                            "sentry Hello refused: build id differs from the parent's".into(),
+                        ));
+                    }
+                    w.hello = true;
+                }
+                _ if !w.hello => {
+                    return Err(violation("sentry message refused: before Hello".into()));
+                }
+                SentryToParent::Log(rec) => {
+                    if rec.text.len() > privsep::proto::MAX_LOG_LINE {
+                        return Err(violation("sentry Log refused: line too long".into()));
+                    }
+                    w.log(rec.level, rec.verbosity, &rec.text);
+                }
+                SentryToParent::Probe(r) => {
+                    if let Err(why) = crate::sentry::report::check_report(settings, &r) {
+                        return Err(violation(format!("sentry Probe refused: {why}")));
+                    }
+                    self.classify_probe(
+                        SocketAddr::new(r.src, 0),
+                        SocketAddr::new(r.dst, r.port),
+                        mode(r.mode),
+                        Instant::now(),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the sentry (when `stealth` is configured) and greets it with its settings.
+    pub(super) fn start_sentry(&mut self) {
+        let Some(settings) = self.sentry_settings.clone() else {
+            return;
+        };
+        let started = match super::workers::start_group(&self.plan, &[Role::Sentry]) {
+            Ok(mut s) => s.pop(),
+            Err(e) => {
+                log::err(&format!("{e}; stealth detection is off until it starts"));
+                None
+            }
+        };
+        let Some(s) = started else {
+            let now = Instant::now();
+            if let Err(e) = self.sentry_restarts.failed(now, now) {
+                log::crit(&format!("the sentry: {e}; stealth detection is off"));
+                self.sentry_settings = None;
+            }
+            return;
+        };
+        log::debug(2, &format!("started sentry={}", s.pid));
+        let mut w = super::workers::Worker::new(s);
+        let hello = ParentToSentry::Hello {
+            build: self.build.clone(),
+            settings,
+        };
+        let r = w.queue(&hello, "Hello");
+        self.sentry = Some(w);
+        if let Err(f) = r {
+            self.worker_failed(f);
+        }
+    }
+
+    /// The sentry failed: kill it and restart it alone with its own back-off. Stealth
+    /// detection is not worth the daemon: a sentry that keeps failing is given up, loudly.
+    pub(super) fn sentry_failed(&mut self, f: Failure) {
+        let Some(w) = self.sentry.take() else {
+            return;
+        };
+        if f.violation {
+            log::crit(&format!("sentry protocol violation: {}; killing it", f.why));
+        } else {
+            log::err(&format!("the sentry failed: {}; restarting it", f.why));
+        }
+        let _ = nix::sys::signal::kill(w.pid, nix::sys::signal::Signal::SIGKILL);
+        if let Err(e) = self.sentry_restarts.failed(w.started, Instant::now()) {
+            log::crit(&format!("the sentry: {e}; stealth detection is off"));
+            self.sentry_settings = None;
+        }
+    }
+}
