@@ -1,0 +1,308 @@
+//! The whole sentry path with the real daemon (issue 10): portnanny runs in a "host" network
+//! namespace with `stealth tcp` ports, a scanner namespace joined to it by a veth pair runs
+//! nmap SYN scans, the sentry's probe reports become probes for the rules, `hits:` reaches the
+//! trigger, and the block is carried out: blockcmd (once) adds the scanner to a real nftables
+//! set in the host namespace, whose rule then drops its packets, so a second scan finds
+//! nothing open; a bystander address keeps being served throughout.
+//!
+//! Root only ("skipped: needs root" otherwise; skipped with a note when nmap, nft or ip is
+//! missing). Traffic and firewall rules stay inside the two namespaces this test creates and
+//! deletes; every wait is bounded and only the daemon this test started is killed, by pid.
+
+mod util;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::*;
+
+const HOST: &str = "10.203.0.1";
+const SCANNER: &str = "10.203.0.2";
+const BYSTANDER: &str = "10.203.0.3";
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn sh(args: &[&str]) {
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(st.success(), "{args:?} failed: {st}");
+}
+
+/// Two namespaces joined by a veth pair; deleted on drop.
+struct Lab {
+    host: String,
+    scan: String,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.host, &self.scan] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let id = std::process::id();
+        let lab = Lab {
+            host: format!("pnd-host-{id}"),
+            scan: format!("pnd-scan-{id}"),
+        };
+        let (h, s) = (lab.host.as_str(), lab.scan.as_str());
+        sh(&["ip", "netns", "add", h]);
+        sh(&["ip", "netns", "add", s]);
+        sh(&[
+            "ip", "-n", h, "link", "add", "vh", "type", "veth", "peer", "name", "vs", "netns", s,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            h,
+            "addr",
+            "add",
+            &format!("{HOST}/24"),
+            "dev",
+            "vh",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            s,
+            "addr",
+            "add",
+            &format!("{SCANNER}/24"),
+            "dev",
+            "vs",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            s,
+            "addr",
+            "add",
+            &format!("{BYSTANDER}/24"),
+            "dev",
+            "vs",
+        ]);
+        for (ns, dev) in [(h, "vh"), (s, "vs")] {
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        // The blocking back end, in the host namespace only: a timeout set and a drop rule.
+        let ruleset = "table inet pn {\n set blocked { type ipv4_addr; flags timeout; }\n \
+                       chain input { type filter hook input priority 0; ip saddr @blocked drop; }\n}\n";
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", h, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(ruleset.as_bytes())
+            .expect("ruleset");
+        assert!(child.wait().expect("nft").success());
+        lab
+    }
+
+    /// Open TCP ports nmap finds from `src` on the host.
+    fn scan(&self, src: &str, ports: &str) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.scan,
+                "nmap",
+                "-n",
+                "-Pn",
+                "-sS",
+                "-T4",
+                "--max-retries",
+                "1",
+                "--host-timeout",
+                "30s",
+                "-S",
+                src,
+                "-e",
+                "vs",
+                "-p",
+                ports,
+                HOST,
+            ])
+            .output()
+            .expect("nmap");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What a client from `src` (in the scanner namespace) reads from HOST:port, by nc.
+    fn fetch(&self, src: &str, port: u16) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.scan,
+                "timeout",
+                "5",
+                "nc",
+                "-w",
+                "2",
+                "-s",
+                src,
+                HOST,
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("nc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn nft_set(&self) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.host, "nft", "list", "set", "inet", "pn", "blocked",
+            ])
+            .output()
+            .expect("nft list");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The daemon, started in the host namespace; killed by pid on drop.
+struct Daemon {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_stealth_scan_is_detected_blocked_by_nftables_and_others_are_served() {
+    if skip_unless_root("a_stealth_scan_is_detected_blocked_by_nftables_and_others_are_served") {
+        return;
+    }
+    if !have("nmap") || !have("nft") || !have("ip") || !have("nc") {
+        println!("skipped: needs nmap, nft, ip and nc (.ci/install-test-deps installs them)");
+        return;
+    }
+    let s = Scratch::new("sentry-daemon");
+    let lab = Lab::new();
+    let port = 4040;
+    let cmdlog = s.path("cmds.log");
+    let wrapper = s.script(
+        "block.sh",
+        &format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nexec nft add element inet pn blocked \"{{ $1 timeout $2s }}\"\n",
+            cmdlog.display()
+        ),
+    );
+    let empty = s.empty_dir("empty");
+    s.write(
+        "nanny-rules",
+        "banned: blocked\nscan: trap && hits: 3\nok: ALL\n",
+    );
+    s.write(
+        "nanny-actions",
+        "scan: block 1h : drop\nbanned: drop\nok: msg hello%(nl)s\n",
+    );
+    let conf = s.write(
+        "nanny.conf",
+        &format!(
+            "rulefile {rules}\nactionfile {actions}\nlisten {port}@{HOST}\n\
+             chrootdir {empty}\nprivsepuser nobody\n\
+             stealth tcp 1000-1010\nblockfile {blocks}\nhistoryfile {history}\n\
+             blockcmd {wrapper} %(ip)s %(seconds)s\nneverblock auto\n",
+            rules = s.path("nanny-rules").display(),
+            actions = s.path("nanny-actions").display(),
+            empty = empty.display(),
+            blocks = s.path("blocks").display(),
+            history = s.path("history").display(),
+            wrapper = wrapper.display(),
+        ),
+    );
+    let log = s.path("nanny.stderr");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.host])
+        .arg(BIN)
+        .arg("-v")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("portnanny");
+    let d = Daemon { child, log };
+    let up = wait_for(START_TIMEOUT, || {
+        let l = d.log();
+        (l.contains("started: listening") && l.contains("started sentry"))
+            .then_some(())
+            .or_else(|| l.contains("started: listening").then_some(()))
+    });
+    assert!(up.is_some(), "daemon did not start:\n{}", d.log());
+    // The sentry needs a moment to open its socket after its Hello.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lab.fetch(BYSTANDER, port), "hello\n", "{}", d.log());
+    assert_eq!(
+        lab.fetch(SCANNER, port),
+        "hello\n",
+        "not blocked before scanning"
+    );
+
+    let t0 = Instant::now();
+    let first = lab.scan(SCANNER, "1000-1010");
+    let blocked = wait_for(Duration::from_secs(15), || {
+        d.log()
+            .contains(&format!("blocked {SCANNER}"))
+            .then_some(t0.elapsed())
+    });
+    let took = blocked.unwrap_or_else(|| panic!("no block; nmap:\n{first}\nlog:\n{}", d.log()));
+    eprintln!("scan to block: {took:?}");
+    // blockcmd ran once, and the nftables set holds the scanner.
+    let cmds = wait_for(Duration::from_secs(10), || {
+        let c = std::fs::read_to_string(&cmdlog).unwrap_or_default();
+        (!c.is_empty()).then_some(c)
+    })
+    .unwrap_or_default();
+    assert_eq!(cmds, format!("{SCANNER} 3600\n"), "{}", d.log());
+    assert!(lab.nft_set().contains(SCANNER), "{}", lab.nft_set());
+    assert!(
+        d.log().contains("mode") || d.log().contains("stcp"),
+        "{}",
+        d.log()
+    );
+
+    // The kernel now drops the scanner: nothing open any more; the bystander is served.
+    let second = lab.scan(SCANNER, &format!("{port},1000-1002"));
+    assert!(!second.contains("open"), "second scan:\n{second}");
+    assert_eq!(lab.fetch(SCANNER, port), "", "blocked by nftables");
+    assert_eq!(lab.fetch(BYSTANDER, port), "hello\n", "{}", d.log());
+    // More probes run the command no more.
+    std::thread::sleep(Duration::from_millis(300));
+    let cmds = std::fs::read_to_string(&cmdlog).unwrap_or_default();
+    assert_eq!(cmds.lines().count(), 1, "{cmds}");
+    assert!(std::fs::read_to_string(s.path("blocks"))
+        .unwrap_or_default()
+        .contains(&format!("block {SCANNER} ")));
+}
