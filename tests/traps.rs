@@ -255,6 +255,7 @@ fn ipfile_lists_are_matched_and_reloaded_when_they_change() {
     let other = Ipv4Addr::new(127, 62, 1, 9);
     assert_eq!(n.fetch_from(listed).text(), "friend\n", "{}", n.log());
     assert_eq!(n.fetch_from(other).text(), "hello\n");
+    // A bad entry: reported with its position, and the list holds nothing until it is fixed.
     write_atomic(
         &s.path("friends.txt"),
         "127.62.1.9\nnot-an-address\n",
@@ -263,6 +264,15 @@ fn ipfile_lists_are_matched_and_reloaded_when_they_change() {
     let mark = n.mark();
     n.signal(nix::sys::signal::Signal::SIGHUP);
     n.expect_log(mark, &["friends.txt:2:1"]);
+    n.expect_log(mark, &["holds no address until it is fixed"]);
+    let emptied = wait_for(Duration::from_secs(10), || {
+        (n.fetch_from(listed).text() == "hello\n").then_some(())
+    });
+    assert!(emptied.is_some(), "{}", n.log());
+    assert_eq!(n.fetch_from(other).text(), "hello\n");
+    // Fixed: the new list applies.
+    write_atomic(&s.path("friends.txt"), "127.62.1.9\n", 0o644);
+    n.signal(nix::sys::signal::Signal::SIGHUP);
     let got = wait_for(Duration::from_secs(10), || {
         (n.fetch_from(other).text() == "friend\n").then_some(())
     });

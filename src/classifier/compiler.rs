@@ -64,19 +64,12 @@ pub fn compile(job: &PolicyJob) -> Result<Loaded, String> {
     }
 }
 
-/// An `ipfile:` list: every entry that parses (the parent logged the others with their
-/// positions when it read the file).
+/// An `ipfile:` list; one with a bad entry holds nothing until it is fixed (the parent logged
+/// the entry with its position), as documented.
 fn address_list(name: &str, text: &str) -> policy::addr::AddrSet {
-    if let Some(set) = policy::sentry::parse_ipfile(name, text).value {
-        return set;
-    }
-    let mut set = policy::addr::AddrSet::new();
-    for line in text.lines() {
-        if let Some(one) = policy::sentry::parse_ipfile(name, line).value {
-            set.extend(&one);
-        }
-    }
-    set
+    policy::sentry::parse_ipfile(name, text)
+        .value
+        .unwrap_or_default()
 }
 
 /// Makes `loaded` the current generation and acknowledges it to the parent.

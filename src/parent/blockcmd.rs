@@ -44,7 +44,7 @@ pub struct Vars {
     pub ip: IpAddr,
     pub port: u16,
     pub mode: String,
-    /// Unix seconds the block ends (`forever` when it does not).
+    /// Unix seconds the block ends (0 when it does not).
     pub until: Option<u64>,
     /// Seconds the block lasts from now (0 when it does not end: nftables' "no timeout").
     pub seconds: Option<u64>,
@@ -61,10 +61,8 @@ pub fn render(line: &str, v: &Vars) -> Result<Vec<String>, String> {
             } else {
                 v.mode.clone()
             }),
-            "until" => match v.until {
-                Some(u) => Value::Int(i64::try_from(u).unwrap_or(i64::MAX)),
-                None => Value::Str("forever".to_owned()),
-            },
+            // 0 for a block without end, as `-C` documents it (nftables: no timeout).
+            "until" => Value::Int(v.until.map_or(0, |u| i64::try_from(u).unwrap_or(i64::MAX))),
             "seconds" => Value::Int(i64::try_from(v.seconds.unwrap_or(0)).unwrap_or(i64::MAX)),
             other => return Err(ExpandErrorKind::Unknown(other.to_owned())),
         })
@@ -357,7 +355,7 @@ mod tests {
         v.seconds = None;
         assert_eq!(
             render("x %(until)s %(seconds)d %(port)05d", &v).unwrap(),
-            ["x", "forever", "0", "31337"]
+            ["x", "0", "0", "31337"]
         );
         assert!(render("x %(nope)s", &vars()).is_err());
         assert!(render("   ", &vars()).is_err());

@@ -262,7 +262,12 @@ impl Generations {
                 Ok(text) => {
                     let parsed = policy::sentry::parse_ipfile(&f.watch.name, &text);
                     for d in &parsed.diagnostics {
-                        log::err(&format!("{d}; entry skipped"));
+                        log::err(&d.to_string());
+                    }
+                    if parsed.value.is_none() {
+                        log::err(&format!(
+                            "ipfile {name} has errors: it holds no address until it is fixed"
+                        ));
                     }
                     text
                 }
