@@ -1,9 +1,9 @@
 //! The whole sentry path with the real daemon (issue 10): portnanny runs in a "host" network
 //! namespace with `stealth tcp` ports, a scanner namespace joined to it by a veth pair runs
 //! nmap SYN scans, the sentry's probe reports become probes for the rules, `hits:` reaches the
-//! trigger, and the block is carried out: blockcmd (once) adds the scanner to a real nftables
-//! set in the host namespace, whose rule then drops its packets, so a second scan finds
-//! nothing open; a bystander address keeps being served throughout.
+//! trigger, and the block is carried out: blockcmd (once, contrib/sentry/nft-block.sh) adds the
+//! scanner to contrib's nftables table in the host namespace, whose rule then drops its
+//! packets, so a second scan finds nothing open; a bystander keeps being served throughout.
 //!
 //! Root only ("skipped: needs root" otherwise; skipped with a note when nmap, nft or ip is
 //! missing). Traffic and firewall rules stay inside the two namespaces this test creates and
@@ -97,22 +97,9 @@ impl Lab {
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
-        // The blocking back end, in the host namespace only: a timeout set and a drop rule.
-        let ruleset = "table inet pn {\n set blocked { type ipv4_addr; flags timeout; }\n \
-                       chain input { type filter hook input priority 0; ip saddr @blocked drop; }\n}\n";
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", h, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("nft");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(ruleset.as_bytes())
-            .expect("ruleset");
-        assert!(child.wait().expect("nft").success());
+        // The blocking back end, in the host namespace only: contrib's table.
+        let table = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sentry/portnanny.nft");
+        sh(&["ip", "netns", "exec", h, "nft", "-f", table]);
         lab
     }
 
@@ -171,7 +158,15 @@ impl Lab {
     fn nft_set(&self) -> String {
         let out = Command::new("ip")
             .args([
-                "netns", "exec", &self.host, "nft", "list", "set", "inet", "pn", "blocked",
+                "netns",
+                "exec",
+                &self.host,
+                "nft",
+                "list",
+                "set",
+                "inet",
+                "portnanny",
+                "blocked4",
             ])
             .output()
             .expect("nft list");
@@ -214,8 +209,9 @@ fn a_stealth_scan_is_detected_blocked_by_nftables_and_others_are_served() {
     let wrapper = s.script(
         "block.sh",
         &format!(
-            "#!/bin/sh\necho \"$@\" >> {}\nexec nft add element inet pn blocked \"{{ $1 timeout $2s }}\"\n",
-            cmdlog.display()
+            "#!/bin/sh\necho \"$@\" >> {}\nexec {} add \"$@\"\n",
+            cmdlog.display(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sentry/nft-block.sh")
         ),
     );
     let empty = s.empty_dir("empty");
@@ -286,11 +282,14 @@ fn a_stealth_scan_is_detected_blocked_by_nftables_and_others_are_served() {
     })
     .unwrap_or_default();
     assert_eq!(cmds, format!("{SCANNER} 3600\n"), "{}", d.log());
-    assert!(lab.nft_set().contains(SCANNER), "{}", lab.nft_set());
+    let in_set = wait_for(Duration::from_secs(10), || {
+        lab.nft_set().contains(SCANNER).then_some(())
+    });
+    assert!(in_set.is_some(), "{}\n{}", lab.nft_set(), d.log());
+    let history = std::fs::read_to_string(s.path("history")).unwrap_or_default();
     assert!(
-        d.log().contains("mode") || d.log().contains("stcp"),
-        "{}",
-        d.log()
+        history.contains(&format!(" block {SCANNER} ")) && history.contains(" stcp "),
+        "{history}"
     );
 
     // The kernel now drops the scanner: nothing open any more; the bystander is served.
