@@ -279,3 +279,68 @@ fn ipfile_lists_are_matched_and_reloaded_when_they_change() {
     assert!(got.is_some(), "the edited list applies; log:\n{}", n.log());
     assert_eq!(n.fetch_from(listed).text(), "hello\n", "no longer listed");
 }
+
+/// The blockfile is rewritten atomically: SIGKILL of the parent while blocks are being written
+/// never leaves it unreadable, and the next start restores every block it holds.
+#[test]
+fn sigkill_during_blockfile_rewrites_never_leaves_it_unreadable() {
+    let s = Scratch::new("traps-sigkill");
+    let p = Ports {
+        tcp: free_port(),
+        udp: free_udp_port(),
+    };
+    let mut setup = setup(&s, &p);
+    setup.rules = "banned: blocked\nscan: trap\nok: ALL\n".into();
+    setup.actions = "scan: block 1h : drop\nbanned: drop\nok: msg hello%(nl)s\n".into();
+    let setup = setup.conf("blockbudget 100000");
+    for round in 0..8u8 {
+        let mut n = Nanny::start(
+            &s,
+            Setup {
+                ..clone_setup(&setup)
+            },
+        );
+        let restored = n.log();
+        assert!(
+            !restored.contains("line skipped"),
+            "round {round}: the blockfile was unreadable:\n{restored}"
+        );
+        // A burst of blocks from distinct addresses, then SIGKILL in the middle of it.
+        for i in 0..120u8 {
+            datagram(Ipv4Addr::new(127, 63, round, i + 1), p.udp);
+        }
+        std::thread::sleep(Duration::from_millis(u64::from(round) * 7 % 40));
+        n.signal(nix::sys::signal::Signal::SIGKILL);
+        assert!(n.wait_exit(Duration::from_secs(10)).is_some());
+        let text = read(&s, "blocks");
+        for (i, line) in text.lines().enumerate() {
+            assert!(
+                line.starts_with('#') || line.starts_with("block ") || line.starts_with("offence "),
+                "round {round} line {}: {line:?}",
+                i + 1
+            );
+        }
+    }
+    // Whatever the last rewrite held is restored, and those addresses are still refused.
+    let kept = read(&s, "blocks")
+        .lines()
+        .filter(|l| l.starts_with("block "))
+        .count();
+    let n = Nanny::start(&s, clone_setup(&setup));
+    if kept > 0 {
+        assert!(
+            n.log()
+                .contains(&format!("restored {kept} blocked addresses")),
+            "{}",
+            n.log()
+        );
+    }
+}
+
+fn clone_setup(s: &Setup) -> Setup {
+    let mut c = Setup::new(&s.rules, &s.actions);
+    c.port = s.port;
+    c.conf_extra = s.conf_extra.clone();
+    c.args = s.args.clone();
+    c
+}
