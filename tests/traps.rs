@@ -294,12 +294,7 @@ fn sigkill_during_blockfile_rewrites_never_leaves_it_unreadable() {
     setup.actions = "scan: block 1h : drop\nbanned: drop\nok: msg hello%(nl)s\n".into();
     let setup = setup.conf("blockbudget 100000");
     for round in 0..8u8 {
-        let mut n = Nanny::start(
-            &s,
-            Setup {
-                ..clone_setup(&setup)
-            },
-        );
+        let mut n = Nanny::start(&s, clone_setup(&setup));
         let restored = n.log();
         assert!(
             !restored.contains("line skipped"),
