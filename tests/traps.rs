@@ -339,3 +339,48 @@ fn clone_setup(s: &Setup) -> Setup {
     c.args = s.args.clone();
     c
 }
+
+/// A forged sweep (UDP from 1,000 source addresses) blocks no more than the budget allows;
+/// every other hit is refused in the history, and the log is not flooded.
+#[test]
+fn the_block_budget_holds_under_a_forged_sweep() {
+    let s = Scratch::new("traps-budget");
+    let p = Ports {
+        tcp: free_port(),
+        udp: free_udp_port(),
+    };
+    let mut setup = setup(&s, &p);
+    setup.rules = "banned: blocked\nscan: trap\nok: ALL\n".into();
+    setup.actions = "scan: block 1h : drop\nbanned: drop\nok: msg hello%(nl)s\n".into();
+    setup.args.clear();
+    let n = Nanny::start(&s, setup.conf("blockbudget 10"));
+    let sources: Vec<Ipv4Addr> = (0..1000u32)
+        .map(|i| Ipv4Addr::new(127, 65, (i / 250) as u8, (i % 250) as u8 + 1))
+        .collect();
+    // Paced a little: a UDP socket's receive buffer drops what the loop has not read yet, and
+    // this test counts every hit.
+    for (i, src) in sources.iter().enumerate() {
+        datagram(*src, p.udp);
+        if i % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let done = wait_for(Duration::from_secs(30), || {
+        let h = read(&s, "history");
+        (h.lines().count() >= sources.len()).then_some(h)
+    })
+    .unwrap_or_else(|| panic!("not every hit reached the history; log:\n{}", n.log()));
+    let blocks = done.lines().filter(|l| l.contains(" block ")).count();
+    let refused = done.lines().filter(|l| l.contains(" refuse ")).count();
+    // Ten a minute; a sweep that straddles a minute boundary may get twice that.
+    assert!((10..=20).contains(&blocks), "{blocks} blocks");
+    assert_eq!(blocks + refused, sources.len());
+    let warnings = n.log().matches("not blocking").count();
+    assert!(
+        warnings <= 2,
+        "{warnings} refusal lines logged:\n{}",
+        n.log()
+    );
+    // A bystander is still served.
+    assert_eq!(n.fetch_from(ip(200)).text(), "hello\n");
+}

@@ -64,6 +64,8 @@ pub struct Blocker {
     conf: BlockConf,
     set: BlockedSet,
     budget: Budget,
+    /// Budget refusals: (the minute, how many in it), for the log's summary.
+    refused: (u64, u64),
     runner: Runner,
 }
 
@@ -93,6 +95,7 @@ impl Blocker {
             conf,
             set,
             budget,
+            refused: (0, 0),
             runner: Runner::default(),
         };
         if !b.set.is_empty() {
@@ -145,11 +148,26 @@ impl Blocker {
             return Outcome::Never;
         }
         if forgeable && !self.set.contains(req.addr) && !self.budget.take(now) {
-            log::warn(&format!(
-                "not blocking {}: more than {} new blocks this minute from forgeable detections \
-                 ({})",
-                req.addr, self.conf.budget, req.reason
-            ));
+            // A forged sweep means thousands of these: the first of each minute is logged,
+            // the rest counted (every one is in the history file).
+            let minute = now / 60;
+            if self.refused.0 != minute {
+                if self.refused.1 > 1 {
+                    log::warn(&format!(
+                        "{} more blocks refused by the block budget in the previous minute",
+                        self.refused.1 - 1
+                    ));
+                }
+                self.refused = (minute, 0);
+            }
+            if self.refused.1 == 0 {
+                log::warn(&format!(
+                    "not blocking {}: more than {} new blocks this minute from forgeable \
+                     detections ({}); further refusals this minute are counted",
+                    req.addr, self.conf.budget, req.reason
+                ));
+            }
+            self.refused.1 += 1;
             self.history(now, "refuse", &probe);
             return Outcome::OverBudget;
         }
