@@ -524,6 +524,25 @@ impl DnsEnv {
 
     /// As [`DnsEnv::start_nanny`], listening on [::1] as well when `v6` is true.
     pub fn start_nanny_on(&self, rules: &str, actions: &str, conf_extra: &str, v6: bool) -> Nanny {
+        self.start_nanny_at(&self.dir, rules, actions, conf_extra, v6)
+    }
+
+    /// A second (third…) daemon in the same environment, with its files in `sub`.
+    #[allow(dead_code)]
+    pub fn start_another_nanny(&self, sub: &str, rules: &str, actions: &str, conf: &str) -> Nanny {
+        let dir = self.dir.join(sub);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        self.start_nanny_at(&dir, rules, actions, conf, false)
+    }
+
+    fn start_nanny_at(
+        &self,
+        dir: &Path,
+        rules: &str,
+        actions: &str,
+        conf_extra: &str,
+        v6: bool,
+    ) -> Nanny {
         let Some(bin) = option_env!("CARGO_BIN_EXE_portnanny") else {
             panic!("the portnanny binary is not part of this build");
         };
@@ -532,7 +551,7 @@ impl DnsEnv {
         fs::create_dir_all(&empty).unwrap_or_else(|e| panic!("mkdir empty: {e}"));
         let _ = fs::set_permissions(&empty, fs::Permissions::from_mode(0o755));
         let write = |file: &str, text: &str| -> PathBuf {
-            let p = self.dir.join(file);
+            let p = dir.join(file);
             fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
             let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o644));
             p
@@ -554,14 +573,14 @@ impl DnsEnv {
                 empty.display()
             ),
         );
-        let stderr = self.dir.join("nanny.stderr");
+        let stderr = dir.join("nanny.stderr");
         let errf = fs::File::create(&stderr).unwrap_or_else(|e| panic!("stderr file: {e}"));
         let child = Command::new(bin)
             .arg("-v")
             .arg(&conf)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .current_dir(&self.dir)
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(errf))
