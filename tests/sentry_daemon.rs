@@ -52,10 +52,14 @@ impl Drop for Lab {
 
 impl Lab {
     fn new() -> Lab {
+        Lab::named("a")
+    }
+
+    fn named(tag: &str) -> Lab {
         let id = std::process::id();
         let lab = Lab {
-            host: format!("pnd-host-{id}"),
-            scan: format!("pnd-scan-{id}"),
+            host: format!("pnd-host{tag}-{id}"),
+            scan: format!("pnd-scan{tag}-{id}"),
         };
         let (h, s) = (lab.host.as_str(), lab.scan.as_str());
         sh(&["ip", "netns", "add", h]);
@@ -101,6 +105,47 @@ impl Lab {
         let table = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sentry/portnanny.nft");
         sh(&["ip", "netns", "exec", h, "nft", "-f", table]);
         lab
+    }
+
+    /// Adds an address to the scanner's interface (IPv6 without duplicate detection).
+    fn add_scanner_addr(&self, addr: &str, v6: bool) {
+        let mut args = vec!["ip", "-n", &self.scan, "addr", "add", addr, "dev", "vs"];
+        if v6 {
+            args.push("nodad");
+        }
+        sh(&args);
+    }
+
+    /// An nmap scan of `ports` on `host` with `flag` (-sT, -sS, -sF, -sN, -sX, -sU) from `src`
+    /// (None: the interface's primary address, as -sT needs).
+    fn nmap(&self, flag: &str, src: Option<&str>, host: &str, ports: &str) -> String {
+        let mut args = vec![
+            "netns",
+            "exec",
+            &self.scan,
+            "nmap",
+            "-n",
+            "-Pn",
+            flag,
+            "-T4",
+            "--max-retries",
+            "1",
+            "--host-timeout",
+            "30s",
+            "-e",
+            "vs",
+            "-p",
+            ports,
+        ];
+        if host.contains(':') {
+            args.push("-6");
+        }
+        if let Some(src) = src {
+            args.extend(["-S", src]);
+        }
+        args.push(host);
+        let out = Command::new("ip").args(&args).output().expect("nmap");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Open TCP ports nmap finds from `src` on the host.
@@ -304,4 +349,178 @@ fn a_stealth_scan_is_detected_blocked_by_nftables_and_others_are_served() {
     assert!(std::fs::read_to_string(s.path("blocks"))
         .unwrap_or_default()
         .contains(&format!("block {SCANNER} ")));
+}
+
+/// Every scan type over both families (nmap -sT, -sS, -sF, -sN, -sX over TCP stealth ports,
+/// -sU over UDP ones, IPv4 and IPv6), each from its own address: each scanner is blocked once
+/// (one blockcmd line each), and the host's own outgoing connection from a watched port to a
+/// fifth address blocks nothing.
+#[test]
+fn every_scan_type_over_both_families_is_blocked_once() {
+    if skip_unless_root("every_scan_type_over_both_families_is_blocked_once") {
+        return;
+    }
+    if !have("nmap") || !have("nft") || !have("ip") || !have("nc") {
+        println!("skipped: needs nmap, nft, ip and nc (.ci/install-test-deps installs them)");
+        return;
+    }
+    let s = Scratch::new("sentry-types");
+    let lab = Lab::named("b");
+    let h6 = "fd00:203::1";
+    sh(&[
+        "ip",
+        "-n",
+        &lab.host,
+        "addr",
+        "add",
+        &format!("{h6}/64"),
+        "dev",
+        "vh",
+        "nodad",
+    ]);
+    lab.add_scanner_addr("fd00:203::2/64", true);
+    let cmdlog = s.path("cmds.log");
+    let wrapper = s.script(
+        "block.sh",
+        &format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nexec {} add \"$@\"\n",
+            cmdlog.display(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sentry/nft-block.sh")
+        ),
+    );
+    let empty = s.empty_dir("empty");
+    s.write(
+        "nanny-rules",
+        "banned: blocked\nscan: trap && hits: 3\nok: ALL\n",
+    );
+    s.write(
+        "nanny-actions",
+        "scan: block 1h : drop\nbanned: drop\nok: msg hello%(nl)s\n",
+    );
+    let conf = s.write(
+        "nanny.conf",
+        &format!(
+            "rulefile {rules}\nactionfile {actions}\nlisten 4040@{HOST}\n\
+             chrootdir {empty}\nprivsepuser nobody\n\
+             stealth tcp 1000-1010\nstealth udp 2000-2010\nblockbudget 100\n\
+             blockcmd {wrapper} %(ip)s %(seconds)s\nneverblock auto\n",
+            rules = s.path("nanny-rules").display(),
+            actions = s.path("nanny-actions").display(),
+            empty = empty.display(),
+            wrapper = wrapper.display(),
+        ),
+    );
+    let log = s.path("nanny.stderr");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.host])
+        .arg(BIN)
+        .arg("-v")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("portnanny");
+    let d = Daemon { child, log };
+    let up = wait_for(START_TIMEOUT, || {
+        d.log().contains("started: listening").then_some(())
+    });
+    assert!(up.is_some(), "daemon did not start:\n{}", d.log());
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The host's own outgoing connection from watched TCP port 1003 to a listener in the
+    // scanner namespace, closed from both sides: no probe.
+    let friend = "10.203.0.4";
+    lab.add_scanner_addr(&format!("{friend}/24"), false);
+    let mut listener = Command::new("ip")
+        .args([
+            "netns", "exec", &lab.scan, "timeout", "10", "nc", "-l", "-s", friend, "-p", "7000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nc -l");
+    std::thread::sleep(Duration::from_millis(300));
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.host,
+            "sh",
+            "-c",
+            &format!("echo hi | timeout 5 nc -N -p 1003 {friend} 7000"),
+        ])
+        .status()
+        .expect("nc");
+    assert!(st.success(), "the host's own connection");
+    let _ = listener.wait();
+
+    let mut scanners: Vec<String> = Vec::new();
+    let cases: [(&str, bool); 12] = [
+        ("-sT", false),
+        ("-sS", false),
+        ("-sF", false),
+        ("-sN", false),
+        ("-sX", false),
+        ("-sU", false),
+        ("-sT", true),
+        ("-sS", true),
+        ("-sF", true),
+        ("-sN", true),
+        ("-sX", true),
+        ("-sU", true),
+    ];
+    for (i, (flag, v6)) in cases.iter().enumerate() {
+        // -sT connects from the interface's primary address; the others forge their own.
+        let src = match (*flag, *v6) {
+            ("-sT", false) => SCANNER.to_owned(),
+            ("-sT", true) => "fd00:203::2".to_owned(),
+            (_, false) => {
+                let a = format!("10.203.0.{}", 20 + i);
+                lab.add_scanner_addr(&format!("{a}/24"), false);
+                a
+            }
+            (_, true) => {
+                let a = format!("fd00:203::{:x}", 0x20 + i);
+                lab.add_scanner_addr(&format!("{a}/64"), true);
+                a
+            }
+        };
+        let host = if *v6 { h6 } else { HOST };
+        let ports = if *flag == "-sU" {
+            "2000-2010"
+        } else {
+            "1000-1010"
+        };
+        let forged = (*flag != "-sT").then_some(src.as_str());
+        let out = lab.nmap(flag, forged, host, ports);
+        let blocked = wait_for(Duration::from_secs(15), || {
+            d.log().contains(&format!("blocked {src} ")).then_some(())
+        });
+        assert!(
+            blocked.is_some(),
+            "{flag} {} from {src} not blocked; nmap:\n{out}\nlog:\n{}",
+            if *v6 { "IPv6" } else { "IPv4" },
+            d.log()
+        );
+        scanners.push(src);
+    }
+    let cmds = wait_for(Duration::from_secs(10), || {
+        let c = std::fs::read_to_string(&cmdlog).unwrap_or_default();
+        (c.lines().count() >= scanners.len()).then_some(c)
+    })
+    .unwrap_or_default();
+    for src in &scanners {
+        let n = cmds
+            .lines()
+            .filter(|l| l.split(' ').next() == Some(src.as_str()))
+            .count();
+        assert_eq!(n, 1, "blockcmd for {src}:\n{cmds}");
+    }
+    assert_eq!(cmds.lines().count(), scanners.len(), "{cmds}");
+    assert!(
+        !d.log().contains(&format!("blocked {friend} ")),
+        "{}",
+        d.log()
+    );
 }
