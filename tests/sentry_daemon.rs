@@ -353,8 +353,9 @@ fn a_stealth_scan_is_detected_blocked_by_nftables_and_others_are_served() {
 
 /// Every scan type over both families (nmap -sT, -sS, -sF, -sN, -sX over TCP stealth ports,
 /// -sU over UDP ones, IPv4 and IPv6), each from its own address: each scanner is blocked once
-/// (one blockcmd line each), and the host's own outgoing connection from a watched port to a
-/// fifth address blocks nothing.
+/// (one blockcmd line each); the host's own outgoing connection from a watched port blocks
+/// nothing; probes forged from the default gateway and the nameserver (neverblock auto) are
+/// refused and logged.
 #[test]
 fn every_scan_type_over_both_families_is_blocked_once() {
     if skip_unless_root("every_scan_type_over_both_families_is_blocked_once") {
@@ -410,6 +411,11 @@ fn every_scan_type_over_both_families_is_blocked_once() {
             wrapper = wrapper.display(),
         ),
     );
+    // A default gateway, so that `neverblock auto` has one to protect.
+    let gateway = "10.203.0.254";
+    sh(&[
+        "ip", "-n", &lab.host, "route", "add", "default", "via", gateway,
+    ]);
     let log = s.path("nanny.stderr");
     let child = Command::new("ip")
         .args(["netns", "exec", &lab.host])
@@ -427,6 +433,40 @@ fn every_scan_type_over_both_families_is_blocked_once() {
     });
     assert!(up.is_some(), "daemon did not start:\n{}", d.log());
     std::thread::sleep(Duration::from_millis(500));
+
+    // Probes forged from the gateway's and the nameserver's addresses are logged, never
+    // blocked (neverblock auto).
+    let mut protected = vec![gateway.to_owned()];
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if let Some(ns4) = resolv.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some("nameserver"))
+            .then(|| w.next())
+            .flatten()
+            .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+    }) {
+        protected.push(ns4.to_owned());
+    }
+    for addr in &protected {
+        // The scanner namespace owns the forged address, so nmap can send from it.
+        lab.add_scanner_addr(&format!("{addr}/32"), false);
+        let out = lab.nmap("-sS", Some(addr), HOST, "1000-1010");
+        let refused = wait_for(Duration::from_secs(15), || {
+            d.log()
+                .contains(&format!("not blocking {addr}: it is in neverblock"))
+                .then_some(())
+        });
+        assert!(
+            refused.is_some(),
+            "forged from {addr}; nmap:\n{out}\nlog:\n{}",
+            d.log()
+        );
+        assert!(
+            !d.log().contains(&format!("blocked {addr} ")),
+            "{}",
+            d.log()
+        );
+    }
 
     // The host's own outgoing connection from watched TCP port 1003 to a listener in the
     // scanner namespace, closed from both sides: no probe.
