@@ -346,6 +346,17 @@ fn a_stealth_scan_is_detected_blocked_by_nftables_and_others_are_served() {
     std::thread::sleep(Duration::from_millis(300));
     let cmds = std::fs::read_to_string(&cmdlog).unwrap_or_default();
     assert_eq!(cmds.lines().count(), 1, "{cmds}");
+    // SIGUSR2 reports the stealth watch and its sentry.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    );
+    let status = wait_for(Duration::from_secs(5), || {
+        let l = d.log();
+        l.contains("status: stealth: tcp 11 ports up to 1010 (sentry pid")
+            .then_some(())
+    });
+    assert!(status.is_some(), "{}", d.log());
     assert!(std::fs::read_to_string(s.path("blocks"))
         .unwrap_or_default()
         .contains(&format!("block {SCANNER} ")));

@@ -59,6 +59,33 @@ impl Parent {
         if !traps.is_empty() {
             log::info(&format!("status: traps: {}", traps.join(", ")));
         }
+        if let Some(st) = &self.sentry_settings {
+            let watch = |proto: &str, w: &Option<privsep::proto::Watch>| match w {
+                None => None,
+                Some(privsep::proto::Watch::Ports(p)) => Some(format!(
+                    "{proto} {} ports up to {}",
+                    p.ports().len(),
+                    p.max().unwrap_or(0)
+                )),
+                Some(privsep::proto::Watch::Below { below, except }) => Some(format!(
+                    "{proto} below {below} except {} ports",
+                    except.ports().len()
+                )),
+            };
+            let parts: Vec<String> = [watch("tcp", &st.tcp), watch("udp", &st.udp)]
+                .into_iter()
+                .flatten()
+                .collect();
+            log::info(&format!(
+                "status: stealth: {} (sentry {})",
+                parts.join(", "),
+                match &self.sentry {
+                    Some(w) if w.hello => format!("pid {}", w.pid),
+                    Some(_) => "starting".to_owned(),
+                    None => "restarting".to_owned(),
+                }
+            ));
+        }
         if self.blocker.in_use() {
             for line in self.blocker.status(super::blocker::unix_now()) {
                 log::info(&line);
