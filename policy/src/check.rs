@@ -50,7 +50,7 @@ pub fn conf_value_diagnostic(
     let src = SourceFile::new(conf.0, conf.1);
     let found = src.logical_lines().ok().and_then(|lines| {
         lines.into_iter().rev().find_map(|ll| {
-            let words = crate::conf::words(&ll.text);
+            let words = crate::words::words(&ll.text);
             let (_, first) = words.first().copied()?;
             let (off, arg) = words.get(1).copied()?;
             (first == directive).then(|| (ll.clone(), off..off + arg.len()))

@@ -18,5 +18,6 @@ pub mod sentry;
 pub mod source;
 pub mod template;
 pub mod timespec;
+pub mod words;
 
 pub use source::{Diagnostic, Parsed, Severity, SourceFile};

@@ -23,11 +23,11 @@ use std::net::IpAddr;
 use std::ops::Range;
 
 use crate::addr::{parse_addrspec, AddrSet};
-use crate::conf::{words, Listen};
 use crate::facts::SentryMode;
 use crate::source::{Diagnostic, LogicalLine, Parsed, Severity, SourceFile};
 use crate::template::{format_template, ExpandErrorKind, Value};
 use crate::timespec::parse_timespec;
+use crate::words::{words, Listen};
 
 /// New blocks per minute that forgeable modes (stealth, UDP) may cause before they only log.
 pub const DEFAULT_BLOCKBUDGET: u32 = 10;
@@ -770,7 +770,7 @@ fn parse_trap(
     };
     let addr = match host {
         None | Some("") | Some("*") => None,
-        Some(h) => match crate::conf::parse_ip(h) {
+        Some(h) => match crate::words::parse_ip(h) {
             Some(a) => Some(a),
             None => {
                 let at = off + ports_s.len() + 1;
@@ -945,7 +945,7 @@ pub fn check_blockcmd_word(word: &str) -> Vec<(Range<usize>, String)> {
             i += 2;
             continue;
         }
-        let end = crate::actions::segment_end(word, i);
+        let end = crate::template::segment_end(word, i);
         let seg = word.get(i..end).unwrap_or_default();
         let res = format_template(seg, &|n| {
             if !BLOCKCMD_NAMES.contains(&n) {

@@ -321,3 +321,55 @@ fn convert(key: &str, value: &Value, conv: char, spec: &Spec) -> Result<String, 
         ))),
     }
 }
+
+/// Where the substitution starting at the `%` at `at` ends: after `%` and one character
+/// when no `(` follows; else after the matching `)`, the flags, width, precision, length
+/// letters and one conversion character (Python's `%` syntax); the end of the template for an
+/// unclosed `%(`.
+pub(crate) fn segment_end(t: &str, at: usize) -> usize {
+    let b = t.as_bytes();
+    if b.get(at + 1) != Some(&b'(') {
+        // '%' plus one whole character (it may be multi-byte), or a lone '%' at the end.
+        return t
+            .get(at + 1..)
+            .and_then(|r| r.chars().next())
+            .map_or(t.len(), |c| at + 1 + c.len_utf8());
+    }
+    let mut depth = 0usize;
+    let mut j = at + 1;
+    while j < b.len() {
+        match b[j] {
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            _ => {}
+        }
+        j += 1;
+    }
+    if j >= b.len() {
+        return b.len();
+    }
+    j += 1;
+    while j < b.len() && b"-+ #0".contains(&b[j]) {
+        j += 1;
+    }
+    while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'*') {
+        j += 1;
+    }
+    if b.get(j) == Some(&b'.') {
+        j += 1;
+        while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'*') {
+            j += 1;
+        }
+    }
+    while j < b.len() && b"hlL".contains(&b[j]) {
+        j += 1;
+    }
+    t.get(j..)
+        .and_then(|r| r.chars().next())
+        .map_or(t.len(), |c| j + c.len_utf8())
+}

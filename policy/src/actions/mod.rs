@@ -18,8 +18,6 @@ mod parse;
 mod resolve;
 mod templates;
 
-pub(crate) use templates::segment_end;
-
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};

@@ -346,7 +346,7 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
                 // run/failrun are split into words before substitution, so each word is a
                 // template of its own.
                 let templates: Vec<(usize, &str)> = if matches!(directive, "run" | "failrun") {
-                    crate::conf::words(arg)
+                    crate::words::words(arg)
                         .into_iter()
                         .map(|(o, w)| (arg_range.start + o, w))
                         .collect()
@@ -562,7 +562,7 @@ fn swallowed_directive(
     directive: &str,
     diags: &mut Vec<Diagnostic>,
 ) {
-    for (rel, word) in crate::conf::words(&ll.text[range.clone()]) {
+    for (rel, word) in crate::words::words(&ll.text[range.clone()]) {
         let at = range.start + rel;
         if !SHAPES.iter().any(|(d, _)| *d == word) {
             continue;

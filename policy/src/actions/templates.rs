@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use crate::template::{format_template, ExpandErrorKind, Value, BUILTINS};
+use crate::template::{format_template, segment_end, ExpandErrorKind, Value, BUILTINS};
 
 /// Built-ins whose value is a number (they format with `%d`); every other name is text.
 const NUMERIC: &[&str] = &["remport", "port", "seensince", "lastseen", "lineno"];
@@ -74,58 +74,6 @@ pub(super) fn scan(template: &str) -> Vec<Finding> {
         i = end.max(i + 1);
     }
     out
-}
-
-/// Where the substitution starting at the `%` at `at` ends: after `%` and one character
-/// when no `(` follows; else after the matching `)`, the flags, width, precision, length
-/// letters and one conversion character (Python's `%` syntax); the end of the template for an
-/// unclosed `%(`.
-pub(crate) fn segment_end(t: &str, at: usize) -> usize {
-    let b = t.as_bytes();
-    if b.get(at + 1) != Some(&b'(') {
-        // '%' plus one whole character (it may be multi-byte), or a lone '%' at the end.
-        return t
-            .get(at + 1..)
-            .and_then(|r| r.chars().next())
-            .map_or(t.len(), |c| at + 1 + c.len_utf8());
-    }
-    let mut depth = 0usize;
-    let mut j = at + 1;
-    while j < b.len() {
-        match b[j] {
-            b'(' => depth += 1,
-            b')' => {
-                depth -= 1;
-                if depth == 0 {
-                    break;
-                }
-            }
-            _ => {}
-        }
-        j += 1;
-    }
-    if j >= b.len() {
-        return b.len();
-    }
-    j += 1;
-    while j < b.len() && b"-+ #0".contains(&b[j]) {
-        j += 1;
-    }
-    while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'*') {
-        j += 1;
-    }
-    if b.get(j) == Some(&b'.') {
-        j += 1;
-        while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'*') {
-            j += 1;
-        }
-    }
-    while j < b.len() && b"hlL".contains(&b[j]) {
-        j += 1;
-    }
-    t.get(j..)
-        .and_then(|r| r.chars().next())
-        .map_or(t.len(), |c| j + c.len_utf8())
 }
 
 #[cfg(test)]
