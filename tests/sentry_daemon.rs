@@ -233,6 +233,29 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// portnanny -v on `conf` in the lab's host namespace, once it listens.
+    fn start(lab: &Lab, conf: &std::path::Path, log: &std::path::Path) -> Daemon {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.host])
+            .arg(BIN)
+            .arg("-v")
+            .arg(conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .spawn()
+            .expect("portnanny");
+        let d = Daemon {
+            child,
+            log: log.to_path_buf(),
+        };
+        let up = wait_for(START_TIMEOUT, || {
+            d.log().contains("started: listening").then_some(())
+        });
+        assert!(up.is_some(), "daemon did not start:\n{}", d.log());
+        d
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -283,25 +306,7 @@ fn a_stealth_scan_is_detected_blocked_by_nftables_and_others_are_served() {
             wrapper = wrapper.display(),
         ),
     );
-    let log = s.path("nanny.stderr");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &lab.host])
-        .arg(BIN)
-        .arg("-v")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("portnanny");
-    let d = Daemon { child, log };
-    let up = wait_for(START_TIMEOUT, || {
-        let l = d.log();
-        (l.contains("started: listening") && l.contains("started sentry"))
-            .then_some(())
-            .or_else(|| l.contains("started: listening").then_some(()))
-    });
-    assert!(up.is_some(), "daemon did not start:\n{}", d.log());
+    let d = Daemon::start(&lab, &conf, &s.path("nanny.stderr"));
     // The sentry needs a moment to open its socket after its Hello.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(lab.fetch(BYSTANDER, port), "hello\n", "{}", d.log());
@@ -427,22 +432,7 @@ fn every_scan_type_over_both_families_is_blocked_once() {
     sh(&[
         "ip", "-n", &lab.host, "route", "add", "default", "via", gateway,
     ]);
-    let log = s.path("nanny.stderr");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &lab.host])
-        .arg(BIN)
-        .arg("-v")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("portnanny");
-    let d = Daemon { child, log };
-    let up = wait_for(START_TIMEOUT, || {
-        d.log().contains("started: listening").then_some(())
-    });
-    assert!(up.is_some(), "daemon did not start:\n{}", d.log());
+    let d = Daemon::start(&lab, &conf, &s.path("nanny.stderr"));
     std::thread::sleep(Duration::from_millis(500));
 
     // Probes forged from the gateway's and the nameserver's addresses are logged, never

@@ -130,15 +130,7 @@ impl Blocker {
 
     /// Blocks `req.addr` unless it must not be; `forgeable` detections spend the budget.
     pub fn block(&mut self, req: Request, forgeable: bool, now: u64) -> Outcome {
-        let probe = Block {
-            addr: req.addr,
-            since: now,
-            until: req.seconds.map(|s| now.saturating_add(s)),
-            port: req.port,
-            mode: req.mode.clone(),
-            repeat: 0,
-            reason: req.reason.clone(),
-        };
+        let probe = unrecorded(&req, now);
         if self.conf.neverblock.contains(req.addr) {
             log::warn(&format!(
                 "not blocking {}: it is in neverblock ({})",
@@ -205,15 +197,7 @@ impl Blocker {
     /// `block cmdonly` (PortSentry's BLOCK_TCP 2): runs the block commands for `req` and
     /// nothing else; neverblock still holds.
     pub fn commands_only(&mut self, req: &Request, now: u64) {
-        let b = Block {
-            addr: req.addr,
-            since: now,
-            until: req.seconds.map(|s| now.saturating_add(s)),
-            port: req.port,
-            mode: req.mode.clone(),
-            repeat: 0,
-            reason: req.reason.clone(),
-        };
+        let b = unrecorded(req, now);
         if self.conf.neverblock.contains(req.addr) {
             log::warn(&format!(
                 "not running the block commands for {}: it is in neverblock ({})",
@@ -357,6 +341,20 @@ impl Blocker {
         if let Err(e) = r {
             log::err(&format!("{}: {e}", p.display()));
         }
+    }
+}
+
+/// A block as requested, for history lines and commands of blocks the set does not hold
+/// (refused ones, `block cmdonly`).
+fn unrecorded(req: &Request, now: u64) -> Block {
+    Block {
+        addr: req.addr,
+        since: now,
+        until: req.seconds.map(|s| now.saturating_add(s)),
+        port: req.port,
+        mode: req.mode.clone(),
+        repeat: 0,
+        reason: req.reason.clone(),
     }
 }
 
