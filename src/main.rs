@@ -69,6 +69,10 @@ fn run(argv: &[OsString], cloexec: std::io::Result<()>) -> Result<ExitCode> {
             println!("portnanny {}", env!("CARGO_PKG_VERSION"));
             return Ok(ExitCode::SUCCESS);
         }
+        Command::ImportPortsentry { input, dir, modes } => {
+            portnanny::import::run(&input, &dir, &modes)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Run(a) => a,
     };
     if args.check {
