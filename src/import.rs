@@ -566,8 +566,9 @@ pub fn convert(
     };
     if trigger > 0 {
         notes.push(format!(
-            "SCAN_TRIGGER={trigger} became 'hits: {}': portnanny counts distinct trapped ports \
+            "SCAN_TRIGGER={trigger} (line {}) became 'hits: {}': portnanny counts distinct trapped ports \
              within an hour, PortSentry counted connections since it started",
+            ps.line("SCAN_TRIGGER"),
             trigger + 1
         ));
     }
@@ -660,6 +661,20 @@ pub fn convert(
             ps.line("RESOLVE_HOST")
         ));
     }
+    let relative: Vec<&str> = ["IGNORE_FILE", "HISTORY_FILE", "BLOCKED_FILE"]
+        .into_iter()
+        .filter(|k| {
+            ps.get(k)
+                .is_some_and(|f| !f.trim().is_empty() && !f.trim().starts_with('/'))
+        })
+        .collect();
+    if !relative.is_empty() {
+        notes.push(format!(
+            "{} relative: PortSentry took such names from its working directory, portnanny \
+             takes them from nanny.conf's directory",
+            relative.join(", ")
+        ));
+    }
     if !notes.is_empty() {
         conf.push_str("# Not carried over, or changed:\n");
         for n in &notes {
@@ -743,7 +758,8 @@ pub fn run(input: &Path, dir: &Path, mode_words: &[String]) -> Result<()> {
         .map(str::trim)
         .filter(|f| !f.is_empty())
     {
-        if !Path::new(f).exists() {
+        // A relative name is relative to nanny.conf's directory for portnanny.
+        if !dir.join(f).exists() {
             warnings.push(format!(
                 "{name}:{}: warning: IGNORE_FILE {f} does not exist; 'portnanny -C' and the \
                  'ignored' rule need it (an address list, one or more addresses a line)",
