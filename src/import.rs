@@ -585,7 +585,7 @@ pub fn convert(
         let _ = writeln!(rules, "ignored: ipfile: {}", f.trim());
         let _ = writeln!(
             actions,
-            "ignored: drop : log ignored %(ip)s on trapped port %(port)d (IGNORE_FILE)"
+            "ignored: drop : log ignored %(ip)s on port %(port)d (IGNORE_FILE)"
         );
     }
     let block_word = |level: u8| match level {
@@ -607,6 +607,21 @@ pub fn convert(
              commands above only run once 'block' is added to a class in nanny-actions"
                 .to_owned(),
         );
+    }
+    // PortSentry's 2 runs KILL_RUN_CMD only; 'block cmdonly' runs every blockcmd line.
+    let cmdonly: Vec<&str> = [("BLOCK_TCP", tcp_level), ("BLOCK_UDP", udp_level)]
+        .into_iter()
+        .filter(|(_, l)| *l == 2)
+        .map(|(k, _)| k)
+        .collect();
+    if !cmdonly.is_empty() && !route_lines.is_empty() {
+        let msg = format!(
+            "{}=2: 'block cmdonly' runs every blockcmd line, KILL_ROUTE's included; PortSentry \
+             ran only KILL_RUN_CMD (remove KILL_ROUTE's lines if that matters)",
+            cmdonly.join(" and ")
+        );
+        warnings.push(format!("{name}: warning: {msg}"));
+        notes.push(msg);
     }
     if modes.tcp.is_some() {
         let level = tcp_level;
