@@ -48,6 +48,12 @@ pub enum Command {
     Run(Args),
     Help,
     Version,
+    /// `--import-portsentry PORTSENTRY.CONF DIR [MODE...]` (see [`crate::import`]).
+    ImportPortsentry {
+        input: PathBuf,
+        dir: PathBuf,
+        modes: Vec<String>,
+    },
 }
 
 /// A usage error: the message says what was wrong.
@@ -90,14 +96,46 @@ fn options() -> Options {
     );
     o.optflag("h", "help", "print this help and exit");
     o.optflag("", "version", "print the version and exit");
+    o.optflag(
+        "",
+        IMPORT_SWITCH,
+        "(first argument, then PORTSENTRY.CONF DIR [MODE...]) write nanny.conf, nanny-rules \
+         and nanny-actions into DIR doing what PortSentry does with that file in those modes \
+         (tcp udp stcp atcp sudp audp; default tcp udp)",
+    );
     o
+}
+
+/// The importer's switch; it must be the first argument, because the modes after it (`-tcp`,
+/// `-stcp`...) are PortSentry's switches, not ours.
+pub const IMPORT_SWITCH: &str = "import-portsentry";
+
+/// The importer's synopsis.
+pub fn import_synopsis() -> String {
+    format!("usage: {DEFAULT_PROGNAME} --{IMPORT_SWITCH} PORTSENTRY.CONF DIR [MODE...]")
+}
+
+/// `--import-portsentry PORTSENTRY.CONF DIR [MODE...]`, taken as plain words (no getopts).
+fn parse_import(rest: &[String]) -> Result<Command, UsageError> {
+    match rest {
+        [input, dir, modes @ ..] => Ok(Command::ImportPortsentry {
+            input: PathBuf::from(input),
+            dir: PathBuf::from(dir),
+            modes: modes.to_vec(),
+        }),
+        _ => Err(UsageError(format!(
+            "--{IMPORT_SWITCH} needs PORTSENTRY.CONF and DIR ({})",
+            import_synopsis()
+        ))),
+    }
 }
 
 /// The one-line synopsis printed with usage errors.
 pub fn synopsis() -> String {
     format!(
         "usage: {DEFAULT_PROGNAME} [-l] [-v | -V NUM] [-p NAME] [-C] [-M MAXTHREADS] \
-         [-S STACKSIZE|unlimited] CONFIGFILE"
+         [-S STACKSIZE|unlimited] CONFIGFILE\n       \
+         {DEFAULT_PROGNAME} --{IMPORT_SWITCH} PORTSENTRY.CONF DIR [MODE...]"
     )
 }
 
@@ -111,6 +149,13 @@ pub fn help() -> String {
 
 /// Parses the switches and operands after the program name.
 pub fn parse(argv: &[String]) -> Result<Command, UsageError> {
+    if let Some(rest) = argv
+        .split_first()
+        .filter(|(first, _)| first.strip_prefix("--") == Some(IMPORT_SWITCH))
+        .map(|(_, rest)| rest)
+    {
+        return parse_import(rest);
+    }
     let m = options()
         .parse(argv)
         .map_err(|e| UsageError(e.to_string()))?;
@@ -119,6 +164,12 @@ pub fn parse(argv: &[String]) -> Result<Command, UsageError> {
     }
     if m.opt_present("version") {
         return Ok(Command::Version);
+    }
+    if m.opt_present(IMPORT_SWITCH) {
+        return Err(UsageError(format!(
+            "--{IMPORT_SWITCH} must be the first argument ({})",
+            import_synopsis()
+        )));
     }
     let mut verbosity = u8::try_from(m.opt_count("v")).unwrap_or(u8::MAX);
     if let Some(v) = m.opt_str("V") {
@@ -302,6 +353,14 @@ mod tests {
             (&["-p", "a b", "c"], "-p wants a name"),
             (&["-x", "c"], "Unrecognized option"),
             (&["-V"], "Argument to option 'V' missing"),
+            (
+                &["--import-portsentry", "p.conf"],
+                "needs PORTSENTRY.CONF and DIR",
+            ),
+            (
+                &["-v", "--import-portsentry", "p", "d"],
+                "must be the first argument",
+            ),
         ];
         for (args, want) in rows {
             match p(args) {
@@ -309,6 +368,18 @@ mod tests {
                 ok => panic!("{args:?} parsed: {ok:?}"),
             }
         }
+    }
+
+    #[test]
+    fn import_portsentry() {
+        assert_eq!(
+            p(&["--import-portsentry", "ps.conf", "out", "-stcp", "udp"]),
+            Ok(Command::ImportPortsentry {
+                input: PathBuf::from("ps.conf"),
+                dir: PathBuf::from("out"),
+                modes: vec!["-stcp".into(), "udp".into()],
+            })
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod classifier;
 pub mod exit;
 pub mod fds;
 pub mod files;
+pub mod import;
 pub mod log;
 pub mod parent;
 pub mod resolver;

@@ -1,5 +1,6 @@
 //! `portnanny [switches] CONFIGFILE` — and, with the hidden `--privsep-role ROLE UID GID
-//! [CHROOT]` argument, the worker roles.
+//! [CHROOT]` argument, the worker roles; `portnanny --import-portsentry PORTSENTRY.CONF DIR
+//! [MODE...]` writes a PortSentry configuration's equivalent files and exits (see `import`).
 //!
 //! Runs first in every process. For the parent: parse the command line, set up logging, hand
 //! over to `parent::run`. For a worker (re-exec'd by the parent through privsep::spawn_worker):
@@ -67,6 +68,10 @@ fn run(argv: &[OsString], cloexec: std::io::Result<()>) -> Result<ExitCode> {
         }
         Command::Version => {
             println!("portnanny {}", env!("CARGO_PKG_VERSION"));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::ImportPortsentry { input, dir, modes } => {
+            portnanny::import::run(&input, &dir, &modes)?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Run(a) => a,
