@@ -384,3 +384,41 @@ fn the_block_budget_holds_under_a_forged_sweep() {
     // A bystander is still served.
     assert_eq!(n.fetch_from(ip(200)).text(), "hello\n");
 }
+
+/// `blockkills on`: a block also ends the blocked address's running services (their whole
+/// process group); other addresses' services keep running.
+#[test]
+fn blockkills_ends_the_blocked_addresses_services() {
+    let s = Scratch::new("traps-kills");
+    let p = Ports {
+        tcp: free_port(),
+        udp: free_udp_port(),
+    };
+    let mut setup = setup(&s, &p);
+    setup.rules = "banned: blocked\nscan: trap\nheld: ALL\n".into();
+    setup.actions = "scan: block 1h : drop\nbanned: drop\nheld: run /bin/sleep 30\n".into();
+    let n = Nanny::start(&s, setup.conf("blockkills on"));
+    let scanner = ip(7);
+    let bystander = ip(8);
+    let _c1 = connect_from(scanner, n.addr, IO_TIMEOUT).expect("scanner's service");
+    let _c2 = connect_from(bystander, n.addr, IO_TIMEOUT).expect("bystander's service");
+    let services = wait_for(Duration::from_secs(10), || {
+        let s = n.services();
+        (s.len() == 2).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("two services; log:\n{}", n.log()));
+    let mark = n.mark();
+    assert_eq!(trap_connect(scanner, p.tcp), "", "{}", n.log());
+    n.expect_log(mark, &["blockkills: ending pid="]);
+    let left = wait_for(Duration::from_secs(10), || {
+        let alive: Vec<i32> = services.iter().copied().filter(|p| alive(*p)).collect();
+        (alive.len() == 1).then_some(alive)
+    })
+    .unwrap_or_else(|| panic!("one service left; log:\n{}", n.log()));
+    let line = n.expect_log(mark, &["blockkills: ending pid="]);
+    assert!(line.contains("127.62.0.7"), "{line}");
+    assert!(
+        !line.contains(&format!("pid={} ", left[0])),
+        "the bystander's service was killed: {line}"
+    );
+}
