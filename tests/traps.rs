@@ -422,3 +422,30 @@ fn blockkills_ends_the_blocked_addresses_services() {
         "the bystander's service was killed: {line}"
     );
 }
+
+/// IPv6 traps: a TCP trap on [::1] hits like an IPv4 one (and the address is blocked).
+#[test]
+fn ipv6_traps_catch_and_block() {
+    let s = Scratch::new("traps-v6");
+    let port = free_port();
+    let setup = Setup::new(
+        "banned: blocked\nscan: trap\nok: ALL\n",
+        "scan: block 1h : msg caught%(nl)s\nbanned: drop\nok: msg hello%(nl)s\n",
+    )
+    .conf(&format!("trap tcp {port}@::1"))
+    .conf(&format!("historyfile {}", s.path("history").display()));
+    let n = Nanny::start(&s, setup);
+    let dst: SocketAddr = format!("[::1]:{port}").parse().expect("addr");
+    let mark = n.mark();
+    let mut c = std::net::TcpStream::connect_timeout(&dst, IO_TIMEOUT).expect("connect [::1]");
+    assert_eq!(
+        read_all(&mut c, IO_TIMEOUT).text(),
+        "caught\n",
+        "{}",
+        n.log()
+    );
+    n.expect_log(mark, &["blocked ::1 "]);
+    assert!(read(&s, "history").contains(" block ::1 "));
+    let mut c = std::net::TcpStream::connect_timeout(&dst, IO_TIMEOUT).expect("connect again");
+    assert_eq!(read_all(&mut c, IO_TIMEOUT).text(), "", "blocked now");
+}
