@@ -29,7 +29,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{geteuid, Pid};
 use privsep::proto::{
-    BuildId, ParentToSentry, PortSet, ProbeKind, ProbeMode, ProbeReport, SentrySettings,
+    BuildId, ParentToSentry, PortSet, ProbeKind, ProbeReport, SentryMode, SentrySettings,
     SentryToParent, Watch,
 };
 use privsep::spawn::worker_role;
@@ -281,7 +281,7 @@ impl Watcher {
     }
 }
 
-fn probe(src: &str, dst: &str, port: u16, mode: ProbeMode, kind: ProbeKind) -> ProbeReport {
+fn probe(src: &str, dst: &str, port: u16, mode: SentryMode, kind: ProbeKind) -> ProbeReport {
     ProbeReport {
         src: src.parse().unwrap(),
         dst: dst.parse().unwrap(),
@@ -480,7 +480,7 @@ fn sentry_reports_scans_from_another_namespace() {
     assert_eq!(limit("Max file size"), "0 0");
 
     use ProbeKind::*;
-    use ProbeMode::*;
+    use SentryMode::{Atcp, Sudp};
     // IPv4: SYN, FIN, NULL, XMAS to unbound watched ports; 25 has a listener, 113 is excepted,
     // 3000 is above the limit.
     lab.nmap(&["-sS", "-p", "21,22,25,113,3000", HOST4]);
@@ -576,10 +576,9 @@ fn sentry_reports_scans_from_another_namespace() {
         "sentry CPU during a {} MiB transfer ({took:?}): {bulk_ticks} ticks",
         bytes >> 20
     );
-    assert!(
-        bulk_ticks <= 5,
-        "ordinary traffic cost the sentry {bulk_ticks} ticks"
-    );
+    // Reported, not asserted: CPU time is a benchmark's business (it varies with the load of
+    // the machine); that ordinary segments never reach the sentry is asserted on the kernel
+    // filter itself in capture_filter_on_a_real_socket.
     drop(tcp6_listener);
 
     setns(own_ns.as_fd(), CloneFlags::CLONE_NEWNET).unwrap();

@@ -554,31 +554,6 @@ pub struct SentrySettings {
     pub udp: Option<Watch>,
 }
 
-/// PortSentry's detection modes, named as its `-stcp`, `-sudp`, `-atcp`, `-audp` switches and
-/// the rules language's `mode:` matcher.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum ProbeMode {
-    /// A TCP probe to a listed port.
-    Stcp,
-    /// A UDP datagram to a listed port.
-    Sudp,
-    /// A TCP probe to a port below the advanced limit.
-    Atcp,
-    /// A UDP datagram to a port below the advanced limit.
-    Audp,
-}
-
-impl ProbeMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProbeMode::Stcp => "stcp",
-            ProbeMode::Sudp => "sudp",
-            ProbeMode::Atcp => "atcp",
-            ProbeMode::Audp => "audp",
-        }
-    }
-}
-
 /// What a probe looked like on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ProbeKind {
@@ -615,7 +590,7 @@ pub struct ProbeReport {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub port: u16,
-    pub mode: ProbeMode,
+    pub mode: SentryMode,
     pub kind: ProbeKind,
 }
 
@@ -726,7 +701,7 @@ mod tests {
             src: "fd00::2".parse().unwrap(),
             dst: "fd00::1".parse().unwrap(),
             port: 22,
-            mode: ProbeMode::Atcp,
+            mode: SentryMode::Atcp,
             kind: ProbeKind::Xmas,
         });
         let frame = encode(&probe).unwrap();

@@ -11,9 +11,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use policy::sentry::{Proto, SentryConf, StealthPorts};
-use privsep::proto::{
-    ParentToSentry, PortSet, ProbeMode, SentryMode, SentrySettings, SentryToParent, Watch,
-};
+use privsep::proto::{ParentToSentry, PortSet, SentrySettings, SentryToParent, Watch};
 use privsep::Role;
 
 use super::workers::Failure;
@@ -67,15 +65,6 @@ pub fn settings(conf: &SentryConf) -> Result<Option<SentrySettings>, String> {
     Ok((out.tcp.is_some() || out.udp.is_some()).then_some(out))
 }
 
-fn mode(m: ProbeMode) -> SentryMode {
-    match m {
-        ProbeMode::Stcp => SentryMode::Stcp,
-        ProbeMode::Sudp => SentryMode::Sudp,
-        ProbeMode::Atcp => SentryMode::Atcp,
-        ProbeMode::Audp => SentryMode::Audp,
-    }
-}
-
 impl Parent {
     /// Reads and handles up to [`RECV_BATCH`] sentry messages.
     pub(super) fn serve_sentry(&mut self) -> Result<(), Failure> {
@@ -116,7 +105,7 @@ impl Parent {
                     self.classify_probe(
                         SocketAddr::new(r.src, 0),
                         SocketAddr::new(r.dst, r.port),
-                        mode(r.mode),
+                        r.mode,
                         Instant::now(),
                     )?;
                 }

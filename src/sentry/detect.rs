@@ -227,7 +227,7 @@ impl<S: Sockets> Detector<S> {
 mod tests {
     use super::super::bpf::tests::{tcp4, tcp6, udp4, udp6};
     use super::*;
-    use privsep::proto::{PortSet, ProbeMode, Watch};
+    use privsep::proto::{PortSet, SentryMode, Watch};
     use std::cell::Cell;
     use std::rc::Rc;
 
@@ -330,17 +330,17 @@ mod tests {
                 "10.99.0.2".parse().unwrap(),
                 "10.99.0.1".parse().unwrap(),
                 22,
-                ProbeMode::Atcp,
+                SentryMode::Atcp,
                 ProbeKind::Syn
             )
         );
         assert_eq!(
             d.examine(&tcp6(80, "FPU"), now).map(|r| r.mode),
-            Some(ProbeMode::Atcp)
+            Some(SentryMode::Atcp)
         );
         assert_eq!(
             d.examine(&udp4(69, b"x"), now).map(|r| r.mode),
-            Some(ProbeMode::Sudp)
+            Some(SentryMode::Sudp)
         );
         assert_eq!(d.examine(&udp4(70, b"x"), now), None, "udp port not listed");
         assert_eq!(d.examine(&tcp4(113, "S"), now), None, "excepted");

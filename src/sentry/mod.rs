@@ -183,9 +183,12 @@ fn watch<S: Sockets>(
                     Err(e) => return Err(format!("capture: {e}")),
                 };
                 if let Some(r) = report {
-                    parent
-                        .send(&SentryToParent::Probe(r))
-                        .map_err(|e| format!("parent channel: {e}"))?;
+                    match parent.send(&SentryToParent::Probe(r)) {
+                        Ok(()) => {}
+                        // The parent closed its end while we wrote: the same as its EOF.
+                        Err(ChannelError::Closed) => return Ok(()),
+                        Err(e) => return Err(format!("parent channel: {e}")),
+                    }
                 }
             }
         }
@@ -195,15 +198,19 @@ fn watch<S: Sockets>(
             detector.expire(now);
             let dropped = detector.take_dropped();
             if dropped > 0 {
-                log(
+                let sent = log(
                     parent,
                     LogLevel::Warning,
                     format!(
                         "{dropped} probe reports suppressed (more than {} a second)",
                         detect::MAX_REPORTS_PER_SEC
                     ),
-                )
-                .map_err(|e| format!("parent channel: {e}"))?;
+                );
+                match sent {
+                    Ok(()) => {}
+                    Err(ChannelError::Closed) => return Ok(()),
+                    Err(e) => return Err(format!("parent channel: {e}")),
+                }
             }
         }
     }

@@ -8,16 +8,16 @@
 
 use std::net::IpAddr;
 
-use privsep::proto::{ProbeKind, ProbeMode, ProbeReport, SentrySettings, Watch};
+use privsep::proto::{ProbeKind, ProbeReport, SentryMode, SentrySettings, Watch};
 
 /// The mode a probe of `kind` to `port` is reported under with `settings`, or None if the port
 /// is not watched for that protocol. A port listed for stcp/sudp is `Stcp`/`Sudp`; one covered
 /// by `below N` is `Atcp`/`Audp`.
-pub fn mode_for(settings: &SentrySettings, kind: ProbeKind, port: u16) -> Option<ProbeMode> {
+pub fn mode_for(settings: &SentrySettings, kind: ProbeKind, port: u16) -> Option<SentryMode> {
     let (watch, listed, below) = match kind {
-        ProbeKind::Udp => (settings.udp.as_ref()?, ProbeMode::Sudp, ProbeMode::Audp),
+        ProbeKind::Udp => (settings.udp.as_ref()?, SentryMode::Sudp, SentryMode::Audp),
         ProbeKind::Syn | ProbeKind::Fin | ProbeKind::Null | ProbeKind::Xmas => {
-            (settings.tcp.as_ref()?, ProbeMode::Stcp, ProbeMode::Atcp)
+            (settings.tcp.as_ref()?, SentryMode::Stcp, SentryMode::Atcp)
         }
     };
     if !watch.covers(port) {
@@ -67,7 +67,14 @@ pub fn check_report(settings: &SentrySettings, r: &ProbeReport) -> Result<(), &'
         return Err("source is the destination");
     }
     let udp_kind = r.kind == ProbeKind::Udp;
-    let udp_mode = matches!(r.mode, ProbeMode::Sudp | ProbeMode::Audp);
+    // The stealth modes only: `tcp` and `udp` are the trap ports', which the parent sees itself.
+    if !matches!(
+        r.mode,
+        SentryMode::Stcp | SentryMode::Sudp | SentryMode::Atcp | SentryMode::Audp
+    ) {
+        return Err("not a stealth mode");
+    }
+    let udp_mode = matches!(r.mode, SentryMode::Sudp | SentryMode::Audp);
     if udp_kind != udp_mode {
         return Err("probe kind of the other protocol than its mode");
     }
@@ -93,7 +100,7 @@ mod tests {
         }
     }
 
-    fn report(src: &str, port: u16, mode: ProbeMode, kind: ProbeKind) -> ProbeReport {
+    fn report(src: &str, port: u16, mode: SentryMode, kind: ProbeKind) -> ProbeReport {
         let src: IpAddr = src.parse().unwrap();
         let dst: IpAddr = if src.is_ipv4() {
             "10.99.0.1".parse().unwrap()
@@ -112,7 +119,7 @@ mod tests {
     #[test]
     fn check_report_rows() {
         use ProbeKind::*;
-        use ProbeMode::*;
+        use SentryMode::{Atcp, Audp, Sudp};
         let s = settings();
         let rows: [(&str, ProbeReport, Result<(), &str>); 16] = [
             ("atcp syn", report("10.99.0.2", 22, Atcp, Syn), Ok(())),
