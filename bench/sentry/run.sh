@@ -120,11 +120,15 @@ full_scan() {
     c0=$(cpu_of "$dets")
     [ -z "$parent" ] || p0=$(cpu "$parent")
     t0=$(now)
-    nmap_ns -sS -T5 -p- --host-timeout 180s -S "$ta" "$HOST" &
+    # Not through nmap_ns: $! is then `timeout` itself (ip execs it), which passes cleanup's
+    # TERM on to nmap.
+    ip netns exec "$SNS" timeout 300 nmap -n -Pn -e vs -sS -T5 -p- --host-timeout 180s \
+        -S "$ta" "$HOST" > /dev/null 2>&1 &
     tcp=$!
     pids+=("$tcp")
     if [ -n "$ua" ]; then
-        nmap_ns -sU -T5 -p 1-1023 --host-timeout "$UDP_TIMEOUT" -S "$ua" "$HOST" &
+        ip netns exec "$SNS" timeout 300 nmap -n -Pn -e vs -sU -T5 -p 1-1023 \
+            --host-timeout "$UDP_TIMEOUT" -S "$ua" "$HOST" > /dev/null 2>&1 &
         udp=$!
         pids+=("$udp")
     fi
