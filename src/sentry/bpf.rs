@@ -249,11 +249,12 @@ pub(crate) mod tests {
     }
 
     pub fn tcp4(port: u16, flags: &str) -> Vec<u8> {
-        tcp(
-            PacketBuilder::ipv4([10, 99, 0, 2], [10, 99, 0, 1], 64),
-            port,
-            flags,
-        )
+        tcp4_from([10, 99, 0, 2], port, flags)
+    }
+
+    /// As [`tcp4`], from source address `src`.
+    pub fn tcp4_from(src: [u8; 4], port: u16, flags: &str) -> Vec<u8> {
+        tcp(PacketBuilder::ipv4(src, [10, 99, 0, 1], 64), port, flags)
     }
 
     pub fn tcp6(port: u16, flags: &str) -> Vec<u8> {

@@ -28,6 +28,14 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(1);
 /// Most reports per second in all, whatever their sources (forged sources defeat the
 /// per-source limit); the rest are counted and summarised in a log line.
 pub const MAX_REPORTS_PER_SEC: u32 = 200;
+/// Most reports per second from one source: far more than any `hits:` threshold needs, and
+/// small enough that one fast scanner cannot take the whole [`MAX_REPORTS_PER_SEC`] and hide
+/// another (measured: with one shared cap, back-to-back scans hid every second scanner).
+pub const MAX_REPORTS_PER_SOURCE_PER_SEC: u32 = 20;
+/// Reading the socket table may take at most about 1/READ_SHARE of the sentry's time: on a
+/// host with a huge table (131,072 TIME_WAIT sockets made one read cost tens of milliseconds)
+/// the re-reads are spaced out to READ_SHARE times a read's cost.
+const READ_SHARE: u32 = 20;
 /// Most (source, port, kind) entries remembered for the duplicate check.
 pub const MAX_RECENT: usize = 8192;
 
@@ -116,6 +124,10 @@ pub struct Detector<S: Sockets> {
     recent: HashMap<(IpAddr, u16, ProbeKind), Instant>,
     second: Instant,
     in_second: u32,
+    /// Reports per source in the current second.
+    per_source: HashMap<IpAddr, u32>,
+    /// What the last socket-table read cost.
+    read_cost: Duration,
     /// Reports suppressed by the per-second cap or a full duplicate table since the last
     /// [`Detector::take_dropped`].
     dropped: u64,
@@ -131,6 +143,8 @@ impl<S: Sockets> Detector<S> {
             recent: HashMap::new(),
             second: now,
             in_second: 0,
+            per_source: HashMap::new(),
+            read_cost: Duration::ZERO,
             dropped: 0,
         }
     }
@@ -145,6 +159,7 @@ impl<S: Sockets> Detector<S> {
     }
 
     fn refresh(&mut self, now: Instant, max_age: Duration) {
+        let max_age = max_age.max(self.read_cost * READ_SHARE);
         if self
             .read_at
             .is_some_and(|t| now.saturating_duration_since(t) < max_age)
@@ -152,10 +167,12 @@ impl<S: Sockets> Detector<S> {
             return;
         }
         // A failed read keeps the old table; the next packet tries again.
+        let started = Instant::now();
         if let Some(t) = self.sockets.read() {
             self.table = t;
             self.read_at = Some(now);
         }
+        self.read_cost = started.elapsed();
     }
 
     /// Is the packet served by, or part of, one of the host's sockets?
@@ -194,8 +211,10 @@ impl<S: Sockets> Detector<S> {
         if now.saturating_duration_since(self.second) >= Duration::from_secs(1) {
             self.second = now;
             self.in_second = 0;
+            self.per_source.clear();
         }
-        if self.in_second >= MAX_REPORTS_PER_SEC {
+        let from_source = self.per_source.get(&report.src).copied().unwrap_or(0);
+        if self.in_second >= MAX_REPORTS_PER_SEC || from_source >= MAX_REPORTS_PER_SOURCE_PER_SEC {
             self.dropped += 1;
             return None;
         }
@@ -213,6 +232,7 @@ impl<S: Sockets> Detector<S> {
         }
         self.recent.insert(key, now);
         self.in_second += 1;
+        *self.per_source.entry(report.src).or_insert(0) += 1;
         Some(report)
     }
 
@@ -225,7 +245,7 @@ impl<S: Sockets> Detector<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::bpf::tests::{tcp4, tcp6, udp4, udp6};
+    use super::super::bpf::tests::{tcp4, tcp4_from, tcp6, udp4, udp6};
     use super::*;
     use privsep::proto::{PortSet, SentryMode, Watch};
     use std::cell::Cell;
@@ -386,13 +406,33 @@ mod tests {
         assert_eq!(reads.get(), n, "duplicates cost no /proc read");
         assert!(d.examine(&tcp4(22, "F"), now).is_some(), "another kind");
         assert!(d.examine(&tcp4(22, "S"), now + DUPLICATE_WINDOW).is_some());
-        // Many ports in one second: capped, the excess counted.
+        // Many ports in one second from one source: capped per source, the excess counted;
+        // a second scanner in the same second is still reported.
         let t = now + DUPLICATE_WINDOW * 3;
         let sent = (1..=1000u16)
             .filter(|p| *p != 113 && d.examine(&tcp4(*p, "S"), t).is_some())
             .count();
-        assert_eq!(sent, MAX_REPORTS_PER_SEC as usize);
-        assert_eq!(d.take_dropped(), 999 - u64::from(MAX_REPORTS_PER_SEC));
+        assert_eq!(sent, MAX_REPORTS_PER_SOURCE_PER_SEC as usize);
+        assert_eq!(
+            d.take_dropped(),
+            999 - u64::from(MAX_REPORTS_PER_SOURCE_PER_SEC)
+        );
+        assert!(
+            d.examine(&tcp4_from([10, 99, 0, 3], 22, "S"), t).is_some(),
+            "another scanner is not hidden by the first"
+        );
+        // Many sources (a forged flood): the global cap holds.
+        let sent = (0..1000u32)
+            .filter(|i| {
+                let src = [10, 98, (i / 200) as u8, (i % 200) as u8 + 1];
+                d.examine(&tcp4_from(src, 22, "S"), t).is_some()
+            })
+            .count();
+        assert_eq!(
+            sent + MAX_REPORTS_PER_SOURCE_PER_SEC as usize + 1,
+            MAX_REPORTS_PER_SEC as usize
+        );
+        d.take_dropped();
         // Past the cap, packets within one REFRESH cost no /proc read at all.
         let n = reads.get();
         for p in 1001..2000u16 {
