@@ -371,7 +371,7 @@ fn a_stealth_scan_is_detected_blocked_by_nftables_and_others_are_served() {
 /// -sU over UDP ones, IPv4 and IPv6), each from its own address: each scanner is blocked once
 /// (one blockcmd line each); the host's own outgoing connection from a watched port blocks
 /// nothing; probes forged from the default gateway and the nameserver (neverblock auto) are
-/// refused and logged.
+/// refused and logged, and probes forged with the host's own address are logged and dropped.
 #[test]
 fn every_scan_type_over_both_families_is_blocked_once() {
     if skip_unless_root("every_scan_type_over_both_families_is_blocked_once") {
@@ -468,6 +468,42 @@ fn every_scan_type_over_both_families_is_blocked_once() {
             d.log()
         );
     }
+
+    // Probes forged with the host's own address as source: logged, never blocked.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.scan,
+            "nping",
+            "--tcp",
+            "--flags",
+            "syn",
+            "-p",
+            "1000-1005",
+            "-S",
+            HOST,
+            "--send-ip",
+            "-c",
+            "1",
+            "-e",
+            "vs",
+            HOST,
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("nping: {e}"));
+    let logged = wait_for(Duration::from_secs(10), || {
+        d.log()
+            .contains("forged with this host's own address as their source")
+            .then_some(())
+    });
+    assert!(logged.is_some(), "nmap:\n{out}\nlog:\n{}", d.log());
+    assert!(
+        !d.log().contains(&format!("blocked {HOST} ")),
+        "{}",
+        d.log()
+    );
 
     // The host's own outgoing connection from watched TCP port 1003 to a listener in the
     // scanner namespace, closed from both sides: no probe.

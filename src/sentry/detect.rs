@@ -131,6 +131,9 @@ pub struct Detector<S: Sockets> {
     /// Reports suppressed by the per-second cap or a full duplicate table since the last
     /// [`Detector::take_dropped`].
     dropped: u64,
+    /// Probes whose source was the host's own address (forged: the host does not probe
+    /// itself over the wire), since the last [`Detector::take_self_sourced`].
+    self_sourced: u64,
 }
 
 impl<S: Sockets> Detector<S> {
@@ -146,11 +149,17 @@ impl<S: Sockets> Detector<S> {
             per_source: HashMap::new(),
             read_cost: Duration::ZERO,
             dropped: 0,
+            self_sourced: 0,
         }
     }
 
     pub fn settings(&self) -> &SentrySettings {
         &self.settings
+    }
+
+    /// How many probes came with the host's own address as source since the last call.
+    pub fn take_self_sourced(&mut self) -> u64 {
+        std::mem::take(&mut self.self_sourced)
     }
 
     /// How many reports were suppressed since the last call.
@@ -192,6 +201,12 @@ impl<S: Sockets> Detector<S> {
             mode: mode_for(&self.settings, kind, port)?,
             kind,
         };
+        if report.src == report.dst {
+            // Never reported (the parent would refuse it), but counted and logged: a forger
+            // trying to make the host block itself.
+            self.self_sourced += 1;
+            return None;
+        }
         // The parent would refuse anything else (and restart us): never send it.
         check_report(&self.settings, &report).ok()?;
         let key = (report.src, port, kind);

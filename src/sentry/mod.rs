@@ -196,6 +196,22 @@ fn watch<S: Sockets>(
         if now >= tick {
             tick = now + TICK;
             detector.expire(now);
+            let own = detector.take_self_sourced();
+            if own > 0 {
+                let sent = log(
+                    parent,
+                    LogLevel::Warning,
+                    format!(
+                        "{own} probes forged with this host's own address as their source \
+                         ignored (never reported, never blocked)"
+                    ),
+                );
+                match sent {
+                    Ok(()) => {}
+                    Err(ChannelError::Closed) => return Ok(()),
+                    Err(e) => return Err(format!("parent channel: {e}")),
+                }
+            }
             let dropped = detector.take_dropped();
             if dropped > 0 {
                 let sent = log(
