@@ -219,6 +219,41 @@ impl Lab {
     }
 }
 
+/// nanny.conf, rules and actions of the lab's daemon: `listen 4040`, a trap-and-block policy
+/// (three distinct ports), contrib's nftables helper as blockcmd (each call also logged to
+/// `cmdlog`), `neverblock auto`, and `extra` nanny.conf lines.
+fn write_conf(s: &Scratch, cmdlog: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let wrapper = s.script(
+        "block.sh",
+        &format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nexec {} add \"$@\"\n",
+            cmdlog.display(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sentry/nft-block.sh")
+        ),
+    );
+    let empty = s.empty_dir("empty");
+    s.write(
+        "nanny-rules",
+        "banned: blocked\nscan: trap && hits: 3\nok: ALL\n",
+    );
+    s.write(
+        "nanny-actions",
+        "scan: block 1h : drop\nbanned: drop\nok: msg hello%(nl)s\n",
+    );
+    s.write(
+        "nanny.conf",
+        &format!(
+            "rulefile {rules}\nactionfile {actions}\nlisten 4040@{HOST}\n\
+             chrootdir {empty}\nprivsepuser nobody\n{extra}\n\
+             blockcmd {wrapper} %(ip)s %(seconds)s\nneverblock auto\n",
+            rules = s.path("nanny-rules").display(),
+            actions = s.path("nanny-actions").display(),
+            empty = empty.display(),
+            wrapper = wrapper.display(),
+        ),
+    )
+}
+
 /// The daemon, started in the host namespace; killed by pid on drop.
 struct Daemon {
     child: std::process::Child,
@@ -274,38 +309,12 @@ fn a_stealth_scan_is_detected_blocked_by_nftables_and_others_are_served() {
     let lab = Lab::new();
     let port = 4040;
     let cmdlog = s.path("cmds.log");
-    let wrapper = s.script(
-        "block.sh",
-        &format!(
-            "#!/bin/sh\necho \"$@\" >> {}\nexec {} add \"$@\"\n",
-            cmdlog.display(),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sentry/nft-block.sh")
-        ),
+    let extra = format!(
+        "stealth tcp 1000-1010\nblockfile {}\nhistoryfile {}",
+        s.path("blocks").display(),
+        s.path("history").display()
     );
-    let empty = s.empty_dir("empty");
-    s.write(
-        "nanny-rules",
-        "banned: blocked\nscan: trap && hits: 3\nok: ALL\n",
-    );
-    s.write(
-        "nanny-actions",
-        "scan: block 1h : drop\nbanned: drop\nok: msg hello%(nl)s\n",
-    );
-    let conf = s.write(
-        "nanny.conf",
-        &format!(
-            "rulefile {rules}\nactionfile {actions}\nlisten {port}@{HOST}\n\
-             chrootdir {empty}\nprivsepuser nobody\n\
-             stealth tcp 1000-1010\nblockfile {blocks}\nhistoryfile {history}\n\
-             blockcmd {wrapper} %(ip)s %(seconds)s\nneverblock auto\n",
-            rules = s.path("nanny-rules").display(),
-            actions = s.path("nanny-actions").display(),
-            empty = empty.display(),
-            blocks = s.path("blocks").display(),
-            history = s.path("history").display(),
-            wrapper = wrapper.display(),
-        ),
-    );
+    let conf = write_conf(&s, &cmdlog, &extra);
     let d = Daemon::start(&lab, &conf, &s.path("nanny.stderr"));
     // The sentry needs a moment to open its socket after its Hello.
     std::thread::sleep(Duration::from_millis(500));
@@ -397,35 +406,10 @@ fn every_scan_type_over_both_families_is_blocked_once() {
     ]);
     lab.add_scanner_addr("fd00:203::2/64", true);
     let cmdlog = s.path("cmds.log");
-    let wrapper = s.script(
-        "block.sh",
-        &format!(
-            "#!/bin/sh\necho \"$@\" >> {}\nexec {} add \"$@\"\n",
-            cmdlog.display(),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sentry/nft-block.sh")
-        ),
-    );
-    let empty = s.empty_dir("empty");
-    s.write(
-        "nanny-rules",
-        "banned: blocked\nscan: trap && hits: 3\nok: ALL\n",
-    );
-    s.write(
-        "nanny-actions",
-        "scan: block 1h : drop\nbanned: drop\nok: msg hello%(nl)s\n",
-    );
-    let conf = s.write(
-        "nanny.conf",
-        &format!(
-            "rulefile {rules}\nactionfile {actions}\nlisten 4040@{HOST}\n\
-             chrootdir {empty}\nprivsepuser nobody\n\
-             stealth tcp 1000-1010\nstealth udp 2000-2010\nblockbudget 100\n\
-             blockcmd {wrapper} %(ip)s %(seconds)s\nneverblock auto\n",
-            rules = s.path("nanny-rules").display(),
-            actions = s.path("nanny-actions").display(),
-            empty = empty.display(),
-            wrapper = wrapper.display(),
-        ),
+    let conf = write_conf(
+        &s,
+        &cmdlog,
+        "stealth tcp 1000-1010\nstealth udp 2000-2010\nblockbudget 100",
     );
     // A default gateway, so that `neverblock auto` has one to protect.
     let gateway = "10.203.0.254";
