@@ -1,4 +1,5 @@
-# bench/lib.sh: shell helpers shared by bench/run.sh and bench/lookups/run.sh (sourced, not run).
+# bench/lib.sh: shell helpers shared by bench/run.sh, bench/lookups/run.sh and bench/sentry/run.sh
+# (sourced, not run).
 # The caller sets BENCH_NAME (the prefix of its messages), and for cleanup `pids` (what it
 # started) and `work` (its scratch directory).
 
@@ -38,4 +39,27 @@ cleanup() {
         kill -9 "$p" 2>/dev/null || true
     done
     if [ -z "${KEEP:-}" ]; then rm -rf "$work"; else echo "${BENCH_NAME:-bench}: kept $work" >&2; fi
+}
+
+# build_portnanny_and_loadgen ROOT TARGET: sets PN (the portnanny binary measured: PORTNANNY if
+# set, else a release build of ROOT's work tree into TARGET), `measured` (what PN is, naming
+# uncommitted changes), and LG (the load generator, built in release).
+build_portnanny_and_loadgen() {
+    local root=$1 target=$2 dirty
+    echo "${BENCH_NAME:-bench}: building (release)..." >&2
+    if [ -n "${PORTNANNY:-}" ]; then
+        # A binary built elsewhere (e.g. from a clean export of one commit): measured as given.
+        PN=$PORTNANNY
+        [ -x "$PN" ] || { echo "${BENCH_NAME:-bench}: $PN is not executable" >&2; exit 1; }
+        measured="$PN"
+    else
+        cargo build -q --release --bin portnanny --manifest-path "$root/Cargo.toml" --target-dir "$target"
+        PN="$target/release/portnanny"
+        # The build is of the work tree, which may hold someone's uncommitted changes: say so.
+        measured="work tree of $root at $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')"
+        dirty=$(git -C "$root" status --porcelain -- Cargo.toml src privsep policy 2>/dev/null | wc -l)
+        if [ "$dirty" -gt 0 ]; then measured="$measured + $dirty uncommitted file(s) in src/privsep/policy"; fi
+    fi
+    cargo build -q --release --manifest-path "$root/bench/loadgen/Cargo.toml"
+    LG="$root/bench/loadgen/target/release/portnanny-loadgen"
 }

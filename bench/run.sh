@@ -36,22 +36,7 @@ target=${CARGO_TARGET_DIR:-$root/target}
 
 command -v tcpserver >/dev/null || { echo "bench: tcpserver missing (apt-get install ucspi-tcp)" >&2; exit 1; }
 
-echo "bench: building (release)..." >&2
-if [ -n "${PORTNANNY:-}" ]; then
-    # A binary built elsewhere (e.g. from a clean export of one commit): measured as given.
-    PN=$PORTNANNY
-    [ -x "$PN" ] || { echo "bench: $PN is not executable" >&2; exit 1; }
-    measured="$PN"
-else
-    cargo build -q --release --bin portnanny --manifest-path "$root/Cargo.toml" --target-dir "$target"
-    PN="$target/release/portnanny"
-    # The build is of the work tree, which may hold someone's uncommitted changes: say so.
-    measured="work tree of $root at $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')"
-    dirty=$(git -C "$root" status --porcelain -- Cargo.toml src privsep policy 2>/dev/null | wc -l)
-    if [ "$dirty" -gt 0 ]; then measured="$measured + $dirty uncommitted file(s) in src/privsep/policy"; fi
-fi
-cargo build -q --release --manifest-path "$here/loadgen/Cargo.toml"
-LG="$here/loadgen/target/release/portnanny-loadgen"
+build_portnanny_and_loadgen "$root" "$target"
 
 # As root the classifier's chroot dir must have no group/world-writable ancestor, so not /tmp.
 base=/tmp

@@ -37,20 +37,7 @@ for c in ip nmap perl dpkg-deb; do
     command -v "$c" >/dev/null || { echo "$BENCH_NAME: $c missing" >&2; exit 1; }
 done
 
-echo "$BENCH_NAME: building (release)..." >&2
-if [ -n "${PORTNANNY:-}" ]; then
-    PN=$PORTNANNY
-    [ -x "$PN" ] || { echo "$BENCH_NAME: $PN is not executable" >&2; exit 1; }
-    measured="$PN"
-else
-    cargo build -q --release --bin portnanny --manifest-path "$root/Cargo.toml" --target-dir "$target"
-    PN="$target/release/portnanny"
-    measured="work tree of $root at $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')"
-    dirty=$(git -C "$root" status --porcelain -- Cargo.toml src privsep policy 2>/dev/null | wc -l)
-    if [ "$dirty" -gt 0 ]; then measured="$measured + $dirty uncommitted file(s) in src/privsep/policy"; fi
-fi
-cargo build -q --release --manifest-path "$root/bench/loadgen/Cargo.toml"
-LG="$root/bench/loadgen/target/release/portnanny-loadgen"
+build_portnanny_and_loadgen "$root" "$target"
 
 # /run, not /tmp: the classifier's chroot needs no group/world-writable ancestor, and the
 # path must be short (PortSentry's config path is patched into a copy of its binary, below).
