@@ -34,6 +34,16 @@ struct Ports {
     udp: u16,
 }
 
+impl Ports {
+    /// A free TCP port and a free UDP port on loopback.
+    fn free() -> Ports {
+        Ports {
+            tcp: free_port(),
+            udp: free_udp_port(),
+        }
+    }
+}
+
 fn setup(s: &Scratch, p: &Ports) -> Setup {
     let log = s.script(
         "blockcmd.sh",
@@ -75,13 +85,19 @@ fn read(s: &Scratch, f: &str) -> String {
     std::fs::read_to_string(s.path(f)).unwrap_or_default()
 }
 
+/// The text of scratch file `f` once `ready` holds for it (bounded: 10 s), else what it holds.
+fn wait_file(s: &Scratch, f: &str, ready: impl Fn(&str) -> bool) -> String {
+    wait_for(Duration::from_secs(10), || {
+        let c = read(s, f);
+        ready(&c).then_some(c)
+    })
+    .unwrap_or_else(|| read(s, f))
+}
+
 #[test]
 fn a_scanner_is_trapped_blocked_everywhere_and_stays_blocked_after_a_restart() {
     let s = Scratch::new("traps-block");
-    let p = Ports {
-        tcp: free_port(),
-        udp: free_udp_port(),
-    };
+    let p = Ports::free();
     let n = Nanny::start(&s, setup(&s, &p));
     let scanner = ip(5);
     let bystander = ip(9);
@@ -113,11 +129,7 @@ fn a_scanner_is_trapped_blocked_everywhere_and_stays_blocked_after_a_restart() {
     );
     assert!(read(&s, "history").contains(" block 127.62.0.5 "));
     assert_eq!(read(&s, "hosts.deny"), "ALL: 127.62.0.5 # portnanny\n");
-    let cmds = wait_for(Duration::from_secs(10), || {
-        let c = read(&s, "cmds.log");
-        (!c.is_empty()).then_some(c)
-    })
-    .unwrap_or_default();
+    let cmds = wait_file(&s, "cmds.log", |c| !c.is_empty());
     assert_eq!(
         cmds,
         format!("block 127.62.0.5 {} udp\n", p.udp),
@@ -154,10 +166,7 @@ fn a_scanner_is_trapped_blocked_everywhere_and_stays_blocked_after_a_restart() {
 #[test]
 fn neverblock_addresses_are_trapped_but_never_blocked() {
     let s = Scratch::new("traps-never");
-    let p = Ports {
-        tcp: free_port(),
-        udp: free_udp_port(),
-    };
+    let p = Ports::free();
     let n = Nanny::start(&s, setup(&s, &p));
     let friend = ip(1);
     let mark = n.mark();
@@ -196,10 +205,7 @@ fn a_trap_port_in_use_is_a_start_up_error_naming_it() {
 #[test]
 fn a_block_expires_on_time_and_everything_follows() {
     let s = Scratch::new("traps-expire");
-    let p = Ports {
-        tcp: free_port(),
-        udp: free_udp_port(),
-    };
+    let p = Ports::free();
     let actions = ACTIONS.replace("block 1h", "block 2s");
     let mut setup = setup(&s, &p);
     setup.actions = actions;
@@ -227,11 +233,7 @@ fn a_block_expires_on_time_and_everything_follows() {
     assert_eq!(read(&s, "hosts.deny"), "");
     assert!(!read(&s, "blocks").contains("block 127.62.0.6"));
     assert!(read(&s, "history").contains(" expire 127.62.0.6 "));
-    let cmds = wait_for(Duration::from_secs(10), || {
-        let c = read(&s, "cmds.log");
-        c.contains("unblock").then_some(c)
-    })
-    .unwrap_or_default();
+    let cmds = wait_file(&s, "cmds.log", |c| c.contains("unblock"));
     assert_eq!(
         cmds,
         format!("block 127.62.0.6 {} udp\nunblock 127.62.0.6\n", p.udp)
@@ -285,10 +287,7 @@ fn ipfile_lists_are_matched_and_reloaded_when_they_change() {
 #[test]
 fn sigkill_during_blockfile_rewrites_never_leaves_it_unreadable() {
     let s = Scratch::new("traps-sigkill");
-    let p = Ports {
-        tcp: free_port(),
-        udp: free_udp_port(),
-    };
+    let p = Ports::free();
     let mut setup = setup(&s, &p);
     setup.rules = "banned: blocked\nscan: trap\nok: ALL\n".into();
     setup.actions = "scan: block 1h : drop\nbanned: drop\nok: msg hello%(nl)s\n".into();
@@ -345,10 +344,7 @@ fn clone_setup(s: &Setup) -> Setup {
 #[test]
 fn the_block_budget_holds_under_a_forged_sweep() {
     let s = Scratch::new("traps-budget");
-    let p = Ports {
-        tcp: free_port(),
-        udp: free_udp_port(),
-    };
+    let p = Ports::free();
     let mut setup = setup(&s, &p);
     setup.rules = "banned: blocked\nscan: trap\nok: ALL\n".into();
     setup.actions = "scan: block 1h : drop\nbanned: drop\nok: msg hello%(nl)s\n".into();
@@ -390,10 +386,7 @@ fn the_block_budget_holds_under_a_forged_sweep() {
 #[test]
 fn blockkills_ends_the_blocked_addresses_services() {
     let s = Scratch::new("traps-kills");
-    let p = Ports {
-        tcp: free_port(),
-        udp: free_udp_port(),
-    };
+    let p = Ports::free();
     let mut setup = setup(&s, &p);
     setup.rules = "banned: blocked\nscan: trap\nheld: ALL\n".into();
     setup.actions = "scan: block 1h : drop\nbanned: drop\nheld: run /bin/sleep 30\n".into();
