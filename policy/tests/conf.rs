@@ -4,22 +4,8 @@ use std::net::IpAddr;
 
 use policy::conf::{parse_conf, parse_listen, Listen, NannyConf, OnFileError};
 
-const BASE: &str = "rulefile r\nactionfile a\nlisten 80\n";
-
-fn ok(text: &str) -> NannyConf {
-    let p = parse_conf("nanny.conf", text);
-    let msgs: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
-    match p.value {
-        Some(v) => v,
-        None => panic!("expected {text:?} to load, got {msgs:#?}"),
-    }
-}
-
-fn errors(text: &str) -> Vec<String> {
-    let p = parse_conf("nanny.conf", text);
-    assert!(p.value.is_none(), "expected {text:?} to fail");
-    p.diagnostics.iter().map(|d| d.to_string()).collect()
-}
+mod conf_common;
+use conf_common::{errors, ok, BASE};
 
 type Getter = fn(&NannyConf) -> u64;
 type ListenWant = Result<(u16, Option<&'static str>), &'static str>;

@@ -3,28 +3,14 @@
 
 use std::net::IpAddr;
 
-use policy::conf::{parse_conf, NannyConf};
+use policy::conf::parse_conf;
 use policy::facts::SentryMode;
 use policy::sentry::{
     parse_ipfile, parse_ports, BlockIncrement, PortRange, Proto, StealthPorts, DEFAULT_BLOCKBUDGET,
 };
 
-const BASE: &str = "rulefile r\nactionfile a\nlisten 80\n";
-
-fn ok(text: &str) -> NannyConf {
-    let p = parse_conf("nanny.conf", text);
-    let msgs: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
-    match p.value {
-        Some(v) => v,
-        None => panic!("expected {text:?} to load, got {msgs:#?}"),
-    }
-}
-
-fn errors(text: &str) -> Vec<String> {
-    let p = parse_conf("nanny.conf", text);
-    assert!(p.value.is_none(), "expected {text:?} to fail");
-    p.diagnostics.iter().map(|d| d.to_string()).collect()
-}
+mod conf_common;
+use conf_common::{errors, ok, BASE};
 
 fn r(lo: u16, hi: u16) -> PortRange {
     PortRange { lo, hi }
