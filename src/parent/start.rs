@@ -189,10 +189,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
 fn trap_specs(s: &policy::sentry::SentryConf) -> Vec<traps::TrapSpec> {
     let mut out = Vec::new();
     for t in &s.traps {
-        let proto = match t.proto {
-            policy::sentry::Proto::Tcp => traps::Proto::Tcp,
-            policy::sentry::Proto::Udp => traps::Proto::Udp,
-        };
+        let proto = t.proto;
         for r in &t.ports {
             for port in r.lo..=r.hi {
                 out.push(traps::TrapSpec {

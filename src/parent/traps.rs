@@ -13,26 +13,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6};
 
+pub use policy::sentry::Proto;
+
 use super::listen::{self, Listener};
 
 /// Datagrams read from one UDP trap per poll turn.
 const UDP_BATCH: usize = 64;
-
-/// Which protocol a trap catches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-}
 
 /// One trap port to bind (a nanny.conf `trap` line gives one per port).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -64,6 +64,16 @@ impl Sockets for NetTables {
     }
 }
 
+/// Whether a message reached the parent: Ok(false) when the parent had closed its end (the
+/// same as its EOF: the end of the sentry's job), Err on any other failure.
+fn sent(r: Result<(), ChannelError>) -> Result<bool, String> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(ChannelError::Closed) => Ok(false),
+        Err(e) => Err(format!("parent channel: {e}")),
+    }
+}
+
 fn log(parent: &mut ToParent, level: LogLevel, text: String) -> Result<(), ChannelError> {
     let mut text = text;
     if text.len() > MAX_LOG_LINE {
@@ -183,11 +193,8 @@ fn watch<S: Sockets>(
                     Err(e) => return Err(format!("capture: {e}")),
                 };
                 if let Some(r) = report {
-                    match parent.send(&SentryToParent::Probe(r)) {
-                        Ok(()) => {}
-                        // The parent closed its end while we wrote: the same as its EOF.
-                        Err(ChannelError::Closed) => return Ok(()),
-                        Err(e) => return Err(format!("parent channel: {e}")),
+                    if !sent(parent.send(&SentryToParent::Probe(r)))? {
+                        return Ok(());
                     }
                 }
             }
@@ -198,7 +205,7 @@ fn watch<S: Sockets>(
             detector.expire(now);
             let own = detector.take_self_sourced();
             if own > 0 {
-                let sent = log(
+                let sent_log = log(
                     parent,
                     LogLevel::Warning,
                     format!(
@@ -206,15 +213,13 @@ fn watch<S: Sockets>(
                          ignored (never reported, never blocked)"
                     ),
                 );
-                match sent {
-                    Ok(()) => {}
-                    Err(ChannelError::Closed) => return Ok(()),
-                    Err(e) => return Err(format!("parent channel: {e}")),
+                if !sent(sent_log)? {
+                    return Ok(());
                 }
             }
             let dropped = detector.take_dropped();
             if dropped > 0 {
-                let sent = log(
+                let sent_log = log(
                     parent,
                     LogLevel::Warning,
                     format!(
@@ -222,10 +227,8 @@ fn watch<S: Sockets>(
                         detect::MAX_REPORTS_PER_SEC
                     ),
                 );
-                match sent {
-                    Ok(()) => {}
-                    Err(ChannelError::Closed) => return Ok(()),
-                    Err(e) => return Err(format!("parent channel: {e}")),
+                if !sent(sent_log)? {
+                    return Ok(());
                 }
             }
         }
