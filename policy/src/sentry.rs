@@ -934,18 +934,8 @@ fn parse_stealth(
 /// Checked with the formatter that will expand it, with a stand-in value for each name.
 pub fn check_blockcmd_word(word: &str) -> Vec<(Range<usize>, String)> {
     let mut out = Vec::new();
-    let b = word.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'%' {
-            i += 1;
-            continue;
-        }
-        if b.get(i + 1) == Some(&b'%') {
-            i += 2;
-            continue;
-        }
-        let end = crate::template::segment_end(word, i);
+    for r in crate::template::substitutions(word) {
+        let (i, end) = (r.start, r.end);
         let seg = word.get(i..end).unwrap_or_default();
         let res = format_template(seg, &|n| {
             if !BLOCKCMD_NAMES.contains(&n) {
@@ -969,14 +959,9 @@ pub fn check_blockcmd_word(word: &str) -> Vec<(Range<usize>, String)> {
                         .join(", ")
                 ),
             )),
-            Err(ExpandErrorKind::BadFormat(m)) => out.push((
-                i..end,
-                m.replace(" at character 1", "")
-                    .replace(" (character 1)", ""),
-            )),
+            Err(ExpandErrorKind::BadFormat(m)) => out.push((i..end, crate::template::alone(&m))),
             Err(other) => out.push((i..end, format!("{other:?}"))),
         }
-        i = end.max(i + 1);
     }
     out
 }

@@ -373,3 +373,33 @@ pub(crate) fn segment_end(t: &str, at: usize) -> usize {
         .and_then(|r| r.chars().next())
         .map_or(t.len(), |c| j + c.len_utf8())
 }
+
+/// The byte range of every substitution of `t` (`%` to the end of its conversion), `%%` left
+/// out: what a checker formats one at a time, to point at the substitution at fault.
+pub fn substitutions(t: &str) -> Vec<std::ops::Range<usize>> {
+    let b = t.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b.get(i) != Some(&b'%') {
+            i += 1;
+            continue;
+        }
+        if b.get(i + 1) == Some(&b'%') {
+            i += 2;
+            continue;
+        }
+        let end = segment_end(t, i);
+        out.push(i..end);
+        i = end.max(i + 1);
+    }
+    out
+}
+
+/// The formatter's message about one substitution formatted alone, without the position it
+/// counts from that substitution's start (the caller reports the real one).
+pub fn alone(message: &str) -> String {
+    message
+        .replace(" at character 1", "")
+        .replace(" (character 1)", "")
+}

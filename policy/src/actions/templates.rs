@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use crate::template::{format_template, segment_end, ExpandErrorKind, Value, BUILTINS};
+use crate::template::{alone, format_template, substitutions, ExpandErrorKind, Value, BUILTINS};
 
 /// Built-ins whose value is a number (they format with `%d`); every other name is text.
 const NUMERIC: &[&str] = &["remport", "port", "seensince", "lastseen", "lineno"];
@@ -28,18 +28,8 @@ pub(super) enum Finding {
 /// Checks every `%` of `template` (see the module comment).
 pub(super) fn scan(template: &str) -> Vec<Finding> {
     let mut out = Vec::new();
-    let b = template.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'%' {
-            i += 1;
-            continue;
-        }
-        if b.get(i + 1) == Some(&b'%') {
-            i += 2;
-            continue;
-        }
-        let end = segment_end(template, i);
+    for r in substitutions(template) {
+        let (i, end) = (r.start, r.end);
         let seg = template.get(i..end).unwrap_or_default();
         let mut name: Option<(Range<usize>, String)> = None;
         let res = format_template(seg, &|n| {
@@ -59,11 +49,7 @@ pub(super) fn scan(template: &str) -> Vec<Finding> {
         match res {
             // The formatter counts characters from the start of what it was given, which here
             // is only this substitution; the caller's column is the real position.
-            Err(ExpandErrorKind::BadFormat(m)) => out.push(Finding::Bad(
-                i..end,
-                m.replace(" at character 1", "")
-                    .replace(" (character 1)", ""),
-            )),
+            Err(ExpandErrorKind::BadFormat(m)) => out.push(Finding::Bad(i..end, alone(&m))),
             Err(other) => out.push(Finding::Bad(i..end, format!("{other:?}"))),
             Ok(_) => {
                 if let Some((r, n)) = name {
@@ -71,7 +57,6 @@ pub(super) fn scan(template: &str) -> Vec<Finding> {
                 }
             }
         }
-        i = end.max(i + 1);
     }
     out
 }
