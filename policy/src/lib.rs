@@ -13,6 +13,7 @@ pub mod decide;
 pub mod decode;
 pub mod expand;
 pub mod facts;
+pub mod ipfile;
 pub mod rules;
 pub mod sentry;
 pub mod source;
