@@ -132,16 +132,17 @@ impl Blocker {
     pub fn block(&mut self, req: Request, forgeable: bool, now: u64) -> Outcome {
         let probe = unrecorded(&req, now);
         if self.conf.neverblock.contains(req.addr) {
+            self.history(now, "refuse", &probe);
             log::warn(&format!(
                 "not blocking {}: it is in neverblock ({})",
                 req.addr, req.reason
             ));
-            self.history(now, "refuse", &probe);
             return Outcome::Never;
         }
         if forgeable && !self.set.contains(req.addr) && !self.budget.take(now) {
             // A forged sweep means thousands of these: the first of each minute is logged,
             // the rest counted (every one is in the history file).
+            self.history(now, "refuse", &probe);
             let minute = now / 60;
             if self.refused.0 != minute {
                 if self.refused.1 > 1 {
@@ -160,18 +161,20 @@ impl Blocker {
                 ));
             }
             self.refused.1 += 1;
-            self.history(now, "refuse", &probe);
             return Outcome::OverBudget;
         }
         match self.set.block(req, now, self.conf.increment) {
             Blocked::Unchanged => Outcome::AlreadyBlocked,
+            // The history line is written before the log line, so whoever reads the log sees
+            // a block the historyfile already holds.
             Blocked::Extended(b) => {
-                log::notice(&format!("block of {} extended: {}", b.addr, until(&b)));
                 self.history(now, "extend", &b);
+                log::notice(&format!("block of {} extended: {}", b.addr, until(&b)));
                 self.persist();
                 Outcome::Extended(b)
             }
             Blocked::New(b) => {
+                self.history(now, "block", &b);
                 log::notice(&format!(
                     "blocked {} ({}, port {} {}): {}",
                     b.addr,
@@ -180,7 +183,6 @@ impl Blocker {
                     if b.mode.is_empty() { "-" } else { &b.mode },
                     until(&b)
                 ));
-                self.history(now, "block", &b);
                 self.mirror(&b, true);
                 self.persist();
                 self.commands(&self.conf.blockcmd.clone(), "blockcmd", &b, now);
@@ -199,11 +201,11 @@ impl Blocker {
     pub fn commands_only(&mut self, req: &Request, now: u64) {
         let b = unrecorded(req, now);
         if self.conf.neverblock.contains(req.addr) {
+            self.history(now, "refuse", &b);
             log::warn(&format!(
                 "not running the block commands for {}: it is in neverblock ({})",
                 req.addr, req.reason
             ));
-            self.history(now, "refuse", &b);
             return;
         }
         self.history(now, "command", &b);
@@ -278,8 +280,8 @@ impl Blocker {
     }
 
     fn ended(&mut self, b: &Block, event: &str, now: u64) {
-        log::notice(&format!("{event}: {} is no longer blocked", b.addr));
         self.history(now, event, b);
+        log::notice(&format!("{event}: {} is no longer blocked", b.addr));
         self.mirror(b, false);
         self.commands(&self.conf.unblockcmd.clone(), "unblockcmd", b, now);
     }
