@@ -261,6 +261,28 @@ impl Conns {
     }
 
     /// Takes a pending connection out for its verdict (None if it is not pending).
+    /// Closes a pending connection's socket (its verdict will find it gone). Whether it held one.
+    pub fn close_pending(&mut self, id: ConnId) -> bool {
+        match self.rows.get_mut(&id).map(|c| &mut c.state) {
+            Some(State::Pending { stream, .. }) => stream.take().is_some(),
+            _ => false,
+        }
+    }
+
+    /// Cuts off a message being written: the row goes and the socket is closed.
+    pub fn cut_writer(&mut self, id: ConnId) -> bool {
+        let Some(i) = self.writers.iter().position(|w| *w == id) else {
+            return false;
+        };
+        match self.finish_writer(i) {
+            Some(w) => {
+                let _ = w.into_inner().shutdown(std::net::Shutdown::Both);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn take_pending(&mut self, id: ConnId) -> Option<Taken> {
         if !matches!(
             self.rows.get(&id).map(|c| &c.state),

@@ -349,19 +349,17 @@ impl Parent {
     }
 
     /// `blockkills on`: ends every running service of a newly blocked address (each leads its
-    /// own process group, so its children go too).
+    /// own process group, so its children go too): SIGTERM, then SIGKILL after the grace.
     fn kill_services_of(&mut self, addr: IpAddr) {
-        for c in self.conns.iter() {
-            if let (Some(pid), true) = (c.pid(), c.remote.ip() == addr) {
-                log::notice(&format!(
-                    "blockkills: ending pid={pid} conn={} of {addr}",
-                    c.id.0
-                ));
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|c| c.pid().is_some() && c.remote.ip() == addr)
+            .map(|c| c.id)
+            .collect();
+        let now = Instant::now();
+        for id in ids {
+            self.end_conn(id, "blockkills", now);
         }
     }
 

@@ -37,6 +37,7 @@ pub mod blocker;
 pub mod blocks;
 mod confwatch;
 pub mod conns;
+mod ending;
 mod from_classifier;
 mod from_resolver;
 mod from_sentry;
@@ -126,6 +127,8 @@ struct Parent {
     lifetime: u64,
     /// Every live connection: pending, running, or having its message written.
     conns: Conns,
+    /// Connections to be ended at a time (timeouts, kills waiting out their grace).
+    endings: ending::Endings,
     classifier: Option<Worker<ParentToClassifier, ClassifierToParent>>,
     resolver: Option<Worker<ParentToResolver, ResolverToParent>>,
     /// Stealth detection (only with `stealth` lines), restarted alone.
@@ -439,6 +442,7 @@ impl Parent {
             for (w, how) in self.conns.advance_writers(&msg_ready, now) {
                 finish_msg(w, how);
             }
+            self.fire_endings(Instant::now());
             if signalled && self.on_signals() {
                 return Ok(());
             }
@@ -514,6 +518,9 @@ impl Parent {
             until = until.min(d);
         }
         if let Some(d) = self.blocker.runner_deadline() {
+            until = until.min(d);
+        }
+        if let Some(d) = self.endings.next() {
             until = until.min(d);
         }
         let ms = until.saturating_duration_since(now).as_millis();

@@ -72,6 +72,7 @@ impl Parent {
                         ),
                     );
                 }
+                self.service_reaped(c.id, pid.as_raw());
                 if let Err(f) = self.conn_closed(c.id, counted) {
                     failed.get_or_insert(f);
                 }

@@ -160,6 +160,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         next_conn: 1,
         lifetime: 0,
         conns: Conns::default(),
+        endings: super::ending::Endings::default(),
         classifier: None,
         resolver: None,
         shipped: Shipped::new(Gen(1)),
