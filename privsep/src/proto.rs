@@ -20,6 +20,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::control::{
+    ConnRow, ExplainAsk, ExplainReport, LookupMetrics, Metrics, Reply, Request,
+};
+
 /// The classifier's decision crosses to the parent as the policy crate defines it: one
 /// definition for the evaluator, the wire and the parent's admission. It names classes only
 /// by index into the parent's own actions table and carries no text.
@@ -342,6 +346,16 @@ pub enum ParentToClassifier {
     /// The blocked set changed (`blocked` matcher): these addresses are now blocked (`on`) or
     /// no longer are. After a restart the whole set is sent this way, before any connection.
     Blocked { addrs: Vec<IpAddr>, on: bool },
+    /// `nannyctl explain`: classify `ask` against the live policy as a dry run (no count,
+    /// history, rate or trap state changes), tracing every rule; answered by one `Explained`.
+    /// `local` is the local end to assume.
+    Explain {
+        req: ReqId,
+        ask: ExplainAsk,
+        local: SocketAddr,
+    },
+    /// `nannyctl metrics`: answered by one `Metrics`.
+    MetricsRequest { req: ReqId },
 }
 
 /// Sent by the classifier; decoded only by the parent, which admits it in `parent/admit.rs`.
@@ -367,6 +381,13 @@ pub enum ClassifierToParent {
         eval_micros_total: u64,
         class_counts: Vec<(ClassName, u32)>,
         history_entries: u64,
+    },
+    /// Answer to `Explain`.
+    Explained { req: ReqId, report: ExplainReport },
+    /// Answer to `MetricsRequest`: the lookups this classifier made, by kind.
+    Metrics {
+        req: ReqId,
+        lookups: Vec<LookupMetrics>,
     },
 }
 
@@ -713,4 +734,46 @@ mod tests {
             assert!(decode::<Watch>(&frame[HEADER..]).is_err(), "{bad:?}");
         }
     }
+}
+
+/// A control client, numbered by the control worker for the life of its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClientId(pub u64);
+
+/// What the control worker needs to know to authorise requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlSettings {
+    /// `controlgroup`'s gid: its members may make read requests.
+    pub group: Option<u32>,
+}
+
+/// Sent by the parent; decoded only by the control worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParentToControl {
+    /// First message, exactly once; the worker starts accepting clients only after it.
+    Hello {
+        build: BuildId,
+        settings: ControlSettings,
+    },
+    /// The answer to a client's request.
+    Reply { client: ClientId, reply: Reply },
+    /// The answer to a `list`: every live connection; the worker filters, orders and pages.
+    Table {
+        client: ClientId,
+        rows: Vec<ConnRow>,
+    },
+    /// The answer to `metrics`; the worker renders the text exposition.
+    Metrics { client: ClientId, metrics: Metrics },
+}
+
+/// Sent by the control worker; decoded only by the parent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlToParent {
+    /// First message, exactly once, after the parent's Hello.
+    Hello { build: BuildId },
+    /// A request the worker decoded, checked ([`Request::check`]) and authorised (a `Change`
+    /// request only from root). Answered by exactly one `Reply`, `Table` or `Metrics`.
+    Request { client: ClientId, req: Request },
+    /// A log line, any time after `Hello`; the parent caps, escapes and rate-limits it.
+    Log(LogRecord),
 }

@@ -18,6 +18,7 @@ pub enum Role {
     Classifier,
     Resolver,
     Sentry,
+    Control,
 }
 
 /// One row of the role table.
@@ -60,10 +61,13 @@ pub enum NoProcesses {
 pub enum Peer {
     Parent,
     Worker(Role),
+    /// Not a channel: the listening control socket the parent bound (as root, with its owner
+    /// and mode); its peers are operators' `nannyctl` clients.
+    ControlClients,
 }
 
 /// Every role, in start order.
-pub const ROLES: [Profile; 3] = [
+pub const ROLES: [Profile; 4] = [
     Profile {
         role: Role::Classifier,
         channels: &[Peer::Parent, Peer::Worker(Role::Resolver)],
@@ -110,6 +114,21 @@ pub const ROLES: [Profile; 3] = [
         // No worker-to-worker channel: it restarts alone.
         restart_with: &[],
     },
+    Profile {
+        role: Role::Control,
+        // The parent's channel, then the listening control socket.
+        channels: &[Peer::Parent, Peer::ControlClients],
+        // It needs no path: the socket is bound by the parent and handed over.
+        chroot: true,
+        // Its channel, its listening socket, at most MAX_CLIENTS (64) clients and the
+        // standard descriptors.
+        nofile: 80,
+        fsize_zero: true,
+        // Single-threaded (one poll loop).
+        no_processes: NoProcesses::RlimitNproc,
+        keep_caps: &[],
+        restart_with: &[],
+    },
 ];
 
 impl Role {
@@ -118,6 +137,7 @@ impl Role {
             Role::Classifier => "classifier",
             Role::Resolver => "resolver",
             Role::Sentry => "sentry",
+            Role::Control => "control",
         }
     }
 
@@ -132,6 +152,7 @@ impl Role {
             Role::Classifier => &ROLES[0],
             Role::Resolver => &ROLES[1],
             Role::Sentry => &ROLES[2],
+            Role::Control => &ROLES[3],
         }
     }
 
@@ -170,8 +191,10 @@ mod tests {
             assert_eq!(p.channels.first(), Some(&Peer::Parent), "{}", p.role);
             // A worker-to-worker channel exists on both sides, and the two restart together.
             for peer in p.channels.iter().skip(1) {
-                let Peer::Worker(other) = *peer else {
-                    panic!("{}: a second parent channel", p.role)
+                let other = match *peer {
+                    Peer::Worker(other) => other,
+                    Peer::ControlClients => continue,
+                    Peer::Parent => panic!("{}: a second parent channel", p.role),
                 };
                 assert!(other.fd_of(Peer::Worker(p.role)).is_some());
                 assert!(p.restart_with.contains(&other), "{} {other}", p.role);
@@ -200,6 +223,15 @@ mod tests {
         assert!(Role::Classifier.profile().keep_caps.is_empty());
         assert!(Role::Resolver.profile().keep_caps.is_empty());
         assert!(Role::Classifier.profile().chroot && !Role::Resolver.profile().chroot);
+    }
+
+    #[test]
+    fn control_row() {
+        let p = Role::Control.profile();
+        assert!(p.keep_caps.is_empty() && p.chroot && p.fsize_zero);
+        assert_eq!(Role::Control.fd_of(Peer::ControlClients), Some(4));
+        assert_eq!(Role::Control.restart_group(), vec![Role::Control]);
+        assert!(!Role::Classifier.restart_group().contains(&Role::Control));
     }
 
     #[test]

@@ -103,6 +103,10 @@ impl Dispatcher {
             ParentToClassifier::Flush => self.on_flush(),
             ParentToClassifier::StatusRequest => self.on_status_request(),
             ParentToClassifier::ConnGone { conn } => self.on_conn_gone(conn),
+            // The explain helper implements these (branch explain).
+            ParentToClassifier::Explain { .. } | ParentToClassifier::MetricsRequest { .. } => {
+                Flow::Continue
+            }
         }
     }
 

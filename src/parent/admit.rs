@@ -98,6 +98,9 @@ pub enum Admitted {
         text: String,
     },
     Status(ClassifierStats),
+    /// The answers to control requests; the parent matches `req` to its outstanding requests.
+    Explained(proto::ReqId, Box<proto::ExplainReport>),
+    Metrics(proto::ReqId, Vec<proto::LookupMetrics>),
 }
 
 /// A verdict that passed every check. Fields are private: only [`admit`] builds one.
@@ -252,6 +255,10 @@ pub fn admit<P: Pending>(ctx: &Ctx<'_, P>, msg: ClassifierToParent) -> Result<Ad
             decision,
             facts,
         } => admit_verdict(ctx, conn, gen, decision, facts).map(Admitted::Verdict),
+        ClassifierToParent::Explained { req, report } => {
+            Ok(Admitted::Explained(req, Box::new(report)))
+        }
+        ClassifierToParent::Metrics { req, lookups } => Ok(Admitted::Metrics(req, lookups)),
     }
 }
 
@@ -307,6 +314,8 @@ fn variant_name(m: &ClassifierToParent) -> &'static str {
         ClassifierToParent::Verdict { .. } => "Verdict",
         ClassifierToParent::Log(_) => "Log",
         ClassifierToParent::Status { .. } => "Status",
+        ClassifierToParent::Explained { .. } => "Explained",
+        ClassifierToParent::Metrics { .. } => "Metrics",
     }
 }
 

@@ -93,6 +93,8 @@ impl Parent {
                     text,
                 }) => self.on_log(level, verbosity, &text),
                 Ok(Admitted::Status(stats)) => self.on_status(stats),
+                // Answered to control clients (from_control.rs, next commit).
+                Ok(Admitted::Explained(..) | Admitted::Metrics(..)) => {}
             }
         }
         Ok(())

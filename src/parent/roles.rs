@@ -35,6 +35,7 @@ impl Parent {
             Role::Classifier => self.classifier.as_mut().map(|w| w as &mut dyn Link),
             Role::Resolver => self.resolver.as_mut().map(|w| w as &mut dyn Link),
             Role::Sentry => self.sentry.as_mut().map(|w| w as &mut dyn Link),
+            Role::Control => None,
         }
     }
 
@@ -44,6 +45,7 @@ impl Parent {
             Role::Classifier => self.serve_classifier(),
             Role::Resolver => self.serve_resolver(),
             Role::Sentry => self.serve_sentry(),
+            Role::Control => Ok(()),
         }
     }
 
@@ -78,7 +80,7 @@ impl Parent {
                 Role::Classifier => self.classifier = Some(Worker::new(s)),
                 Role::Resolver => self.resolver = Some(Worker::new(s)),
                 // Not in the classifier's restart group; never started here.
-                Role::Sentry => {}
+                Role::Sentry | Role::Control => {}
             }
         }
         log::debug(2, &format!("started {}", pids.join(" ")));
@@ -97,6 +99,7 @@ impl Parent {
                 Role::Classifier => self.classifier.take().map(|w| w.pid),
                 Role::Resolver => self.resolver.take().map(|w| w.pid),
                 Role::Sentry => self.sentry.take().map(|w| w.pid),
+                Role::Control => None,
             })
             .collect()
     }
