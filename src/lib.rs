@@ -10,6 +10,7 @@
 
 pub mod args;
 pub mod classifier;
+pub mod control;
 pub mod exit;
 pub mod fds;
 pub mod files;

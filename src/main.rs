@@ -21,8 +21,8 @@ use portnanny::exit::{Error, Result, EXIT_SYSTEM};
 use portnanny::fds::{cloexec_inherited, ensure_std_fds};
 use portnanny::log;
 use privsep::proto::{
-    ClassifierToParent, LogLevel, LogRecord, ParentToClassifier, ParentToResolver, ParentToSentry,
-    ResolverToParent, SentryToParent, MAX_LOG_LINE,
+    ClassifierToParent, ControlToParent, LogLevel, LogRecord, ParentToClassifier, ParentToControl,
+    ParentToResolver, ParentToSentry, ResolverToParent, SentryToParent, MAX_LOG_LINE,
 };
 use privsep::{Channel, DropPlan, Role};
 
@@ -127,7 +127,7 @@ fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
             Ok(t) => Some(t),
             Err(e) => return fail(fd3, &format!("sentry: {e}")),
         },
-        Role::Classifier | Role::Resolver => None,
+        Role::Classifier | Role::Resolver | Role::Control => None,
     };
     let drop_plan = DropPlan::for_profile(
         profile,
@@ -148,6 +148,9 @@ fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
             portnanny::resolver::run(Channel::from_fd(fd3), Channel::from_fd(fd4))
         }
         (Role::Sentry, None, Some(tables)) => portnanny::sentry::run(Channel::from_fd(fd3), tables),
+        (Role::Control, Some(listener), _) => {
+            portnanny::control::run(Channel::from_fd(fd3), listener)
+        }
         // take_worker_fds returned exactly the row's channel count, so this is unreachable;
         // fail closed rather than panic.
         _ => fail(fd3, "descriptors do not match the role's row"),
@@ -181,6 +184,12 @@ fn report_setup_failure(role: Role, fd3: std::os::fd::OwnedFd, what: &str) {
             let _ = ch
                 .send(&SentryToParent::Hello { build })
                 .and_then(|()| ch.send(&SentryToParent::Log(rec)));
+        }
+        Role::Control => {
+            let mut ch: Channel<ControlToParent, ParentToControl> = Channel::from_fd(fd3);
+            let _ = ch
+                .send(&ControlToParent::Hello { build })
+                .and_then(|()| ch.send(&ControlToParent::Log(rec)));
         }
     }
 }
