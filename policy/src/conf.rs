@@ -20,6 +20,7 @@ use std::fmt;
 pub use crate::words::{parse_listen, Listen};
 use crate::words::{parse_u32, words};
 
+use crate::control_conf::ControlConf;
 use crate::sentry::{SentryBuilder, SentryConf};
 use crate::source::{Diagnostic, LogicalLine, Parsed, Severity, SourceFile};
 use crate::timespec::parse_timespec;
@@ -69,6 +70,8 @@ pub struct NannyConf {
     /// Extension: the sentry directives (traps, stealth watches, blocking); see
     /// [`crate::sentry`].
     pub sentry: SentryConf,
+    /// Extension: the control socket; see [`crate::control_conf`].
+    pub control: ControlConf,
 }
 
 impl fmt::Display for NannyConf {
@@ -116,7 +119,8 @@ impl fmt::Display for NannyConf {
             }
             writeln!(f)?;
         }
-        write!(f, "{}", self.sentry)
+        write!(f, "{}", self.sentry)?;
+        write!(f, "{}", self.control)
     }
 }
 
@@ -237,6 +241,7 @@ struct Builder {
     cachesize: Option<u32>,
     passenv: Option<Vec<String>>,
     sentry: SentryBuilder,
+    control: ControlConf,
 }
 
 pub(crate) fn parse_conf_positions(name: &str, text: &str) -> (Parsed<NannyConf>, ConfPositions) {
@@ -262,6 +267,7 @@ pub(crate) fn parse_conf_positions(name: &str, text: &str) -> (Parsed<NannyConf>
 
     let listens: Vec<(Listen, u32)> = b.listens.iter().map(|l| (l.0, l.1)).collect();
     b.sentry.finish(&src, &listens, &mut diags);
+    crate::control_conf::finish(&src, &b.control, &mut diags);
 
     // Completeness: these are file-level errors, so they point at the start of the file.
     let missing = |what: &str, why: &str| {
@@ -316,6 +322,7 @@ pub(crate) fn parse_conf_positions(name: &str, text: &str) -> (Parsed<NannyConf>
             cachesize: b.cachesize.unwrap_or(DEFAULT_CACHESIZE),
             passenv: b.passenv,
             sentry: b.sentry.conf,
+            control: b.control,
         }),
         _ => None,
     };
@@ -348,14 +355,19 @@ fn parse_line(
         crate::sentry::parse_directive(src, ll, &ws, &listens, &mut b.sentry, diags);
         return;
     }
+    if crate::control_conf::DIRECTIVES.contains(&dword) {
+        crate::control_conf::parse_directive(src, ll, &ws, &mut b.control, diags);
+        return;
+    }
     let Some((dir, &directive)) = DIRS.iter().zip(DIRECTIVES).find(|(_, d)| **d == dword) else {
         diags.push(err(
             dspan,
             "C001",
             format!(
-                "unknown directive '{dword}' (known: {}, {})",
+                "unknown directive '{dword}' (known: {}, {}, {})",
                 DIRECTIVES.join(", "),
-                crate::sentry::DIRECTIVES.join(", ")
+                crate::sentry::DIRECTIVES.join(", "),
+                crate::control_conf::DIRECTIVES.join(", ")
             ),
         ));
         return;

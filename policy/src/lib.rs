@@ -9,6 +9,7 @@ pub mod actions;
 pub mod addr;
 pub mod check;
 pub mod conf;
+pub mod control_conf;
 pub mod decide;
 pub mod decode;
 pub mod expand;
