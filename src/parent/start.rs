@@ -139,6 +139,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         traps::bind_all(&trap_specs(&conf.sentry)).map_err(|e| Error::System(e.to_string()))?;
     listeners.extend(traps.tcp);
     let blocker = Blocker::start(block_conf(&cfg), unix_now());
+    let control = control_side(&conf.control, root)?;
 
     // Signals before the first child, so no SIGCHLD can be missed.
     let signals = signals::Signals::install().map_err(|e| Error::system("signal handlers", e))?;
@@ -161,6 +162,8 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         lifetime: 0,
         conns: Conns::default(),
         endings: super::ending::Endings::default(),
+        control,
+        counters: super::counters::Counters::default(),
         classifier: None,
         resolver: None,
         shipped: Shipped::new(Gen(1)),
@@ -184,6 +187,36 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         fatal: None,
     };
     Ok(p)
+}
+
+/// The control socket, bound now (as root, before any worker), when nanny.conf has `control`.
+fn control_side(
+    c: &policy::control_conf::ControlConf,
+    root: bool,
+) -> Result<Option<super::from_control::ControlSide>> {
+    let Some(path) = &c.socket else {
+        return Ok(None);
+    };
+    let group = match &c.group {
+        None => None,
+        Some(g) => match nix::unistd::Group::from_name(g) {
+            Ok(Some(grp)) => Some(grp.gid),
+            Ok(None) => return Err(Error::Config(format!("controlgroup {g}: no such group"))),
+            Err(e) => return Err(Error::Config(format!("controlgroup {g}: {e}"))),
+        },
+    };
+    let socket = super::ctlsock::bind(std::path::Path::new(path), group).map_err(Error::System)?;
+    let settings = privsep::proto::ControlSettings {
+        group: group.map(|g| g.as_raw()),
+        admin_uid: if root {
+            0
+        } else {
+            nix::unistd::getuid().as_raw()
+        },
+    };
+    Ok(Some(super::from_control::ControlSide::new(
+        socket, settings,
+    )))
 }
 
 /// One trap spec per port of every `trap` line.
