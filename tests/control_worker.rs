@@ -167,3 +167,32 @@ fn a_killed_control_worker_is_restarted_and_connections_are_served_meanwhile() {
     });
     assert_eq!(back.as_deref(), Some("{\"blocks\":[]}\n"), "{}", n.log());
 }
+
+#[test]
+fn check_mode_names_a_missing_controlgroup_and_socket_directory() {
+    let s = Scratch::new("ctl-check");
+    let conf = s.write(
+        "nanny.conf",
+        &format!(
+            "rulefile {r}\nactionfile {a}\nlisten 5999@127.0.0.1\ncontrol /nonexistent-pn/ctl\n\
+             controlgroup no-such-group-pn\n",
+            r = s.write("rules", "a: ALL\n").display(),
+            a = s.write("actions", "a: drop\n").display(),
+        ),
+    );
+    let conf = conf.to_string_lossy().into_owned();
+    let (code, _, err) = Nanny::run_once(&["-C", &conf], WAIT);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{conf}:4:9: error[H007]: /nonexistent-pn is not a directory"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{conf}:5:14: error[H006]: group 'no-such-group-pn' does not exist"
+        )),
+        "{err}"
+    );
+}
