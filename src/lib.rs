@@ -5,7 +5,7 @@
 //! classifier ([`classifier`]) and the resolver ([`resolver`]) run unprivileged, re-exec'd from
 //! the same binary with the hidden `--privsep-role` argument (see `main.rs`). [`args`] parses
 //! the command line, [`log`] is the only way anything reaches stderr or syslog, [`exit`] holds
-//! the exit codes.
+//! the exit codes. [`nannyctl`] is the second binary's code, the control socket's client.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod args;
@@ -16,6 +16,7 @@ pub mod fds;
 pub mod files;
 pub mod import;
 pub mod log;
+pub mod nannyctl;
 pub mod parent;
 pub mod resolver;
 pub mod sentry;
