@@ -19,11 +19,28 @@ pub const DEFAULT_IPV4_PREFIX: u8 = 32;
 pub const DEFAULT_IPV6_PREFIX: u8 = 128;
 
 /// How source addresses are grouped. Only built by [`Grouping::new`], so the lengths are in
-/// range (1–32, 1–128).
+/// range (1–32, 1–128); decoding checks them again, since it crosses to the classifier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "Lengths")]
 pub struct Grouping {
     v4: u8,
     v6: u8,
+}
+
+/// The decoded form of a [`Grouping`], before its range check.
+#[derive(Deserialize)]
+struct Lengths {
+    v4: u8,
+    v6: u8,
+}
+
+impl TryFrom<Lengths> for Grouping {
+    type Error = String;
+
+    fn try_from(l: Lengths) -> Result<Grouping, String> {
+        Grouping::new(l.v4, l.v6)
+            .ok_or_else(|| format!("prefix lengths /{} and /{} out of range", l.v4, l.v6))
+    }
 }
 
 impl Default for Grouping {
@@ -60,12 +77,16 @@ impl Grouping {
     pub fn key(self, ip: IpAddr) -> IpAddr {
         match ip.to_canonical() {
             IpAddr::V4(a) => {
-                // v4 is 1..=32, so the shift is 0..=31.
-                let mask = u32::MAX << (32 - u32::from(self.v4));
+                // v4 is 1..=32, so the shift is 0..=31 (checked anyway: never a panic).
+                let mask = u32::MAX
+                    .checked_shl(32u32.saturating_sub(u32::from(self.v4)))
+                    .unwrap_or(0);
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) => {
-                let mask = u128::MAX << (128 - u32::from(self.v6));
+                let mask = u128::MAX
+                    .checked_shl(128u32.saturating_sub(u32::from(self.v6)))
+                    .unwrap_or(0);
                 IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
             }
         }
