@@ -16,6 +16,9 @@
 //! - Every `ConnAccepted` is answered by exactly one `Verdict` (from the pool, from this
 //!   thread, from the aftermaxthreads shortcut, or a close verdict when the queue is full).
 //! - The pool is started once, on the first policy, and only then are new processes forbidden.
+//! - Every connection (not a forgeable probe) is charged to the policy's `rate:` buckets here,
+//!   on arrival and before anything can decide it, so rates are exact and counted once
+//!   whichever path decides it (rates.rs); the answers travel with the job.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError};
