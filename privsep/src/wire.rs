@@ -442,8 +442,8 @@ mod tests {
         let verdict = encode(&ClassifierToParent::PolicyLoaded { gen: Gen(1) }).unwrap();
         let mut trailing = body(&verdict).to_vec();
         trailing.extend_from_slice(&[0, 0]);
-        // Variant index 5 is one past the last ClassifierToParent variant.
-        let unknown_variant = 5u32.to_le_bytes().to_vec();
+        // Variant index 7 is one past the last ClassifierToParent variant.
+        let unknown_variant = 7u32.to_le_bytes().to_vec();
         // Hello whose BuildId string claims 1000 bytes but the frame holds 3.
         let mut lying_len = 0u32.to_le_bytes().to_vec();
         lying_len.extend_from_slice(&1000u64.to_le_bytes());
