@@ -111,6 +111,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
             dns_timeout_ms: conf.dnstimeout_ms,
             identd_timeout_ms: conf.identdtimeout_ms,
             answerson_timeout_ms: conf.answersontimeout_ms,
+            grouping: conf.grouping,
         },
         resolver: ResolverSettings {
             // Lookups block a resolver thread each, and one evaluation starts all the lookups
