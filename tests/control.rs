@@ -1059,6 +1059,10 @@ fn no_daemon_is_exit_5() {
     // The daemon stopped: its socket is gone, exit 5; the environment names the socket too.
     if is_root() {
         let s = Scratch::new("ctl-stopped");
+        // A stale socket from a dead daemon is replaced at start (the live-socket refusal is
+        // tests/control_worker.rs's).
+        drop(std::os::unix::net::UnixListener::bind(s.path("ctl")).expect("bind"));
+        assert_eq!(ctl(&s.path("ctl"), &["status"]).code, Some(5));
         let n = Nanny::start(&s, ctl_setup(&s, "a: ALL\n", "a: msg hello%(nl)s\n"));
         let o = Command::new(CTL)
             .arg("status")
@@ -1171,4 +1175,37 @@ fn watch_redraws_on_one_connection_and_exits_cleanly() {
     }
     let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
     assert_eq!(wait_child(&mut child, Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn the_manual_page_is_lint_clean() {
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/nannyctl.1");
+    let out = match Command::new("mandoc")
+        .arg("-T")
+        .arg("lint")
+        .arg(&page)
+        .output()
+    {
+        Ok(o) => o,
+        Err(_) => {
+            eprintln!(
+                "the_manual_page_is_lint_clean: skipped: needs mandoc (.ci/install-test-deps)"
+            );
+            return;
+        }
+    };
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    // Every command and exit code nannyctl --help names is in the page.
+    let text = std::fs::read_to_string(&page).unwrap_or_default();
+    for cmd in [
+        "list", "watch", "kill", "change", "block", "unblock", "blocked", "reload", "status",
+        "flush", "explain", "metrics",
+    ] {
+        assert!(text.contains(&format!("Cm {cmd}")), "{cmd}");
+    }
+    for code in 0..=5 {
+        assert!(text.contains(&format!(".It {code}\n")), "exit {code}");
+    }
 }
