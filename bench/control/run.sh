@@ -205,27 +205,30 @@ time_list --json list --class low --sort -age,peer --limit 50 > "$work/t.page"
 time_list --json list --sort peer > "$work/t.all"
 
 # 3. CPU of the parent and the control worker over WINDOW seconds.
+# window_cpu: "TOTAL PARENT CONTROL" ticks over WINDOW seconds.
 window_cpu() {
-    local a b
-    a=$(cpu_ticks "$parent" "$ctlw")
+    local a b c d
+    a=$(cpu_ticks "$parent")
+    c=$(cpu_ticks "$ctlw")
     sleep "$WINDOW"
-    b=$(cpu_ticks "$parent" "$ctlw")
-    echo $(( b - a ))
+    b=$(cpu_ticks "$parent")
+    d=$(cpu_ticks "$ctlw")
+    echo "$(( b - a + d - c )) $(( b - a )) $(( d - c ))"
 }
 tck=$(getconf CLK_TCK)
-idle_ticks=$(window_cpu)
+read -r idle_ticks idle_p idle_c < <(window_cpu)
 script -qc "stty rows 50 cols 200; exec $CTL -s $work/hold/ctl watch --interval 1" /dev/null \
     > /dev/null 2>&1 &
 wpid=$!
 pids+=("$wpid")
 sleep 1.5
-tty_ticks=$(window_cpu)
+read -r tty_ticks tty_p tty_c < <(window_cpu)
 kill -INT "$wpid" 2>/dev/null || true
 "$CTL" -s "$work/hold/ctl" watch --interval 1 --json > /dev/null 2>&1 &
 wpid=$!
 pids+=("$wpid")
 sleep 1.5
-json_ticks=$(window_cpu)
+read -r json_ticks json_p json_c < <(window_cpu)
 kill -INT "$wpid" 2>/dev/null || true
 exec 9>&-
 wait "$lgpid" 2>/dev/null || true
@@ -242,6 +245,6 @@ printf '  --class low --sort -age,peer (all %s rows)  %8s %8s\n' "$filtered" "$(
 printf '  --class low --sort -age,peer --limit 50     %8s %8s\n' "$(median < "$work/t.page")" "$(maxof < "$work/t.page")"
 printf '  --sort peer (all %s rows)                 %8s %8s\n' "$live" "$(median < "$work/t.all")" "$(maxof < "$work/t.all")"
 echo "daemon CPU (parent + control worker) over ${WINDOW}s, ticks of 1/${tck}s:"
-echo "  idle                                   $idle_ticks ($(pct "$idle_ticks") of a core)"
-echo "  watch --interval 1, 50-row terminal    $tty_ticks ($(pct "$tty_ticks") of a core)"
-echo "  watch --interval 1 --json, every row   $json_ticks ($(pct "$json_ticks") of a core)"
+echo "  idle                                   $idle_ticks ($(pct "$idle_ticks") of a core; parent $idle_p, control $idle_c)"
+echo "  watch --interval 1, 50-row terminal    $tty_ticks ($(pct "$tty_ticks") of a core; parent $tty_p, control $tty_c)"
+echo "  watch --interval 1 --json, every row   $json_ticks ($(pct "$json_ticks") of a core; parent $json_p, control $json_c)"
