@@ -31,6 +31,7 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod accept;
+mod activation;
 pub mod admit;
 pub mod blockcmd;
 pub mod blocker;
