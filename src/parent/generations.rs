@@ -289,6 +289,11 @@ impl Generations {
         changed
     }
 
+    /// Whether a load is running, or a forced one waits for it to finish.
+    pub fn reload_pending(&self) -> bool {
+        self.loading.is_some() || self.again
+    }
+
     /// The running loader's wake-up descriptor, for the poll set.
     pub fn loader_fd(&self) -> Option<BorrowedFd<'_>> {
         self.loading.as_ref().map(Loader::fd)

@@ -17,8 +17,8 @@ use super::from_classifier::Shipped;
 use super::generations::Generations;
 use super::workers::{Backoff, WorkerPlan};
 use super::{
-    activation, from_sentry, listen, neverblock, setup, signals, spawn, traps, Parent, Settings,
-    RELOAD_EVERY,
+    activation, from_sentry, listen, neverblock, sdnotify, setup, signals, spawn, traps, Parent,
+    Settings, RELOAD_EVERY,
 };
 use crate::args::Args;
 use crate::exit::{Error, Result};
@@ -32,8 +32,9 @@ const RESOLVER_THREADS_PER_EVALUATION: u32 = 8;
 /// policy, the listeners and the signal handlers, in the order STYLE.md §2.6 gives.
 pub(super) fn prepare(args: &Args) -> Result<Parent> {
     // ORDER: systemd's variables leave the environment before set_env_policy captures it for
-    // the services, and while no thread exists (activation.rs).
+    // the services, and while no thread exists (activation.rs, sdnotify.rs).
     let inherited = activation::take()?;
+    let notify = sdnotify::Notifier::from_env();
     if let Some(s) = args.stack {
         setup::set_stack(s);
     }
@@ -188,6 +189,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         status_wanted: false,
         signals,
         fatal: None,
+        notify,
     };
     Ok(p)
 }
