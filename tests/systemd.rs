@@ -566,11 +566,14 @@ fn socket_activation_serves_inherited_and_own_ports() {
     let s = Scratch::new("sd-activate");
     let (rules, actions) = env_service();
     let mut setup = Setup::new(&rules, &actions);
-    let (p1, p2, p3) = (setup.port, free_port(), free_port());
+    let (p1, p2, p3, trap) = (setup.port, free_port(), free_port(), free_port());
     setup.extra_listens = vec![format!("{p2}@127.0.0.1"), format!("{p3}@127.0.0.1")];
     s.write("nanny-rules", &rules);
     s.write("nanny-actions", &actions);
-    let conf = s.write("nanny.conf", &setup.conf_text(&s));
+    let conf = s.write(
+        "nanny.conf",
+        &format!("{}trap tcp {trap}@127.0.0.1\n", setup.conf_text(&s)),
+    );
     // The notification socket in the abstract namespace, as systemd's own is.
     let name = format!("portnanny-test-{}-{p1}", std::process::id());
     let mut notify = NotifySocket::bind_abstract(&name);
@@ -580,7 +583,8 @@ fn socket_activation_serves_inherited_and_own_ports() {
         ssa.to_string_lossy().into_owned(),
         format!("--listen=127.0.0.1:{p1}"),
         format!("--listen=127.0.0.1:{p2}"),
-        "--fdname=first:second".to_owned(),
+        format!("--listen=127.0.0.1:{trap}"),
+        "--fdname=first:second:trap".to_owned(),
         format!("--setenv={notify_var}"),
     ];
     let r = Run::spawn(&s, &prefix, &["-v"], &conf, &[]);
@@ -589,7 +593,7 @@ fn socket_activation_serves_inherited_and_own_ports() {
     wait_for(START_TIMEOUT, || {
         fs::read_to_string(&r.stderr)
             .ok()
-            .filter(|l| l.contains(&format!("127.0.0.1:{p2}")))
+            .filter(|l| l.contains(&format!("127.0.0.1:{trap}")))
     })
     .unwrap_or_else(|| panic!("systemd-socket-activate did not listen: {}", r.log()));
     let first = env_reply(localhost(p1), START_TIMEOUT);
@@ -614,6 +618,7 @@ fn socket_activation_serves_inherited_and_own_ports() {
     for want in [
         format!("socket activation: fd 3 (\"first\"), tcp 127.0.0.1:{p1} serves `listen {p1}@127.0.0.1`"),
         format!("socket activation: fd 4 (\"second\"), tcp 127.0.0.1:{p2} serves `listen {p2}@127.0.0.1`"),
+        format!("socket activation: fd 5 (\"trap\"), tcp 127.0.0.1:{trap} serves `trap tcp {trap}@127.0.0.1`"),
     ] {
         assert!(log.contains(&want), "no {want:?} in the log:\n{log}");
     }
