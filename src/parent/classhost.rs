@@ -74,13 +74,39 @@ impl HostTable {
 
 /// How to resolve: relative msgfiles are taken from nanny.conf's directory (as `rulefile`
 /// and `ipfile:`); `root`: whether the class users apply (as nanny.conf's `user`, they are
-/// looked up but ignored when the daemon is not root); `check`: for -C, which does not warn
-/// about running unprivileged.
+/// looked up but ignored, with a warning, when the daemon is not root).
 #[derive(Clone, Debug)]
 pub struct HostCtx {
     pub conf_path: std::path::PathBuf,
     pub root: bool,
-    pub check: bool,
+}
+
+/// -C: the host diagnostics of every value written in the actions file (see
+/// [`policy::actions::host_values`]), even when the file has syntax errors elsewhere.
+pub fn check(name: &str, text: &str, ctx: &HostCtx) -> Vec<Diagnostic> {
+    let src = SourceFile::new(name, text);
+    let diag = |code, pos: Pos, msg: String| {
+        src.diagnostic(Severity::Error, code, pos.0, pos.1, pos.2, msg)
+    };
+    let v = policy::actions::host_values(name, text);
+    let mut out = Vec::new();
+    for u in &v.users {
+        if let Err(m) = resolve_spec(&u.value) {
+            out.push(diag("H006", u.pos, m));
+        }
+    }
+    for d in &v.dirs {
+        if let Err(m) = check_dir(d) {
+            out.push(diag("H007", d.pos, m));
+        }
+    }
+    for f in &v.msgfiles {
+        let path = super::setup::resolve_relative(&ctx.conf_path, &f.value);
+        if let Err(m) = read_msgfile(&path) {
+            out.push(diag("H008", f.pos, m));
+        }
+    }
+    out
 }
 
 /// Resolves every class of `actions` (parsed from `text`, named `name`): the table, and the
@@ -120,19 +146,17 @@ pub fn resolve(
                     .or_insert_with(|| match resolve_spec(&u.value) {
                         Ok(creds) if ctx.root => Some(creds),
                         Ok(_) => {
-                            if !ctx.check {
-                                diags.push(diag(
-                                    Severity::Warning,
-                                    "H006",
-                                    u.pos,
-                                    format!(
-                                        "not running as root: 'user {}' is ignored; services \
-                                         run as uid {}",
-                                        spec_text(&u.value),
-                                        nix::unistd::getuid()
-                                    ),
-                                ));
-                            }
+                            diags.push(diag(
+                                Severity::Warning,
+                                "H006",
+                                u.pos,
+                                format!(
+                                    "not running as root: 'user {}' is ignored; services run \
+                                     as uid {}",
+                                    spec_text(&u.value),
+                                    nix::unistd::getuid()
+                                ),
+                            ));
                             None
                         }
                         Err(m) => {
@@ -244,7 +268,6 @@ mod tests {
         HostCtx {
             conf_path: std::env::temp_dir().join("nanny.conf"),
             root: true,
-            check: true,
         }
     }
 
@@ -266,6 +289,13 @@ mod tests {
             "actions:3:12: error[H008]: msgfile /nonexistent-pn/banner: cannot open: No such file or directory (os error 2)",
         ];
         // 'd' sees 'a': the same written value, reported once.
+        assert_eq!(got, want);
+        // -C finds the same even when another line has a syntax error.
+        let broken = format!("{text}x: nice 99\n");
+        let got: Vec<String> = check("actions", &broken, &ctx())
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
         assert_eq!(got, want);
     }
 

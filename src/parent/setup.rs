@@ -232,14 +232,11 @@ pub fn check(args: &Args) -> Result<ExitCode> {
         // What the actions' classes need from this host (users, chdir directories,
         // msgfiles): H006-H008 at the value as written, as the daemon's load reports them.
         if let Some((name, text)) = &actions {
-            if let Some(a) = policy::actions::parse_actions(name, text).value {
-                let ctx = super::classhost::HostCtx {
-                    conf_path: args.config.clone(),
-                    root: nix::unistd::geteuid().is_root(),
-                    check: true,
-                };
-                diags.extend(super::classhost::resolve(&a, name, text, &ctx).1);
-            }
+            let ctx = super::classhost::HostCtx {
+                conf_path: args.config.clone(),
+                root: nix::unistd::geteuid().is_root(),
+            };
+            diags.extend(super::classhost::check(name, text, &ctx));
         }
         diags.extend(policy::check::check_all(
             (&conf_name, conf_text),

@@ -152,7 +152,6 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         super::classhost::HostCtx {
             conf_path: cfg.conf_path.clone(),
             root,
-            check: false,
         },
     )?;
     let p = Parent {

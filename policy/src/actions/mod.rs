@@ -210,6 +210,28 @@ impl Actions {
     }
 }
 
+/// The values of an actions file that the parent checks against the host (users, `chdir`
+/// directories, msgfiles), as written, in file order, from every directive that parses, even
+/// when other lines have errors: `-C` reports host problems with the syntax ones, at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostValues {
+    pub users: Vec<At<UserSpec>>,
+    pub dirs: Vec<At<String>>,
+    pub msgfiles: Vec<At<String>>,
+}
+
+/// See [`HostValues`].
+pub fn host_values(name: &str, text: &str) -> HostValues {
+    let (raw, _, _) = parse::parse_file(name, text);
+    let mut out = HostValues::default();
+    for c in raw {
+        out.users.extend(c.sandbox.user);
+        out.dirs.extend(c.sandbox.chdir);
+        out.msgfiles.extend(c.msgfile);
+    }
+    out
+}
+
 /// Parses an actions file: every error and warning, and the table when there were no errors.
 /// `%(name)s` templates are not checked (see [`parse_actions_expanding`]): this is the
 /// classifier's view, which only needs the limits and must accept whatever the parent loaded.
