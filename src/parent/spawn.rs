@@ -3,7 +3,9 @@
 //! Runs in the parent (root, or the invoking user in non-root mode). The argv and environment
 //! were rendered by the parent from its own actions table; the only peer-derived values in them
 //! are validated newtypes (addresses, a checked hostname, a printable identd answer). The
-//! credentials were resolved from nanny.conf's `user` at start, while /etc was visible.
+//! credentials were resolved from nanny.conf's `user` at start, or from the action class's own
+//! `user` when its actions file was loaded, while /etc was visible; the class's sandbox
+//! (rlimits, nice, umask, chdir) was built then too (classhost.rs).
 //!
 //! Invariants: the child gets exactly fds 0, 1, 2 (every descriptor of the parent is
 //! close-on-exec, and `main` marks inherited ones close-on-exec at start); credentials change
@@ -755,6 +757,51 @@ mod tests {
         let argv = vec!["no-such-program-portnanny".to_owned()];
         assert!(spawn_service(&argv, &[], None, None, TcpStream::connect(addr).unwrap()).is_err());
         assert!(spawn_service(&[], &[], None, None, TcpStream::connect(addr).unwrap()).is_err());
+    }
+
+    /// The class sandbox is applied in the child (as whoever runs the test: lowering limits,
+    /// a positive nice, umask and chdir need no privilege).
+    #[test]
+    fn sandbox_is_applied_before_exec() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let sb = ServiceSandbox {
+            creds: None,
+            nice: Some(11),
+            rlimits: vec![(RlimitName::Nofile, 40, 50), (RlimitName::Core, 0, 0)],
+            umask: Some(0o037),
+            chdir: Some(CString::new("/proc").unwrap()),
+            timeout: None,
+        };
+        let script = "umask; ulimit -Sn; ulimit -Hn; ulimit -c; pwd; \
+                      cut -d' ' -f19 /proc/self/stat";
+        let argv: Vec<String> = ["sh", "-c", script].map(String::from).to_vec();
+        let pid = spawn_service(&argv, &[], None, Some(&sb), s).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "0037\n40\n50\n0\n/proc\n11\n");
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+
+        // A step that fails (a directory that does not exist) ends the child before exec.
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let bad = ServiceSandbox {
+            chdir: Some(CString::new("/nonexistent-portnanny").unwrap()),
+            ..sb
+        };
+        let pid = spawn_service(&argv, &[], None, Some(&bad), s).unwrap();
+        let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None).unwrap();
+        assert_eq!(
+            st,
+            nix::sys::wait::WaitStatus::Exited(
+                nix::unistd::Pid::from_raw(pid as i32),
+                EXIT_SETUP_FAILED
+            )
+        );
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "");
     }
 
     #[test]

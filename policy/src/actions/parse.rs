@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use crate::source::{Diagnostic, LogicalLine, Severity, SourceFile};
 
 /// A position for a diagnostic made later: physical (line, column, width).
-pub(super) type Pos = (u32, u32, u32);
+pub(super) use super::Pos;
 
 /// One class's own directives, as written.
 #[derive(Clone, Debug, Default)]
