@@ -174,6 +174,7 @@ impl Generations {
         let good = self.good.clone()?;
         self.files.rules = good.rules;
         self.files.actions = good.actions;
+        self.sync_msgfiles();
         self.gen = Gen(self.gen.0.saturating_add(1));
         self.install_table();
         // The restored files are what ran; they stay the known-good policy.
@@ -374,7 +375,6 @@ impl Generations {
                 Ok((text, actions, warns)) => {
                     warns.iter().for_each(|w| log::warn(&w.to_string()));
                     self.files.actions = Some((text, actions));
-                    self.sync_msgfiles();
                     changed.actions_loaded = true;
                     log::info(&format!("reloaded actions file {name}"));
                     Outcome::Loaded
@@ -391,6 +391,8 @@ impl Generations {
             };
             changed.policy |= outcome.changes_policy();
         }
+        // The actions may now read other msgfiles, or none (dropped).
+        self.sync_msgfiles();
         // New rules may name other address lists.
         changed.policy |= self.sync_ipfiles(false) | std::mem::take(&mut self.ipfiles_changed);
         if changed.policy {
