@@ -302,3 +302,57 @@ fn bad_sandbox_values_are_errors_with_their_position() {
         assert!(err.contains(&w), "daemon: want {w}\n{err}");
     }
 }
+
+/// A reload whose actions name a user that does not exist fails like a syntax error: the
+/// diagnostic with its position, then onfileerror (use-old) keeps the old actions.
+#[test]
+fn a_reload_naming_an_unknown_user_keeps_the_old_actions() {
+    let s = Scratch::new("sb-reload");
+    let n = Nanny::start(&s, Setup::new("all: ALL\n", "all: msg old%(nl)s\n"));
+    assert_eq!(n.fetch_from(src(8)).text(), "old\n", "log:\n{}", n.log());
+    let mark = n.mark();
+    write_atomic(
+        &n.actions,
+        "all: run /bin/echo new : user pn-no-such-user\n",
+        0o644,
+    );
+    let want = format!(
+        "{}:1:31: error[H006]: user 'pn-no-such-user' does not exist on this host",
+        n.actions.display()
+    );
+    n.wait_log_since(mark, RELOAD_TIMEOUT, |l| l.contains(&want))
+        .unwrap_or_else(|| panic!("no {want}; log:\n{}", n.log()));
+    n.expect_log(mark, &["keeping the old actions"]);
+    assert_eq!(n.fetch_from(src(9)).text(), "old\n");
+}
+
+/// A daemon that is not root looks a class's user up but ignores it, as it does nanny.conf's
+/// `user`, and says so at load; the service runs as the daemon's own user.
+#[test]
+fn without_root_a_class_user_is_ignored_with_a_warning() {
+    let s = Scratch::new("sb-nonroot");
+    let id = s.script("id.sh", "#!/bin/sh\nid -u\n");
+    let n = Nanny::start(
+        &s,
+        Setup::new(
+            "all: ALL\n",
+            &format!("all: run {} : user root\n", id.display()),
+        )
+        .mode(Mode::NonRoot),
+    );
+    let uid = if is_root() {
+        NOBODY_UID
+    } else {
+        nix::unistd::getuid().as_raw()
+    };
+    assert_eq!(
+        n.fetch_from(src(10)).text(),
+        format!("{uid}\n"),
+        "log:\n{}",
+        n.log()
+    );
+    n.expect_log(
+        0,
+        &["warning[H006]: not running as root: 'user root' is ignored"],
+    );
+}
