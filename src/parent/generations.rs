@@ -309,29 +309,6 @@ impl Generations {
         changed
     }
 
-    /// Watches the msgfiles the current actions read (a watch already kept keeps its stamp, so
-    /// a change made while the file was being loaded is still seen).
-    fn sync_msgfiles(&mut self) {
-        let paths: Vec<std::path::PathBuf> = self
-            .files
-            .actions
-            .as_ref()
-            .map(|(_, a)| a.host.msgfile_paths().to_vec())
-            .unwrap_or_default();
-        let mut old = std::mem::take(&mut self.msgfiles);
-        for p in paths {
-            let w = match old.iter().position(|w| w.path == p) {
-                Some(i) => old.swap_remove(i),
-                None => {
-                    let mut w = Watched::new(p);
-                    w.changed(false);
-                    w
-                }
-            };
-            self.msgfiles.push(w);
-        }
-    }
-
     /// The running loader's wake-up descriptor, for the poll set.
     pub fn loader_fd(&self) -> Option<BorrowedFd<'_>> {
         self.loading.as_ref().map(Loader::fd)
@@ -399,6 +376,29 @@ impl Generations {
             self.new_generation();
         }
         changed
+    }
+
+    /// Watches the msgfiles the current actions read (a watch already kept keeps its stamp, so
+    /// a change made while the file was being loaded is still seen).
+    fn sync_msgfiles(&mut self) {
+        let paths: Vec<std::path::PathBuf> = self
+            .files
+            .actions
+            .as_ref()
+            .map(|(_, a)| a.host.msgfile_paths().to_vec())
+            .unwrap_or_default();
+        let mut old = std::mem::take(&mut self.msgfiles);
+        for p in paths {
+            let w = match old.iter().position(|w| w.path == p) {
+                Some(i) => old.swap_remove(i),
+                None => {
+                    let mut w = Watched::new(p);
+                    w.changed(false);
+                    w
+                }
+            };
+            self.msgfiles.push(w);
+        }
     }
 
     fn new_generation(&mut self) {
