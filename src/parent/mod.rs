@@ -36,6 +36,7 @@ pub mod admit;
 pub mod blockcmd;
 pub mod blocker;
 pub mod blocks;
+mod classhost;
 mod confwatch;
 pub mod conns;
 mod counters;

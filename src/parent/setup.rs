@@ -271,6 +271,15 @@ pub fn check(args: &Args) -> Result<ExitCode> {
                 }
             }
         }
+        // What the actions' classes need from this host (users, chdir directories,
+        // msgfiles): H006-H008 at the value as written, as the daemon's load reports them.
+        if let Some((name, text)) = &actions {
+            let ctx = super::classhost::HostCtx {
+                conf_path: args.config.clone(),
+                root: nix::unistd::geteuid().is_root(),
+            };
+            diags.extend(super::classhost::check(name, text, &ctx));
+        }
         diags.extend(policy::check::check_all(
             (&conf_name, conf_text),
             rules.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),

@@ -158,6 +158,10 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         cfg.actions_path.clone(),
         conf.aftermaxthreads.clone(),
         conf.substitutions,
+        super::classhost::HostCtx {
+            conf_path: cfg.conf_path.clone(),
+            root,
+        },
     )?;
     let p = Parent {
         build: privsep::build_id(),
