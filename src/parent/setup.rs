@@ -143,8 +143,8 @@ pub fn host_checks(
     out
 }
 
-/// `controlgroup` must exist (H006, an error: the daemon would not start) and the control
-/// socket's directory too (H007, an error for the same reason).
+/// `controlgroup` must exist (H009, an error: the daemon would not start) and the control
+/// socket's directory too (H010, an error for the same reason).
 fn control_checks(
     conf: &NannyConf,
     diag: &dyn Fn(&str, Severity, &'static str, String) -> Diagnostic,
@@ -157,13 +157,13 @@ fn control_checks(
             Ok(None) => out.push(diag(
                 "controlgroup",
                 Severity::Error,
-                "H006",
+                "H009",
                 format!("group '{g}' does not exist on this host"),
             )),
             Err(e) => out.push(diag(
                 "controlgroup",
                 Severity::Error,
-                "H006",
+                "H009",
                 format!("cannot look up group '{g}': {e}"),
             )),
         }
@@ -173,7 +173,7 @@ fn control_checks(
             out.push(diag(
                 "control",
                 Severity::Error,
-                "H007",
+                "H010",
                 format!(
                     "{} is not a directory, so the control socket cannot be made there",
                     dir.display()
