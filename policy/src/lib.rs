@@ -14,6 +14,7 @@ pub mod decode;
 pub mod expand;
 pub mod facts;
 pub mod ipfile;
+pub mod listenopts;
 pub mod rules;
 pub mod sentry;
 pub mod source;
