@@ -129,7 +129,11 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
     };
 
     // Bind (step 4).
-    let lines: Vec<_> = conf.listens.iter().map(|l| (l.port, l.addr)).collect();
+    let lines: Vec<_> = conf
+        .listens
+        .iter()
+        .map(|l| (l.port, l.addr, conf.listen_options(l)))
+        .collect();
     let (mut listeners, skipped) = listen::bind_all(&lines)
         .map_err(|(addr, e)| Error::system(format!("cannot listen on {addr}"), e))?;
     for s in skipped {
