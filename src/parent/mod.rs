@@ -10,7 +10,8 @@
 //! the systemd unit in contrib/ bounds its capabilities.
 //!
 //! Whose bytes: connections from the network (never read by the parent, only accepted and
-//! handed on), worker messages (admitted before use), the administrator's files.
+//! handed on; the one exception is a PROXY header from a listed load balancer, framed and
+//! bounded by proxy.rs), worker messages (admitted before use), the administrator's files.
 //!
 //! Layout: this file holds the poll loop and every restart decision; start.rs builds the
 //! [`Parent`]; workers.rs starts and talks to the workers of privsep's role table;
