@@ -621,6 +621,53 @@ mod tests {
         );
     }
 
+    /// Mangled and random inputs: judge never panics, never claims more bytes than it was
+    /// given or than a header may have, and a v1 header it takes ends at its first LF.
+    #[test]
+    fn judge_holds_its_bounds_on_any_input() {
+        let seeds: Vec<Vec<u8>> = vec![
+            b"PROXY TCP4 127.0.0.7 127.0.0.1 40000 8080\r\n".to_vec(),
+            b"PROXY TCP6 2001:db8::7 ::1 1 2\r\n".to_vec(),
+            b"PROXY UNKNOWN\r\n".to_vec(),
+            v2_tcp4(),
+            v2(0x20, 0x00, &[]),
+            v2(0x21, 0x21, &[0; 36]),
+            v2(0x21, 0x31, &[0; 216]),
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..20_000u32 {
+            let mut b = seeds[round as usize % seeds.len()].clone();
+            for _ in 0..(next() % 4) {
+                let r = next();
+                let i = (r >> 8) as usize % (b.len() + 1);
+                match r % 4 {
+                    0 if i < b.len() => b[i] = (r >> 32) as u8,
+                    1 => b.insert(i, (r >> 40) as u8),
+                    2 if i < b.len() => {
+                        b.remove(i);
+                    }
+                    _ => b.truncate(i),
+                }
+            }
+            if round % 7 == 0 {
+                b = (0..next() % 600).map(|_| next() as u8).collect();
+            }
+            if let Judged::Complete { len, version, .. } = judge(&b) {
+                assert!(len <= b.len() && len <= MAX_HEADER, "{b:?}");
+                if version == 1 {
+                    assert!(len <= V1_MAX);
+                    assert_eq!(b.iter().position(|&c| c == b'\n'), Some(len - 1));
+                }
+            }
+        }
+    }
+
     fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
