@@ -400,7 +400,7 @@ impl Parent {
             }
             // Headers are read only for a classifier to hand them to (else they wait, on
             // their deadline).
-            if self.workers_ready() {
+            if self.conns.headers_len() > 0 && self.workers_ready() {
                 for (id, r) in self.conns.headers() {
                     fds.push(PollFd::new(r.stream().as_fd(), PollFlags::POLLIN));
                     slots.push(Slot::Header(id));
@@ -442,10 +442,12 @@ impl Parent {
                     Slot::Header(id) => header_ready.push(*id),
                 }
             }
-            if let Err(f) = self.read_headers(&header_ready, now) {
-                self.worker_failed(f);
+            if self.conns.headers_len() > 0 {
+                if let Err(f) = self.read_headers(&header_ready, now) {
+                    self.worker_failed(f);
+                }
+                self.expire_headers(Instant::now());
             }
-            self.expire_headers(Instant::now());
             // A batch that ended early can leave whole frames in a channel's buffer, where poll
             // cannot see them (poll_timeout made this turn not wait for them). If a worker
             // failed just now, its group was restarted and this reads nothing.
