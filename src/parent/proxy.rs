@@ -223,8 +223,10 @@ impl HeaderRead {
     /// not keep waking for bytes already seen).
     pub fn advance(&mut self) -> Step {
         let mut peek = [0u8; MAX_HEADER];
+        // judge() refuses a header before it outgrows MAX_HEADER, so there is always room;
+        // an empty window would read as end-of-file, hence the explicit test.
         let room = MAX_HEADER.saturating_sub(self.got.len());
-        let Some(window) = peek.get_mut(..room) else {
+        let Some(window) = peek.get_mut(..room).filter(|w| !w.is_empty()) else {
             return Step::Failed(HeaderError::Malformed("a header too long"));
         };
         let fd = self.stream.as_raw_fd();
