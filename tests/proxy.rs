@@ -57,13 +57,16 @@ struct Haproxy {
     v2: SocketAddr,
 }
 
-fn have_haproxy() -> bool {
-    Command::new("haproxy")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// The haproxy binary: Debian's (in /usr/sbin, which a test's PATH may lack), else PATH's.
+fn haproxy_bin() -> Option<&'static str> {
+    ["/usr/sbin/haproxy", "haproxy"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 impl Haproxy {
@@ -82,7 +85,8 @@ impl Haproxy {
         let out = std::fs::File::create(s.path("haproxy.out")).expect("haproxy.out");
         let err = std::fs::File::create(s.path("haproxy.err")).expect("haproxy.err");
         // -db: stay in the foreground (no daemon mode, no master process).
-        let child = Command::new("haproxy")
+        let bin = haproxy_bin().expect("haproxy (checked by the caller)");
+        let child = Command::new(bin)
             .arg("-db")
             .arg("-f")
             .arg(&path)
@@ -122,7 +126,7 @@ fn skip_without_haproxy(test: &str) -> bool {
     if skip_unless_root(test) {
         return true;
     }
-    if !have_haproxy() {
+    if haproxy_bin().is_none() {
         eprintln!("{test}: skipped: haproxy is not installed (.ci/install-test-deps installs it)");
         return true;
     }
