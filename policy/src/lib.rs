@@ -16,6 +16,7 @@ pub mod expand;
 pub mod facts;
 pub mod grouping;
 pub mod ipfile;
+pub mod listenopts;
 pub mod rate;
 pub mod rules;
 pub mod sentry;

@@ -131,6 +131,12 @@ impl Parent {
                 self.conns.cut_writer(id);
                 Ended::MessageCut
             }
+            State::Header(_) => {
+                log::notice(&format!("{why}: closing {who} before its PROXY header"));
+                self.endings.cancel(id);
+                self.conns.take_header(id);
+                Ended::Closed
+            }
             State::Pending { .. } => {
                 log::notice(&format!("{why}: closing {who} before its verdict"));
                 self.endings.cancel(id);

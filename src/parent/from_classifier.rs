@@ -314,6 +314,7 @@ impl Parent {
             id: conn,
             remote,
             local,
+            via: None,
             accepted: now,
         };
         self.conns.add_probe(meta, mode, self.shipped.oldest());

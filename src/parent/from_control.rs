@@ -87,6 +87,7 @@ pub fn conn_rows(conns: &Conns, endings: &Endings, now: Instant) -> Vec<ConnRow>
         .iter()
         .map(|c| {
             let (pid, served, state, gen) = match &c.state {
+                State::Header(_) => (None, None, ConnState::Header, 0),
                 State::Pending { min_gen, .. } => (None, None, ConnState::Pending, min_gen.0),
                 State::Running { pid, served, .. } => {
                     let st = if endings.terminating(c.id) {

@@ -138,14 +138,37 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
     let lines: Vec<_> = conf.listens.iter().map(|l| (l.port, l.addr)).collect();
     // Sockets the service manager handed over take their lines; the rest is bound here.
     let rest = inherited.split(&lines, &trap_specs(&conf.sentry))?;
-    let (mut listeners, skipped) = listen::bind_all(&rest.lines)
+    let options = |port: u16, addr: Option<std::net::IpAddr>| {
+        conf.listens
+            .iter()
+            .find(|l| l.port == port && l.addr == addr)
+            .map(|l| conf.listen_options(l))
+            .unwrap_or_default()
+    };
+    let own: Vec<_> = rest
+        .lines
+        .iter()
+        .map(|(port, addr)| (*port, *addr, options(*port, *addr)))
+        .collect();
+    let (mut listeners, skipped) = listen::bind_all(&own)
         .map_err(|(addr, e)| Error::system(format!("cannot listen on {addr}"), e))?;
     for s in skipped {
         log::warn(&format!("no IPv6 on this host: not listening on {s}"));
     }
     let traps = traps::bind_all(&rest.traps).map_err(|e| Error::System(e.to_string()))?;
     listeners.extend(traps.tcp);
-    listeners.extend(rest.listeners);
+    // An inherited socket serves its listen line's options too (its backlog is the unit's).
+    for mut l in rest.listeners {
+        let line = conf
+            .listens
+            .iter()
+            .find(|x| x.port == l.addr.port() && x.addr.is_none_or(|a| a == l.addr.ip()));
+        if let Some(x) = line {
+            listen::apply_options(&mut l, &conf.listen_options(x))
+                .map_err(|e| Error::system(format!("options of inherited {}", l.addr), e))?;
+        }
+        listeners.push(l);
+    }
     let blocker = Blocker::start(block_conf(&cfg), unix_now());
     let control = control_side(&conf.control, root)?;
 

@@ -71,14 +71,15 @@ pub fn act(
         log::debug(
             1,
             &format!(
-                "verdict conn={} peer={} local={} class={} action={}{why} gen={}{}",
+                "verdict conn={} peer={} local={} class={} action={}{why} gen={}{}{}",
                 conn.0,
                 meta.remote,
                 meta.local,
                 log::escape(&class),
                 disposition.as_str(),
                 v.gen().0,
-                trap.map_or_else(String::new, |m| format!(" trap={}", m.as_str()))
+                trap.map_or_else(String::new, |m| format!(" trap={}", m.as_str())),
+                meta.via.map_or_else(String::new, |v| format!(" via {v}"))
             ),
         );
     }
