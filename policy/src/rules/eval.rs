@@ -34,6 +34,7 @@ use crate::facts::{Classification, Facts, Lookup, MatchedClass, GLOBAL};
 
 use super::compile::{leading_lookup, Node};
 use super::matchers::{canonical_ip, Cx, Matcher};
+use super::trace::{NoTrace, Tracer};
 use super::{Rule, Rules};
 
 /// One step of the evaluation plan.
@@ -50,6 +51,8 @@ pub(crate) enum Step {
 #[derive(Clone, Debug)]
 pub(crate) struct AddrRun {
     first: usize,
+    /// How many rules the run covers (for tracing).
+    len: usize,
     local: bool,
     v4: Vec<(u32, u32, u32)>,
     v6: Vec<(u128, u128, u32)>,
@@ -156,6 +159,7 @@ fn build_run(rules: &[Rule], first: usize, end: usize, local: bool) -> AddrRun {
     let count = end - first;
     AddrRun {
         first,
+        len: count,
         local,
         v4: prioritise(v4, count)
             .into_iter()
@@ -297,6 +301,16 @@ pub(crate) fn class_ids(rules: &[Rule]) -> Vec<u32> {
 }
 
 pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
+    evaluate_traced(rules, facts, &mut NoTrace)
+}
+
+/// [`evaluate`], reporting every rule's fate to `t` (see [`super::trace`]); with [`NoTrace`]
+/// the hooks compile to nothing.
+pub(crate) fn evaluate_traced<T: Tracer>(
+    rules: &Rules,
+    facts: &mut dyn Facts,
+    t: &mut T,
+) -> Classification {
     let mut matched: Vec<MatchedClass> = Vec::new();
     let mut ids = MatchedIds::default();
     let mut stopped = false;
@@ -308,7 +322,9 @@ pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
                 let (Some(rule), Some(&id)) = (rules.rules.get(*i), rules.class_ids.get(*i)) else {
                     continue;
                 };
-                if (stopped && !rule.always) || ids.contains(id) {
+                let class_done = ids.contains(id);
+                if (stopped && !rule.always) || class_done {
+                    t.skip(*i, class_done);
                     continue;
                 }
                 if announced.is_none_or(|a| a < s) {
@@ -317,13 +333,15 @@ pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
                         announced = Some(w.last);
                     }
                 }
+                t.rule_start(*i);
                 let hit = {
                     let mut cx = Cx {
                         facts: &mut *facts,
                         classes: &matched,
                     };
-                    rule.expr.eval(&mut cx)
+                    rule.expr.eval_traced(&mut cx, t)
                 };
+                t.rule_end(*i, hit);
                 (rule, id, hit.then_some(rule))
             }
             Step::Run(run) => {
@@ -332,12 +350,16 @@ pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
                 else {
                     continue;
                 };
-                if (stopped && !rule.always) || ids.contains(id) {
+                let class_done = ids.contains(id);
+                if (stopped && !rule.always) || class_done {
+                    for i in run.first..run.first + run.len {
+                        t.skip(i, class_done);
+                    }
                     continue;
                 }
-                let hit = run
-                    .first_match(facts)
-                    .and_then(|o| rules.rules.get(run.first + o));
+                let offset = run.first_match(facts);
+                t.run(run.first, run.len, offset);
+                let hit = offset.and_then(|o| rules.rules.get(run.first + o));
                 (rule, id, hit)
             }
         };
