@@ -34,10 +34,12 @@
 mod compiler;
 mod conntrack;
 mod dispatch;
+mod explain;
 mod facts;
 mod history;
 pub mod hits;
 mod lookups;
+mod metrics;
 mod pool;
 mod verdict;
 
@@ -142,6 +144,8 @@ pub(crate) struct Loaded {
     pub needs_lookups: bool,
     /// The `ipfile:` address lists, by the name the rules use.
     pub ipfiles: std::collections::HashMap<String, policy::addr::AddrSet>,
+    /// The rules text as the parent sent it: explain quotes each rule as written.
+    pub rules_text: String,
 }
 
 /// Evaluation counters for `Status`.

@@ -842,6 +842,7 @@ fn no_lookup_is_sent_for_facts_nobody_asks() {
 // ---- decisions under concurrency ----
 
 fn loaded(rules: &str, actions: &str) -> Arc<Loaded> {
+    let rules_text = rules.to_string();
     let rules = policy::rules::parse_rules("rules", rules).value.unwrap();
     let actions = policy::actions::parse_actions("actions", actions)
         .value
@@ -852,6 +853,7 @@ fn loaded(rules: &str, actions: &str) -> Arc<Loaded> {
         rules,
         actions,
         ipfiles: Default::default(),
+        rules_text,
     })
 }
 
@@ -1043,3 +1045,5 @@ fn a_try_that_reached_a_lookup_records_the_history_once() {
     assert_eq!(class_names(&facts), ["old", GLOBAL]);
     finish(run);
 }
+
+mod explain;
