@@ -24,6 +24,11 @@
 //! Only DNS lookups are announced this way: identd and `answerson:` connect to the peer, which
 //! the original did only when a rule needed it. Answers are still read in file order, so results
 //! are exactly those of strict evaluation.
+//!
+//! Tracing (`nannyctl explain`): [`evaluate_traced`] is this evaluator, generic over a
+//! [`Tracer`] that is told what happens to every rule; [`evaluate`] passes [`NoTrace`], whose
+//! empty inlined hooks leave the same machine code as an evaluator without them. See
+//! [`super::trace`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
