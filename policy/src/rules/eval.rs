@@ -238,6 +238,7 @@ fn find<T: Ord + Copy>(segs: &[(T, T, u32)], x: T) -> Option<u32> {
 
 impl AddrRun {
     /// The offset of the first rule of the run containing the connection's address.
+    #[inline]
     fn first_match(&self, facts: &dyn Facts) -> Option<usize> {
         let ip = if self.local {
             facts.local().ip()
@@ -271,6 +272,7 @@ struct MatchedIds {
 impl MatchedIds {
     const LIST_MAX: usize = 32;
 
+    #[inline]
     fn contains(&self, id: u32) -> bool {
         match &self.set {
             Some(set) => set.contains(&id),
@@ -278,6 +280,7 @@ impl MatchedIds {
         }
     }
 
+    #[inline]
     fn insert(&mut self, id: u32) {
         match &mut self.set {
             Some(set) => {
@@ -327,9 +330,14 @@ pub(crate) fn evaluate_traced<T: Tracer>(
                 let (Some(rule), Some(&id)) = (rules.rules.get(*i), rules.class_ids.get(*i)) else {
                     continue;
                 };
-                let class_done = ids.contains(id);
-                if (stopped && !rule.always) || class_done {
-                    t.skip(*i, class_done);
+                // ORDER: the same tests in the same order as without a tracer (the cheap one
+                // first), so the untraced evaluator does no extra work.
+                if stopped && !rule.always {
+                    t.skip(*i, false);
+                    continue;
+                }
+                if ids.contains(id) {
+                    t.skip(*i, true);
                     continue;
                 }
                 if announced.is_none_or(|a| a < s) {
@@ -355,11 +363,12 @@ pub(crate) fn evaluate_traced<T: Tracer>(
                 else {
                     continue;
                 };
-                let class_done = ids.contains(id);
-                if (stopped && !rule.always) || class_done {
-                    for i in run.first..run.first + run.len {
-                        t.skip(i, class_done);
-                    }
+                if stopped && !rule.always {
+                    (run.first..run.first + run.len).for_each(|i| t.skip(i, false));
+                    continue;
+                }
+                if ids.contains(id) {
+                    (run.first..run.first + run.len).for_each(|i| t.skip(i, true));
                     continue;
                 }
                 let offset = run.first_match(facts);
