@@ -527,3 +527,38 @@ fn metrics_count_lookups_by_kind_with_cumulative_buckets() {
     let _ = serve(&mut run, &w);
     assert_eq!(metrics(&mut run), m);
 }
+
+#[test]
+fn a_long_rules_file_is_folded_into_a_bounded_report() {
+    let mut rules = String::new();
+    for i in 0..1000u32 {
+        rules.push_str(&format!("deny: 10.0.{}.{}\n", i / 256, i % 256));
+    }
+    rules.push_str("ok: ALL\nlog/always: ALL\n");
+    let mut run = start(&rules, "deny: drop\nok: msg hi\n", settings(2, None));
+    let w = World::default();
+    let r = explain(&mut run, ask("10.0.1.244", "127.0.0.1:2525", &w, false), &w);
+    let rows: Vec<(&str, Option<bool>)> =
+        r.rules.iter().map(|t| (t.at.as_str(), t.matched)).collect();
+    // 10.0.1.244 is rule 501: 500 misses folded, the hit, the 499 skipped folded, then the
+    // two rules after the run.
+    assert_eq!(
+        rows,
+        [
+            ("rules:1-500", Some(false)),
+            ("rules:501", Some(true)),
+            ("rules:502-1000", None),
+            ("rules:1001", None),
+            ("rules:1002", Some(true)),
+        ]
+    );
+    assert!(
+        r.rules[0]
+            .rule
+            .contains("(and 499 more rules of class deny)"),
+        "{:?}",
+        r.rules[0]
+    );
+    assert_eq!(r.action_class.as_deref(), Some("deny"));
+    assert_eq!(r.action, "drop");
+}
