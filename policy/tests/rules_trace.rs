@@ -42,6 +42,7 @@ fn every_matcher_kind_names_its_value() {
             .answers(25)
             .seen(100, Some(10))
             .local("127.0.0.1:2525")
+            .over("2/1m")
     };
     // (expression, want a match, a fragment the reason must contain)
     let rows: &[(&str, bool, &str)] = &[
@@ -94,6 +95,9 @@ fn every_matcher_kind_names_its_value() {
         ("hits: 2", false, "0 trapped ports within 3600s"),
         ("mode: tcp", false, "no sentry mode"),
         ("ipfile: list", false, "ipfile: list: no"),
+        // A matcher kind with no arm of its own in the tracer: its answer alone.
+        ("rate: 2/1m", true, ": yes"),
+        ("rate: 5/1m", false, ": no"),
     ];
     for (expr, want, why) in rows {
         let text = format!("a: {expr}\n");

@@ -286,6 +286,10 @@ pub struct ClassifierSettings {
     pub identd_timeout_ms: u32,
     /// As `dns_timeout_ms`, for answerson: (nanny.conf `answersontimeout_ms`).
     pub answerson_timeout_ms: u32,
+    /// nanny.conf `ipv4prefix`/`ipv6prefix`: how the classifier groups sources for ipmax,
+    /// `rate:` and the history. Lengths are range-checked by construction (and again on decode,
+    /// see `Grouping`'s deserialisation).
+    pub grouping: policy::grouping::Grouping,
 }
 
 /// A live connection, for re-seeding a restarted classifier so that counts stay exact.
@@ -740,11 +744,21 @@ mod tests {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ClientId(pub u64);
 
+/// Who made a control request (SO_PEERCRED), for the parent's audit log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub pid: i32,
+}
+
 /// What the control worker needs to know to authorise requests.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlSettings {
     /// `controlgroup`'s gid: its members may make read requests.
     pub group: Option<u32>,
+    /// Besides root, the uid that may change things: the daemon's own user when it does not
+    /// run as root (development), else 0.
+    pub admin_uid: u32,
 }
 
 /// Sent by the parent; decoded only by the control worker.
@@ -773,7 +787,11 @@ pub enum ControlToParent {
     Hello { build: BuildId },
     /// A request the worker decoded, checked ([`Request::check`]) and authorised (a `Change`
     /// request only from root). Answered by exactly one `Reply`, `Table` or `Metrics`.
-    Request { client: ClientId, req: Request },
+    Request {
+        client: ClientId,
+        caller: Caller,
+        req: Request,
+    },
     /// A log line, any time after `Hello`; the parent caps, escapes and rate-limits it.
     Log(LogRecord),
 }

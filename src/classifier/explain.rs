@@ -11,8 +11,9 @@
 //! `ConnFacts` (lookups go to the resolver as usual, with the same deadlines and cache), and the
 //! decision is `policy::decide::decide` against the live counts under the conntrack lock. What
 //! differs, and why:
-//! - nothing is recorded: the history is read with `History::peek` (what the next real
-//!   connection from the address would see), no counts go up, no trap hit is recorded (an
+//! - nothing is recorded: the history is read with `History::peek` and the `rate:` buckets
+//!   with `Rates::peek` (what the next real connection from the address would see), no
+//!   counts go up, no trap hit is recorded (an
 //!   explain is an ordinary `listen` connection), no verdict is produced, so nothing is
 //!   spawned, written or blocked;
 //! - a given `--hostname` is used instead of the reverse lookup and taken as VERIFIED (status
@@ -41,6 +42,7 @@ use privsep::proto::{ClassName, ClassifierToParent, HostName, IdentUser, ReqId};
 use super::compiler::RULES_NAME;
 use super::conntrack::IpCounts;
 use super::facts::{canonical, ConnFacts};
+use super::rates::RateMarks;
 use super::{Loaded, Shared};
 
 /// Explains waiting for the explain thread, at most; more are answered at once as refused.
@@ -125,8 +127,19 @@ pub fn explain(shared: &Shared, job: &Job) -> ExplainReport {
             _ => empty_report(remote.ip(), local),
         };
     };
+    // What charging the rates now would answer, charging nothing.
+    let rates = snapshot.rates.as_ref().map(|specs| RateMarks {
+        specs: Arc::clone(specs),
+        over: shared
+            .rates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .peek(specs, remote.ip(), shared.clock.now_nanos()),
+    });
     let (ex, mut facts) = {
-        let inner = ConnFacts::new(shared, remote, local).with_ipfiles(&snapshot.ipfiles);
+        let inner = ConnFacts::new(shared, remote, local)
+            .with_ipfiles(&snapshot.ipfiles)
+            .with_rates(rates.as_ref());
         let mut dry = DryFacts::new(shared, inner, &job.ask);
         let ex = snapshot.rules.explain(&mut dry);
         (ex, dry.into_facts())
@@ -531,5 +544,17 @@ impl Facts for DryFacts<'_> {
         let inside = self.inner.in_ipfile(name);
         self.note(format!("ipfile {name}"), yes_no(inside));
         inside
+    }
+
+    fn over_rate(&mut self, spec: policy::rate::RateSpec) -> bool {
+        let over = self.inner.over_rate(spec);
+        self.note(
+            format!("rate {spec}"),
+            format!(
+                "{} (this explain is not charged)",
+                if over { "over" } else { "within" }
+            ),
+        );
+        over
     }
 }

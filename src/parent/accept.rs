@@ -106,6 +106,7 @@ impl Parent {
                 );
             }
             if self.conns.pending_len() >= MAX_PENDING {
+                self.counters.refused("too-many-pending");
                 // Per connection and only with -v: under a flood this would be thousands of lines.
                 log::debug(
                     1,

@@ -93,8 +93,8 @@ impl Parent {
                     text,
                 }) => self.on_log(level, verbosity, &text),
                 Ok(Admitted::Status(stats)) => self.on_status(stats),
-                // Answered to control clients (from_control.rs, next commit).
-                Ok(Admitted::Explained(..) | Admitted::Metrics(..)) => {}
+                Ok(Admitted::Explained(req, report)) => self.on_explained(req, *report)?,
+                Ok(Admitted::Metrics(req, lookups)) => self.on_metrics(req, lookups)?,
             }
         }
         Ok(())
@@ -123,9 +123,7 @@ impl Parent {
     }
 
     fn on_status(&mut self, stats: status::ClassifierStats) {
-        if std::mem::take(&mut self.status_wanted) {
-            self.log_status(Some(stats));
-        }
+        self.status_ready(Some(stats));
     }
 
     fn on_verdict(&mut self, v: Verdict) -> Result<(), Failure> {
@@ -149,6 +147,10 @@ impl Parent {
             writing: self.conns.writing_len(),
         };
         let acted = verdict::act(&v, meta, stream, trap, &mut ctx);
+        self.counters.verdict(
+            v.action_class_name(),
+            v.decision().refusal.map(|r| r.as_str()),
+        );
         // The class's `block`, from the parent's own table for the verdict's generation.
         let block = v
             .actions()
@@ -339,15 +341,26 @@ impl Parent {
             self.blocker.commands_only(&request, now);
             return Ok(());
         }
-        match self.blocker.block(request, forgeable, now) {
-            Outcome::Blocked(b) => {
-                if self.blocker.kills() {
-                    self.kill_services_of(b.addr);
-                }
-                self.mirror_blocks(vec![b.addr], true)
+        self.apply_block(request, forgeable);
+        Ok(())
+    }
+
+    /// Blocks as `req` asks; a new block ends the address's services (`blockkills`) and
+    /// reaches the classifier's mirror of the set.
+    pub(super) fn apply_block(&mut self, req: Request, forgeable: bool) -> Outcome {
+        let out = self
+            .blocker
+            .block(req, forgeable, super::blocker::unix_now());
+        if let Outcome::Blocked(b) = &out {
+            self.counters.blocked();
+            if self.blocker.kills() {
+                self.kill_services_of(b.addr);
             }
-            _ => Ok(()),
+            if let Err(f) = self.mirror_blocks(vec![b.addr], true) {
+                self.worker_failed(f);
+            }
         }
+        out
     }
 
     /// `blockkills on`: ends every running service of a newly blocked address (each leads its

@@ -224,7 +224,7 @@ impl Generations {
             self.new_generation();
             return Some(Reloaded {
                 policy: true,
-                actions_loaded: false,
+                ..Reloaded::default()
             });
         }
         match Loader::start(rules, actions, self.substitutions) {
@@ -289,6 +289,11 @@ impl Generations {
         changed
     }
 
+    /// Whether a load is running, or a forced one waits for it to finish.
+    pub fn reload_pending(&self) -> bool {
+        self.loading.is_some() || self.again
+    }
+
     /// The running loader's wake-up descriptor, for the poll set.
     pub fn loader_fd(&self) -> Option<BorrowedFd<'_>> {
         self.loading.as_ref().map(Loader::fd)
@@ -317,11 +322,15 @@ impl Generations {
                 }
                 Err(e) => {
                     e.lines().iter().for_each(|l| log::err(l));
+                    changed
+                        .errors
+                        .extend(e.lines().iter().map(|l| l.to_string()));
                     report_failed(
                         &name,
                         "rules",
                         mode,
                         reload::on_error(&mut self.files.rules, mode),
+                        &mut changed.errors,
                     )
                 }
             };
@@ -338,11 +347,15 @@ impl Generations {
                 }
                 Err(e) => {
                     e.lines().iter().for_each(|l| log::err(l));
+                    changed
+                        .errors
+                        .extend(e.lines().iter().map(|l| l.to_string()));
                     report_failed(
                         &name,
                         "actions",
                         mode,
                         reload::on_error(&mut self.files.actions, mode),
+                        &mut changed.errors,
                     )
                 }
             };
@@ -364,26 +377,32 @@ impl Generations {
 }
 
 /// What a reload check changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reloaded {
     /// A new generation exists.
     pub policy: bool,
     /// A new actions file was loaded (norepeatlog forgets its last line).
     pub actions_loaded: bool,
+    /// What was logged about files that failed to load (`nannyctl reload` answers with it).
+    pub errors: Vec<String>,
 }
 
 /// Logs what onfileerror did about a file that failed to load.
-fn report_failed(name: &str, what: &str, mode: OnFileError, outcome: Outcome) -> Outcome {
-    match (mode, &outcome) {
-        (OnFileError::Drop, Outcome::Dropped) => log::err(&format!(
+fn report_failed(
+    name: &str,
+    what: &str,
+    mode: OnFileError,
+    outcome: Outcome,
+    errors: &mut Vec<String>,
+) -> Outcome {
+    let line = match (mode, &outcome) {
+        (OnFileError::Drop, Outcome::Dropped) => format!(
             "{what} file {name} has errors: dropped until it loads (every connection is closed)"
-        )),
-        (OnFileError::Drop, _) => log::err(&format!(
-            "{what} file {name} still has errors: still dropped"
-        )),
-        _ => log::err(&format!(
-            "{what} file {name} has errors: keeping the old {what}"
-        )),
-    }
+        ),
+        (OnFileError::Drop, _) => format!("{what} file {name} still has errors: still dropped"),
+        _ => format!("{what} file {name} has errors: keeping the old {what}"),
+    };
+    log::err(&line);
+    errors.push(line);
     outcome
 }

@@ -37,8 +37,11 @@ pub mod blocker;
 pub mod blocks;
 mod confwatch;
 pub mod conns;
+mod counters;
+mod ctlsock;
 mod ending;
 mod from_classifier;
+mod from_control;
 mod from_resolver;
 mod from_sentry;
 pub mod generations;
@@ -129,6 +132,9 @@ struct Parent {
     conns: Conns,
     /// Connections to be ended at a time (timeouts, kills waiting out their grace).
     endings: ending::Endings,
+    /// The control socket and its worker (`control` in nanny.conf).
+    control: Option<from_control::ControlSide>,
+    counters: counters::Counters,
     classifier: Option<Worker<ParentToClassifier, ClassifierToParent>>,
     resolver: Option<Worker<ParentToResolver, ResolverToParent>>,
     /// Stealth detection (only with `stealth` lines), restarted alone.
@@ -167,6 +173,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let mut p = start::prepare(args)?;
     p.start_workers()?;
     p.start_sentry();
+    p.start_control();
     let addrs: Vec<String> = p.listeners.iter().map(|l| l.addr.to_string()).collect();
     log::notice(&format!(
         "started: listening on {}; policy generation {}",
@@ -196,8 +203,10 @@ impl Parent {
     /// restart group, close every connection waiting on the classifier (fail closed) and
     /// schedule a restart. Fatal errors are stored for the loop to return.
     fn worker_failed(&mut self, f: Failure) {
-        if f.role == Role::Sentry {
-            return self.sentry_failed(f);
+        match f.role {
+            Role::Sentry => return self.sentry_failed(f),
+            Role::Control => return self.control_failed(f),
+            Role::Classifier | Role::Resolver => {}
         }
         if self.classifier.is_none() && self.resolver.is_none() {
             return;
@@ -222,6 +231,10 @@ impl Parent {
             // It may already be dead; the reaper collects it.
             let _ = kill(pid, Signal::SIGKILL);
         }
+        for role in &group {
+            self.counters.restarted(*role);
+        }
+        self.fail_asks("the classifier restarted before it answered");
         let dropped = self.conns.drop_pending();
         for conn in &dropped {
             log::debug(
@@ -308,6 +321,10 @@ impl Parent {
         if let Some(changed) = self.policy.finish_load(self.settings.onfileerror) {
             self.reloaded(changed);
         }
+        // A forced reload asked for while this one ran starts now, not at the next check.
+        if self.policy.reload_pending() {
+            self.reload(false);
+        }
     }
 
     /// Ships a new generation.
@@ -321,6 +338,9 @@ impl Parent {
             if let Err(f) = self.ship_policy() {
                 self.worker_failed(f);
             }
+        }
+        if !self.policy.reload_pending() {
+            self.answer_reload(&changed);
         }
     }
 
@@ -341,6 +361,13 @@ impl Parent {
                 self.sentry_restarts.due = None;
                 self.start_sentry();
                 continue;
+            }
+            if let Some(c) = self.control.as_mut() {
+                if c.worker.is_none() && c.restarts.due.is_some_and(|d| now >= d) {
+                    c.restarts.due = None;
+                    self.start_control();
+                    continue;
+                }
             }
             if let Some(t) = self.group_started.filter(|_| !self.workers_ready()) {
                 if now.duration_since(t) > workers::START_TIMEOUT {
@@ -448,6 +475,7 @@ impl Parent {
             }
             if Instant::now() >= self.next_reload {
                 self.check_verdict_deadline(Instant::now());
+                self.expire_asks(Instant::now());
                 self.note_good_policy(Instant::now());
                 self.end_exhaustion(Instant::now());
                 let ended = self.blocker.tick(Instant::now());
@@ -523,6 +551,14 @@ impl Parent {
         if let Some(d) = self.endings.next() {
             until = until.min(d);
         }
+        if let Some(d) = self
+            .control
+            .as_ref()
+            .filter(|c| c.worker.is_none())
+            .and_then(|c| c.restarts.due)
+        {
+            until = until.min(d);
+        }
         let ms = until.saturating_duration_since(now).as_millis();
         // Round up so the loop does not wake a hair early and spin.
         let ms = u16::try_from(ms.saturating_add(1)).unwrap_or(u16::MAX);
@@ -543,6 +579,10 @@ impl Parent {
         self.classifier = None;
         self.resolver = None;
         self.sentry = None;
+        if let Some(c) = self.control.as_mut() {
+            c.worker = None;
+            c.socket.remove();
+        }
         log::notice(&format!(
             "stopping: closed {}; {} services left running",
             addrs.join(" "),

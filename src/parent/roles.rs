@@ -27,6 +27,9 @@ impl Parent {
         if let Some(w) = &self.sentry {
             v.push(w);
         }
+        if let Some(w) = self.control.as_ref().and_then(|c| c.worker.as_ref()) {
+            v.push(w);
+        }
         v
     }
 
@@ -35,7 +38,11 @@ impl Parent {
             Role::Classifier => self.classifier.as_mut().map(|w| w as &mut dyn Link),
             Role::Resolver => self.resolver.as_mut().map(|w| w as &mut dyn Link),
             Role::Sentry => self.sentry.as_mut().map(|w| w as &mut dyn Link),
-            Role::Control => None,
+            Role::Control => self
+                .control
+                .as_mut()
+                .and_then(|c| c.worker.as_mut())
+                .map(|w| w as &mut dyn Link),
         }
     }
 
@@ -45,7 +52,7 @@ impl Parent {
             Role::Classifier => self.serve_classifier(),
             Role::Resolver => self.serve_resolver(),
             Role::Sentry => self.serve_sentry(),
-            Role::Control => Ok(()),
+            Role::Control => self.serve_control(),
         }
     }
 
@@ -58,7 +65,7 @@ impl Parent {
 
     pub(super) fn start_workers(&mut self) -> Result<()> {
         let group = Role::Classifier.restart_group();
-        let started = match workers::start_group(&self.plan, &group) {
+        let started = match workers::start_group(&self.plan, &group, None) {
             Ok(s) => s,
             Err(e) if !self.ever_ready => return Err(Error::System(e)),
             Err(e) => {
@@ -99,7 +106,11 @@ impl Parent {
                 Role::Classifier => self.classifier.take().map(|w| w.pid),
                 Role::Resolver => self.resolver.take().map(|w| w.pid),
                 Role::Sentry => self.sentry.take().map(|w| w.pid),
-                Role::Control => None,
+                Role::Control => self
+                    .control
+                    .as_mut()
+                    .and_then(|c| c.worker.take())
+                    .map(|w| w.pid),
             })
             .collect()
     }

@@ -139,6 +139,48 @@ pub fn host_checks(
             ));
         }
     }
+    out.extend(control_checks(conf, &diag));
+    out
+}
+
+/// `controlgroup` must exist (H006, an error: the daemon would not start) and the control
+/// socket's directory too (H007, an error for the same reason).
+fn control_checks(
+    conf: &NannyConf,
+    diag: &dyn Fn(&str, Severity, &'static str, String) -> Diagnostic,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let c = &conf.control;
+    if let (Some(g), Some(_)) = (&c.group, &c.socket) {
+        match nix::unistd::Group::from_name(g) {
+            Ok(Some(_)) => {}
+            Ok(None) => out.push(diag(
+                "controlgroup",
+                Severity::Error,
+                "H006",
+                format!("group '{g}' does not exist on this host"),
+            )),
+            Err(e) => out.push(diag(
+                "controlgroup",
+                Severity::Error,
+                "H006",
+                format!("cannot look up group '{g}': {e}"),
+            )),
+        }
+    }
+    if let Some(dir) = c.socket.as_deref().map(Path::new).and_then(Path::parent) {
+        if !dir.is_dir() {
+            out.push(diag(
+                "control",
+                Severity::Error,
+                "H007",
+                format!(
+                    "{} is not a directory, so the control socket cannot be made there",
+                    dir.display()
+                ),
+            ));
+        }
+    }
     out
 }
 

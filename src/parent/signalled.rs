@@ -34,21 +34,21 @@ impl Parent {
             self.flush_caches();
         }
         if sig.usr2 {
+            self.status_wanted = true;
             self.request_status();
         }
         false
     }
 
-    pub(super) fn log_status(&self, c: Option<status::ClassifierStats>) {
+    /// The status report: what SIGUSR2 logs and `nannyctl status` prints.
+    pub(super) fn status_lines(&self, c: Option<status::ClassifierStats>) -> Vec<String> {
         let p = status::ParentStats {
             lifetime: self.lifetime,
             pending: self.conns.pending_len(),
             messages: self.conns.writing_len(),
             gen: self.policy.gen.0,
         };
-        for line in status::report(&p, &self.conns, c.as_ref(), Instant::now()) {
-            log::info(&line);
-        }
+        let mut out = status::report(&p, &self.conns, c.as_ref(), Instant::now());
         let traps: Vec<String> = self
             .listeners
             .iter()
@@ -57,7 +57,7 @@ impl Parent {
             .chain(self.udp_traps.iter().map(|t| format!("udp {}", t.addr)))
             .collect();
         if !traps.is_empty() {
-            log::info(&format!("status: traps: {}", traps.join(", ")));
+            out.push(format!("status: traps: {}", traps.join(", ")));
         }
         if let Some(st) = &self.sentry_settings {
             let watch = |proto: &str, w: &Option<privsep::proto::Watch>| match w {
@@ -76,7 +76,7 @@ impl Parent {
                 .into_iter()
                 .flatten()
                 .collect();
-            log::info(&format!(
+            out.push(format!(
                 "status: stealth: {} (sentry {})",
                 parts.join(", "),
                 match &self.sentry {
@@ -87,30 +87,39 @@ impl Parent {
             ));
         }
         if self.blocker.in_use() {
-            for line in self.blocker.status(super::blocker::unix_now()) {
-                log::info(&line);
-            }
+            out.extend(self.blocker.status(super::blocker::unix_now()));
         }
+        out
     }
 
-    fn request_status(&mut self) {
+    /// The report, once the classifier's numbers (if any) are in: logged when SIGUSR2 asked
+    /// for it, and answered to every `nannyctl status` waiting.
+    pub(super) fn status_ready(&mut self, c: Option<status::ClassifierStats>) {
+        let lines = self.status_lines(c);
+        if std::mem::take(&mut self.status_wanted) {
+            for line in &lines {
+                log::info(line);
+            }
+        }
+        self.answer_status(&lines);
+    }
+
+    /// Asks the classifier for its numbers; without a classifier the report is made at once.
+    pub(super) fn request_status(&mut self) {
         if !self.workers_ready() {
-            return self.log_status(None);
+            return self.status_ready(None);
         }
         let sent = match self.classifier.as_mut() {
             Some(w) => w.queue(&ParentToClassifier::StatusRequest, "StatusRequest"),
-            None => return self.log_status(None),
+            None => return self.status_ready(None),
         };
-        match sent {
-            Ok(()) => self.status_wanted = true,
-            Err(f) => {
-                self.worker_failed(f);
-                self.log_status(None);
-            }
+        if let Err(f) = sent {
+            self.worker_failed(f);
+            self.status_ready(None);
         }
     }
 
-    fn flush_caches(&mut self) {
+    pub(super) fn flush_caches(&mut self) {
         let mut r = Ok(());
         if let Some(w) = self.classifier.as_mut() {
             r = w.queue(&ParentToClassifier::Flush, "Flush");

@@ -111,6 +111,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
             dns_timeout_ms: conf.dnstimeout_ms,
             identd_timeout_ms: conf.identdtimeout_ms,
             answerson_timeout_ms: conf.answersontimeout_ms,
+            grouping: conf.grouping,
         },
         resolver: ResolverSettings {
             // Lookups block a resolver thread each, and one evaluation starts all the lookups
@@ -139,6 +140,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         traps::bind_all(&trap_specs(&conf.sentry)).map_err(|e| Error::System(e.to_string()))?;
     listeners.extend(traps.tcp);
     let blocker = Blocker::start(block_conf(&cfg), unix_now());
+    let control = control_side(&conf.control, root)?;
 
     // Signals before the first child, so no SIGCHLD can be missed.
     let signals = signals::Signals::install().map_err(|e| Error::system("signal handlers", e))?;
@@ -161,6 +163,8 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         lifetime: 0,
         conns: Conns::default(),
         endings: super::ending::Endings::default(),
+        control,
+        counters: super::counters::Counters::default(),
         classifier: None,
         resolver: None,
         shipped: Shipped::new(Gen(1)),
@@ -184,6 +188,36 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         fatal: None,
     };
     Ok(p)
+}
+
+/// The control socket, bound now (as root, before any worker), when nanny.conf has `control`.
+fn control_side(
+    c: &policy::control_conf::ControlConf,
+    root: bool,
+) -> Result<Option<super::from_control::ControlSide>> {
+    let Some(path) = &c.socket else {
+        return Ok(None);
+    };
+    let group = match &c.group {
+        None => None,
+        Some(g) => match nix::unistd::Group::from_name(g) {
+            Ok(Some(grp)) => Some(grp.gid),
+            Ok(None) => return Err(Error::Config(format!("controlgroup {g}: no such group"))),
+            Err(e) => return Err(Error::Config(format!("controlgroup {g}: {e}"))),
+        },
+    };
+    let socket = super::ctlsock::bind(std::path::Path::new(path), group).map_err(Error::System)?;
+    let settings = privsep::proto::ControlSettings {
+        group: group.map(|g| g.as_raw()),
+        admin_uid: if root {
+            0
+        } else {
+            nix::unistd::getuid().as_raw()
+        },
+    };
+    Ok(Some(super::from_control::ControlSide::new(
+        socket, settings,
+    )))
 }
 
 /// One trap spec per port of every `trap` line.

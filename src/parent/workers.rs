@@ -248,7 +248,12 @@ pub struct Started {
 /// Starts every role of `group` with the channels their rows name: one socketpair to the
 /// parent each, and one per pair of members that talk to each other. Nothing has been sent yet.
 /// On failure every member already started is killed.
-pub fn start_group(plan: &WorkerPlan, group: &[Role]) -> Result<Vec<Started>, String> {
+/// `clients` is the listening control socket, for a row that receives it.
+pub fn start_group(
+    plan: &WorkerPlan,
+    group: &[Role],
+    clients: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<Vec<Started>, String> {
     // Each member's descriptors, in its row's fd order.
     let mut child_fds: Vec<Vec<Option<OwnedFd>>> = Vec::with_capacity(group.len());
     let mut parent_ends: Vec<OwnedFd> = Vec::with_capacity(group.len());
@@ -259,6 +264,20 @@ pub fn start_group(plan: &WorkerPlan, group: &[Role]) -> Result<Vec<Started>, St
         parent_ends.push(ours);
         if let Some(slot) = fds.first_mut() {
             *slot = Some(theirs);
+        }
+        for (k, peer) in chans.iter().enumerate() {
+            if *peer != Peer::ControlClients {
+                continue;
+            }
+            let Some(fd) = clients else {
+                return Err(format!("{role} needs the control socket"));
+            };
+            let fd = fd
+                .try_clone_to_owned()
+                .map_err(|e| format!("{role}: dup of the control socket: {e}"))?;
+            if let Some(slot) = fds.get_mut(k) {
+                *slot = Some(fd);
+            }
         }
         child_fds.push(fds);
     }

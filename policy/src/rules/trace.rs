@@ -568,6 +568,9 @@ impl Facts for Noting<'_, '_> {
     fn in_ipfile(&mut self, name: &str) -> bool {
         self.inner.in_ipfile(name)
     }
+    fn over_rate(&mut self, spec: crate::rate::RateSpec) -> bool {
+        self.inner.over_rate(spec)
+    }
 }
 
 /// A hostname status as text: `good (a.example)`, `unknown (no PTR name)`, ...

@@ -562,3 +562,36 @@ fn a_long_rules_file_is_folded_into_a_bounded_report() {
     assert_eq!(r.action_class.as_deref(), Some("deny"));
     assert_eq!(r.action, "drop");
 }
+
+#[test]
+fn explain_peeks_at_rates_without_charging_them() {
+    let rules = "slow: rate: 2/1h\nok: ALL\n";
+    let actions = "slow: msg slow down\nok: msg hi\n";
+    let mut run = start(rules, actions, settings(2, None));
+    let w = World::default();
+    for conn in 1..=3u64 {
+        // Explains before each attempt: what that attempt will get, and they charge nothing
+        // (else the second real attempt would already be over).
+        for _ in 0..3 {
+            let r = explain(&mut run, ask("192.0.2.5", "127.0.0.1:2525", &w, false), &w);
+            let want = if conn <= 2 { "ok" } else { "slow" };
+            assert_eq!(
+                r.action_class.as_deref(),
+                Some(want),
+                "before attempt {conn}"
+            );
+            let fact = r
+                .facts
+                .iter()
+                .find(|(n, _)| n.starts_with("rate "))
+                .unwrap();
+            assert!(
+                fact.1.ends_with("(this explain is not charged)"),
+                "{fact:?}"
+            );
+        }
+        let r = explain(&mut run, ask("192.0.2.5", "127.0.0.1:2525", &w, false), &w);
+        let v = connect(&mut run, conn, "192.0.2.5", "127.0.0.1:2525", &w);
+        agree("rate", actions, &r, &v);
+    }
+}
