@@ -254,7 +254,12 @@ fn traces(policy: &Loaded, ex: &Explanation) -> Vec<RuleTrace> {
             _ => groups.push((i, i)),
         }
     }
-    let shown = groups.len().min(MAX_TRACED_RULES.saturating_sub(1).max(1));
+    // Room for the closing "N more" entry only when it is needed.
+    let shown = if groups.len() <= MAX_TRACED_RULES {
+        groups.len()
+    } else {
+        MAX_TRACED_RULES - 1
+    };
     let wanted: HashSet<u32> = groups
         .iter()
         .take(shown)
