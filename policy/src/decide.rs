@@ -185,7 +185,8 @@ pub fn faillog_source<'a>(
     )
 }
 
-fn refuses(limit: Limit, class: &str, counts: &dyn Counts) -> Option<Refusal> {
+/// Whether one limit check refuses (step 1); shared with [`crate::explain`].
+pub(crate) fn refuses(limit: Limit, class: &str, counts: &dyn Counts) -> Option<Refusal> {
     match limit {
         Limit::Reject => Some(Refusal::Reject),
         Limit::IpMax(n) => (i64::from(counts.ip_count()) >= n).then_some(Refusal::IpMax),

@@ -13,6 +13,7 @@ pub mod control_conf;
 pub mod decide;
 pub mod decode;
 pub mod expand;
+pub mod explain;
 pub mod facts;
 pub mod grouping;
 pub mod ipfile;
