@@ -309,6 +309,11 @@ impl Generations {
         changed
     }
 
+    /// The rules file's name as the logs give it.
+    pub fn rules_name(&self) -> &str {
+        &self.rules_watch.name
+    }
+
     /// Whether a load is running, or a forced one waits for it to finish.
     pub fn reload_pending(&self) -> bool {
         self.loading.is_some() || self.again

@@ -48,7 +48,9 @@ fn thread_cpu() -> Duration {
     let t = |tv: nix::sys::time::TimeVal| {
         Duration::new(
             u64::try_from(tv.tv_sec()).unwrap_or(0),
-            u32::try_from(tv.tv_usec()).unwrap_or(0).saturating_mul(1000),
+            u32::try_from(tv.tv_usec())
+                .unwrap_or(0)
+                .saturating_mul(1000),
         )
     };
     t(u.user_time()) + t(u.system_time())
