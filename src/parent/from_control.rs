@@ -442,9 +442,16 @@ impl Parent {
     pub(super) fn on_explained(
         &mut self,
         req: ReqId,
-        report: ExplainReport,
+        mut report: ExplainReport,
     ) -> Result<(), Failure> {
         let client = self.take_ask(req, Ask::Explain)?;
+        // The chrooted classifier never knew the file's name; the parent does.
+        let name = self.policy.rules_name().to_owned();
+        for r in &mut report.rules {
+            if let Some(line) = r.at.strip_prefix("rules:") {
+                r.at = format!("{name}:{line}");
+            }
+        }
         self.reply(client, Reply::Explained(report));
         Ok(())
     }
