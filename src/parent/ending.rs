@@ -63,8 +63,6 @@ impl Endings {
         }
     }
 
-    // The class `timeout` and nannyctl's `change ID timeout` set deadlines (next commits).
-    #[allow(dead_code)]
     /// When `id` is to be ended (None: no deadline, or it is already being ended).
     pub fn deadline(&self, id: ConnId) -> Option<Instant> {
         let at = self.by_conn.get(&id)?;
