@@ -158,26 +158,11 @@ impl Parent {
             };
             let violation = |why: String| Failure::violation(Role::Control, why);
             match msg {
-                ControlToParent::Hello { build } => {
-                    if w.hello {
-                        return Err(violation("control Hello refused: second Hello".into()));
-                    }
-                    if build != self.build {
-                        return Err(violation(
-                            "control Hello refused: build id differs from the parent's".into(),
-                        ));
-                    }
-                    w.hello = true;
-                }
+                ControlToParent::Hello { build } => w.greeted(&self.build, &build)?,
                 _ if !w.hello => {
                     return Err(violation("control message refused: before Hello".into()));
                 }
-                ControlToParent::Log(rec) => {
-                    if rec.text.len() > privsep::proto::MAX_LOG_LINE {
-                        return Err(violation("control Log refused: line too long".into()));
-                    }
-                    w.log(rec.level, rec.verbosity, &rec.text);
-                }
+                ControlToParent::Log(rec) => w.relay_log(rec)?,
                 ControlToParent::Request {
                     client,
                     caller,
