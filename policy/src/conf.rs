@@ -2,7 +2,8 @@
 //!
 //! Runs in the parent, as root, before anything else; the bytes are the administrator's file.
 //! Every directive takes exactly one argument (`directive ARGUMENT`), except `passenv`, which
-//! takes any number of names, and the sentry directives (see [`crate::sentry`]). All directives
+//! takes any number of names, `listen`, whose `PORT[@IP]` may be followed by options (see
+//! [`crate::listenopts`]), and the sentry directives (see [`crate::sentry`]). All directives
 //! except `listen`, `passenv`, `trap`, `stealth`, `blockcmd`, `unblockcmd` and `neverblock` may be
 //! given once. The file must name the rules file and the actions file and have
 //! at least one `listen`. Every problem is reported (not just the first), each with file, line
@@ -11,13 +12,14 @@
 //! Besides portnanny's own directives this accepts the extensions of this implementation:
 //! `privsepuser`, `chrootdir`, `dnstimeout`, `identdtimeout`, `answersontimeout`, `cachettl`,
 //! `cachesize`, `passenv` (xinetd's), `ipv4prefix` and `ipv6prefix` (see [`crate::grouping`]),
-//! and the sentry directives (`trap`, `stealth`,
+//! the listen options, and the sentry directives (`trap`, `stealth`,
 //! `blockfile`, `historyfile`, `blockcmd`, `unblockcmd`, `hostsdeny`, `neverblock`,
 //! `blockzone`, `blockbudget`, `blockincrement`, `blockkills`), parsed by [`crate::sentry`].
 
 use std::collections::HashMap;
 use std::fmt;
 
+pub use crate::listenopts::ListenOptions;
 pub use crate::words::{parse_listen, Listen};
 use crate::words::{parse_u32, words};
 
@@ -37,6 +39,10 @@ pub struct NannyConf {
     pub actionfile: String,
     /// Where to listen; never empty.
     pub listens: Vec<Listen>,
+    /// Extension: the options of the `listen` lines that have any (PROXY protocol, backlog,
+    /// TCP_NODELAY, SO_KEEPALIVE), keyed by their listen (unique: a listen is never given
+    /// twice). A listen not here is a portnanny 2 one; see [`NannyConf::listen_options`].
+    pub listen_options: Vec<(Listen, ListenOptions)>,
     /// Services run as this user.
     pub user: Option<String>,
     /// Forget an address's connection times after this many idle seconds.
@@ -86,7 +92,7 @@ impl fmt::Display for NannyConf {
         writeln!(f, "rulefile {}", self.rulefile)?;
         writeln!(f, "actionfile {}", self.actionfile)?;
         for l in &self.listens {
-            writeln!(f, "listen {l}")?;
+            writeln!(f, "listen {l}{}", self.listen_options(l))?;
         }
         if let Some(u) = &self.user {
             writeln!(f, "user {u}")?;
@@ -130,6 +136,17 @@ impl fmt::Display for NannyConf {
         }
         write!(f, "{}", self.sentry)?;
         write!(f, "{}", self.control)
+    }
+}
+
+impl NannyConf {
+    /// The options of listen `l` (the default, a plain listen, when it has none).
+    pub fn listen_options(&self, l: &Listen) -> ListenOptions {
+        self.listen_options
+            .iter()
+            .find(|(k, _)| k == l)
+            .map(|(_, o)| o.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -240,6 +257,7 @@ struct Builder {
     rulefile: Option<String>,
     actionfile: Option<String>,
     listens: Vec<(Listen, u32, u32, u32)>,
+    listen_options: Vec<(Listen, ListenOptions)>,
     user: Option<String>,
     dropipafter: Option<u64>,
     expireevery: Option<u64>,
@@ -323,6 +341,7 @@ pub(crate) fn parse_conf_positions(name: &str, text: &str) -> (Parsed<NannyConf>
             rulefile,
             actionfile,
             listens: b.listens.iter().map(|l| l.0).collect(),
+            listen_options: b.listen_options,
             user: b.user,
             dropipafter: b.dropipafter,
             expireevery: b.expireevery.unwrap_or(DEFAULT_EXPIREEVERY),
@@ -407,7 +426,8 @@ fn parse_line(
         ));
         return;
     };
-    if let Some(&(x_off, extra)) = ws.get(2) {
+    // Listen options are parsed with the listen, below.
+    if let Some(&(x_off, extra)) = ws.get(2).filter(|_| *dir != Dir::Listen) {
         let end = ll.text.trim_end().len();
         let hint = if extra.starts_with('#') {
             " (a comment must be on a line of its own)"
@@ -475,8 +495,21 @@ fn parse_line(
                     diags.push(err(aspan.clone(), "C009", clash));
                 }
                 b.listens.push((l, line, col, arg.chars().count() as u32));
+                let opts = crate::listenopts::parse_options(
+                    src,
+                    ll,
+                    ws.get(2..).unwrap_or_default(),
+                    diags,
+                );
+                if !opts.is_plain() {
+                    b.listen_options.push((l, opts));
+                }
             }
-            Err(msg) => diags.push(bad(msg)),
+            Err(msg) => {
+                diags.push(bad(msg));
+                // Still checked, so one run reports every problem of the line.
+                crate::listenopts::parse_options(src, ll, ws.get(2..).unwrap_or_default(), diags);
+            }
         },
         Dir::DropIpAfter => match parse_timespec(arg) {
             Ok(s) => b.dropipafter = Some(s),
@@ -546,7 +579,7 @@ fn parse_line(
 fn usage(dir: Dir) -> &'static str {
     match dir {
         Dir::RuleFile | Dir::ActionFile => "a file name",
-        Dir::Listen => "PORT or PORT@IP",
+        Dir::Listen => "PORT or PORT@IP, then options",
         Dir::User | Dir::PrivsepUser => "a user name",
         Dir::DropIpAfter | Dir::CacheTtl => "a time such as 30s, 10m, 2h or 1d",
         Dir::ExpireEvery => "a time such as 30s, 10m, 2h or 1d, or 0",

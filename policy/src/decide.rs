@@ -185,7 +185,8 @@ pub fn faillog_source<'a>(
     )
 }
 
-fn refuses(limit: Limit, class: &str, counts: &dyn Counts) -> Option<Refusal> {
+/// Whether one limit check refuses (step 1); shared with [`crate::explain`].
+pub(crate) fn refuses(limit: Limit, class: &str, counts: &dyn Counts) -> Option<Refusal> {
     match limit {
         Limit::Reject => Some(Refusal::Reject),
         Limit::IpMax(n) => (i64::from(counts.ip_count()) >= n).then_some(Refusal::IpMax),
@@ -242,7 +243,7 @@ pub fn decide(actions: &Actions, classes: &Classification, counts: &dyn Counts) 
             Disposition::Close
         } else if class.run.is_some() {
             Disposition::Run
-        } else if class.msg.is_some() {
+        } else if class.has_msg() {
             Disposition::Msg
         } else {
             continue;

@@ -85,6 +85,36 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// explain runs the same evaluator: on any rules, the same classes, and exactly the same
+    /// facts asked in the same order (the tracer only observes).
+    #[test]
+    fn explain_is_the_evaluation(body in soup(), body2 in soup()) {
+        let text = format!("a/nt: {body}\nb: {body2}\nc/always: {body}\n");
+        if let Some(rules) = parse_rules("r", &text).value {
+            let fake = Fake::new("10.0.0.1")
+                .host(policy::facts::HnStatus::Good, "a.example.com")
+                .listed("x", "127.0.0.2")
+                .seen(5, Some(3))
+                .sentry(rules_common::SentryFacts {
+                    trap: true,
+                    blocked: true,
+                    hits: vec![(1, 1), (2, 2), (3, 3)],
+                    mode: Some(policy::facts::SentryMode::Tcp),
+                    ipfiles: Vec::new(),
+                });
+            let (mut plain, mut traced) = (fake.clone(), fake);
+            let want = rules.evaluate(&mut plain);
+            let got = rules.explain(&mut traced);
+            prop_assert_eq!(got.classification, want);
+            prop_assert_eq!(traced.log, plain.log);
+            prop_assert_eq!(got.outcomes.len(), rules.len());
+        }
+    }
+}
+
 /// A strategy for IPv4 ranges concentrated in a small window so that they overlap and touch.
 fn v4_range() -> impl Strategy<Value = (u32, u32)> {
     prop_oneof![

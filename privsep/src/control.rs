@@ -346,6 +346,9 @@ impl fmt::Display for Cidr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConnState {
+    /// On a `proxy from` listen, waiting for its PROXY protocol header (its peer is still the
+    /// load balancer).
+    Header,
     /// Waiting for its verdict.
     Pending,
     /// Its service runs.
@@ -359,6 +362,7 @@ pub enum ConnState {
 impl ConnState {
     pub fn as_str(self) -> &'static str {
         match self {
+            ConnState::Header => "header",
             ConnState::Pending => "pending",
             ConnState::Running => "running",
             ConnState::Writing => "writing",

@@ -18,6 +18,10 @@ use super::{Loaded, Shared};
 /// Generations waiting to be compiled, at most; the parent sends one per reload.
 const MAX_WAITING: usize = 16;
 
+/// The name the rules are parsed under here (the classifier does not know the file's path):
+/// diagnostics and explain's `FILE:LINE` use it.
+pub const RULES_NAME: &str = "rules";
+
 /// One generation to compile.
 pub struct PolicyJob {
     pub gen: Gen,
@@ -29,7 +33,7 @@ pub struct PolicyJob {
 
 /// Parses both texts into a generation; Err with the first error and how many more.
 pub fn compile(job: &PolicyJob) -> Result<Loaded, String> {
-    let parsed_rules = policy::rules::parse_rules("rules", &job.rules);
+    let parsed_rules = policy::rules::parse_rules(RULES_NAME, &job.rules);
     let parsed_actions = policy::actions::parse_actions("actions", &job.actions);
     match (parsed_rules.value, parsed_actions.value) {
         (Some(rules), Some(actions)) => Ok(Loaded {
@@ -38,6 +42,7 @@ pub fn compile(job: &PolicyJob) -> Result<Loaded, String> {
             rates: (!rules.rates().is_empty()).then(|| Arc::new(rules.rates().to_vec())),
             rules,
             actions,
+            rules_text: job.rules.clone(),
             // The parent reported what did not parse; what did is used.
             ipfiles: job
                 .ipfiles

@@ -16,6 +16,8 @@
 //! - Every `ConnAccepted` is answered by exactly one `Verdict` (from the pool, from this
 //!   thread, from the aftermaxthreads shortcut, or a close verdict when the queue is full).
 //! - The pool is started once, on the first policy, and only then are new processes forbidden.
+//! - Every `Explain` is answered by exactly one `Explained` (explain.rs), every
+//!   `MetricsRequest` by one `Metrics`; neither changes counts, history or any other state.
 //! - Every connection (not a forgeable probe) is charged to the policy's `rate:` buckets here,
 //!   on arrival and before anything can decide it, so rates are exact and counted once
 //!   whichever path decides it (rates.rs); the answers travel with the job.
@@ -25,11 +27,12 @@ use std::sync::{Arc, PoisonError};
 
 use policy::facts::Classification;
 use privsep::proto::{
-    ClassName, ClassifierSettings, ClassifierToParent, ConnId, Gen, LiveConn, LogLevel,
-    ParentToClassifier, SentryMode,
+    ClassName, ClassifierSettings, ClassifierToParent, ConnId, ExplainAsk, Gen, LiveConn, LogLevel,
+    ParentToClassifier, ReqId, SentryMode,
 };
 
 use super::compiler::{self, Compiler, PolicyJob};
+use super::explain::{self, Explainer};
 use super::facts::{canonical, Observed};
 use super::lookups::Timeouts;
 use super::pool::{self, Job, Pool};
@@ -65,6 +68,8 @@ pub(crate) struct Dispatcher {
     pool: Option<Pool>,
     /// Compiles reloaded generations off this thread (started with the pool).
     compiler: Option<Compiler>,
+    /// Runs explains off this thread (started with the pool).
+    explainer: Option<Explainer>,
     settings: Option<ClassifierSettings>,
 }
 
@@ -75,6 +80,7 @@ impl Dispatcher {
             opts,
             pool: None,
             compiler: None,
+            explainer: None,
             settings: None,
         }
     }
@@ -107,10 +113,8 @@ impl Dispatcher {
             ParentToClassifier::Flush => self.on_flush(),
             ParentToClassifier::StatusRequest => self.on_status_request(),
             ParentToClassifier::ConnGone { conn } => self.on_conn_gone(conn),
-            // The explain helper implements these (branch explain).
-            ParentToClassifier::Explain { .. } | ParentToClassifier::MetricsRequest { .. } => {
-                Flow::Continue
-            }
+            ParentToClassifier::Explain { req, ask, local } => self.on_explain(req, ask, local),
+            ParentToClassifier::MetricsRequest { req } => self.on_metrics_request(req),
         }
     }
 
@@ -238,6 +242,13 @@ impl Dispatcher {
                     Ok(c) => self.compiler = Some(c),
                     Err(e) => {
                         self.log(LogLevel::Crit, 0, format!("starting the compiler: {e}"));
+                        return Flow::Exit(EXIT_SYSTEM);
+                    }
+                }
+                match Explainer::start(&self.shared) {
+                    Ok(x) => self.explainer = Some(x),
+                    Err(e) => {
+                        self.log(LogLevel::Crit, 0, format!("starting the explainer: {e}"));
                         return Flow::Exit(EXIT_SYSTEM);
                     }
                 }
@@ -477,6 +488,42 @@ impl Dispatcher {
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
         self.log(LogLevel::Info, 1, "IP history flushed".to_string());
+        Flow::Continue
+    }
+
+    /// A dry-run classification for `nannyctl explain`, on the explain thread (it may wait for
+    /// lookups); answered at once when it cannot run. Exactly one `Explained` either way.
+    fn on_explain(&mut self, req: ReqId, ask: ExplainAsk, local: SocketAddr) -> Flow {
+        let overflow = match &self.pool {
+            Some(pool) if pool.busy() => self.overflow_class(),
+            _ => None,
+        };
+        let job = Box::new(explain::Job {
+            req,
+            ask,
+            local,
+            overflow,
+        });
+        let refused = match &self.explainer {
+            None => Some((job, "no policy is loaded yet")),
+            Some(x) => x
+                .submit(job)
+                .err()
+                .map(|job| (job, "too many explains are waiting")),
+        };
+        if let Some((job, why)) = refused {
+            let msg = explain::unanswered(&self.shared, &job, why);
+            self.shared.parent.send(&msg);
+        }
+        Flow::Continue
+    }
+
+    /// `nannyctl metrics`: the lookup counters, read without waiting for anyone.
+    fn on_metrics_request(&mut self, req: ReqId) -> Flow {
+        let lookups = self.shared.lookups.stats.snapshot();
+        self.shared
+            .parent
+            .send(&ClassifierToParent::Metrics { req, lookups });
         Flow::Continue
     }
 

@@ -151,6 +151,37 @@ impl<'a> ConnFacts<'a> {
         self.speculative
     }
 
+    /// Whether `lookup` was answered: Some(false) when it was asked but got no answer (its
+    /// deadline passed, the resolver channel broke, or it could not be asked); None when it
+    /// was not asked or is still pending. For explain's facts.
+    pub fn answered(&self, lookup: &Lookup) -> Option<bool> {
+        match self.slots.get(&self.query_for_quiet(lookup)?)? {
+            Slot::Done(answer) => Some(answer.is_some()),
+            Slot::Pending { .. } => None,
+        }
+    }
+
+    /// [`ConnFacts::query_for`] without its log line (the lookup was already made or refused).
+    fn query_for_quiet(&self, lookup: &Lookup) -> Option<Query> {
+        let ip = self.remote.ip();
+        Some(match lookup {
+            Lookup::Host => self.host_query(),
+            Lookup::Identd => self.identd_query(),
+            Lookup::Forward(name) => Query::Forward {
+                name: HostName::try_from(name.clone()).ok()?,
+            },
+            Lookup::Dnsbl(zone) => Query::Dnsbl {
+                ip,
+                zone: HostName::try_from(zone.clone()).ok()?,
+            },
+            Lookup::AnswersOn(port) => Query::AnswersOn {
+                ip,
+                port: *port,
+                local_ip: self.local.ip(),
+            },
+        })
+    }
+
     /// The facts a verdict may carry, as far as this evaluation looked them up.
     pub fn observed(&self) -> Observed {
         let host = if self.host_asked {
@@ -256,7 +287,7 @@ impl<'a> ConnFacts<'a> {
             match self.reply_rx.recv_deadline(deadline) {
                 Ok((got, answer)) => self.settle(got, Some(answer)),
                 Err(RecvTimeoutError::Timeout) => {
-                    self.shared.lookups.cancel(req);
+                    self.shared.lookups.timed_out(req);
                     self.shared.parent.log(
                         LogLevel::Info,
                         1,
@@ -270,7 +301,7 @@ impl<'a> ConnFacts<'a> {
                 }
                 // Cannot happen while we hold reply_tx; treat like a timeout.
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.shared.lookups.cancel(req);
+                    self.shared.lookups.timed_out(req);
                     self.settle(req, None);
                 }
             }

@@ -113,6 +113,30 @@ impl History {
         }
     }
 
+    /// What [`History::seen`] would answer for a connection from `ip` arriving at `now`,
+    /// without recording anything (explain's dry run). It includes the dropipafter sweep such
+    /// a connection would trigger first.
+    pub fn peek(&self, ip: IpAddr, now: u64) -> SeenTimes {
+        let ip = self.grouping.key(ip);
+        let sweep_due = self
+            .last_sweep
+            .is_none_or(|at| now.saturating_sub(at) >= self.expire_every);
+        let expired = |last: u64| {
+            self.drop_after
+                .is_some_and(|d| sweep_due && last < now.saturating_sub(d))
+        };
+        match self.entries.get(&ip) {
+            Some(e) if !expired(e.last) => SeenTimes {
+                first_secs_ago: now.saturating_sub(e.first),
+                last_secs_ago: Some(now.saturating_sub(e.last)),
+            },
+            _ => SeenTimes {
+                first_secs_ago: 0,
+                last_secs_ago: None,
+            },
+        }
+    }
+
     /// Run the dropipafter sweep if expireevery allows one now; returns how many were removed.
     pub fn maybe_expire(&mut self, now: u64) -> usize {
         if self.drop_after.is_none() {
@@ -255,6 +279,27 @@ mod tests {
             h.seen(IpAddr::from(n.to_be_bytes()), 100);
         }
         assert_eq!(h.len(), 3, "never above the cap");
+    }
+
+    #[test]
+    fn peek_answers_like_seen_without_recording() {
+        let mut h = History::new(10);
+        h.configure(Some(30), 10);
+        let a = ip("192.0.2.1");
+        assert_eq!(h.peek(a, 100), times(0, None));
+        assert!(h.is_empty(), "peek recorded nothing");
+        h.seen(a, 100);
+        h.maybe_expire(100);
+        // (now, want): what seen() would answer, and peek leaves the entry as it was.
+        for (now, want) in [(105, times(5, Some(5))), (125, times(25, Some(25)))] {
+            assert_eq!(h.peek(a, now), want);
+            assert_eq!(h.peek(a, now), want, "peek twice: same answer");
+        }
+        // At 140 a connection first sweeps (last seen 100 < 140 - 30): a first-timer again.
+        assert_eq!(h.peek(a, 140), times(0, None));
+        assert_eq!(h.len(), 1, "but peek expired nothing");
+        assert_eq!(h.maybe_expire(140), 1);
+        assert_eq!(h.seen(a, 140), times(0, None), "seen agrees with peek");
     }
 
     #[test]

@@ -28,6 +28,7 @@ use privsep::proto::{
 };
 use privsep::{ChannelError, Receiver, Sender};
 
+use super::metrics::LookupStats;
 use super::ParentLink;
 
 /// Added to the configured lookup timeout before the classifier gives up on an answer: the
@@ -81,6 +82,8 @@ pub type Reply = (ReqId, Answer);
 struct Waiter {
     query: Query,
     reply: cb::Sender<Reply>,
+    /// When the request was sent, for the latency histograms (metrics.rs).
+    sent: Instant,
 }
 
 /// The request table plus the sending half of the resolver channel.
@@ -90,6 +93,8 @@ pub struct Lookups {
     /// Shared by every evaluation thread; `Sender` writes each frame whole under its own lock.
     out: Sender<ClassifierToResolver>,
     timeouts: RwLock<Timeouts>,
+    /// Counted per kind for `nannyctl metrics`; kept across reloads.
+    pub stats: LookupStats,
 }
 
 impl Lookups {
@@ -99,6 +104,7 @@ impl Lookups {
             waiting: Mutex::new(HashMap::new()),
             out,
             timeouts: RwLock::new(Timeouts::default()),
+            stats: LookupStats::default(),
         }
     }
 
@@ -118,7 +124,8 @@ impl Lookups {
     /// and end the process; until then the lookup simply has no answer).
     pub fn start(&self, query: Query, reply: &cb::Sender<Reply>) -> Option<(ReqId, Instant)> {
         let req = ReqId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let deadline = Instant::now() + self.timeouts().wait_for(&query);
+        let sent = Instant::now();
+        let deadline = sent + self.timeouts().wait_for(&query);
         let msg = ClassifierToResolver::Lookup {
             req,
             query: query.clone(),
@@ -130,14 +137,24 @@ impl Lookups {
             Waiter {
                 query,
                 reply: reply.clone(),
+                sent,
             },
         );
         match self.out.send(&msg) {
             Ok(()) => Some((req, deadline)),
             Err(_) => {
-                self.cancel(req);
+                self.timed_out(req);
                 None
             }
+        }
+    }
+
+    /// `req` got no answer by its deadline (or could not be sent): stop waiting, and count it
+    /// as a failed lookup.
+    pub fn timed_out(&self, req: ReqId) {
+        let waiter = self.table().remove(&req);
+        if let Some(w) = waiter {
+            self.stats.observe(&w.query, w.sent.elapsed(), true);
         }
     }
 
@@ -190,6 +207,8 @@ impl Lookups {
             return;
         }
         if let Some(waiter) = table.remove(&req) {
+            drop(table);
+            self.stats.observe(&query, waiter.sent.elapsed(), false);
             // The evaluation may have finished in the meantime; then nobody needs the answer.
             let _ = waiter.reply.send((req, answer));
         }

@@ -34,10 +34,12 @@
 mod compiler;
 mod conntrack;
 mod dispatch;
+mod explain;
 mod facts;
 mod history;
 pub mod hits;
 mod lookups;
+mod metrics;
 mod pool;
 mod rates;
 mod verdict;
@@ -143,6 +145,8 @@ pub(crate) struct Loaded {
     pub needs_lookups: bool,
     /// The `ipfile:` address lists, by the name the rules use.
     pub ipfiles: std::collections::HashMap<String, policy::addr::AddrSet>,
+    /// The rules text as the parent sent it: explain quotes each rule as written.
+    pub rules_text: String,
     /// `rules.rates()`, shared with the jobs charged under this generation; None when the
     /// rules have no `rate:` (then nothing is charged).
     pub rates: Option<Arc<Vec<policy::rate::RateSpec>>>,

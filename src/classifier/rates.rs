@@ -113,6 +113,24 @@ impl Rates {
         over
     }
 
+    /// What [`Rates::charge`] would answer for an attempt from `ip` at `now_ns`, charging
+    /// nothing (explain's dry run).
+    pub fn peek(&self, specs: &[RateSpec], ip: IpAddr, now_ns: u64) -> u64 {
+        let source = self.grouping.key(ip);
+        let mut over = 0u64;
+        for (i, &spec) in specs.iter().enumerate().take(MAX_RATES.min(64)) {
+            let mut tat = self
+                .buckets
+                .get(&Key { spec, source })
+                .copied()
+                .unwrap_or(0);
+            if spec.attempt(&mut tat, now_ns) {
+                over |= 1u64 << i;
+            }
+        }
+        over
+    }
+
     /// After a reload: forget the buckets of rates the new rules do not have.
     pub fn keep_only(&mut self, specs: &[RateSpec]) {
         self.buckets.retain(|k, _| specs.contains(&k.spec));

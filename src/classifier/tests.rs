@@ -843,6 +843,7 @@ fn no_lookup_is_sent_for_facts_nobody_asks() {
 // ---- decisions under concurrency ----
 
 fn loaded(rules: &str, actions: &str) -> Arc<Loaded> {
+    let rules_text = rules.to_string();
     let rules = policy::rules::parse_rules("rules", rules).value.unwrap();
     let actions = policy::actions::parse_actions("actions", actions)
         .value
@@ -854,6 +855,7 @@ fn loaded(rules: &str, actions: &str) -> Arc<Loaded> {
         rules,
         actions,
         ipfiles: Default::default(),
+        rules_text,
     })
 }
 
@@ -1203,3 +1205,5 @@ fn ipmax_counts_a_prefix_after_a_seed_too() {
     assert_eq!(decided, [None, None, Some(Refusal::IpMax)], "one /64");
     finish(run);
 }
+
+mod explain;

@@ -3,7 +3,7 @@
 //! become probes.
 //!
 //! Runs in the parent. The only input is accept(2) on our own listening sockets; the peer's
-//! bytes are never read here.
+//! bytes are never read here (on a `proxy from` listen, proxy.rs reads the PROXY header).
 
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,16 @@ impl Parent {
                         conn.0
                     ),
                 );
+                continue;
+            }
+            // `proxy from`: the PROXY header comes before anything else (proxy.rs).
+            if let Some(allowed) = self
+                .listeners
+                .get(idx)
+                .and_then(|l| l.proxy.as_ref())
+                .map(|from| from.contains(a.remote.ip()))
+            {
+                self.await_header(a, conn, allowed, Instant::now())?;
                 continue;
             }
             let trap = self

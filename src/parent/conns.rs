@@ -6,7 +6,9 @@
 //! Reaping, the SIGUSR2 status report, re-seeding a restarted classifier's counts and the
 //! control channel's list and kill requests all read this one table; nobody keeps a second copy.
 //!
-//! A row is in one of three states:
+//! A row is in one of four states:
+//! - `Header`: accepted on a `proxy from` listen, its PROXY header being read (proxy.rs);
+//!   not yet known to the classifier;
 //! - `Pending`: accepted, its socket held, waiting for the classifier's verdict;
 //! - `Running`: handed to a service (the parent no longer holds the socket; the peer sees EOF
 //!   when the service closes, as with inetd);
@@ -22,6 +24,7 @@ use std::time::Instant;
 use privsep::proto::{ClassName, ConnId, Gen, LiveConn, SentryMode};
 
 use super::msgwrite::{MsgWrite, Progress};
+use super::proxy::HeaderRead;
 
 /// What the verdict said about a connection that got a service or a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +45,9 @@ pub struct Served {
 /// Where a connection is in its life.
 #[derive(Debug)]
 pub enum State {
+    /// Its PROXY header is being read; `remote` and `local` are still the load balancer's
+    /// connection's, until the header replaces them.
+    Header(HeaderRead),
     Pending {
         /// None once its peer has gone (the socket is closed, the verdict still awaited), and
         /// for a probe, which never had one.
@@ -69,6 +75,8 @@ pub struct Conn {
     pub id: ConnId,
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// The load balancer a PROXY header came from (`remote` and `local` are the header's).
+    pub via: Option<SocketAddr>,
     pub accepted: Instant,
     pub state: State,
 }
@@ -76,7 +84,7 @@ pub struct Conn {
 impl Conn {
     pub fn served(&self) -> Option<&Served> {
         match &self.state {
-            State::Pending { .. } => None,
+            State::Header(_) | State::Pending { .. } => None,
             State::Running { served, .. } | State::Writing { served, .. } => Some(served),
         }
     }
@@ -99,6 +107,8 @@ pub struct Conns {
     pending: usize,
     /// Pending rows that are probes (no socket ever).
     probes: std::collections::HashSet<ConnId>,
+    /// Rows in `Header` (so a loop turn without any costs nothing).
+    headers: Vec<ConnId>,
 }
 
 /// The fixed part of a row.
@@ -107,6 +117,7 @@ pub struct Meta {
     pub id: ConnId,
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    pub via: Option<SocketAddr>,
     pub accepted: Instant,
 }
 
@@ -204,6 +215,7 @@ impl Conns {
             id,
             remote,
             local,
+            via: None,
             accepted: now,
             state: State::Pending {
                 stream: Some(stream),
@@ -296,6 +308,7 @@ impl Conns {
             id,
             remote: c.remote,
             local: c.local,
+            via: c.via,
             accepted: c.accepted,
         };
         match c.state {
@@ -360,6 +373,7 @@ impl Conns {
             id: m.id,
             remote: m.remote,
             local: m.local,
+            via: m.via,
             accepted: m.accepted,
             state,
         };
@@ -467,8 +481,63 @@ impl Conns {
             .collect()
     }
 
+    /// A connection on a proxy listen, to await its header.
+    pub fn add_header(&mut self, m: Meta, read: HeaderRead) {
+        self.headers.push(m.id);
+        self.insert(m, State::Header(read));
+    }
+
+    pub fn headers_len(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// The rows awaiting their header.
+    pub fn headers(&self) -> impl Iterator<Item = (ConnId, &HeaderRead)> {
+        self.headers
+            .iter()
+            .filter_map(|id| match self.rows.get(id).map(|c| &c.state) {
+                Some(State::Header(r)) => Some((*id, r)),
+                _ => None,
+            })
+    }
+
+    pub fn header_mut(&mut self, id: ConnId) -> Option<&mut HeaderRead> {
+        match self.rows.get_mut(&id).map(|c| &mut c.state) {
+            Some(State::Header(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Takes a row awaiting its header out of the table.
+    pub fn take_header(&mut self, id: ConnId) -> Option<(Meta, HeaderRead)> {
+        if !matches!(self.rows.get(&id).map(|c| &c.state), Some(State::Header(_))) {
+            return None;
+        }
+        self.headers.retain(|h| *h != id);
+        let c = self.rows.remove(&id)?;
+        let meta = Meta {
+            id,
+            remote: c.remote,
+            local: c.local,
+            via: c.via,
+            accepted: c.accepted,
+        };
+        match c.state {
+            State::Header(r) => Some((meta, r)),
+            _ => None,
+        }
+    }
+
+    /// Records the load balancer a pending connection's PROXY header came from.
+    pub fn set_via(&mut self, id: ConnId, via: SocketAddr) {
+        if let Some(c) = self.rows.get_mut(&id) {
+            c.via = Some(via);
+        }
+    }
+
     fn forget(&mut self, old: &Conn) {
         match &old.state {
+            State::Header(_) => self.headers.retain(|h| *h != old.id),
             State::Pending { .. } => self.pending = self.pending.saturating_sub(1),
             State::Running { pid, .. } => {
                 self.by_pid.remove(pid);
@@ -567,6 +636,7 @@ mod tests {
             id: ConnId(9),
             remote: ra,
             local,
+            via: None,
             accepted: now,
         };
         t.add_probe(probe, SentryMode::Udp, Gen(1));

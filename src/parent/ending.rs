@@ -26,7 +26,6 @@ pub const GRACE: Duration = Duration::from_secs(3);
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Step {
     /// Its deadline: end it (the reason is logged).
-    #[allow(dead_code)]
     End(String),
     /// SIGTERM was sent to this process group: SIGKILL it.
     Kill(i32),
@@ -64,8 +63,6 @@ impl Endings {
         }
     }
 
-    // The class `timeout` and nannyctl's `change ID timeout` set deadlines (next commits).
-    #[allow(dead_code)]
     /// When `id` is to be ended (None: no deadline, or it is already being ended).
     pub fn deadline(&self, id: ConnId) -> Option<Instant> {
         let at = self.by_conn.get(&id)?;
@@ -103,7 +100,6 @@ impl Endings {
 }
 
 impl Parent {
-    #[allow(dead_code)]
     /// Ends `id` when `at` comes (replacing an earlier deadline); `why` is logged then.
     pub(super) fn end_at(&mut self, id: ConnId, at: Instant, why: String) {
         if !self.endings.terminating(id) {
@@ -132,6 +128,12 @@ impl Parent {
                 self.endings.cancel(id);
                 self.conns.cut_writer(id);
                 Ended::MessageCut
+            }
+            State::Header(_) => {
+                log::notice(&format!("{why}: closing {who} before its PROXY header"));
+                self.endings.cancel(id);
+                self.conns.take_header(id);
+                Ended::Closed
             }
             State::Pending { .. } => {
                 log::notice(&format!("{why}: closing {who} before its verdict"));

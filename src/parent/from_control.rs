@@ -87,6 +87,7 @@ pub fn conn_rows(conns: &Conns, endings: &Endings, now: Instant) -> Vec<ConnRow>
         .iter()
         .map(|c| {
             let (pid, served, state, gen) = match &c.state {
+                State::Header(_) => (None, None, ConnState::Header, 0),
                 State::Pending { min_gen, .. } => (None, None, ConnState::Pending, min_gen.0),
                 State::Running { pid, served, .. } => {
                     let st = if endings.terminating(c.id) {
@@ -157,26 +158,11 @@ impl Parent {
             };
             let violation = |why: String| Failure::violation(Role::Control, why);
             match msg {
-                ControlToParent::Hello { build } => {
-                    if w.hello {
-                        return Err(violation("control Hello refused: second Hello".into()));
-                    }
-                    if build != self.build {
-                        return Err(violation(
-                            "control Hello refused: build id differs from the parent's".into(),
-                        ));
-                    }
-                    w.hello = true;
-                }
+                ControlToParent::Hello { build } => w.greeted(&self.build, &build)?,
                 _ if !w.hello => {
                     return Err(violation("control message refused: before Hello".into()));
                 }
-                ControlToParent::Log(rec) => {
-                    if rec.text.len() > privsep::proto::MAX_LOG_LINE {
-                        return Err(violation("control Log refused: line too long".into()));
-                    }
-                    w.log(rec.level, rec.verbosity, &rec.text);
-                }
+                ControlToParent::Log(rec) => w.relay_log(rec)?,
                 ControlToParent::Request {
                     client,
                     caller,
@@ -441,9 +427,16 @@ impl Parent {
     pub(super) fn on_explained(
         &mut self,
         req: ReqId,
-        report: ExplainReport,
+        mut report: ExplainReport,
     ) -> Result<(), Failure> {
         let client = self.take_ask(req, Ask::Explain)?;
+        // The chrooted classifier never knew the file's name; the parent does.
+        let name = self.policy.rules_name().to_owned();
+        for r in &mut report.rules {
+            if let Some(line) = r.at.strip_prefix("rules:") {
+                r.at = format!("{name}:{line}");
+            }
+        }
         self.reply(client, Reply::Explained(report));
         Ok(())
     }

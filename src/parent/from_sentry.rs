@@ -78,26 +78,11 @@ impl Parent {
             };
             let violation = |why: String| Failure::violation(Role::Sentry, why);
             match msg {
-                SentryToParent::Hello { build } => {
-                    if w.hello {
-                        return Err(violation("sentry Hello refused: second Hello".into()));
-                    }
-                    if build != self.build {
-                        return Err(violation(
-                            "sentry Hello refused: build id differs from the parent's".into(),
-                        ));
-                    }
-                    w.hello = true;
-                }
+                SentryToParent::Hello { build } => w.greeted(&self.build, &build)?,
                 _ if !w.hello => {
                     return Err(violation("sentry message refused: before Hello".into()));
                 }
-                SentryToParent::Log(rec) => {
-                    if rec.text.len() > privsep::proto::MAX_LOG_LINE {
-                        return Err(violation("sentry Log refused: line too long".into()));
-                    }
-                    w.log(rec.level, rec.verbosity, &rec.text);
-                }
+                SentryToParent::Log(rec) => w.relay_log(rec)?,
                 SentryToParent::Probe(r) => {
                     if let Err(why) = crate::sentry::report::check_report(settings, &r) {
                         return Err(violation(format!("sentry Probe refused: {why}")));

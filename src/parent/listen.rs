@@ -8,18 +8,23 @@
 //! service child inherits a listener or another peer's connection; listeners are non-blocking,
 //! so the poll loop never waits in accept; IPv6 listeners are IPV6_V6ONLY so `listen PORT` binds v4 and v6 separately and a
 //! v4-mapped peer can only appear on an explicit v6 listener, where it is shown as IPv4.
+//!
+//! Listen options (an extension): `backlog N` is the listen(2) backlog; `nodelay` and
+//! `keepalive` are set on the listening socket, and Linux copies both to every socket accepted
+//! from it (tested below), so the accept path makes no extra system call for them.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use nix::sys::socket::{
-    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6,
-};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6};
+use policy::addr::AddrSet;
+use policy::conf::ListenOptions;
 
-/// Listen backlog: large, because a small backlog drops SYNs under bursts (tcpserver's default of
-/// 20 does at concurrency 64) and the kernel caps it at net.core.somaxconn anyway.
-pub const LISTEN_BACKLOG: i32 = 1024;
+/// Listen backlog without `backlog N`: large, because a small backlog drops SYNs under bursts
+/// (tcpserver's default of 20 does at concurrency 64) and the kernel caps it at
+/// net.core.somaxconn anyway.
+pub const LISTEN_BACKLOG: u32 = policy::listenopts::DEFAULT_BACKLOG;
 
 /// One bound listening socket.
 #[derive(Debug)]
@@ -29,6 +34,9 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// A `trap tcp` port: its connections are trap hits.
     pub trap: bool,
+    /// `proxy from`: connections only from these load balancers, each starting with a PROXY
+    /// protocol header (proxy.rs). None on a plain listen.
+    pub proxy: Option<AddrSet>,
 }
 
 /// Where one `listen` line binds: an explicit address, or both wildcards.
@@ -42,8 +50,14 @@ pub fn addresses(port: u16, addr: Option<IpAddr>) -> Vec<SocketAddr> {
     }
 }
 
-/// Binds one address. `SO_REUSEADDR` so a restart does not wait out TIME_WAIT.
+/// Binds one address with a plain listen's settings.
 pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
+    bind_with(addr, &ListenOptions::default())
+}
+
+/// Binds one address with a listen line's options. `SO_REUSEADDR` so a restart does not wait
+/// out TIME_WAIT.
+pub fn bind_with(addr: SocketAddr, opts: &ListenOptions) -> io::Result<Listener> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -62,13 +76,54 @@ pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
             socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?;
         }
     }
-    socket::listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?;
+    // Inherited by every accepted socket (see the module header).
+    if opts.nodelay {
+        socket::setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
+    }
+    if opts.keepalive {
+        socket::setsockopt(&fd, sockopt::KeepAlive, &true)?;
+    }
+    // nix's Backlog refuses values above libc's SOMAXCONN constant, but `backlog N` may be up
+    // to 65535 for a host whose net.core.somaxconn was raised; the kernel caps it itself.
+    let backlog = i32::try_from(opts.backlog.unwrap_or(LISTEN_BACKLOG)).unwrap_or(i32::MAX);
+    // SAFETY: listen(2) on a socket descriptor we own; no memory is passed.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     let sock = TcpListener::from(fd);
     let addr = sock.local_addr()?;
     Ok(Listener {
         sock,
         addr,
         trap: false,
+        proxy: opts.proxy.as_ref().map(|p| p.set.clone()),
+    })
+}
+
+/// A `listen` line's options on a socket bound elsewhere (an inherited one): `nodelay` and
+/// `keepalive` on the listening socket, which accepted sockets inherit, and `proxy from`.
+pub fn apply_options(l: &mut Listener, opts: &ListenOptions) -> io::Result<()> {
+    if opts.nodelay {
+        socket::setsockopt(&l.sock, sockopt::TcpNoDelay, &true)?;
+    }
+    if opts.keepalive {
+        socket::setsockopt(&l.sock, sockopt::KeepAlive, &true)?;
+    }
+    l.proxy = opts.proxy.as_ref().map(|p| p.set.clone());
+    Ok(())
+}
+
+/// A listening socket the service manager handed over (activation.rs), made non-blocking like
+/// one bound here. Its backlog and options are the `.socket` unit's.
+pub fn adopt(fd: OwnedFd) -> io::Result<Listener> {
+    let sock = TcpListener::from(fd);
+    sock.set_nonblocking(true)?;
+    let addr = sock.local_addr()?;
+    Ok(Listener {
+        sock,
+        addr,
+        trap: false,
+        proxy: None,
     })
 }
 
@@ -76,13 +131,13 @@ pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
 /// has no IPv6 is bound on IPv4 only (the caller gets the skipped address back to log it); any
 /// other failure is an error naming the address.
 pub fn bind_all(
-    lines: &[(u16, Option<IpAddr>)],
+    lines: &[(u16, Option<IpAddr>, ListenOptions)],
 ) -> Result<(Vec<Listener>, Vec<SocketAddr>), (SocketAddr, io::Error)> {
     let mut out = Vec::new();
     let mut skipped = Vec::new();
-    for (port, ip) in lines {
+    for (port, ip, opts) in lines {
         for addr in addresses(*port, *ip) {
-            match bind(addr) {
+            match bind_with(addr, opts) {
                 Ok(l) => out.push(l),
                 Err(e) if ip.is_none() && addr.is_ipv6() && no_ipv6(&e) => skipped.push(addr),
                 Err(e) => return Err((addr, e)),
@@ -223,10 +278,42 @@ mod tests {
         assert_eq!(c.read(&mut buf).unwrap(), 0);
     }
 
+    /// The module header's claim: TCP_NODELAY and SO_KEEPALIVE set on the listener reach
+    /// every accepted socket (Linux copies them), and a plain listen sets neither.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_keepalive() {
+        let accepted = |opts: &ListenOptions| {
+            let l = bind_with("127.0.0.1:0".parse().unwrap(), opts).unwrap();
+            let _c = TcpStream::connect(l.addr).unwrap();
+            for _ in 0..200 {
+                if let AcceptResult::Conn(a) = accept(&l) {
+                    let nd = socket::getsockopt(&a.stream, sockopt::TcpNoDelay).unwrap();
+                    let ka = socket::getsockopt(&a.stream, sockopt::KeepAlive).unwrap();
+                    return (nd, ka);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            panic!("nothing accepted");
+        };
+        let both = ListenOptions {
+            nodelay: true,
+            keepalive: true,
+            backlog: Some(7),
+            ..ListenOptions::default()
+        };
+        assert_eq!(accepted(&both), (true, true));
+        let nodelay = ListenOptions {
+            nodelay: true,
+            ..ListenOptions::default()
+        };
+        assert_eq!(accepted(&nodelay), (true, false));
+        assert_eq!(accepted(&ListenOptions::default()), (false, false));
+    }
+
     #[test]
     fn bind_conflict_is_an_error() {
         let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let lines = [(l.addr.port(), Some(l.addr.ip()))];
+        let lines = [(l.addr.port(), Some(l.addr.ip()), ListenOptions::default())];
         // SO_REUSEADDR does not allow two listeners on one address.
         assert!(bind_all(&lines).is_err());
     }

@@ -10,7 +10,8 @@
 //! the systemd unit in contrib/ bounds its capabilities.
 //!
 //! Whose bytes: connections from the network (never read by the parent, only accepted and
-//! handed on), worker messages (admitted before use), the administrator's files.
+//! handed on; the one exception is a PROXY header from a listed load balancer, framed and
+//! bounded by proxy.rs), worker messages (admitted before use), the administrator's files.
 //!
 //! Layout: this file holds the poll loop and every restart decision; start.rs builds the
 //! [`Parent`]; workers.rs starts and talks to the workers of privsep's role table;
@@ -31,10 +32,12 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod accept;
+mod activation;
 pub mod admit;
 pub mod blockcmd;
 pub mod blocker;
 pub mod blocks;
+mod classhost;
 mod confwatch;
 pub mod conns;
 mod counters;
@@ -50,9 +53,11 @@ pub mod listen;
 mod loader;
 pub mod msgwrite;
 pub mod neverblock;
+mod proxy;
 mod reap;
 pub mod reload;
 mod roles;
+mod sdnotify;
 pub mod setup;
 mod signalled;
 pub mod signals;
@@ -166,6 +171,8 @@ struct Parent {
     signals: signals::Signals,
     /// Set when something happened that the daemon cannot go on after; the loop returns it.
     fatal: Option<String>,
+    /// The service manager's notifications (systemd `Type=notify`).
+    notify: sdnotify::Notifier,
 }
 
 /// Runs the parent until SIGTERM/SIGINT (exit 0) or a fatal error.
@@ -194,6 +201,8 @@ enum Slot {
     Worker(Role),
     Listener(usize),
     Msg(usize),
+    /// A connection awaiting its PROXY header.
+    Header(privsep::proto::ConnId),
 }
 
 impl Parent {
@@ -386,7 +395,11 @@ impl Parent {
             let accept_now =
                 self.accepting && self.accept_paused_until.is_none() && self.workers_ready();
             let links = self.links();
-            let cap = 1 + links.len() + self.listeners.len() + self.conns.writing_len();
+            let cap = 1
+                + links.len()
+                + self.listeners.len()
+                + self.conns.writing_len()
+                + self.conns.headers_len();
             let mut slots: Vec<Slot> = Vec::with_capacity(cap);
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(cap);
             fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
@@ -417,6 +430,14 @@ impl Parent {
                 fds.push(PollFd::new(w.get_ref().as_fd(), PollFlags::POLLOUT));
                 slots.push(Slot::Msg(i));
             }
+            // Headers are read only for a classifier to hand them to (else they wait, on
+            // their deadline).
+            if self.conns.headers_len() > 0 && self.workers_ready() {
+                for (id, r) in self.conns.headers() {
+                    fds.push(PollFd::new(r.stream().as_fd(), PollFlags::POLLIN));
+                    slots.push(Slot::Header(id));
+                }
+            }
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
@@ -435,6 +456,7 @@ impl Parent {
 
             let now = Instant::now();
             let mut msg_ready = Vec::new();
+            let mut header_ready = Vec::new();
             let mut signalled = false;
             for (slot, rev) in &fired {
                 match slot {
@@ -449,7 +471,14 @@ impl Parent {
                         }
                     }
                     Slot::Msg(i) => msg_ready.push(*i),
+                    Slot::Header(id) => header_ready.push(*id),
                 }
+            }
+            if self.conns.headers_len() > 0 {
+                if let Err(f) = self.read_headers(&header_ready, now) {
+                    self.worker_failed(f);
+                }
+                self.expire_headers(Instant::now());
             }
             // A batch that ended early can leave whole frames in a channel's buffer, where poll
             // cannot see them (poll_timeout made this turn not wait for them). If a worker
@@ -470,6 +499,7 @@ impl Parent {
                 finish_msg(w, how);
             }
             self.fire_endings(Instant::now());
+            self.notify_turn(Instant::now());
             if signalled && self.on_signals() {
                 return Ok(());
             }
@@ -559,6 +589,12 @@ impl Parent {
         {
             until = until.min(d);
         }
+        if let Some(d) = self.notify.next_ping() {
+            until = until.min(d);
+        }
+        if let Some(d) = self.next_header_deadline() {
+            until = until.min(d);
+        }
         let ms = until.saturating_duration_since(now).as_millis();
         // Round up so the loop does not wake a hair early and spin.
         let ms = u16::try_from(ms.saturating_add(1)).unwrap_or(u16::MAX);
@@ -569,10 +605,12 @@ impl Parent {
     /// stop the workers; running services are left alone (they are not our process group's
     /// business to kill, as with inetd).
     fn shutdown(&mut self) {
+        self.notify.stopping();
         self.accepting = false;
         let addrs: Vec<String> = self.listeners.iter().map(|l| l.addr.to_string()).collect();
         self.listeners.clear();
         self.conns.drop_pending();
+        self.drop_headers();
         for pid in self.links().iter().map(|w| w.pid()).collect::<Vec<_>>() {
             let _ = kill(pid, Signal::SIGTERM);
         }

@@ -164,6 +164,37 @@ impl<S: Serialize, R: DeserializeOwned> Worker<S, R> {
     }
 
     /// A worker's log line: escaped, prefixed with the role and rate-limited.
+    /// A worker's Hello: exactly once, carrying the parent's own build.
+    pub fn greeted(
+        &mut self,
+        ours: &privsep::proto::BuildId,
+        theirs: &privsep::proto::BuildId,
+    ) -> Result<(), Failure> {
+        let refuse = |why: &str| {
+            Failure::violation(self.role, format!("{} Hello refused: {why}", self.role))
+        };
+        if self.hello {
+            return Err(refuse("second Hello"));
+        }
+        if theirs != ours {
+            return Err(refuse("build id differs from the parent's"));
+        }
+        self.hello = true;
+        Ok(())
+    }
+
+    /// A worker's log record (after its Hello), refused when longer than a log line may be.
+    pub fn relay_log(&mut self, rec: privsep::proto::LogRecord) -> Result<(), Failure> {
+        if rec.text.len() > privsep::proto::MAX_LOG_LINE {
+            return Err(Failure::violation(
+                self.role,
+                format!("{} Log refused: line too long", self.role),
+            ));
+        }
+        self.log(rec.level, rec.verbosity, &rec.text);
+        Ok(())
+    }
+
     pub fn log(&mut self, level: Level, verbosity: u8, text: &str) {
         if !log::enabled(verbosity) {
             return;

@@ -39,6 +39,23 @@ const READ_SHARE: u32 = 20;
 /// Most (source, port, kind) entries remembered for the duplicate check.
 pub const MAX_RECENT: usize = 8192;
 
+/// CPU time this thread has used (the sentry is single-threaded).
+fn thread_cpu() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let Ok(u) = getrusage(UsageWho::RUSAGE_THREAD) else {
+        return Duration::ZERO;
+    };
+    let t = |tv: nix::sys::time::TimeVal| {
+        Duration::new(
+            u64::try_from(tv.tv_sec()).unwrap_or(0),
+            u32::try_from(tv.tv_usec())
+                .unwrap_or(0)
+                .saturating_mul(1000),
+        )
+    };
+    t(u.user_time()) + t(u.system_time())
+}
+
 /// A parsed packet: what the detection needs of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
@@ -175,13 +192,16 @@ impl<S: Sockets> Detector<S> {
         {
             return;
         }
-        // A failed read keeps the old table; the next packet tries again.
-        let started = Instant::now();
+        // A failed read keeps the old table; the next packet tries again. The cost is this
+        // thread's CPU time, not the wall clock: on a busy host a read that was merely
+        // descheduled would otherwise space the re-reads out far enough to report a stale
+        // table's view of the host's own new connections.
+        let started = thread_cpu();
         if let Some(t) = self.sockets.read() {
             self.table = t;
             self.read_at = Some(now);
         }
-        self.read_cost = started.elapsed();
+        self.read_cost = thread_cpu().saturating_sub(started);
     }
 
     /// Is the packet served by, or part of, one of the host's sockets?

@@ -18,6 +18,7 @@ use crate::facts::Lookup;
 
 use super::ast::{Expr, Operand};
 use super::matchers::{self, Cx, Matcher, Piece};
+use super::trace::{NoTrace, Tracer};
 
 /// A compiled expression node.
 #[derive(Clone, Debug)]
@@ -227,25 +228,41 @@ fn prefetch_plan(items: &[Node]) -> Option<(usize, Vec<Lookup>)> {
 impl Node {
     /// Evaluates lazily and left to right, stopping as soon as the answer is known.
     pub fn eval(&self, cx: &mut Cx<'_>) -> bool {
-        match self {
+        self.eval_traced(cx, &mut NoTrace)
+    }
+
+    /// [`Node::eval`], reporting to a tracer (see [`super::trace`]); with [`NoTrace`] this is
+    /// the same code as without one.
+    pub(crate) fn eval_traced<T: Tracer>(&self, cx: &mut Cx<'_>, t: &mut T) -> bool {
+        if let Node::M(m) = self {
+            let hit = m.eval(cx);
+            t.matcher(m, hit, cx);
+            return hit;
+        }
+        t.enter(self);
+        let hit = match self {
             Node::M(m) => m.eval(cx),
-            Node::Not(x) => !x.eval(cx),
+            Node::Not(x) => !x.eval_traced(cx, t),
             Node::Or(o) => {
+                let mut hit = false;
                 for (i, item) in o.items.iter().enumerate() {
                     if let Some((at, lookups)) = &o.prefetch {
                         if *at == i {
                             cx.facts.prefetch(lookups);
                         }
                     }
-                    if item.eval(cx) {
-                        return true;
+                    if item.eval_traced(cx, t) {
+                        hit = true;
+                        break;
                     }
                 }
-                false
+                hit
             }
-            Node::And(v) => v.iter().all(|n| n.eval(cx)),
-            Node::Except(a, b) => a.eval(cx) && !b.eval(cx),
-        }
+            Node::And(v) => v.iter().all(|n| n.eval_traced(cx, t)),
+            Node::Except(a, b) => a.eval_traced(cx, t) && !b.eval_traced(cx, t),
+        };
+        t.leave(self, hit);
+        hit
     }
 
     /// Some(answer) when the node gives the same answer for every connection.

@@ -24,6 +24,11 @@
 //! Only DNS lookups are announced this way: identd and `answerson:` connect to the peer, which
 //! the original did only when a rule needed it. Answers are still read in file order, so results
 //! are exactly those of strict evaluation.
+//!
+//! Tracing (`nannyctl explain`): [`evaluate_traced`] is this evaluator, generic over a
+//! [`Tracer`] that is told what happens to every rule; [`evaluate`] passes [`NoTrace`], whose
+//! empty inlined hooks leave the same machine code as an evaluator without them. See
+//! [`super::trace`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
@@ -34,6 +39,7 @@ use crate::facts::{Classification, Facts, Lookup, MatchedClass, GLOBAL};
 
 use super::compile::{leading_lookup, Node};
 use super::matchers::{canonical_ip, Cx, Matcher};
+use super::trace::{NoTrace, Tracer};
 use super::{Rule, Rules};
 
 /// One step of the evaluation plan.
@@ -50,6 +56,8 @@ pub(crate) enum Step {
 #[derive(Clone, Debug)]
 pub(crate) struct AddrRun {
     first: usize,
+    /// How many rules the run covers (for tracing).
+    len: usize,
     local: bool,
     v4: Vec<(u32, u32, u32)>,
     v6: Vec<(u128, u128, u32)>,
@@ -156,6 +164,7 @@ fn build_run(rules: &[Rule], first: usize, end: usize, local: bool) -> AddrRun {
     let count = end - first;
     AddrRun {
         first,
+        len: count,
         local,
         v4: prioritise(v4, count)
             .into_iter()
@@ -229,6 +238,7 @@ fn find<T: Ord + Copy>(segs: &[(T, T, u32)], x: T) -> Option<u32> {
 
 impl AddrRun {
     /// The offset of the first rule of the run containing the connection's address.
+    #[inline]
     fn first_match(&self, facts: &dyn Facts) -> Option<usize> {
         let ip = if self.local {
             facts.local().ip()
@@ -262,6 +272,7 @@ struct MatchedIds {
 impl MatchedIds {
     const LIST_MAX: usize = 32;
 
+    #[inline]
     fn contains(&self, id: u32) -> bool {
         match &self.set {
             Some(set) => set.contains(&id),
@@ -269,6 +280,7 @@ impl MatchedIds {
         }
     }
 
+    #[inline]
     fn insert(&mut self, id: u32) {
         match &mut self.set {
             Some(set) => {
@@ -297,6 +309,16 @@ pub(crate) fn class_ids(rules: &[Rule]) -> Vec<u32> {
 }
 
 pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
+    evaluate_traced(rules, facts, &mut NoTrace)
+}
+
+/// [`evaluate`], reporting every rule's fate to `t` (see [`super::trace`]); with [`NoTrace`]
+/// the hooks compile to nothing.
+pub(crate) fn evaluate_traced<T: Tracer>(
+    rules: &Rules,
+    facts: &mut dyn Facts,
+    t: &mut T,
+) -> Classification {
     let mut matched: Vec<MatchedClass> = Vec::new();
     let mut ids = MatchedIds::default();
     let mut stopped = false;
@@ -308,7 +330,14 @@ pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
                 let (Some(rule), Some(&id)) = (rules.rules.get(*i), rules.class_ids.get(*i)) else {
                     continue;
                 };
-                if (stopped && !rule.always) || ids.contains(id) {
+                // ORDER: the same tests in the same order as without a tracer (the cheap one
+                // first), so the untraced evaluator does no extra work.
+                if stopped && !rule.always {
+                    t.skip(*i, false);
+                    continue;
+                }
+                if ids.contains(id) {
+                    t.skip(*i, true);
                     continue;
                 }
                 if announced.is_none_or(|a| a < s) {
@@ -317,13 +346,15 @@ pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
                         announced = Some(w.last);
                     }
                 }
+                t.rule_start(*i);
                 let hit = {
                     let mut cx = Cx {
                         facts: &mut *facts,
                         classes: &matched,
                     };
-                    rule.expr.eval(&mut cx)
+                    rule.expr.eval_traced(&mut cx, t)
                 };
+                t.rule_end(*i, hit);
                 (rule, id, hit.then_some(rule))
             }
             Step::Run(run) => {
@@ -332,12 +363,17 @@ pub fn evaluate(rules: &Rules, facts: &mut dyn Facts) -> Classification {
                 else {
                     continue;
                 };
-                if (stopped && !rule.always) || ids.contains(id) {
+                if stopped && !rule.always {
+                    (run.first..run.first + run.len).for_each(|i| t.skip(i, false));
                     continue;
                 }
-                let hit = run
-                    .first_match(facts)
-                    .and_then(|o| rules.rules.get(run.first + o));
+                if ids.contains(id) {
+                    (run.first..run.first + run.len).for_each(|i| t.skip(i, true));
+                    continue;
+                }
+                let offset = run.first_match(facts);
+                t.run(run.first, run.len, offset);
+                let hit = offset.and_then(|o| rules.rules.get(run.first + o));
                 (rule, id, hit)
             }
         };

@@ -48,6 +48,7 @@ pub mod eval;
 pub mod lex;
 pub mod matchers;
 pub mod parse;
+pub mod trace;
 
 use std::fmt;
 use std::ops::Range;
@@ -128,6 +129,12 @@ impl Rules {
     /// rules reached need.
     pub fn evaluate(&self, facts: &mut dyn Facts) -> Classification {
         eval::evaluate(self, facts)
+    }
+
+    /// [`Rules::evaluate`] on the same evaluator, recording what happened to every rule and
+    /// why (`nannyctl explain`); see [`trace`].
+    pub fn explain(&self, facts: &mut dyn Facts) -> trace::Explanation {
+        trace::explain(self, facts)
     }
 
     /// Every class some rule can produce, in file order, without duplicates.
