@@ -19,9 +19,7 @@ fn page(name: &str) -> String {
 
 #[test]
 fn mandoc_lint_is_silent() {
-    if Command::new("mandoc").arg("-V").output().is_err()
-        && Command::new("mandoc").arg("-h").output().is_err()
-    {
+    if Command::new("mandoc").arg("-h").output().is_err() {
         eprintln!("mandoc is not installed (.ci/install-test-deps installs it): lint skipped");
         return;
     }
