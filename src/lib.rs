@@ -16,6 +16,7 @@ pub mod fds;
 pub mod files;
 pub mod import;
 pub mod log;
+pub mod nannyctl_conntrack;
 pub mod netfilter;
 pub mod parent;
 pub mod resolver;
