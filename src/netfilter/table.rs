@@ -191,7 +191,11 @@ mod tests {
     fn row(id: u32, src: &str, dport: u16, proto: u8, mark: u32) -> CtRow {
         let src: IpAddr = src.parse().unwrap();
         // A loopback source talks to loopback: a local-only entry.
-        let dst = if src.is_loopback() { src } else { "10.0.0.1".parse().unwrap() };
+        let dst = if src.is_loopback() {
+            src
+        } else {
+            "10.0.0.1".parse().unwrap()
+        };
         let t = CtTuple {
             src,
             dst,
