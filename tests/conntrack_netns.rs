@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use privsep::control::{Reply, Request};
 use util::*;
 
 const HOST4: &str = "10.204.0.1";
@@ -298,7 +299,7 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn start(lab: &Lab, s: &Scratch) -> Daemon {
+    fn start(lab: &Lab, s: &Scratch, extra: &str) -> Daemon {
         let empty = s.empty_dir("empty");
         s.write("nanny-rules", "a: ALL\n");
         s.write("nanny-actions", "a: msg hello%(nl)s\n");
@@ -307,7 +308,7 @@ impl Daemon {
             &format!(
                 "rulefile {r}\nactionfile {a}\nlisten 4040@{HOST4}\nlisten 4040@[{HOST6}]\n\
                  chrootdir {e}\nprivsepuser nobody\ncontrol {c}\nconntrack on\n\
-                 conntrackuidmask 0xffff\n",
+                 conntrackuidmask 0xffff\n{extra}\n",
                 r = s.path("nanny-rules").display(),
                 a = s.path("nanny-actions").display(),
                 e = empty.display(),
@@ -460,7 +461,7 @@ fn nannyctl_conntrack_agrees_with_conntrack_tools_and_changes_the_kernel_table()
     }
     let s = Scratch::new("conntrack");
     let lab = Lab::new("a");
-    let d = Daemon::start(&lab, &s);
+    let d = Daemon::start(&lab, &s, "");
     make_flows(&lab);
 
     // The worker: nobody, CAP_NET_ADMIN (bit 12) and nothing else, no_new_privs.
@@ -630,4 +631,67 @@ fn nannyctl_conntrack_agrees_with_conntrack_tools_and_changes_the_kernel_table()
         "audit line:\n{}",
         d.log()
     );
+}
+
+#[test]
+fn blockflush_deletes_a_newly_blocked_address_s_flows() {
+    let name = "blockflush_deletes_a_newly_blocked_address_s_flows";
+    if skip_unless_root(name) {
+        return;
+    }
+    if !have("conntrack") || !have("nft") || !have("ip") {
+        println!("{name}: skipped: needs conntrack, nft and ip (.ci/install-test-deps)");
+        return;
+    }
+    let s = Scratch::new("blockflush");
+    let lab = Lab::new("b");
+    let d = Daemon::start(&lab, &s, "blockflush on");
+    let h = lab.host.clone();
+    for (src, dst, sport) in [
+        ("192.0.2.50", "198.51.100.1", "1"),
+        ("198.51.100.1", "192.0.2.50", "2"),
+        ("192.0.2.51", "198.51.100.1", "3"),
+    ] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &h,
+            "conntrack",
+            "-I",
+            "-s",
+            src,
+            "-d",
+            dst,
+            "-p",
+            "udp",
+            "--sport",
+            sport,
+            "--dport",
+            "9",
+            "-t",
+            "3000",
+        ]);
+    }
+    wait_for(WAIT, || d.netfilter_pid()).expect("netfilter worker");
+    let req = Request::Block {
+        addr: "192.0.2.50".parse().unwrap(),
+        seconds: Some(60),
+    };
+    let r = portnanny::nannyctl_conntrack::ask(&d.ctl, &req).expect("block");
+    assert!(matches!(r, Reply::Done(_)), "{r:?}");
+    let gone = wait_for(WAIT, || {
+        let t = lab.table();
+        (t.len() == 1).then_some(t)
+    });
+    let t = gone.unwrap_or_else(|| panic!("{:?}\n{}", lab.table(), d.log()));
+    let left = t.values().next().unwrap();
+    assert_eq!(
+        left.orig.first().map(|(_, v)| v.as_str()),
+        Some("192.0.2.51")
+    );
+    let logged = wait_for(WAIT, || {
+        d.log().contains("blockflush: deleted 2").then_some(())
+    });
+    assert!(logged.is_some(), "{}", d.log());
 }
