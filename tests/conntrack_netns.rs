@@ -486,6 +486,8 @@ fn nannyctl_conntrack_agrees_with_conntrack_tools_and_changes_the_kernel_table()
         );
     }
     assert_eq!(status_field(w, "NoNewPrivs").as_deref(), Some("1"));
+    let root = std::fs::read_link(format!("/proc/{w}/root")).expect("root link");
+    assert_eq!(root, s.path("empty"), "chrooted into the empty directory");
 
     // Every field agrees with conntrack -L, for every entry (local ones shown on request).
     let refreshed = d.json("refresh");
