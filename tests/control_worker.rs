@@ -185,13 +185,13 @@ fn check_mode_names_a_missing_controlgroup_and_socket_directory() {
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains(&format!(
-            "{conf}:4:9: error[H007]: /nonexistent-pn is not a directory"
+            "{conf}:4:9: error[H010]: /nonexistent-pn is not a directory"
         )),
         "{err}"
     );
     assert!(
         err.contains(&format!(
-            "{conf}:5:14: error[H006]: group 'no-such-group-pn' does not exist"
+            "{conf}:5:14: error[H009]: group 'no-such-group-pn' does not exist"
         )),
         "{err}"
     );

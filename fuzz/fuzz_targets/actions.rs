@@ -10,7 +10,7 @@
 //!   counts derived from the input: names a class in the table, counts exactly run/failrun, and
 //!   its disposition matches the class's directives;
 //! - `render` gives one record result per record, a log exactly when the decision asks for one,
-//!   an argv exactly for run/failrun and a message exactly for msg/failmsg; with substitutions
+//!   an argv exactly for run/failrun and a message exactly for msg (not msgfile)/failmsg; with substitutions
 //!   on or off.
 
 #![no_main]
@@ -102,7 +102,7 @@ pub fn check(data: &[u8]) {
             }
             Some(c) => match d.disposition {
                 Disposition::Run => assert!(c.run.is_some() && !c.drop),
-                Disposition::Msg => assert!(c.msg.is_some() && !c.drop),
+                Disposition::Msg => assert!(c.has_msg() && !c.drop),
                 Disposition::FailRun => assert!(c.failrun.is_some() && d.refusal.is_some()),
                 Disposition::FailMsg => assert!(d.refusal.is_some() && c.failrun.is_none()),
                 Disposition::Close => {}
@@ -128,10 +128,19 @@ pub fn check(data: &[u8]) {
                 d.action_class.is_some()
                     && matches!(d.disposition, Disposition::Run | Disposition::FailRun)
             );
+            // A msgfile's bytes are the parent's: nothing is rendered for them.
+            let msgfile = d
+                .action_class
+                .and_then(|i| actions.get(i))
+                .is_some_and(|c| c.msgfile.is_some());
             assert_eq!(
                 r.message.is_some(),
                 d.action_class.is_some()
-                    && matches!(d.disposition, Disposition::Msg | Disposition::FailMsg)
+                    && match d.disposition {
+                        Disposition::Msg => !msgfile,
+                        Disposition::FailMsg => true,
+                        _ => false,
+                    }
             );
             if !subst {
                 // Literal strings never fail.

@@ -10,7 +10,8 @@
 //!
 //! Besides portnanny's own directives this accepts the extensions of this implementation:
 //! `privsepuser`, `chrootdir`, `dnstimeout`, `identdtimeout`, `answersontimeout`, `cachettl`,
-//! `cachesize` and `passenv` (xinetd's), and the sentry directives (`trap`, `stealth`,
+//! `cachesize`, `passenv` (xinetd's), `ipv4prefix` and `ipv6prefix` (see [`crate::grouping`]),
+//! and the sentry directives (`trap`, `stealth`,
 //! `blockfile`, `historyfile`, `blockcmd`, `unblockcmd`, `hostsdeny`, `neverblock`,
 //! `blockzone`, `blockbudget`, `blockincrement`, `blockkills`), parsed by [`crate::sentry`].
 
@@ -21,6 +22,7 @@ pub use crate::words::{parse_listen, Listen};
 use crate::words::{parse_u32, words};
 
 use crate::control_conf::ControlConf;
+use crate::grouping::{parse_prefix, Grouping, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX};
 use crate::sentry::{SentryBuilder, SentryConf};
 use crate::source::{Diagnostic, LogicalLine, Parsed, Severity, SourceFile};
 use crate::timespec::parse_timespec;
@@ -72,6 +74,9 @@ pub struct NannyConf {
     pub sentry: SentryConf,
     /// Extension: the control socket; see [`crate::control_conf`].
     pub control: ControlConf,
+    /// Extension: `ipv4prefix` and `ipv6prefix`, how source addresses are grouped for ipmax,
+    /// `rate:` and the history (default 32 and 128: not at all).
+    pub grouping: Grouping,
 }
 
 impl fmt::Display for NannyConf {
@@ -119,6 +124,10 @@ impl fmt::Display for NannyConf {
             }
             writeln!(f)?;
         }
+        if !self.grouping.is_identity() {
+            writeln!(f, "ipv4prefix {}", self.grouping.v4())?;
+            writeln!(f, "ipv6prefix {}", self.grouping.v6())?;
+        }
         write!(f, "{}", self.sentry)?;
         write!(f, "{}", self.control)
     }
@@ -161,6 +170,8 @@ pub const DIRECTIVES: &[&str] = &[
     "cachettl",
     "cachesize",
     "passenv",
+    "ipv4prefix",
+    "ipv6prefix",
 ];
 
 /// A nanny.conf directive (the words are [`DIRECTIVES`], in the same order).
@@ -184,9 +195,11 @@ enum Dir {
     CacheTtl,
     CacheSize,
     PassEnv,
+    Ipv4Prefix,
+    Ipv6Prefix,
 }
 
-const DIRS: [Dir; 18] = [
+const DIRS: [Dir; 20] = [
     Dir::RuleFile,
     Dir::ActionFile,
     Dir::Listen,
@@ -205,6 +218,8 @@ const DIRS: [Dir; 18] = [
     Dir::CacheTtl,
     Dir::CacheSize,
     Dir::PassEnv,
+    Dir::Ipv4Prefix,
+    Dir::Ipv6Prefix,
 ];
 
 /// Where some directives were written, for check mode's cross-file warnings.
@@ -240,6 +255,8 @@ struct Builder {
     cachettl_secs: Option<u32>,
     cachesize: Option<u32>,
     passenv: Option<Vec<String>>,
+    ipv4prefix: Option<u8>,
+    ipv6prefix: Option<u8>,
     sentry: SentryBuilder,
     control: ControlConf,
 }
@@ -323,6 +340,12 @@ pub(crate) fn parse_conf_positions(name: &str, text: &str) -> (Parsed<NannyConf>
             passenv: b.passenv,
             sentry: b.sentry.conf,
             control: b.control,
+            // Both lengths were range-checked by parse_prefix.
+            grouping: Grouping::new(
+                b.ipv4prefix.unwrap_or(DEFAULT_IPV4_PREFIX),
+                b.ipv6prefix.unwrap_or(DEFAULT_IPV6_PREFIX),
+            )
+            .unwrap_or_default(),
         }),
         _ => None,
     };
@@ -509,6 +532,14 @@ fn parse_line(
             }
             Err(msg) => diags.push(bad(msg)),
         },
+        Dir::Ipv4Prefix => match parse_prefix(arg, 32) {
+            Ok(n) => b.ipv4prefix = Some(n),
+            Err(msg) => diags.push(bad(format!("ipv4prefix: {msg}"))),
+        },
+        Dir::Ipv6Prefix => match parse_prefix(arg, 128) {
+            Ok(n) => b.ipv6prefix = Some(n),
+            Err(msg) => diags.push(bad(format!("ipv6prefix: {msg}"))),
+        },
     }
 }
 
@@ -528,6 +559,8 @@ fn usage(dir: Dir) -> &'static str {
             "a time such as 500ms, 5s or 1m"
         }
         Dir::PassEnv => "environment variable names",
+        Dir::Ipv4Prefix => "a prefix length from 1 to 32",
+        Dir::Ipv6Prefix => "a prefix length from 1 to 128",
     }
 }
 

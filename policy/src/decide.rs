@@ -242,7 +242,7 @@ pub fn decide(actions: &Actions, classes: &Classification, counts: &dyn Counts) 
             Disposition::Close
         } else if class.run.is_some() {
             Disposition::Run
-        } else if class.msg.is_some() {
+        } else if class.has_msg() {
             Disposition::Msg
         } else {
             continue;

@@ -66,7 +66,7 @@ pub struct Rendered {
     pub argv: Option<Result<Vec<String>, ExpandError>>,
     /// `setenv` values for Run / FailRun (empty otherwise), merged through `see`.
     pub env: Result<Vec<(String, String)>, ExpandError>,
-    /// Msg / FailMsg: the text to send.
+    /// Msg / FailMsg: the text to send; None for a `msgfile` (the parent sends the file).
     pub message: Option<Result<String, ExpandError>>,
     /// The `log` / `faillog` line, including defaults, when the decision says to log.
     pub log: Option<Result<LogLine, ExpandError>>,
@@ -337,6 +337,9 @@ pub fn render(
                 })
                 .collect();
         }
+        // A msgfile's bytes are the parent's, read at load time and sent as they are: nothing
+        // to expand, so no message here.
+        Disposition::Msg if class.msgfile.is_some() => {}
         Disposition::Msg => {
             let src = source_of(actions, class, "msg");
             out.message = Some(match &class.msg {

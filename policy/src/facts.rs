@@ -192,6 +192,14 @@ pub trait Facts {
     fn in_ipfile(&mut self, _name: &str) -> bool {
         false
     }
+
+    /// `rate:` (an extension): whether this connection attempt was over `spec` for its source.
+    /// Needs no lookup: the classifier charges every attempt to every rate of the rules when
+    /// the connection arrives, in arrival order, and answers from what that found (see
+    /// [`crate::rate`]). The default is an attempt nobody counted.
+    fn over_rate(&mut self, _spec: crate::rate::RateSpec) -> bool {
+        false
+    }
 }
 
 /// One class the connection became a member of.

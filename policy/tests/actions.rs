@@ -93,7 +93,7 @@ fn golden_errors() {
         ("a b\n", &["actions:1:1: error[A001]: an action rule starts with the class name and a colon ('CLASS: DIRECTIVE ...'); 'a' does not end in ':'"]),
         (": reject\n", &["actions:1:1: error[A001]: the class name is empty"]),
         ("a:\n", &["actions:1:1: error[A002]: class 'a' has no directives; an action rule needs at least one"]),
-        ("a: foobar\n", &["actions:1:4: error[A003]: unknown directive 'foobar' (known: run, msg, failrun, failmsg, drop, reject, quiet, log, faillog, norepeatlog, record, ipmax, connmax, setenv, subst, see, block)"]),
+        ("a: foobar\n", &["actions:1:4: error[A003]: unknown directive 'foobar' (known: run, msg, failrun, failmsg, drop, reject, quiet, log, faillog, norepeatlog, record, ipmax, connmax, setenv, subst, see, block, msgfile, user, nice, rlimit, umask, timeout, chdir)"]),
         ("a: reject: faillog x\n", &["actions:1:4: error[A003]: unknown directive 'reject:': directives are separated by ' : ', with whitespace on both sides of the colon"]),
         ("a: ipmax : quiet\n", &["actions:1:4: error[A004]: 'ipmax' needs a number"]),
         ("a: quiet : ipmax\n", &["actions:1:12: error[A004]: 'ipmax' needs a number"]),

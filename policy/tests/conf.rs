@@ -190,7 +190,7 @@ fn golden_errors() {
     let rows: &[(&str, &[&str])] = &[
         (
             "foobar x\n",
-            &["nanny.conf:4:1: error[C001]: unknown directive 'foobar' (known: rulefile, actionfile, listen, user, dropipafter, expireevery, onfileerror, substitutions, maxthreads, aftermaxthreads, privsepuser, chrootdir, dnstimeout, identdtimeout, answersontimeout, cachettl, cachesize, passenv, trap, stealth, blockfile, historyfile, blockcmd, unblockcmd, hostsdeny, neverblock, blockzone, blockbudget, blockincrement, blockkills, control, controlgroup)"],
+            &["nanny.conf:4:1: error[C001]: unknown directive 'foobar' (known: rulefile, actionfile, listen, user, dropipafter, expireevery, onfileerror, substitutions, maxthreads, aftermaxthreads, privsepuser, chrootdir, dnstimeout, identdtimeout, answersontimeout, cachettl, cachesize, passenv, ipv4prefix, ipv6prefix, trap, stealth, blockfile, historyfile, blockcmd, unblockcmd, hostsdeny, neverblock, blockzone, blockbudget, blockincrement, blockkills, control, controlgroup)"],
         ),
         ("user\n", &["nanny.conf:4:1: error[C002]: 'user' needs an argument (a user name)"]),
         (
@@ -395,5 +395,48 @@ fn passenv_lists_names_and_reports_each_bad_one() {
     for (extra, want) in rows {
         let got = errors(&format!("{BASE}{extra}"));
         assert_eq!(&got, want, "{extra}");
+    }
+}
+
+/// Issue 13: `ipv4prefix` and `ipv6prefix` group source addresses; the defaults group nothing.
+#[test]
+fn prefix_lengths_group_sources_and_are_range_checked() {
+    use policy::grouping::Grouping;
+    assert_eq!(ok(BASE).grouping, Grouping::default());
+    assert!(ok(BASE).grouping.is_identity());
+    let c = ok(&format!("{BASE}ipv4prefix 24\nipv6prefix /64\n"));
+    assert_eq!(c.grouping, Grouping::new(24, 64).unwrap());
+    assert_eq!(ok(&c.to_string()), c, "printed form parses back");
+    let only6 = ok(&format!("{BASE}ipv6prefix 56\n")).grouping;
+    assert_eq!((only6.v4(), only6.v6()), (32, 56));
+    let rows: &[(&str, &str)] = &[
+        (
+            "ipv4prefix 0\n",
+            "nanny.conf:4:12: error[C005]: ipv4prefix: '0' is not a prefix length from 1 to 32 (such as 24)",
+        ),
+        (
+            "ipv4prefix 33\n",
+            "nanny.conf:4:12: error[C005]: ipv4prefix: '33' is not a prefix length from 1 to 32 (such as 24)",
+        ),
+        (
+            "ipv6prefix 129\n",
+            "nanny.conf:4:12: error[C005]: ipv6prefix: '129' is not a prefix length from 1 to 128 (such as 64)",
+        ),
+        (
+            "ipv6prefix 64s\n",
+            "nanny.conf:4:12: error[C005]: ipv6prefix: '64s' is not a prefix length from 1 to 128 (such as 64)",
+        ),
+        (
+            "ipv4prefix 24\nipv4prefix 16\n",
+            "nanny.conf:5:1: error[C004]: 'ipv4prefix' may be given only once; it was already given on line 4",
+        ),
+        (
+            "ipv6prefix\n",
+            "nanny.conf:4:1: error[C002]: 'ipv6prefix' needs an argument (a prefix length from 1 to 128)",
+        ),
+    ];
+    for (extra, want) in rows {
+        let text = format!("{BASE}{extra}");
+        assert_eq!(errors(&text), vec![want.to_string()], "{text}");
     }
 }

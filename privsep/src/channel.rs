@@ -664,6 +664,7 @@ mod tests {
                 dns_timeout_ms: 5000,
                 identd_timeout_ms: 10000,
                 answerson_timeout_ms: 5000,
+                grouping: Default::default(),
             },
             ipfiles: Vec::new(),
         }
@@ -790,6 +791,7 @@ mod tests {
                 dns_timeout_ms: 5000,
                 identd_timeout_ms: 10000,
                 answerson_timeout_ms: 5000,
+                grouping: Default::default(),
             },
             ipfiles: Vec::new(),
         };
@@ -838,6 +840,7 @@ mod tests {
                 dns_timeout_ms: 5000,
                 identd_timeout_ms: 10000,
                 answerson_timeout_ms: 5000,
+                grouping: Default::default(),
             },
             ipfiles: Vec::new(),
         };

@@ -286,6 +286,10 @@ pub struct ClassifierSettings {
     pub identd_timeout_ms: u32,
     /// As `dns_timeout_ms`, for answerson: (nanny.conf `answersontimeout_ms`).
     pub answerson_timeout_ms: u32,
+    /// nanny.conf `ipv4prefix`/`ipv6prefix`: how the classifier groups sources for ipmax,
+    /// `rate:` and the history. Lengths are range-checked by construction (and again on decode,
+    /// see `Grouping`'s deserialisation).
+    pub grouping: policy::grouping::Grouping,
 }
 
 /// A live connection, for re-seeding a restarted classifier so that counts stay exact.

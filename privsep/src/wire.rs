@@ -312,6 +312,7 @@ mod tests {
             dns_timeout_ms: 5000,
             identd_timeout_ms: 10000,
             answerson_timeout_ms: 5000,
+            grouping: policy::grouping::Grouping::new(24, 64).unwrap(),
         };
         let p2c = [
             ParentToClassifier::Hello { build: build() },
@@ -441,8 +442,8 @@ mod tests {
         let verdict = encode(&ClassifierToParent::PolicyLoaded { gen: Gen(1) }).unwrap();
         let mut trailing = body(&verdict).to_vec();
         trailing.extend_from_slice(&[0, 0]);
-        // Variant index 5 is one past the last ClassifierToParent variant.
-        let unknown_variant = 5u32.to_le_bytes().to_vec();
+        // Variant index 7 is one past the last ClassifierToParent variant.
+        let unknown_variant = 7u32.to_le_bytes().to_vec();
         // Hello whose BuildId string claims 1000 bytes but the frame holds 3.
         let mut lying_len = 0u32.to_le_bytes().to_vec();
         lying_len.extend_from_slice(&1000u64.to_le_bytes());
@@ -536,6 +537,22 @@ mod tests {
         }
     }
 
+    /// Issue 13: prefix lengths are checked again when they reach the classifier.
+    #[test]
+    fn grouping_out_of_range_is_refused() {
+        use policy::grouping::Grouping;
+        for (v4, v6, ok) in [
+            (24u8, 64u8, true),
+            (0, 64, false),
+            (33, 64, false),
+            (24, 129, false),
+        ] {
+            let frame = encode(&(v4, v6)).unwrap();
+            let got = decode::<Grouping>(body(&frame));
+            assert_eq!(got.is_ok(), ok, "/{v4} /{v6}: {got:?}");
+        }
+    }
+
     #[test]
     fn header_limits() {
         assert_eq!(frame_len(0u32.to_be_bytes()), Err(Violation::FrameSize(0)));
@@ -580,6 +597,7 @@ mod tests {
                 dns_timeout_ms: 5000,
                 identd_timeout_ms: 10000,
                 answerson_timeout_ms: 5000,
+                grouping: Default::default(),
             },
             ipfiles: Vec::new(),
         };

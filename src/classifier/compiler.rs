@@ -35,6 +35,7 @@ pub fn compile(job: &PolicyJob) -> Result<Loaded, String> {
         (Some(rules), Some(actions)) => Ok(Loaded {
             gen: job.gen,
             needs_lookups: rules.can_need_lookups(),
+            rates: (!rules.rates().is_empty()).then(|| Arc::new(rules.rates().to_vec())),
             rules,
             actions,
             // The parent reported what did not parse; what did is used.
@@ -75,16 +76,29 @@ fn address_list(name: &str, text: &str) -> policy::addr::AddrSet {
 /// Makes `loaded` the current generation and acknowledges it to the parent.
 pub fn install(shared: &Shared, loaded: Loaded) {
     let gen = loaded.gen;
+    let rates = loaded.rates.clone();
     *shared
         .policy
         .write()
         .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(loaded));
+    // ORDER: after the switch. A charge that still used the old rules may recreate a dropped
+    // bucket; the minute sweep forgets it once it is full.
+    keep_rates(shared, rates.as_ref().map_or(&[], |r| r.as_slice()));
     shared
         .parent
         .send(&ClassifierToParent::PolicyLoaded { gen });
     shared
         .parent
         .log(LogLevel::Info, 2, format!("policy gen={} loaded", gen.0));
+}
+
+/// Buckets of rates the new generation still has are kept; the others are forgotten.
+fn keep_rates(shared: &Shared, specs: &[policy::rate::RateSpec]) {
+    shared
+        .rates
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keep_only(specs);
 }
 
 /// The compiling thread.

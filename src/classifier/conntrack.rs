@@ -8,6 +8,10 @@
 //!   address, from the verdict that said `counted: true` until `ConnClosed`.
 //! - Check-and-count is atomic: callers hold the table's lock across `policy::decide::decide`
 //!   and [`Conntrack::up`] (see verdict.rs), so limits stay exact under concurrent evaluations.
+//! - The per-address count is per group of nanny.conf's `ipv4prefix`/`ipv6prefix` (one
+//!   /64 is one source under `ipv6prefix 64`). Each connection keeps its real address, so the
+//!   grouping is applied the same way to new connections and to those re-seeded after a
+//!   restart, and could be re-applied to every live connection.
 //! - Zero counts are removed, so the maps hold only live classes and addresses; the table is
 //!   bounded by the number of live services, which the parent caps.
 
@@ -15,6 +19,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use policy::decide::Counts;
+use policy::grouping::Grouping;
 use privsep::proto::ConnId;
 
 #[derive(Clone, Debug)]
@@ -28,7 +33,9 @@ struct Counted {
 pub struct Conntrack {
     conns: HashMap<ConnId, Counted>,
     by_class: HashMap<String, u32>,
+    /// Keyed by the group of the address (the address itself by default).
     by_ip: HashMap<IpAddr, u32>,
+    grouping: Grouping,
 }
 
 impl Conntrack {
@@ -49,7 +56,7 @@ impl Conntrack {
         for class in &unique {
             *self.by_class.entry(class.clone()).or_insert(0) += 1;
         }
-        *self.by_ip.entry(ip).or_insert(0) += 1;
+        *self.by_ip.entry(self.grouping.key(ip)).or_insert(0) += 1;
         self.conns.insert(
             conn,
             Counted {
@@ -68,8 +75,20 @@ impl Conntrack {
         for class in &old.classes {
             decrement(&mut self.by_class, class);
         }
-        decrement(&mut self.by_ip, &old.ip);
+        decrement(&mut self.by_ip, &self.grouping.key(old.ip));
         true
+    }
+
+    /// nanny.conf's grouping; the live connections are counted again under it.
+    pub fn set_grouping(&mut self, grouping: Grouping) {
+        if grouping == self.grouping {
+            return;
+        }
+        self.grouping = grouping;
+        self.by_ip.clear();
+        for c in self.conns.values() {
+            *self.by_ip.entry(grouping.key(c.ip)).or_insert(0) += 1;
+        }
     }
 
     /// Replace the whole table with the parent's list of live counted connections.
@@ -86,8 +105,9 @@ impl Conntrack {
         self.by_class.get(class).copied().unwrap_or(0)
     }
 
+    /// Counted connections from `ip`'s group.
     pub fn ip_count(&self, ip: IpAddr) -> u32 {
-        self.by_ip.get(&ip).copied().unwrap_or(0)
+        self.by_ip.get(&self.grouping.key(ip)).copied().unwrap_or(0)
     }
 
     /// Every class with live connections and its count, sorted by name.
@@ -193,6 +213,37 @@ mod tests {
         assert_eq!(t.class_count("y"), 1);
         assert_eq!(t.ip_count(a), 1);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn grouping_counts_a_prefix_as_one_source_seeded_or_not() {
+        let mut t = Conntrack::new();
+        t.up(ConnId(1), ip("127.70.1.1"), classes(&["a", "GLOBAL"]));
+        t.up(ConnId(2), ip("2001:db8::1"), classes(&["a", "GLOBAL"]));
+        assert_eq!(t.ip_count(ip("127.70.1.2")), 0, "no grouping by default");
+        t.set_grouping(Grouping::new(24, 64).unwrap());
+        assert_eq!(
+            t.ip_count(ip("127.70.1.2")),
+            1,
+            "regrouped live connections"
+        );
+        assert_eq!(t.ip_count(ip("2001:db8::ffff:2")), 1, "same /64");
+        // A restarted classifier is seeded with real addresses; it groups them the same way.
+        t.seed(vec![
+            (ConnId(3), ip("127.70.1.1"), classes(&["a", "GLOBAL"])),
+            (ConnId(4), ip("127.70.1.2"), classes(&["a", "GLOBAL"])),
+            (ConnId(5), ip("127.70.2.1"), classes(&["a", "GLOBAL"])),
+        ]);
+        assert_eq!(t.ip_count(ip("127.70.1.200")), 2);
+        assert_eq!(t.ip_count(ip("127.70.2.1")), 1);
+        assert!(t.down(ConnId(4)));
+        assert_eq!(t.ip_count(ip("127.70.1.1")), 1);
+        assert!(t.down(ConnId(3)));
+        assert_eq!(t.ip_count(ip("127.70.1.1")), 0);
+        assert!(
+            !t.by_ip.contains_key(&ip("127.70.1.0")),
+            "zero counts are removed"
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //! - Every `ConnAccepted` is answered by exactly one `Verdict` (from the pool, from this
 //!   thread, from the aftermaxthreads shortcut, or a close verdict when the queue is full).
 //! - The pool is started once, on the first policy, and only then are new processes forbidden.
+//! - Every connection (not a forgeable probe) is charged to the policy's `rate:` buckets here,
+//!   on arrival and before anything can decide it, so rates are exact and counted once
+//!   whichever path decides it (rates.rs); the answers travel with the job.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError};
@@ -30,6 +33,7 @@ use super::compiler::{self, Compiler, PolicyJob};
 use super::facts::{canonical, Observed};
 use super::lookups::Timeouts;
 use super::pool::{self, Job, Pool};
+use super::rates::RateMarks;
 use super::{verdict, Options, Shared};
 use crate::exit::EXIT_SYSTEM;
 
@@ -181,11 +185,27 @@ impl Dispatcher {
                 }
             }
         }
+        {
+            let mut history = self
+                .shared
+                .history
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            history.configure(settings.dropipafter_secs, settings.expireevery_secs);
+            history.set_grouping(settings.grouping);
+        }
+        // ORDER: before any Seed (the parent sends it after this Policy), so re-seeded counts
+        // are grouped as new ones are.
         self.shared
-            .history
+            .conntrack
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .configure(settings.dropipafter_secs, settings.expireevery_secs);
+            .set_grouping(settings.grouping);
+        self.shared
+            .rates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_grouping(settings.grouping);
         self.shared
             .lookups
             .set_timeouts(Timeouts::from_settings(&settings));
@@ -333,6 +353,25 @@ impl Dispatcher {
             hits.expire(HITS_KEEP, now);
             hits.record(remote.ip(), local.port(), now);
         }
+        let policy = self.shared.current_policy();
+        // Charged before anything can decide the connection (aftermaxthreads, a full queue, an
+        // evaluation that never reaches a rate:): every attempt counts once. Probes other than
+        // a completed TCP connect are forgeable and are not connection attempts: not charged.
+        let rates = match policy.as_ref().and_then(|p| p.rates.as_ref()) {
+            Some(specs) if trap.is_none_or(|m| !m.forgeable()) => {
+                let over = self
+                    .shared
+                    .rates
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .charge(specs, remote.ip(), self.shared.clock.now_nanos());
+                Some(RateMarks {
+                    specs: Arc::clone(specs),
+                    over,
+                })
+            }
+            _ => None,
+        };
         // Scans are always judged by the rules: the overflow class is for ordinary load.
         if let Some(class) = self.overflow_class().filter(|_| trap.is_none()) {
             if pool.busy() {
@@ -366,15 +405,12 @@ impl Dispatcher {
             local,
             seen: None,
             trap,
+            rates,
         };
         // Evaluating here saves waking a pool thread, and, above all, a connection that needs
         // no lookup never waits for a slot behind slow lookups. Rules that cannot need one
         // evaluate straight away; others are tried up to their first lookup.
-        if self
-            .shared
-            .current_policy()
-            .is_some_and(|p| !p.needs_lookups)
-        {
+        if policy.is_some_and(|p| !p.needs_lookups) {
             pool::evaluate_here(&self.shared, job);
             return Flow::Continue;
         }
@@ -428,7 +464,13 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
-        // Trap hits are history too; the blocked set is the parent's and is never flushed.
+        // Trap hits and rate buckets are history too; the blocked set is the parent's and is
+        // never flushed.
+        self.shared
+            .rates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         self.shared
             .hits
             .lock()

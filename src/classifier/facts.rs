@@ -29,6 +29,7 @@ use policy::facts::{self as pf, Facts, HostInfo, Lookup, SeenTimes, SentryMode};
 use privsep::proto::{Answer, HnStatus, HostFacts, HostName, IdentUser, LogLevel, Query, ReqId};
 
 use super::lookups::Reply;
+use super::rates::RateMarks;
 use super::Shared;
 
 enum Slot {
@@ -73,6 +74,8 @@ pub struct ConnFacts<'a> {
     trap: Option<SentryMode>,
     /// The evaluated generation's `ipfile:` lists.
     ipfiles: Option<&'a HashMap<String, policy::addr::AddrSet>>,
+    /// The `rate:` answers charged when the connection arrived.
+    rates: Option<&'a RateMarks>,
 }
 
 impl<'a> ConnFacts<'a> {
@@ -93,6 +96,7 @@ impl<'a> ConnFacts<'a> {
             blocked: false,
             trap: None,
             ipfiles: None,
+            rates: None,
         }
     }
 
@@ -118,6 +122,12 @@ impl<'a> ConnFacts<'a> {
     /// The `ipfile:` lists of the generation the rules come from.
     pub fn with_ipfiles(mut self, ipfiles: &'a HashMap<String, policy::addr::AddrSet>) -> Self {
         self.ipfiles = Some(ipfiles);
+        self
+    }
+
+    /// The `rate:` answers the dispatch thread charged on arrival (see rates.rs).
+    pub fn with_rates(mut self, rates: Option<&'a RateMarks>) -> Self {
+        self.rates = rates;
         self
     }
 
@@ -322,6 +332,12 @@ impl Facts for ConnFacts<'_> {
         self.ipfiles
             .and_then(|m| m.get(name))
             .is_some_and(|set| set.contains(self.remote.ip()))
+    }
+
+    // Decided on arrival, in arrival order (rates.rs): a lookup-free answer, the same in a
+    // speculative try and in the pool's evaluation, so nothing is charged twice.
+    fn over_rate(&mut self, spec: policy::rate::RateSpec) -> bool {
+        self.rates.is_some_and(|r| r.is_over(spec))
     }
 
     fn blocked(&mut self) -> bool {

@@ -20,6 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use policy::facts::SeenTimes;
+use policy::grouping::Grouping;
 
 /// Most addresses remembered at once. Every entry costs roughly 100 bytes across the map and
 /// the age index, so this caps the table near 10 MB even when a scan from many sources meets a
@@ -42,6 +43,8 @@ pub struct History {
     drop_after: Option<u64>,
     expire_every: u64,
     last_sweep: Option<u64>,
+    /// nanny.conf's `ipv4prefix`/`ipv6prefix`: entries are per group, not per address.
+    grouping: Grouping,
 }
 
 impl History {
@@ -53,6 +56,7 @@ impl History {
             drop_after: None,
             expire_every: 60,
             last_sweep: None,
+            grouping: Grouping::default(),
         }
     }
 
@@ -63,8 +67,19 @@ impl History {
         self.expire_every = expire_every;
     }
 
-    /// Answer a time matcher's question about `ip` at `now` and record this connection.
+    /// nanny.conf's grouping. It cannot change while the daemon runs; if it ever did, entries
+    /// keyed by the old groups would mean nothing, so they are forgotten.
+    pub fn set_grouping(&mut self, grouping: Grouping) {
+        if grouping != self.grouping {
+            self.grouping = grouping;
+            self.clear();
+        }
+    }
+
+    /// Answer a time matcher's question about `ip` (its group) at `now` and record this
+    /// connection.
     pub fn seen(&mut self, ip: IpAddr, now: u64) -> SeenTimes {
+        let ip = self.grouping.key(ip);
         if let Some(entry) = self.entries.get_mut(&ip) {
             let times = SeenTimes {
                 first_secs_ago: now.saturating_sub(entry.first),
@@ -240,6 +255,22 @@ mod tests {
             h.seen(IpAddr::from(n.to_be_bytes()), 100);
         }
         assert_eq!(h.len(), 3, "never above the cap");
+    }
+
+    #[test]
+    fn grouping_shares_one_entry_per_prefix() {
+        let mut h = History::new(10);
+        h.set_grouping(Grouping::new(24, 64).unwrap());
+        assert_eq!(h.seen(ip("127.70.1.1"), 1), times(0, None));
+        assert_eq!(h.seen(ip("127.70.1.2"), 3), times(2, Some(2)), "same /24");
+        assert_eq!(h.seen(ip("127.70.2.1"), 3), times(0, None), "other /24");
+        assert_eq!(h.seen(ip("2001:db8::1"), 4), times(0, None));
+        assert_eq!(
+            h.seen(ip("2001:db8::ffff:1"), 9),
+            times(5, Some(5)),
+            "same /64"
+        );
+        assert_eq!(h.len(), 3);
     }
 
     #[test]

@@ -39,6 +39,7 @@ mod history;
 pub mod hits;
 mod lookups;
 mod pool;
+mod rates;
 mod verdict;
 
 #[cfg(test)]
@@ -142,6 +143,9 @@ pub(crate) struct Loaded {
     pub needs_lookups: bool,
     /// The `ipfile:` address lists, by the name the rules use.
     pub ipfiles: std::collections::HashMap<String, policy::addr::AddrSet>,
+    /// `rules.rates()`, shared with the jobs charged under this generation; None when the
+    /// rules have no `rate:` (then nothing is charged).
+    pub rates: Option<Arc<Vec<policy::rate::RateSpec>>>,
 }
 
 /// Evaluation counters for `Status`.
@@ -177,6 +181,11 @@ impl Clock {
     pub fn now_secs(&self) -> u64 {
         self.start.elapsed().as_secs()
     }
+
+    /// Nanoseconds, for the `rate:` buckets (a u64 lasts 584 years).
+    pub fn now_nanos(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// State shared by the dispatch thread, the evaluation pool and the resolver reader.
@@ -190,6 +199,8 @@ pub(crate) struct Shared {
     pub gone: Mutex<std::collections::HashSet<privsep::proto::ConnId>>,
     pub lookups: Lookups,
     pub history: Mutex<History>,
+    /// The `rate:` buckets; charged on the dispatch thread only (see rates.rs).
+    pub rates: Mutex<rates::Rates>,
     pub conntrack: Mutex<Conntrack>,
     pub policy: RwLock<Option<Arc<Loaded>>>,
     pub stats: Stats,
@@ -210,6 +221,7 @@ impl Shared {
             blocked: RwLock::new(std::collections::HashSet::new()),
             lookups: Lookups::new(resolver),
             history: Mutex::new(History::new(MAX_HISTORY)),
+            rates: Mutex::new(rates::Rates::new(rates::MAX_BUCKETS)),
             conntrack: Mutex::new(Conntrack::new()),
             policy: RwLock::new(None),
             stats: Stats::default(),

@@ -28,6 +28,7 @@ use policy::facts::{SeenTimes, SentryMode};
 use privsep::proto::{ConnId, LogLevel};
 
 use super::facts::{canonical, ConnFacts};
+use super::rates::RateMarks;
 use super::{verdict, Shared};
 
 /// Connections waiting for a free evaluation thread, at most. The parent bounds the verdicts it
@@ -36,7 +37,7 @@ use super::{verdict, Shared};
 pub const MAX_QUEUED: usize = 4096;
 
 /// One connection to classify.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Job {
     pub conn: ConnId,
     pub remote: SocketAddr,
@@ -45,6 +46,8 @@ pub struct Job {
     pub seen: Option<SeenTimes>,
     /// The detector that saw it, for a trap connection or a probe.
     pub trap: Option<SentryMode>,
+    /// The `rate:` answers charged on arrival; None when the rules had no rate then.
+    pub rates: Option<RateMarks>,
 }
 
 /// The evaluation pool.
@@ -112,7 +115,7 @@ fn evaluate(shared: &Shared, job: Job, in_flight: &AtomicUsize) {
         // Its peer left while it waited for a thread: no evaluation, no lookups.
         verdict::close(shared, job.conn)
     } else {
-        classify(shared, job)
+        classify(shared, &job)
     };
     in_flight.fetch_sub(1, Ordering::AcqRel);
     send(shared, job.conn, msg);
@@ -121,7 +124,7 @@ fn evaluate(shared: &Shared, job: Job, in_flight: &AtomicUsize) {
 /// Evaluates `job` on the calling thread (the dispatch thread) and sends its verdict. Only for
 /// rules that cannot need a lookup (`Loaded::needs_lookups` false), so it never waits.
 pub fn evaluate_here(shared: &Shared, job: Job) {
-    let msg = classify(shared, job);
+    let msg = classify(shared, &job);
     send(shared, job.conn, msg);
 }
 
@@ -129,7 +132,7 @@ pub fn evaluate_here(shared: &Shared, job: Job) {
 /// lookup: then nothing is decided or sent, and the job comes back (with the history times the
 /// try read) for the pool. Never waits.
 pub fn try_here(shared: &Shared, job: Job) -> Result<(), Job> {
-    match classify_with(shared, job, true) {
+    match classify_with(shared, &job, true) {
         Ok(msg) => {
             send(shared, job.conn, msg);
             Ok(())
@@ -139,7 +142,7 @@ pub fn try_here(shared: &Shared, job: Job) -> Result<(), Job> {
 }
 
 /// The verdict for `job` under the current policy; None if no policy was ever loaded.
-fn classify(shared: &Shared, job: Job) -> Option<privsep::proto::ClassifierToParent> {
+fn classify(shared: &Shared, job: &Job) -> Option<privsep::proto::ClassifierToParent> {
     // A waiting evaluation is never blocked.
     classify_with(shared, job, false).unwrap_or(None)
 }
@@ -147,7 +150,7 @@ fn classify(shared: &Shared, job: Job) -> Option<privsep::proto::ClassifierToPar
 /// [`classify`]; when `speculative`, Err(history times read) as soon as a lookup is needed.
 fn classify_with(
     shared: &Shared,
-    job: Job,
+    job: &Job,
     speculative: bool,
 ) -> Result<Option<privsep::proto::ClassifierToParent>, Option<SeenTimes>> {
     Ok(match shared.current_policy() {
@@ -162,6 +165,7 @@ fn classify_with(
                 }
                 .with_seen(job.seen)
                 .with_trap(job.trap)
+                .with_rates(job.rates.as_ref())
                 .with_ipfiles(&snapshot.ipfiles);
                 let classification = snapshot.rules.evaluate(&mut facts);
                 if facts.needed_lookup() {

@@ -49,6 +49,7 @@ fn settings(maxthreads: u32, aftermaxthreads: Option<&str>) -> ClassifierSetting
         dns_timeout_ms: 5000,
         identd_timeout_ms: 5000,
         answerson_timeout_ms: 5000,
+        grouping: Default::default(),
     }
 }
 
@@ -849,6 +850,7 @@ fn loaded(rules: &str, actions: &str) -> Arc<Loaded> {
     Arc::new(Loaded {
         gen: Gen(1),
         needs_lookups: rules.can_need_lookups(),
+        rates: None,
         rules,
         actions,
         ipfiles: Default::default(),
@@ -1041,5 +1043,163 @@ fn a_try_that_reached_a_lookup_records_the_history_once() {
     accept(&mut run, 2, "127.0.0.2:4001");
     let (_, facts) = expect_verdict(&mut run.parent, 2);
     assert_eq!(class_names(&facts), ["old", GLOBAL]);
+    finish(run);
+}
+
+fn grouped(s: ClassifierSettings, v4: u8, v6: u8) -> ClassifierSettings {
+    ClassifierSettings {
+        grouping: policy::grouping::Grouping::new(v4, v6).unwrap(),
+        ..s
+    }
+}
+
+/// The verdict's first class for `conn` from `remote`.
+fn class_of(run: &mut Running, conn: u64, remote: &str) -> String {
+    accept(run, conn, remote);
+    let (_, facts) = expect_verdict(&mut run.parent, conn);
+    class_names(&facts).into_iter().next().unwrap_or_default()
+}
+
+/// Issue 13: 500 attempts from one source, sent at once: exactly N are not over the rate,
+/// and each source (or /24 under ipv4prefix 24) has its own bucket.
+#[test]
+fn rate_is_charged_once_per_attempt_in_arrival_order() {
+    let mut run = start(
+        "slow: rate: 10/1h\nok: ALL\n",
+        "slow: msg slow\nok: msg ok\n",
+        grouped(settings(4, None), 24, 64),
+    );
+    for n in 0..500u64 {
+        accept(&mut run, n, "192.0.2.1:4000");
+    }
+    let mut ok = 0;
+    for n in 0..500u64 {
+        let (_, facts) = expect_verdict(&mut run.parent, n);
+        if class_names(&facts).first().map(String::as_str) == Some("ok") {
+            assert!(n < 10, "conn {n} passed after the burst was used");
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 10);
+    assert_eq!(class_of(&mut run, 600, "192.0.2.200:1"), "slow", "same /24");
+    assert_eq!(class_of(&mut run, 601, "192.0.3.1:1"), "ok", "other /24");
+    // SIGUSR1 forgets the buckets with the rest of the per-address history.
+    run.parent.send(&ParentToClassifier::Flush).unwrap();
+    assert_eq!(class_of(&mut run, 602, "192.0.2.1:1"), "ok", "flushed");
+    finish(run);
+}
+
+/// A connection whose rules need a lookup is tried on the dispatch thread and evaluated
+/// again on the pool: its rate must be charged once, not once per try.
+#[test]
+fn rate_is_not_charged_again_when_the_pool_re_evaluates() {
+    let mut run = start(
+        "over: rate: 2/1h\nknown: KNOWN\nother: ALL\n",
+        "over: msg over\nknown: msg known\nother: msg other\n",
+        settings(2, None),
+    );
+    for n in 0..4u64 {
+        accept(&mut run, n, "192.0.2.7:4000");
+        if n < 2 {
+            let (req, query) = expect_lookup(&mut run.resolver);
+            answer(
+                &mut run.resolver,
+                req,
+                query,
+                Answer::Host(HostFacts {
+                    status: HnStatus::Unknown,
+                    claimed: None,
+                }),
+            );
+        }
+        let (_, facts) = expect_verdict(&mut run.parent, n);
+        let want = if n < 2 { "other" } else { "over" };
+        assert_eq!(class_names(&facts)[0], want, "conn {n}");
+    }
+    finish(run);
+}
+
+/// A reload that keeps a rate keeps its buckets; one that drops it starts afresh if it comes
+/// back.
+#[test]
+fn reload_keeps_the_buckets_of_a_rate_that_remains() {
+    let mut run = start(
+        "slow: rate: 2/1h\nok: ALL\n",
+        "slow: msg slow\nok: msg ok\n",
+        settings(1, None),
+    );
+    let reload = |run: &mut Running, gen: u32, rules: &str| {
+        run.parent
+            .send(&ParentToClassifier::Policy {
+                gen: Gen(gen),
+                rules: Some(rules.to_string()),
+                actions: Some("slow: msg slow\nok: msg ok\nnew: msg new\n".to_string()),
+                settings: settings(1, None),
+                ipfiles: Vec::new(),
+            })
+            .unwrap();
+        match from_classifier(&mut run.parent, WAIT) {
+            Some(ClassifierToParent::PolicyLoaded { gen: g }) => assert_eq!(g, Gen(gen)),
+            other => panic!("expected PolicyLoaded, got {other:?}"),
+        }
+    };
+    assert_eq!(class_of(&mut run, 1, "192.0.2.1:1"), "ok");
+    assert_eq!(class_of(&mut run, 2, "192.0.2.1:1"), "ok");
+    assert_eq!(class_of(&mut run, 3, "192.0.2.1:1"), "slow");
+    reload(&mut run, 2, "new/nt: 10.\nslow: rate: 2/1h\nok: ALL\n");
+    assert_eq!(class_of(&mut run, 4, "192.0.2.1:1"), "slow", "bucket kept");
+    reload(&mut run, 3, "ok: ALL\n");
+    reload(&mut run, 4, "slow: rate: 2/1h\nok: ALL\n");
+    assert_eq!(
+        class_of(&mut run, 5, "192.0.2.1:1"),
+        "ok",
+        "dropped, then new"
+    );
+    finish(run);
+}
+
+/// ipmax counts a /24 (or /64) as one source, for new and re-seeded connections alike.
+#[test]
+fn ipmax_counts_a_prefix_after_a_seed_too() {
+    let mut run = start(
+        "svc: ALL\n",
+        "svc: run /bin/cat : ipmax 2\n",
+        grouped(settings(1, None), 24, 64),
+    );
+    let svc = || {
+        vec![
+            ClassName::try_from("svc".to_string()).unwrap(),
+            ClassName::try_from(GLOBAL.to_string()).unwrap(),
+        ]
+    };
+    run.parent
+        .send(&ParentToClassifier::Seed {
+            live: vec![
+                LiveConn {
+                    conn: ConnId(90),
+                    remote: addr("127.70.1.1:1"),
+                    classes: svc(),
+                },
+                LiveConn {
+                    conn: ConnId(91),
+                    remote: addr("[::ffff:127.70.1.2]:1"),
+                    classes: svc(),
+                },
+            ],
+        })
+        .unwrap();
+    accept(&mut run, 1, "127.70.1.3:4000");
+    let (d1, _) = expect_verdict(&mut run.parent, 1);
+    assert_eq!(d1.refusal, Some(Refusal::IpMax), "two seeded in the /24");
+    accept(&mut run, 2, "127.70.2.1:4000");
+    let (d2, _) = expect_verdict(&mut run.parent, 2);
+    assert!(d2.counted, "another /24");
+    accept(&mut run, 3, "[2001:db8::1]:4000");
+    accept(&mut run, 4, "[2001:db8::2]:4000");
+    accept(&mut run, 5, "[2001:db8::ffff:3]:4000");
+    let decided: Vec<Option<Refusal>> = (3..=5)
+        .map(|n| expect_verdict(&mut run.parent, n).0.refusal)
+        .collect();
+    assert_eq!(decided, [None, None, Some(Refusal::IpMax)], "one /64");
     finish(run);
 }

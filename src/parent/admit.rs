@@ -19,6 +19,8 @@ use policy::actions::Actions;
 use policy::facts::{Classification, HnStatus, HostInfo, MatchedClass, SeenTimes, GLOBAL};
 use privsep::proto::{self, BuildId, ClassifierToParent, ConnId, Gen, LogLevel, MAX_LOG_LINE};
 
+use super::classhost::HostTable;
+use super::reload::LoadedActions;
 use super::status::ClassifierStats;
 
 /// One generation of policy as the parent keeps it: its own parsed actions (None when the
@@ -28,6 +30,9 @@ use super::status::ClassifierStats;
 pub struct GenTable {
     pub gen: Gen,
     pub actions: Option<Arc<Actions>>,
+    /// What the actions' classes need from this host (users, directories, msgfile bytes),
+    /// resolved when the file was loaded.
+    pub host: Option<Arc<HostTable>>,
     /// Every class the rules of this generation can produce, plus GLOBAL and the
     /// aftermaxthreads class.
     pub classes: HashSet<String>,
@@ -36,10 +41,14 @@ pub struct GenTable {
 impl GenTable {
     pub fn new(
         gen: Gen,
-        actions: Option<Arc<Actions>>,
+        actions: Option<LoadedActions>,
         rule_classes: Vec<String>,
         aftermax: Option<&str>,
     ) -> GenTable {
+        let (actions, host) = match actions {
+            Some(a) => (Some(a.actions), Some(a.host)),
+            None => (None, None),
+        };
         let mut classes: HashSet<String> = rule_classes.into_iter().collect();
         classes.insert(GLOBAL.to_owned());
         if let Some(a) = aftermax {
@@ -48,6 +57,7 @@ impl GenTable {
         GenTable {
             gen,
             actions,
+            host,
             classes,
         }
     }
@@ -126,6 +136,10 @@ impl Verdict {
     /// not Close).
     pub fn actions(&self) -> Option<&Arc<Actions>> {
         self.table.actions.as_ref()
+    }
+    /// The host-resolved parts (sandboxes, msgfile bytes) of the verdict's generation.
+    pub fn host_table(&self) -> Option<&HostTable> {
+        self.table.host.as_deref()
     }
     pub fn decision(&self) -> &policy::decide::Decision {
         &self.decision
@@ -412,7 +426,7 @@ fn admit_verdict<P: Pending>(
         let Some(ac) = class else { return false };
         match what {
             D::Run => ac.run.is_some(),
-            D::Msg => ac.msg.is_some(),
+            D::Msg => ac.has_msg(),
             D::FailRun => ac.failrun.is_some(),
             D::FailMsg => match (table.actions.as_deref(), refusal) {
                 (Some(actions), Some(r)) => {
@@ -556,7 +570,10 @@ limited: run /bin/true : failrun /bin/false
                 Gen(g),
                 Arc::new(GenTable::new(
                     Gen(g),
-                    Some(Arc::clone(&actions)),
+                    Some(LoadedActions {
+                        actions: Arc::clone(&actions),
+                        host: Arc::default(),
+                    }),
                     RULE_CLASSES.iter().map(|s| s.to_string()).collect(),
                     Some("overflow"),
                 )),

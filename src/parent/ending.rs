@@ -26,7 +26,6 @@ pub const GRACE: Duration = Duration::from_secs(3);
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Step {
     /// Its deadline: end it (the reason is logged).
-    #[allow(dead_code)]
     End(String),
     /// SIGTERM was sent to this process group: SIGKILL it.
     Kill(i32),
@@ -103,7 +102,6 @@ impl Endings {
 }
 
 impl Parent {
-    #[allow(dead_code)]
     /// Ends `id` when `at` comes (replacing an earlier deadline); `why` is logged then.
     pub(super) fn end_at(&mut self, id: ConnId, at: Instant, why: String) {
         if !self.endings.terminating(id) {

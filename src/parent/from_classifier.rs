@@ -159,8 +159,20 @@ impl Parent {
             self.block(&v, &meta, trap, req)?;
         }
         match acted {
-            Acted::Running { pid, served } => {
+            Acted::Running {
+                pid,
+                served,
+                timeout,
+            } => {
+                let class = served.action_class.clone();
                 self.conns.add_running(meta, pid, counted, served);
+                if let Some(t) = timeout {
+                    self.end_at(
+                        meta.id,
+                        Instant::now() + t,
+                        format!("class {} timeout {}s", log::escape(&class), t.as_secs()),
+                    );
+                }
                 Ok(())
             }
             Acted::Writing { writer, served } => {

@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
-use policy::actions::Actions;
 use policy::conf::OnFileError;
 use privsep::proto::{ClassifierSettings, Gen, ParentToClassifier};
 
 use super::admit::GenTable;
+use super::classhost::HostCtx;
 use super::loader::{Loader, Parsed};
-use super::reload::{self, Outcome, PolicyFiles, RuleNames, Watched};
+use super::reload::{self, LoadedActions, Outcome, PolicyFiles, RuleNames, Watched};
 use crate::exit::{Error, Result};
 use crate::log;
 
@@ -27,7 +27,7 @@ use crate::log;
 struct Snapshot {
     gen: Gen,
     rules: Option<(String, RuleNames)>,
-    actions: Option<(String, Arc<Actions>)>,
+    actions: Option<(String, LoadedActions)>,
 }
 
 #[derive(Debug)]
@@ -55,6 +55,11 @@ pub struct Generations {
     conf_path: std::path::PathBuf,
     /// An ipfile changed while a parse ran: the next applied load makes a new generation.
     ipfiles_changed: bool,
+    /// How the actions file's host parts are resolved (classhost.rs).
+    host: HostCtx,
+    /// The msgfiles of the current actions: one that changes reloads the actions file, which
+    /// reads it again (a msgfile is part of its actions file's unit, onfileerror included).
+    msgfiles: Vec<Watched>,
 }
 
 #[derive(Debug)]
@@ -73,6 +78,7 @@ impl Generations {
         actions: std::path::PathBuf,
         aftermax: Option<String>,
         substitutions: bool,
+        host: HostCtx,
     ) -> Result<Generations> {
         let mut rules_watch = Watched::new(rules);
         let mut actions_watch = Watched::new(actions);
@@ -90,14 +96,15 @@ impl Generations {
             None => errors.push(format!("{}: not read", rules_watch.name)),
         }
         match actions_watch.poll(true) {
-            Some(Ok(text)) => match reload::load_actions(&actions_watch.name, &text, substitutions)
-            {
-                Ok((a, warns)) => {
-                    warns.iter().for_each(|w| log::warn(&w.to_string()));
-                    files.actions = Some((text, Arc::new(a)));
+            Some(Ok(text)) => {
+                match reload::load_actions(&actions_watch.name, &text, substitutions, &host) {
+                    Ok((a, warns)) => {
+                        warns.iter().for_each(|w| log::warn(&w.to_string()));
+                        files.actions = Some((text, a));
+                    }
+                    Err(e) => errors.extend(e.lines()),
                 }
-                Err(e) => errors.extend(e.lines()),
-            },
+            }
             Some(Err(e)) => errors.push(e),
             None => errors.push(format!("{}: not read", actions_watch.name)),
         }
@@ -118,8 +125,11 @@ impl Generations {
             ipfiles: BTreeMap::new(),
             conf_path: conf_path.to_path_buf(),
             ipfiles_changed: false,
+            host,
+            msgfiles: Vec::new(),
         };
         g.sync_ipfiles(true);
+        g.sync_msgfiles();
         g.install_table();
         Ok(g)
     }
@@ -132,7 +142,7 @@ impl Generations {
             .as_ref()
             .map(|(_, n)| n.classes.clone())
             .unwrap_or_default();
-        let actions = self.files.actions.as_ref().map(|(_, a)| Arc::clone(a));
+        let actions = self.files.actions.as_ref().map(|(_, a)| a.clone());
         let t = GenTable::new(self.gen, actions, classes, self.aftermax.as_deref());
         self.tables.insert(self.gen, Arc::new(t));
     }
@@ -164,6 +174,7 @@ impl Generations {
         let good = self.good.clone()?;
         self.files.rules = good.rules;
         self.files.actions = good.actions;
+        self.sync_msgfiles();
         self.gen = Gen(self.gen.0.saturating_add(1));
         self.install_table();
         // The restored files are what ran; they stay the known-good policy.
@@ -208,13 +219,22 @@ impl Generations {
         }
         let force = force || std::mem::take(&mut self.again);
         self.ipfiles_changed |= self.sync_ipfiles(force);
+        // Every watch is checked (each records its new stamp), then the actions file is read
+        // again if any changed.
+        let msgfile_changed = self
+            .msgfiles
+            .iter_mut()
+            .fold(false, |any, w| w.changed(force) | any);
+        if msgfile_changed && !force {
+            log::info("a msgfile changed: reloading the actions file");
+        }
         let rules = self
             .rules_watch
             .poll(force)
             .map(|r| (self.rules_watch.name.clone(), r));
         let actions = self
             .actions_watch
-            .poll(force)
+            .poll(force || msgfile_changed)
             .map(|r| (self.actions_watch.name.clone(), r));
         if rules.is_none() && actions.is_none() {
             if !std::mem::take(&mut self.ipfiles_changed) {
@@ -227,7 +247,7 @@ impl Generations {
                 ..Reloaded::default()
             });
         }
-        match Loader::start(rules, actions, self.substitutions) {
+        match Loader::start(rules, actions, self.substitutions, &self.host) {
             Ok(l) => {
                 self.loading = Some(l);
                 None
@@ -340,7 +360,7 @@ impl Generations {
             let outcome = match loaded {
                 Ok((text, actions, warns)) => {
                     warns.iter().for_each(|w| log::warn(&w.to_string()));
-                    self.files.actions = Some((text, Arc::new(actions)));
+                    self.files.actions = Some((text, actions));
                     changed.actions_loaded = true;
                     log::info(&format!("reloaded actions file {name}"));
                     Outcome::Loaded
@@ -361,12 +381,37 @@ impl Generations {
             };
             changed.policy |= outcome.changes_policy();
         }
+        // The actions may now read other msgfiles, or none (dropped).
+        self.sync_msgfiles();
         // New rules may name other address lists.
         changed.policy |= self.sync_ipfiles(false) | std::mem::take(&mut self.ipfiles_changed);
         if changed.policy {
             self.new_generation();
         }
         changed
+    }
+
+    /// Watches the msgfiles the current actions read (a watch already kept keeps its stamp, so
+    /// a change made while the file was being loaded is still seen).
+    fn sync_msgfiles(&mut self) {
+        let paths: Vec<std::path::PathBuf> = self
+            .files
+            .actions
+            .as_ref()
+            .map(|(_, a)| a.host.msgfile_paths().to_vec())
+            .unwrap_or_default();
+        let mut old = std::mem::take(&mut self.msgfiles);
+        for p in paths {
+            let w = match old.iter().position(|w| w.path == p) {
+                Some(i) => old.swap_remove(i),
+                None => {
+                    let mut w = Watched::new(p);
+                    w.changed(false);
+                    w
+                }
+            };
+            self.msgfiles.push(w);
+        }
     }
 
     fn new_generation(&mut self) {

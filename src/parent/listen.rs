@@ -72,6 +72,19 @@ pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
     })
 }
 
+/// A listening socket the service manager handed over (activation.rs), made non-blocking like
+/// one bound here. Its backlog and options are the `.socket` unit's.
+pub fn adopt(fd: OwnedFd) -> io::Result<Listener> {
+    let sock = TcpListener::from(fd);
+    sock.set_nonblocking(true)?;
+    let addr = sock.local_addr()?;
+    Ok(Listener {
+        sock,
+        addr,
+        trap: false,
+    })
+}
+
 /// Binds every listen line. A wildcard line whose IPv6 half cannot be created because the host
 /// has no IPv6 is bound on IPv4 only (the caller gets the skipped address back to log it); any
 /// other failure is an error naming the address.

@@ -1,9 +1,11 @@
 //! Parsing changed policy files off the poll loop: one short-lived thread per reload, so a
 //! large or pathological file never stalls accepting, verdicts or reaping.
 //!
-//! Runs in the parent. The thread only parses text the parent already read (the
-//! administrator's files) with the policy crate, which does no I/O; it touches no descriptor,
-//! no global state and no log, and hands its result back over a channel, waking the loop
+//! Runs in the parent. The thread parses text the parent already read (the administrator's
+//! files) with the policy crate, which does no I/O, then resolves the actions file's host parts
+//! (classhost.rs: user and group lookups, `chdir` directories, msgfiles read with O_CLOEXEC),
+//! so a slow NSS lookup never stalls the loop either; it touches no other descriptor, no
+//! global state and no log, and hands its result back over a channel, waking the loop
 //! through one end of a socketpair that the loop polls. The parent stays otherwise
 //! single-threaded: while a loader runs, the parent may still fork services and workers,
 //! which is safe because their children run only async-signal-safe code before exec.
@@ -14,10 +16,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use policy::actions::Actions;
 use policy::Diagnostic;
 
-use super::reload::{self, LoadError, RuleNames};
+use super::classhost::HostCtx;
+use super::reload::{self, LoadError, LoadedActions, RuleNames};
 
 /// The loader thread's stack: the parsers recurse on nested expressions.
 const LOADER_STACK: usize = 16 << 20;
@@ -26,7 +28,7 @@ const LOADER_STACK: usize = 16 << 20;
 pub type ReadFile = (String, Result<String, String>);
 
 pub type RulesResult = Result<(String, RuleNames, Vec<Diagnostic>), LoadError>;
-pub type ActionsResult = Result<(String, Actions, Vec<Diagnostic>), LoadError>;
+pub type ActionsResult = Result<(String, LoadedActions, Vec<Diagnostic>), LoadError>;
 
 /// What the loader made of the files that changed (None: that file did not change).
 #[derive(Debug)]
@@ -43,7 +45,12 @@ pub struct Loader {
     thread: Option<JoinHandle<()>>,
 }
 
-fn parse(rules: Option<ReadFile>, actions: Option<ReadFile>, substitutions: bool) -> Parsed {
+fn parse(
+    rules: Option<ReadFile>,
+    actions: Option<ReadFile>,
+    substitutions: bool,
+    host: &HostCtx,
+) -> Parsed {
     Parsed {
         rules: rules.map(|(name, res)| {
             let r = res
@@ -53,7 +60,7 @@ fn parse(rules: Option<ReadFile>, actions: Option<ReadFile>, substitutions: bool
         }),
         actions: actions.map(|(name, res)| {
             let r = res.map_err(LoadError::Read).and_then(|text| {
-                reload::load_actions(&name, &text, substitutions).map(|(a, w)| (text, a, w))
+                reload::load_actions(&name, &text, substitutions, host).map(|(a, w)| (text, a, w))
             });
             (name, r)
         }),
@@ -67,10 +74,12 @@ impl Loader {
         rules: Option<ReadFile>,
         actions: Option<ReadFile>,
         substitutions: bool,
+        host: &HostCtx,
     ) -> Result<Loader, Box<Parsed>> {
         let Ok((wake, mut ping)) = UnixStream::pair() else {
-            return Err(Box::new(parse(rules, actions, substitutions)));
+            return Err(Box::new(parse(rules, actions, substitutions, host)));
         };
+        let host2 = host.clone();
         let (tx, rx) = mpsc::channel();
         // The closure owns the texts; if spawning fails they come back through this slot.
         let job = std::sync::Arc::new(std::sync::Mutex::new(Some((rules, actions))));
@@ -81,7 +90,7 @@ impl Loader {
             .spawn(move || {
                 let taken = job2.lock().ok().and_then(|mut j| j.take());
                 if let Some((rules, actions)) = taken {
-                    let _ = tx.send(parse(rules, actions, substitutions));
+                    let _ = tx.send(parse(rules, actions, substitutions, &host2));
                 }
                 let _ = ping.write_all(&[1]);
             });
@@ -97,7 +106,7 @@ impl Loader {
             Err(_) => {
                 let taken = job.lock().ok().and_then(|mut j| j.take());
                 let (rules, actions) = taken.unwrap_or((None, None));
-                Err(Box::new(parse(rules, actions, substitutions)))
+                Err(Box::new(parse(rules, actions, substitutions, host)))
             }
         }
     }

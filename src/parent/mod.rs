@@ -31,10 +31,12 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod accept;
+mod activation;
 pub mod admit;
 pub mod blockcmd;
 pub mod blocker;
 pub mod blocks;
+mod classhost;
 mod confwatch;
 pub mod conns;
 mod counters;
@@ -54,6 +56,7 @@ pub mod neverblock;
 mod reap;
 pub mod reload;
 mod roles;
+mod sdnotify;
 pub mod setup;
 mod signalled;
 pub mod signals;
@@ -169,6 +172,8 @@ struct Parent {
     signals: signals::Signals,
     /// Set when something happened that the daemon cannot go on after; the loop returns it.
     fatal: Option<String>,
+    /// The service manager's notifications (systemd `Type=notify`).
+    notify: sdnotify::Notifier,
 }
 
 /// Runs the parent until SIGTERM/SIGINT (exit 0) or a fatal error.
@@ -482,6 +487,7 @@ impl Parent {
                 finish_msg(w, how);
             }
             self.fire_endings(Instant::now());
+            self.notify_turn(Instant::now());
             if signalled && self.on_signals() {
                 return Ok(());
             }
@@ -580,6 +586,9 @@ impl Parent {
         {
             until = until.min(d);
         }
+        if let Some(d) = self.notify.next_ping() {
+            until = until.min(d);
+        }
         let ms = until.saturating_duration_since(now).as_millis();
         // Round up so the loop does not wake a hair early and spin.
         let ms = u16::try_from(ms.saturating_add(1)).unwrap_or(u16::MAX);
@@ -590,6 +599,7 @@ impl Parent {
     /// stop the workers; running services are left alone (they are not our process group's
     /// business to kill, as with inetd).
     fn shutdown(&mut self) {
+        self.notify.stopping();
         self.accepting = false;
         let addrs: Vec<String> = self.listeners.iter().map(|l| l.addr.to_string()).collect();
         self.listeners.clear();

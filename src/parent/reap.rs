@@ -49,9 +49,10 @@ impl Parent {
                     continue;
                 };
                 let hint = match st {
-                    WaitStatus::Exited(_, spawn::EXIT_SETUP_FAILED) => {
-                        Some("its set-up failed before exec (dup2 or the user's ids)")
-                    }
+                    WaitStatus::Exited(_, spawn::EXIT_SETUP_FAILED) => Some(
+                        "its set-up failed before exec (dup2, the class's rlimit, nice or \
+                             chdir, or the user's ids)",
+                    ),
                     WaitStatus::Exited(_, spawn::EXIT_EXEC_FAILED) => {
                         Some("execve failed (not an executable?)")
                     }

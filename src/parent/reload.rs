@@ -26,6 +26,7 @@ use policy::actions::Actions;
 use policy::conf::OnFileError;
 use policy::{Diagnostic, Severity};
 
+use super::classhost::{self, HostCtx, HostTable};
 use crate::files;
 
 /// How long a changed file must have been left alone before a periodic check loads it.
@@ -157,6 +158,19 @@ impl Watched {
         Some(text)
     }
 
+    /// Whether the file changed since the last call (and has settled, unless `force`),
+    /// without reading it: for files another load reads (msgfiles, read with their actions
+    /// file). The first call only records the file's stamp.
+    pub fn changed(&mut self, force: bool) -> bool {
+        let now = stamp(&self.path);
+        let first = self.last.is_none();
+        if first || force || self.settled(now) {
+            self.pending = None;
+            return self.last.replace(now) != Some(now) && !first;
+        }
+        false
+    }
+
     /// Whether a periodic check may load the file now (see the module comment).
     fn settled(&mut self, now: Stamp) -> bool {
         if self.last == Some(now) {
@@ -194,7 +208,7 @@ pub struct RuleNames {
 pub struct PolicyFiles {
     /// Rules text (None: dropped / never loaded) and the names the parent needs from it.
     pub rules: Option<(String, RuleNames)>,
-    pub actions: Option<(String, Arc<Actions>)>,
+    pub actions: Option<(String, LoadedActions)>,
 }
 
 /// The outcome of loading one file, for logging.
@@ -229,18 +243,42 @@ pub fn load_rules(name: &str, text: &str) -> Result<(RuleNames, Vec<Diagnostic>)
     }
 }
 
-/// Parses an actions file; warnings are returned for logging even on success. When
-/// `substitutions` is on (nanny.conf), every template is checked as `-C` checks it.
+/// An actions file as the parent keeps it: the parsed table and what its classes need from
+/// this host (users, directories, msgfile bytes; see classhost.rs).
+#[derive(Clone, Debug)]
+pub struct LoadedActions {
+    pub actions: Arc<Actions>,
+    pub host: Arc<HostTable>,
+}
+
+/// Parses an actions file and resolves its host parts; warnings are returned for logging even
+/// on success. When `substitutions` is on (nanny.conf), every template is checked as `-C`
+/// checks it. A user, directory or msgfile that is not there fails the load like a syntax
+/// error, with its file:line:col.
 pub fn load_actions(
     name: &str,
     text: &str,
     substitutions: bool,
-) -> Result<(Actions, Vec<Diagnostic>), LoadError> {
+    host: &HostCtx,
+) -> Result<(LoadedActions, Vec<Diagnostic>), LoadError> {
     let parsed = policy::actions::parse_actions_expanding(name, text, substitutions);
-    match parsed.value {
-        Some(a) => Ok((a, warnings(parsed.diagnostics))),
-        None => Err(LoadError::Diagnostics(parsed.diagnostics)),
+    let Some(a) = parsed.value else {
+        return Err(LoadError::Diagnostics(parsed.diagnostics));
+    };
+    let (table, host_diags) = classhost::resolve(&a, name, text, host);
+    let mut diags = parsed.diagnostics;
+    diags.extend(host_diags);
+    if diags.iter().any(|d| d.severity == Severity::Error) {
+        diags.sort_by_key(|d| (d.line, d.col));
+        return Err(LoadError::Diagnostics(diags));
     }
+    Ok((
+        LoadedActions {
+            actions: Arc::new(a),
+            host: Arc::new(table),
+        },
+        warnings(diags),
+    ))
 }
 
 fn warnings(d: Vec<Diagnostic>) -> Vec<Diagnostic> {
@@ -381,6 +419,25 @@ mod tests {
             e.ends_with("not a regular file (a FIFO); only regular files are read"),
             "{e}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The stamp-only check msgfiles use: the first call records, a change is seen once it
+    /// settles (or at once when forced), and an unchanged file is never reported.
+    #[test]
+    fn changed_sees_a_change_once() {
+        let dir = scratch("changed");
+        let f = dir.join("banner");
+        std::fs::write(&f, "a").unwrap();
+        let mut w = Watched::with_settle(f.clone(), Duration::ZERO);
+        assert!(!w.changed(false), "the first call only records");
+        assert!(!w.changed(true), "unchanged, even when forced");
+        std::fs::write(&f, "bb").unwrap();
+        assert!(!w.changed(false), "a change must be seen twice");
+        assert!(w.changed(false));
+        assert!(!w.changed(false), "reported once");
+        std::fs::write(&f, "ccc").unwrap();
+        assert!(w.changed(true), "forced: at once");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

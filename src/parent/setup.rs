@@ -143,8 +143,8 @@ pub fn host_checks(
     out
 }
 
-/// `controlgroup` must exist (H006, an error: the daemon would not start) and the control
-/// socket's directory too (H007, an error for the same reason).
+/// `controlgroup` must exist (H009, an error: the daemon would not start) and the control
+/// socket's directory too (H010, an error for the same reason).
 fn control_checks(
     conf: &NannyConf,
     diag: &dyn Fn(&str, Severity, &'static str, String) -> Diagnostic,
@@ -157,13 +157,13 @@ fn control_checks(
             Ok(None) => out.push(diag(
                 "controlgroup",
                 Severity::Error,
-                "H006",
+                "H009",
                 format!("group '{g}' does not exist on this host"),
             )),
             Err(e) => out.push(diag(
                 "controlgroup",
                 Severity::Error,
-                "H006",
+                "H009",
                 format!("cannot look up group '{g}': {e}"),
             )),
         }
@@ -173,7 +173,7 @@ fn control_checks(
             out.push(diag(
                 "control",
                 Severity::Error,
-                "H007",
+                "H010",
                 format!(
                     "{} is not a directory, so the control socket cannot be made there",
                     dir.display()
@@ -270,6 +270,15 @@ pub fn check(args: &Args) -> Result<ExitCode> {
                     Err(e) => unreadable(e, &mut diags),
                 }
             }
+        }
+        // What the actions' classes need from this host (users, chdir directories,
+        // msgfiles): H006-H008 at the value as written, as the daemon's load reports them.
+        if let Some((name, text)) = &actions {
+            let ctx = super::classhost::HostCtx {
+                conf_path: args.config.clone(),
+                root: nix::unistd::geteuid().is_root(),
+            };
+            diags.extend(super::classhost::check(name, text, &ctx));
         }
         diags.extend(policy::check::check_all(
             (&conf_name, conf_text),

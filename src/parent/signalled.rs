@@ -25,6 +25,7 @@ impl Parent {
         }
         if sig.hup {
             log::info("SIGHUP: reloading the rules and actions files");
+            self.notify.reloading();
             self.conf_watch.check();
             self.reload(true);
             self.next_reload = Instant::now() + RELOAD_EVERY;

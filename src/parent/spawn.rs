@@ -3,7 +3,9 @@
 //! Runs in the parent (root, or the invoking user in non-root mode). The argv and environment
 //! were rendered by the parent from its own actions table; the only peer-derived values in them
 //! are validated newtypes (addresses, a checked hostname, a printable identd answer). The
-//! credentials were resolved from nanny.conf's `user` at start, while /etc was visible.
+//! credentials were resolved from nanny.conf's `user` at start, or from the action class's own
+//! `user` when its actions file was loaded, while /etc was visible; the class's sandbox
+//! (rlimits, nice, umask, chdir) was built then too (classhost.rs).
 //!
 //! Invariants: the child gets exactly fds 0, 1, 2 (every descriptor of the parent is
 //! close-on-exec, and `main` marks inherited ones close-on-exec at start); credentials change
@@ -27,6 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use nix::unistd::{Gid, User};
+use policy::actions::RlimitName;
+
+use super::classhost::ServiceSandbox;
 
 /// Who a service runs as: uid, primary gid and the supplementary groups a login would give
 /// (initgroups semantics: the groups file plus the primary group), and the passwd entry's home
@@ -283,7 +288,9 @@ pub fn find_program(prog: &str, env: &[(String, String)]) -> io::Result<CString>
 }
 
 /// Starts `argv` (PATH searched like execvp) with `stream` on fds 0, 1 and 2, the parent's
-/// environment plus `env`, as `creds` (None: as the parent's own user). Returns the pid.
+/// environment plus `env`, as `creds` (None: as the parent's own user), inside the class's
+/// `sandbox` (rlimits, nice, umask, chdir; its own user is already in `creds`). Returns the
+/// pid.
 ///
 /// The parent waits only until the child's execve has replaced its memory (CLONE_VFORK), not
 /// for its outcome (std's `Command` reports exec errors through a pipe): the program is found
@@ -294,6 +301,7 @@ pub fn spawn_service(
     argv: &[String],
     env: &[(String, String)],
     creds: Option<&Creds>,
+    sandbox: Option<&ServiceSandbox>,
     stream: TcpStream,
 ) -> io::Result<u32> {
     let prog = argv
@@ -315,6 +323,7 @@ pub fn spawn_service(
         nofile,
         fd,
         ids,
+        sandbox,
         path: &path,
         argp: &argp,
         envp: &envp,
@@ -436,6 +445,7 @@ struct ChildArgs<'a> {
     nofile: u64,
     fd: libc::c_int,
     ids: Option<(libc::uid_t, libc::gid_t, &'a [libc::gid_t])>,
+    sandbox: Option<&'a ServiceSandbox>,
     path: &'a CStr,
     argp: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
@@ -483,8 +493,9 @@ mod raw {
 
 /// The child side of [`spawn_service`]. async-signal-safe: no alloc, no locks, and no write to
 /// memory shared with the parent (the child shares it until execve) except errno; it only reads
-/// values prepared by the parent and makes system calls (signal, dup2, setgroups, setresgid,
-/// setresuid, getrlimit/setrlimit, sigprocmask, setsid, execve, _exit).
+/// values prepared by the parent and makes system calls (signal, dup2, getrlimit/setrlimit,
+/// setpriority, umask, setgroups, setresgid, setresuid, chdir, sigprocmask, setsid, execve,
+/// _exit).
 ///
 /// # Safety
 /// Call only in the child of `clone(CLONE_VM | CLONE_VFORK)` or `fork`, with valid
@@ -517,6 +528,48 @@ unsafe fn service_child(a: &ChildArgs<'_>) -> ! {
     if libc::dup2(fd, 0) < 0 || libc::dup2(fd, 1) < 0 || libc::dup2(fd, 2) < 0 {
         libc::_exit(EXIT_SETUP_FAILED);
     }
+    // ORDER: the class's rlimits and nice while still root: raising a hard limit needs
+    // CAP_SYS_RESOURCE and a negative nice CAP_SYS_NICE, which the uid change takes away; and
+    // RLIMIT_NPROC must be in place when the uid changes, so the kernel checks the user's
+    // process count against it (execve then fails with EAGAIN when the user has too many).
+    let class_nofile = a
+        .sandbox
+        .is_some_and(|s| s.rlimits.iter().any(|r| r.0 == RlimitName::Nofile));
+    if a.nofile != u64::MAX && !class_nofile {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = a.nofile;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    if let Some(sb) = a.sandbox {
+        for &(name, soft, hard) in &sb.rlimits {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            let res = match name {
+                RlimitName::As => libc::RLIMIT_AS,
+                RlimitName::Cpu => libc::RLIMIT_CPU,
+                RlimitName::Nofile => libc::RLIMIT_NOFILE,
+                RlimitName::Nproc => libc::RLIMIT_NPROC,
+                RlimitName::Core => libc::RLIMIT_CORE,
+                RlimitName::Fsize => libc::RLIMIT_FSIZE,
+            };
+            if libc::setrlimit(res, &lim) != 0 {
+                libc::_exit(EXIT_SETUP_FAILED);
+            }
+        }
+        // Absolute, as xinetd's nice: the parent's own niceness does not add to it.
+        if let Some(n) = sb.nice {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, n) != 0 {
+                libc::_exit(EXIT_SETUP_FAILED);
+            }
+        }
+        if let Some(m) = sb.umask {
+            libc::umask(m);
+        }
+    }
     if let Some((uid, gid, groups)) = a.ids {
         // ORDER: groups and gid first, while we still have the privilege to set them; the uid
         // last, which gives that privilege up. Any failure aborts this child before exec.
@@ -527,11 +580,12 @@ unsafe fn service_child(a: &ChildArgs<'_>) -> ! {
             libc::_exit(EXIT_SETUP_FAILED);
         }
     }
-    if a.nofile != u64::MAX {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = a.nofile;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    // ORDER: chdir after the uid change, so the directory is entered with the service user's
+    // rights: one the user could not enter fails the set-up instead of running the service
+    // somewhere it could not have gone (root-squashed NFS homes, 0700 directories).
+    if let Some(dir) = a.sandbox.and_then(|s| s.chdir.as_deref()) {
+        if libc::chdir(dir.as_ptr()) != 0 {
+            libc::_exit(EXIT_SETUP_FAILED);
         }
     }
     let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -659,7 +713,7 @@ mod tests {
                       f=$(awk '/^flags/ { print $2 }' /proc/self/fdinfo/0); \
                       [ $(( 0$f & 04000 )) -eq 0 ] && echo blocking";
         let argv: Vec<String> = ["sh", "-c", script].map(String::from).to_vec();
-        let pid = spawn_service(&argv, &[("FOO".into(), "bar".into())], None, s).unwrap();
+        let pid = spawn_service(&argv, &[("FOO".into(), "bar".into())], None, None, s).unwrap();
         assert!(pid > 0);
         let mut out = String::new();
         c.read_to_string(&mut out).unwrap();
@@ -699,10 +753,55 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let argv = vec!["/nonexistent/portnanny-test".to_owned()];
-        assert!(spawn_service(&argv, &[], None, TcpStream::connect(addr).unwrap()).is_err());
+        assert!(spawn_service(&argv, &[], None, None, TcpStream::connect(addr).unwrap()).is_err());
         let argv = vec!["no-such-program-portnanny".to_owned()];
-        assert!(spawn_service(&argv, &[], None, TcpStream::connect(addr).unwrap()).is_err());
-        assert!(spawn_service(&[], &[], None, TcpStream::connect(addr).unwrap()).is_err());
+        assert!(spawn_service(&argv, &[], None, None, TcpStream::connect(addr).unwrap()).is_err());
+        assert!(spawn_service(&[], &[], None, None, TcpStream::connect(addr).unwrap()).is_err());
+    }
+
+    /// The class sandbox is applied in the child (as whoever runs the test: lowering limits,
+    /// a positive nice, umask and chdir need no privilege).
+    #[test]
+    fn sandbox_is_applied_before_exec() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let sb = ServiceSandbox {
+            creds: None,
+            nice: Some(11),
+            rlimits: vec![(RlimitName::Nofile, 40, 50), (RlimitName::Core, 0, 0)],
+            umask: Some(0o037),
+            chdir: Some(CString::new("/proc").unwrap()),
+            timeout: None,
+        };
+        let script = "umask; ulimit -Sn; ulimit -Hn; ulimit -c; pwd; \
+                      cut -d' ' -f19 /proc/self/stat";
+        let argv: Vec<String> = ["sh", "-c", script].map(String::from).to_vec();
+        let pid = spawn_service(&argv, &[], None, Some(&sb), s).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "0037\n40\n50\n0\n/proc\n11\n");
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+
+        // A step that fails (a directory that does not exist) ends the child before exec.
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let bad = ServiceSandbox {
+            chdir: Some(CString::new("/nonexistent-portnanny").unwrap()),
+            ..sb
+        };
+        let pid = spawn_service(&argv, &[], None, Some(&bad), s).unwrap();
+        let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None).unwrap();
+        assert_eq!(
+            st,
+            nix::sys::wait::WaitStatus::Exited(
+                nix::unistd::Pid::from_raw(pid as i32),
+                EXIT_SETUP_FAILED
+            )
+        );
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "");
     }
 
     #[test]
@@ -718,7 +817,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let argv = vec![f.to_string_lossy().into_owned()];
-        let pid = spawn_service(&argv, &[], None, s).unwrap();
+        let pid = spawn_service(&argv, &[], None, None, s).unwrap();
         let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None).unwrap();
         assert_eq!(
             st,

@@ -17,7 +17,8 @@ use super::from_classifier::Shipped;
 use super::generations::Generations;
 use super::workers::{Backoff, WorkerPlan};
 use super::{
-    from_sentry, listen, neverblock, setup, signals, spawn, traps, Parent, Settings, RELOAD_EVERY,
+    activation, from_sentry, listen, neverblock, sdnotify, setup, signals, spawn, traps, Parent,
+    Settings, RELOAD_EVERY,
 };
 use crate::args::Args;
 use crate::exit::{Error, Result};
@@ -30,6 +31,10 @@ const RESOLVER_THREADS_PER_EVALUATION: u32 = 8;
 /// Everything before the first worker starts: nanny.conf, users, the workers' plan, the first
 /// policy, the listeners and the signal handlers, in the order STYLE.md §2.6 gives.
 pub(super) fn prepare(args: &Args) -> Result<Parent> {
+    // ORDER: systemd's variables leave the environment before set_env_policy captures it for
+    // the services, and while no thread exists (activation.rs, sdnotify.rs).
+    let inherited = activation::take()?;
+    let notify = sdnotify::Notifier::from_env();
     if let Some(s) = args.stack {
         setup::set_stack(s);
     }
@@ -111,6 +116,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
             dns_timeout_ms: conf.dnstimeout_ms,
             identd_timeout_ms: conf.identdtimeout_ms,
             answerson_timeout_ms: conf.answersontimeout_ms,
+            grouping: conf.grouping,
         },
         resolver: ResolverSettings {
             // Lookups block a resolver thread each, and one evaluation starts all the lookups
@@ -130,14 +136,16 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
 
     // Bind (step 4).
     let lines: Vec<_> = conf.listens.iter().map(|l| (l.port, l.addr)).collect();
-    let (mut listeners, skipped) = listen::bind_all(&lines)
+    // Sockets the service manager handed over take their lines; the rest is bound here.
+    let rest = inherited.split(&lines, &trap_specs(&conf.sentry))?;
+    let (mut listeners, skipped) = listen::bind_all(&rest.lines)
         .map_err(|(addr, e)| Error::system(format!("cannot listen on {addr}"), e))?;
     for s in skipped {
         log::warn(&format!("no IPv6 on this host: not listening on {s}"));
     }
-    let traps =
-        traps::bind_all(&trap_specs(&conf.sentry)).map_err(|e| Error::System(e.to_string()))?;
+    let traps = traps::bind_all(&rest.traps).map_err(|e| Error::System(e.to_string()))?;
     listeners.extend(traps.tcp);
+    listeners.extend(rest.listeners);
     let blocker = Blocker::start(block_conf(&cfg), unix_now());
     let control = control_side(&conf.control, root)?;
 
@@ -150,6 +158,10 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         cfg.actions_path.clone(),
         conf.aftermaxthreads.clone(),
         conf.substitutions,
+        super::classhost::HostCtx {
+            conf_path: cfg.conf_path.clone(),
+            root,
+        },
     )?;
     let p = Parent {
         build: privsep::build_id(),
@@ -180,7 +192,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         failed_since_ship: 0,
         policy,
         blocker,
-        udp_traps: traps.udp,
+        udp_traps: rest.udp.into_iter().chain(traps.udp).collect(),
         sentry: None,
         sentry_settings: from_sentry::settings(&conf.sentry).map_err(Error::Config)?,
         sentry_restarts: Backoff::default(),
@@ -191,6 +203,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         status_wanted: false,
         signals,
         fatal: None,
+        notify,
     };
     Ok(p)
 }

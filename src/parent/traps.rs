@@ -71,6 +71,9 @@ impl std::fmt::Display for BindError {
     }
 }
 
+/// Receive buffer asked for each UDP trap (bytes; the kernel doubles it for bookkeeping).
+const UDP_TRAP_RCVBUF: usize = 2 << 20;
+
 fn bind_udp(addr: SocketAddr) -> io::Result<UdpTrap> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
@@ -88,6 +91,12 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpTrap> {
             socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
             socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?;
         }
+    }
+    // A sweep arrives as a burst that the loop drains a turn later: a receive buffer the size
+    // of a few thousand datagrams keeps a busy moment from losing hits. Root may exceed
+    // rmem_max (SO_RCVBUFFORCE); otherwise the kernel's cap applies, and that is fine.
+    if socket::setsockopt(&fd, sockopt::RcvBufForce, &UDP_TRAP_RCVBUF).is_err() {
+        let _ = socket::setsockopt(&fd, sockopt::RcvBuf, &UDP_TRAP_RCVBUF);
     }
     let sock = UdpSocket::from(fd);
     let addr = sock.local_addr()?;

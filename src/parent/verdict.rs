@@ -24,8 +24,12 @@ use privsep::proto::SentryMode;
 /// What [`act`] did with the connection.
 #[derive(Debug)]
 pub enum Acted {
-    /// A service runs it.
-    Running { pid: i32, served: Served },
+    /// A service runs it; `timeout` is its class's (the caller schedules its end).
+    Running {
+        pid: i32,
+        served: Served,
+        timeout: Option<std::time::Duration>,
+    },
     /// Its message is being written by the loop.
     Writing {
         writer: MsgWrite<TcpStream>,
@@ -150,14 +154,18 @@ pub fn act(
             }
             .vars();
             env.extend(r.env);
-            match spawn::spawn_service(&argv, &env, ctx.creds, stream) {
+            // The class's sandbox, from the parent's own table for the verdict's generation.
+            let sandbox = d.action_class.and_then(|i| v.host_table()?.sandbox(i));
+            let creds = sandbox.and_then(|s| s.creds.as_ref()).or(ctx.creds);
+            match spawn::spawn_service(&argv, &env, creds, sandbox, stream) {
                 Ok(pid) => {
                     if log::enabled(1) {
                         log::debug(1, &format!("spawn conn={} pid={pid}", conn.0));
                     }
                     Acted::Running {
                         pid: i32::try_from(pid).unwrap_or(i32::MAX),
-                        served: served(ctx.creds.map(|c| c.name.clone())),
+                        served: served(creds.map(|c| c.name.clone())),
+                        timeout: sandbox.and_then(|s| s.timeout),
                     }
                 }
                 Err(e) => {
@@ -172,8 +180,14 @@ pub fn act(
             }
         }
         D::Msg | D::FailMsg => {
-            let Some(text) = r.message else {
-                return close(meta, Some(stream));
+            // A msgfile's bytes, read when the actions file was loaded, are sent as they are.
+            let file = (disposition == D::Msg)
+                .then(|| d.action_class.and_then(|i| v.host_table()?.msgfile(i)))
+                .flatten();
+            let text = match (file, r.message) {
+                (Some(_), _) => None,
+                (None, Some(text)) => Some(text),
+                (None, None) => return close(meta, Some(stream)),
             };
             if ctx.writing >= msgwrite::MAX_MSG_WRITERS {
                 log::warn(&format!(
@@ -182,7 +196,12 @@ pub fn act(
                 ));
                 return close(meta, Some(stream));
             }
-            let (bytes, cut) = msgwrite::message_bytes(&text);
+            let (bytes, cut) = match (&text, file) {
+                (Some(text), _) => msgwrite::message_bytes(text),
+                // Never over the cap: a larger file fails its load.
+                (None, Some(f)) => (f.to_vec(), false),
+                (None, None) => return close(meta, Some(stream)),
+            };
             if cut {
                 log::warn(&format!(
                     "conn={} class={}: message cut to {} bytes",

@@ -16,7 +16,10 @@
 
 mod parse;
 mod resolve;
+mod sandbox;
 mod templates;
+
+pub use sandbox::{At, Pos, Rlimit, RlimitName, Sandbox, UserSpec, SANDBOX_DIRECTIVES};
 
 use std::collections::HashMap;
 
@@ -43,6 +46,13 @@ pub const DIRECTIVES: &[&str] = &[
     "subst",
     "see",
     "block",
+    "msgfile",
+    "user",
+    "nice",
+    "rlimit",
+    "umask",
+    "timeout",
+    "chdir",
 ];
 
 /// The most bytes of one `msg`/`failmsg` that are sent (the rest is cut and logged): far more
@@ -117,6 +127,12 @@ pub struct ClassAction {
     pub connmax: Option<i64>,
     /// `block`: the first class in the `see` chain that gives one decides.
     pub block: Option<BlockRequest>,
+    /// `msgfile FILE` (an extension): merged with `run`/`msg`/`drop` as one group. The parent
+    /// reads the file when it loads the actions file and sends its bytes as they are.
+    pub msgfile: Option<At<String>>,
+    /// The per-class sandbox (extensions), merged through `see`; it applies to `run` and
+    /// `failrun` only.
+    pub sandbox: Sandbox,
     /// Environment for run/failrun, in chain order, first value of a name winning.
     pub setenv: Vec<(String, String)>,
     /// Extra substitutions, in the order they are expanded (chain order, then file order).
@@ -139,7 +155,12 @@ pub struct ClassAction {
 impl ClassAction {
     /// Whether this class wants something done with accepted connections.
     pub fn has_action(&self) -> bool {
-        self.drop || self.run.is_some() || self.msg.is_some()
+        self.drop || self.run.is_some() || self.has_msg()
+    }
+
+    /// Whether accepted connections get a message: `msg` or `msgfile`.
+    pub fn has_msg(&self) -> bool {
+        self.msg.is_some() || self.msgfile.is_some()
     }
 }
 
@@ -187,6 +208,28 @@ impl Actions {
         let first = self.get(idx).map(|_| idx);
         std::iter::successors(first, |&i| self.get(i).and_then(|c| c.see_idx))
     }
+}
+
+/// The values of an actions file that the parent checks against the host (users, `chdir`
+/// directories, msgfiles), as written, in file order, from every directive that parses, even
+/// when other lines have errors: `-C` reports host problems with the syntax ones, at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostValues {
+    pub users: Vec<At<UserSpec>>,
+    pub dirs: Vec<At<String>>,
+    pub msgfiles: Vec<At<String>>,
+}
+
+/// See [`HostValues`].
+pub fn host_values(name: &str, text: &str) -> HostValues {
+    let (raw, _, _) = parse::parse_file(name, text);
+    let mut out = HostValues::default();
+    for c in raw {
+        out.users.extend(c.sandbox.user);
+        out.dirs.extend(c.sandbox.chdir);
+        out.msgfiles.extend(c.msgfile);
+    }
+    out
 }
 
 /// Parses an actions file: every error and warning, and the table when there were no errors.

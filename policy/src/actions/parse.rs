@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use crate::source::{Diagnostic, LogicalLine, Severity, SourceFile};
 
 /// A position for a diagnostic made later: physical (line, column, width).
-pub(super) type Pos = (u32, u32, u32);
+pub(super) use super::Pos;
 
 /// One class's own directives, as written.
 #[derive(Clone, Debug, Default)]
@@ -33,6 +33,10 @@ pub(super) struct RawClass {
     pub ipmax: Option<i64>,
     pub connmax: Option<i64>,
     pub block: Option<super::BlockRequest>,
+    /// `msgfile FILE` (an extension): the file name as written, and where.
+    pub msgfile: Option<super::At<String>>,
+    /// The sandbox directives this class gives itself (extensions).
+    pub sandbox: super::Sandbox,
     pub setenv: Vec<(String, String)>,
     pub subst: Vec<(String, String)>,
     pub see: Option<(String, Pos)>,
@@ -61,10 +65,14 @@ enum Shape {
     Class,
     /// Nothing, a TIMESPEC or `cmdonly`: block.
     Block,
+    /// A file name: msgfile.
+    File,
+    /// A sandbox value (see sandbox.rs): user, nice, rlimit, umask, timeout, chdir.
+    Sandbox,
 }
 
 /// Every directive (the same list as [`super::DIRECTIVES`]) and what it takes.
-const SHAPES: [(&str, Shape); 17] = [
+const SHAPES: [(&str, Shape); 24] = [
     ("run", Shape::Text),
     ("msg", Shape::Text),
     ("failrun", Shape::Text),
@@ -82,7 +90,19 @@ const SHAPES: [(&str, Shape); 17] = [
     ("subst", Shape::NameValue),
     ("see", Shape::Class),
     ("block", Shape::Block),
+    ("msgfile", Shape::File),
+    ("user", Shape::Sandbox),
+    ("nice", Shape::Sandbox),
+    ("rlimit", Shape::Sandbox),
+    ("umask", Shape::Sandbox),
+    ("timeout", Shape::Sandbox),
+    ("chdir", Shape::Sandbox),
 ];
+
+/// Extension directives that are everyday words: a continuation line of a message that starts
+/// with one of them is prose far more often than a forgotten ' : ', so A016 does not look for
+/// them (and portnanny 2 files get no new warnings).
+const PROSE_WORDS: [&str; 3] = ["user", "nice", "timeout"];
 
 /// Longest class name the privsep protocol carries.
 const MAX_CLASS_NAME: usize = 256;
@@ -207,6 +227,7 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
     let mut first_at: HashMap<&'static str, u32> = HashMap::new();
     let mut setenv_at: HashMap<String, u32> = HashMap::new();
     let mut subst_at: HashMap<String, u32> = HashMap::new();
+    let mut rlimit_at: HashMap<super::RlimitName, u32> = HashMap::new();
     let mut run_like: HashMap<&'static str, std::ops::Range<usize>> = HashMap::new();
     let mut block_range: Option<std::ops::Range<usize>> = None;
 
@@ -250,7 +271,7 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
             continue;
         };
         let (_, kw_col) = src.position(ll, kw_range.start);
-        if directive != "setenv" && directive != "subst" {
+        if !matches!(directive, "setenv" | "subst" | "rlimit") {
             if let Some(col) = first_at.get(directive) {
                 diags.push(err(
                     kw_range,
@@ -366,23 +387,16 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
                     _ => class.record = v,
                 }
                 if matches!(directive, "run" | "msg" | "failrun" | "failmsg") {
-                    let other = match directive {
-                        "run" => "msg",
-                        "msg" => "run",
-                        "failrun" => "failmsg",
-                        _ => "failrun",
-                    };
-                    if run_like.contains_key(other) {
+                    if let Some(other) = conflict(directive, &kw_range, &mut run_like) {
                         diags.push(err(
                             kw_range.clone(),
                             "A009",
                             format!(
-                                "class '{cname}' has both '{other}' and '{directive}'; \
-                                 only one of them can happen"
-                            ),
+                            "class '{cname}' has both '{other}' and '{directive}'; only one of \
+                             them can happen"
+                        ),
                         ));
                     }
-                    run_like.insert(directive, kw_range.clone());
                 }
             }
             Shape::NameValue => {
@@ -491,6 +505,71 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
                 });
                 block_range = Some(kw_range.clone());
             }
+            Shape::File => {
+                if arg.is_empty() {
+                    diags.push(missing("a file name"));
+                    continue;
+                }
+                class.msgfile = Some(super::At {
+                    value: arg.to_owned(),
+                    pos: pos_of(arg_range.clone()),
+                });
+                if let Some(other) = conflict(directive, &kw_range, &mut run_like) {
+                    diags.push(err(
+                        kw_range.clone(),
+                        "A009",
+                        format!(
+                            "class '{cname}' has both '{other}' and '{directive}'; only one of \
+                             them can happen"
+                        ),
+                    ));
+                }
+            }
+            Shape::Sandbox => {
+                if arg.is_empty() {
+                    diags.push(missing(match directive {
+                        "user" => "a user name",
+                        "rlimit" => "a resource and a value",
+                        "chdir" => "a directory",
+                        "timeout" => "a time",
+                        _ => "a number",
+                    }));
+                    continue;
+                }
+                let value = match super::sandbox::parse(directive, arg) {
+                    Ok(v) => v,
+                    Err(m) => {
+                        diags.push(err(arg_range.clone(), "A022", m));
+                        continue;
+                    }
+                };
+                let at = pos_of(arg_range.clone());
+                let sb = &mut class.sandbox;
+                use super::sandbox::Value as V;
+                match value {
+                    V::User(u) => sb.user = Some(super::At { value: u, pos: at }),
+                    V::Nice(n) => sb.nice = Some(n),
+                    V::Umask(m) => sb.umask = Some(m),
+                    V::Timeout(t) => sb.timeout = Some(t),
+                    V::Chdir(d) => sb.chdir = Some(super::At { value: d, pos: at }),
+                    V::Rlimit(r) => {
+                        if let Some(col) = rlimit_at.get(&r.name) {
+                            diags.push(err(
+                                arg_range.clone(),
+                                "A008",
+                                format!(
+                                    "'rlimit {}' is given twice for class '{cname}' (first at \
+                                     column {col})",
+                                    r.name.as_str()
+                                ),
+                            ));
+                            continue;
+                        }
+                        rlimit_at.insert(r.name, kw_col);
+                        sb.rlimits.push(r);
+                    }
+                }
+            }
         }
         first_at.insert(directive, kw_col);
     }
@@ -508,6 +587,27 @@ fn parse_line(src: &SourceFile, ll: &LogicalLine, diags: &mut Vec<Diagnostic>) -
         class.block = None;
     }
     Some(class)
+}
+
+/// Records `directive` (run, msg, msgfile, failrun or failmsg) and reports A009 when the
+/// class already has another of its group: only one of run, msg and msgfile can happen to an
+/// accepted connection, only one of failrun and failmsg to a refused one.
+fn conflict(
+    directive: &'static str,
+    kw_range: &std::ops::Range<usize>,
+    seen: &mut HashMap<&'static str, std::ops::Range<usize>>,
+) -> Option<&'static str> {
+    let group: &[&'static str] = if matches!(directive, "failrun" | "failmsg") {
+        &["failrun", "failmsg"]
+    } else {
+        &["run", "msg", "msgfile"]
+    };
+    let other = group
+        .iter()
+        .find(|o| **o != directive && seen.contains_key(**o))
+        .copied();
+    seen.insert(directive, kw_range.clone());
+    other
 }
 
 /// Checks one template at byte `at` of the logical line: malformed substitutions (A018), and
@@ -564,7 +664,7 @@ fn swallowed_directive(
 ) {
     for (rel, word) in crate::words::words(&ll.text[range.clone()]) {
         let at = range.start + rel;
-        if !SHAPES.iter().any(|(d, _)| *d == word) {
+        if !SHAPES.iter().any(|(d, _)| *d == word) || PROSE_WORDS.contains(&word) {
             continue;
         }
         let (line, col) = src.position(ll, at);

@@ -160,6 +160,7 @@ pub(super) fn resolve(
     if conflict {
         return None;
     }
+    unused_sandboxes(&merged, &classes, &next, &err, diags);
     Some(Actions {
         classes: merged,
         index,
@@ -242,6 +243,54 @@ fn names_defined(
     ok
 }
 
+/// Warning A023: a class gives sandbox directives itself, but neither it nor any class that
+/// sees it (along a chain) runs a program (`run` or `failrun`), so they never apply: a `msg`
+/// or `drop` class is answered by the parent itself, with no process to sandbox.
+fn unused_sandboxes(
+    merged: &[ClassAction],
+    classes: &[RawClass],
+    next: &[Option<usize>],
+    err: &dyn Fn(Pos, &'static str, String) -> Diagnostic,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let mut used = vec![false; classes.len()];
+    for (i, c) in merged.iter().enumerate() {
+        if c.run.is_none() && c.failrun.is_none() {
+            continue;
+        }
+        // Stops at a class already marked: what it sees is marked too, so the walk is linear.
+        let mut cur = Some(i);
+        while let Some(j) = cur {
+            if used[j] {
+                break;
+            }
+            used[j] = true;
+            cur = next[j];
+        }
+    }
+    for (raw, used) in classes.iter().zip(used) {
+        if used || raw.sandbox.is_empty() {
+            continue;
+        }
+        diags.push(src_warning(err(
+            raw.name_pos,
+            "A023",
+            format!(
+                "class '{}' has sandbox directives (user, nice, rlimit, umask, timeout, chdir) \
+                 but runs no program, and no class that sees it does; they only apply to \
+                 'run' and 'failrun'",
+                raw.name
+            ),
+        )));
+    }
+}
+
+/// A diagnostic made by the error helper, as a warning.
+fn src_warning(mut d: Diagnostic) -> Diagnostic {
+    d.severity = Severity::Warning;
+    d
+}
+
 fn split_argv(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_owned).collect()
 }
@@ -267,6 +316,8 @@ fn merge(own: &RawClass, see_idx: Option<usize>, seen: Option<&ClassAction>) -> 
         ipmax: own.ipmax,
         connmax: own.connmax,
         block: own.block,
+        msgfile: None,
+        sandbox: own.sandbox.clone(),
         setenv: Vec::new(),
         subst: Vec::new(),
         see: own.see.as_ref().map(|s| s.0.clone()),
@@ -276,10 +327,11 @@ fn merge(own: &RawClass, see_idx: Option<usize>, seen: Option<&ClassAction>) -> 
     };
     // The first class in the chain that names drop, run or msg decides all three, so
     // 'A: run x : see B' with 'B: drop' runs x.
-    let own_action = own.drop || own.run.is_some() || own.msg.is_some();
+    let own_action = own.drop || own.run.is_some() || own.msg.is_some() || own.msgfile.is_some();
     if own_action {
         out.run = own.run.as_deref().map(split_argv);
         out.msg = own.msg.clone();
+        out.msgfile = own.msgfile.clone();
     }
     let own_fail = own.failrun.is_some() || own.failmsg.is_some();
     if own_fail {
@@ -309,6 +361,7 @@ fn merge(own: &RawClass, see_idx: Option<usize>, seen: Option<&ClassAction>) -> 
         out.drop = s.drop;
         out.run = s.run.clone();
         out.msg = s.msg.clone();
+        out.msgfile = s.msgfile.clone();
     }
     if !own_fail {
         out.failrun = s.failrun.clone();
@@ -342,6 +395,7 @@ fn merge(own: &RawClass, see_idx: Option<usize>, seen: Option<&ClassAction>) -> 
     if out.block.is_none() {
         out.block = s.block;
     }
+    out.sandbox.merge_from(&s.sandbox);
     push_unique(&mut out.setenv, &s.setenv);
     push_unique(&mut out.subst, &s.subst);
     out
@@ -357,7 +411,8 @@ fn push_unique(out: &mut Vec<(String, String)>, from: &[(String, String)]) {
 }
 
 fn own_directives(c: &RawClass) -> Vec<String> {
-    let flags: [(&str, bool); 17] = [
+    let sb = &c.sandbox;
+    let flags: [(&str, bool); 24] = [
         ("run", c.run.is_some()),
         ("msg", c.msg.is_some()),
         ("failrun", c.failrun.is_some()),
@@ -375,6 +430,13 @@ fn own_directives(c: &RawClass) -> Vec<String> {
         ("block", c.block.is_some()),
         ("setenv", !c.setenv.is_empty()),
         ("subst", !c.subst.is_empty()),
+        ("msgfile", c.msgfile.is_some()),
+        ("user", sb.user.is_some()),
+        ("nice", sb.nice.is_some()),
+        ("rlimit", !sb.rlimits.is_empty()),
+        ("umask", sb.umask.is_some()),
+        ("timeout", sb.timeout.is_some()),
+        ("chdir", sb.chdir.is_some()),
     ];
     let mut out: Vec<String> = flags
         .iter()

@@ -17,6 +17,7 @@ use regex::{Regex, RegexBuilder};
 
 use crate::addr::{looks_like_addr, parse_addrspec, AddrRange, AddrSet};
 use crate::facts::{Facts, HnStatus, Lookup, MatchedClass, SentryMode};
+use crate::rate::{parse_rate, RateSpec};
 use crate::timespec::parse_timespec;
 
 /// The peer or local address as rules see it: v4-mapped IPv6 as IPv4.
@@ -107,6 +108,8 @@ pub enum Matcher {
     Mode(Vec<SentryMode>),
     /// `ipfile: FILE`: the peer address is in the address list file FILE (as written).
     IpFile(String),
+    /// `rate: N/TIMESPEC` (an extension): this connection attempt is over the source's rate.
+    Rate(RateSpec),
 }
 
 /// The window of `hits: N` written without `/TIMESPEC`: an hour.
@@ -194,6 +197,7 @@ pub const ARG_MATCHERS: &[&str] = &[
     "hits:",
     "mode:",
     "ipfile:",
+    "rate:",
 ];
 
 /// Matchers that take no argument.
@@ -454,6 +458,7 @@ pub fn with_arg(name: &str, arg: &str) -> Result<Piece, OperandError> {
             )))
         }
         "ipfile:" => Matcher::IpFile(arg.to_owned()),
+        "rate:" => Matcher::Rate(parse_rate(arg).map_err(|e| arg_err(format!("rate: {e}")))?),
         "seenwithin:" | "notseenfor:" | "stallfor:" | "waited:" => {
             let secs = parse_timespec(arg).map_err(|e| arg_err(format!("{name} '{arg}': {e}")))?;
             let kind = match name {
@@ -641,6 +646,7 @@ impl fmt::Display for Matcher {
                 Ok(())
             }
             Matcher::IpFile(name) => write!(f, "ipfile: {}", quote_word(name)),
+            Matcher::Rate(spec) => write!(f, "rate: {spec}"),
         }
     }
 }
@@ -756,6 +762,7 @@ impl Matcher {
             Matcher::Hits { n, window_secs } => cx.facts.trap_hits(*window_secs) >= *n,
             Matcher::Mode(modes) => cx.facts.sentry_mode().is_some_and(|m| modes.contains(&m)),
             Matcher::IpFile(name) => cx.facts.in_ipfile(name),
+            Matcher::Rate(spec) => cx.facts.over_rate(*spec),
         }
     }
 }

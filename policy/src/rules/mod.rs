@@ -53,6 +53,7 @@ use std::fmt;
 use std::ops::Range;
 
 use crate::facts::{Classification, Facts};
+use crate::rate::RateSpec;
 use crate::source::{Diagnostic, LogicalLine, Parsed, Severity, SourceFile};
 
 use compile::Node;
@@ -60,6 +61,10 @@ use matchers::Matcher;
 
 /// Longest class name or label, matching what the process boundary accepts.
 pub const MAX_NAME: usize = 256;
+
+/// Most distinct `rate:` arguments in one rules file: the classifier marks each connection's
+/// over-rate answers in one 64-bit mask, so charging a connection never allocates.
+pub const MAX_RATES: usize = 64;
 
 /// Most diagnostics of one kind reported for one rule. Every diagnostic carries a copy of its
 /// physical line, so an enormous line full of mistakes must not produce one copy per mistake.
@@ -114,6 +119,8 @@ pub struct Rules {
     windows: Vec<Option<eval::Window>>,
     /// A number for each rule's class, indexed like `rules`.
     class_ids: Vec<u32>,
+    /// Every distinct `rate:` argument, in order of first use (at most [`MAX_RATES`]).
+    rates: Vec<RateSpec>,
 }
 
 impl Rules {
@@ -138,6 +145,13 @@ impl Rules {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Every distinct `rate:` argument, in order of first use. The classifier keeps a bucket
+    /// per source for each and charges every connection attempt to all of them (see
+    /// [`crate::rate`]), whether or not evaluation reaches the operand.
+    pub fn rates(&self) -> &[RateSpec] {
+        &self.rates
     }
 
     /// Whether evaluating some connection could ask [`Facts`] for a lookup (host, identd,
@@ -251,8 +265,9 @@ pub fn parse_rules(name: &str, text: &str) -> Parsed<Rules> {
     };
     let mut rules = Vec::new();
     let mut heads = Vec::new();
+    let mut rates = Vec::new();
     for (idx, ll) in lines.iter().enumerate() {
-        if let Some((rule, head)) = parse_line(&src, ll, idx, &mut diags) {
+        if let Some((rule, head)) = parse_line(&src, ll, idx, &mut rates, &mut diags) {
             if let Some(r) = rule {
                 rules.push(r);
             }
@@ -278,6 +293,7 @@ pub fn parse_rules(name: &str, text: &str) -> Parsed<Rules> {
             plan,
             rules,
             classes,
+            rates,
         }
     });
     Parsed {
@@ -296,6 +312,7 @@ fn parse_line(
     src: &SourceFile,
     ll: &LogicalLine,
     idx: usize,
+    rates: &mut Vec<RateSpec>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<(Option<Rule>, Head)> {
     let text = ll.text.as_str();
@@ -493,6 +510,18 @@ fn parse_line(
         );
     }
     let node = node?;
+    for (spec, range) in new_rates(&node, &tokens, rates) {
+        err(
+            diags,
+            "R021",
+            expr_start + range.start..expr_start + range.end,
+            format!(
+                "rate: {spec} would be the rules' {}th different rate; at most {MAX_RATES} are \
+                 allowed",
+                MAX_RATES + 1
+            ),
+        );
+    }
     head.constant = node.constant();
     let mut refs = Vec::new();
     node.class_refs(&mut refs);
@@ -524,6 +553,57 @@ fn parse_line(
         }),
         head,
     ))
+}
+
+/// Registers the rule's `rate:` arguments in `known` (first use order); returns those that
+/// did not fit under [`MAX_RATES`], with the span of their argument word.
+fn new_rates(
+    node: &Node,
+    tokens: &[lex::Spanned],
+    known: &mut Vec<RateSpec>,
+) -> Vec<(RateSpec, Range<usize>)> {
+    fn walk(node: &Node, out: &mut Vec<RateSpec>) {
+        match node {
+            Node::M(Matcher::Rate(spec)) => out.push(*spec),
+            Node::M(_) => {}
+            Node::Not(x) => walk(x, out),
+            Node::Or(o) => o.items.iter().for_each(|n| walk(n, out)),
+            Node::And(v) => v.iter().for_each(|n| walk(n, out)),
+            Node::Except(a, b) => {
+                walk(a, out);
+                walk(b, out);
+            }
+        }
+    }
+    let mut used = Vec::new();
+    walk(node, &mut used);
+    let mut refused = Vec::new();
+    for spec in used {
+        if known.contains(&spec) || refused.iter().any(|(s, _)| *s == spec) {
+            continue;
+        }
+        if known.len() < MAX_RATES {
+            known.push(spec);
+            continue;
+        }
+        // The argument word that spells this spec (the first one; a rule's words are few).
+        let span = tokens
+            .windows(2)
+            .find_map(|w| match w {
+                [m, a] => match (&m.tok, &a.tok) {
+                    (lex::Tok::Word(mw), lex::Tok::Word(aw))
+                        if mw == "rate:" && crate::rate::parse_rate(aw).ok() == Some(spec) =>
+                    {
+                        Some(a.span.clone())
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .unwrap_or(0..0);
+        refused.push((spec, span));
+    }
+    refused
 }
 
 /// For each `class: NAME` in the tokens, the span of the first NAME word (one pass, so a line

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use policy::facts::{Facts, HnStatus, HostInfo, Lookup, SeenTimes, SentryMode};
+use policy::rate::RateSpec;
 use policy::rules::{parse_rules, Rules};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub enum Asked {
     Prefetch(Vec<Lookup>),
     /// `hits:` asked with this window.
     Hits(u64),
+    /// `rate:` asked with this argument.
+    Rate(RateSpec),
 }
 
 #[derive(Clone, Debug)]
@@ -35,6 +38,8 @@ pub struct Fake {
     pub log: Vec<Asked>,
     /// The sentry facts; None: use the trait's defaults (an ordinary connection).
     pub sentry: Option<SentryFacts>,
+    /// The `rate:` arguments this attempt is over.
+    pub over: Vec<RateSpec>,
 }
 
 /// What the sentry knows about the connection or probe.
@@ -69,6 +74,7 @@ impl Fake {
             },
             log: Vec::new(),
             sentry: None,
+            over: Vec::new(),
         }
     }
 
@@ -116,6 +122,13 @@ impl Fake {
             first_secs_ago: first,
             last_secs_ago: last,
         };
+        self
+    }
+
+    /// This attempt is over the rate written `arg` (as in `10/1m`).
+    pub fn over(mut self, arg: &str) -> Fake {
+        self.over
+            .push(policy::rate::parse_rate(arg).expect("test rate"));
         self
     }
 
@@ -204,6 +217,10 @@ impl Facts for Fake {
         self.sentry
             .as_ref()
             .is_some_and(|s| s.ipfiles.iter().any(|f| f == name))
+    }
+    fn over_rate(&mut self, spec: RateSpec) -> bool {
+        self.log.push(Asked::Rate(spec));
+        self.over.contains(&spec)
     }
 }
 
