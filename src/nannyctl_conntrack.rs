@@ -212,13 +212,13 @@ fn tuple_text(t: &CtTuple) -> String {
 pub fn row_text(r: &CtRow) -> String {
     let mut s = format!(
         "{:<5} {:<7} {:>3} {:>10} ",
-        r.l3proto,
+        r.l3proto.as_str(),
         l4proto_name(r.l4proto),
         r.l4proto,
         r.timeout
     );
-    if let Some(st) = &r.state {
-        s.push_str(st);
+    if let Some(st) = r.state {
+        s.push_str(st.as_str());
         s.push(' ');
     }
     s.push_str(&tuple_text(&r.orig));
@@ -367,7 +367,7 @@ mod tests {
             "change 7 timeout 4294967296",
             "change 7 status 1",
             "list --order nope",
-            "list --limit 100000",
+            "list --limit 1001",
             "autorefresh maybe",
             "list --sport 70000",
         ] {

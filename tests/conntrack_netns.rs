@@ -492,7 +492,7 @@ fn nannyctl_conntrack_agrees_with_conntrack_tools_and_changes_the_kernel_table()
     // Every field agrees with conntrack -L, for every entry (local ones shown on request).
     let refreshed = d.json("refresh");
     assert!(refreshed["done"].is_string(), "{refreshed}");
-    let page = d.json("list --local --limit 2000");
+    let page = d.json("list --local --limit 1000");
     let table = lab.table();
     let rows = page["rows"].as_array().cloned().unwrap_or_default();
     assert_eq!(rows.len(), table.len(), "{page}\n{table:?}");
@@ -526,7 +526,7 @@ fn nannyctl_conntrack_agrees_with_conntrack_tools_and_changes_the_kernel_table()
     assert_eq!(marked["uid"], 1000);
 
     // Local-only entries are hidden unless asked (pyctd 0.4.2).
-    let hidden = d.json("list --limit 2000");
+    let hidden = d.json("list --limit 1000");
     let local: Vec<u32> = table
         .values()
         .filter(|e| e.orig.first().is_some_and(|(_, v)| v == "127.0.0.1"))

@@ -36,6 +36,8 @@ pub struct ControlConf {
     pub blockflush: bool,
     /// (line, col) of `controlgroup` when there is no `control` line, for the warning.
     group_at: Option<(u32, u32)>,
+    /// (line, col) of `conntrack on`, for the warning when there is no `control` line.
+    conntrack_at: Option<(u32, u32)>,
     /// Directives already seen (each may be given once).
     seen: Vec<&'static str>,
 }
@@ -164,7 +166,10 @@ pub fn parse_directive(
         )),
         "control" => c.socket = Some(arg.to_owned()),
         "conntrack" | "blockflush" => match on_off(arg) {
-            Some(v) if directive == "conntrack" => c.conntrack = v,
+            Some(v) if directive == "conntrack" => {
+                c.conntrack = v;
+                c.conntrack_at = Some(src.position(ll, d_off));
+            }
             Some(v) => c.blockflush = v,
             None => diags.push(err(
                 aspan,
@@ -201,13 +206,13 @@ pub fn parse_directive(
 
 /// File-level checks once every line is read.
 pub fn finish(src: &SourceFile, c: &ControlConf, diags: &mut Vec<Diagnostic>) {
-    if c.socket.is_none() && c.conntrack {
+    if let (None, true, Some((line, col))) = (&c.socket, c.conntrack, c.conntrack_at) {
         diags.push(src.diagnostic(
             Severity::Warning,
             "C013",
-            1,
-            1,
-            1,
+            line,
+            col,
+            "conntrack".len() as u32,
             "conntrack on without a 'control' socket: nothing can ask for the table".to_owned(),
         ));
     }

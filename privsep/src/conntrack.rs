@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::Cidr;
 
-/// Most rows one `conntrack list` answer carries: the page is bounded whatever the client asks
-/// (a row is about 120 bytes of bincode, so a page stays far below a frame's cap).
-pub const MAX_CT_PAGE: u64 = 2000;
+/// Most rows one `conntrack list` answer carries: the page is bounded whatever the client asks.
+/// A row is about 120 bytes of bincode, at most about 450 with IPv6 tuples, counters and a
+/// 256-byte user name, so a full page stays below half a frame's cap (`wire::MAX_FRAME`).
+pub const MAX_CT_PAGE: u64 = 1000;
 /// Most ids, addresses, ports or protocols in one request's lists.
 pub const MAX_CT_LIST: usize = 4096;
 
@@ -273,18 +274,87 @@ pub struct CtCounters {
     pub reply_bytes: u64,
 }
 
+/// The network protocol of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L3 {
+    Ipv4,
+    Ipv6,
+}
+
+impl L3 {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L3::Ipv4 => "ipv4",
+            L3::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// A TCP entry's state, by conntrack-tools' names (in the kernel's order, which is also the
+/// order `--order state` uses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TcpState {
+    None,
+    SynSent,
+    SynRecv,
+    Established,
+    FinWait,
+    CloseWait,
+    LastAck,
+    TimeWait,
+    Close,
+    #[serde(rename = "SYN_SENT2")]
+    SynSent2,
+}
+
+impl TcpState {
+    /// The kernel's number (nf_conntrack_tcp.h), if it is one.
+    pub fn from_kernel(n: u8) -> Option<TcpState> {
+        Some(match n {
+            0 => TcpState::None,
+            1 => TcpState::SynSent,
+            2 => TcpState::SynRecv,
+            3 => TcpState::Established,
+            4 => TcpState::FinWait,
+            5 => TcpState::CloseWait,
+            6 => TcpState::LastAck,
+            7 => TcpState::TimeWait,
+            8 => TcpState::Close,
+            9 => TcpState::SynSent2,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcpState::None => "NONE",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::FinWait => "FIN_WAIT",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::SynSent2 => "SYN_SENT2",
+        }
+    }
+}
+
 /// One conntrack entry as `conntrack list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CtRow {
     pub id: u32,
     /// `ipv4` or `ipv6`.
-    pub l3proto: String,
+    pub l3proto: L3,
     /// The IP protocol number.
     pub l4proto: u8,
     pub orig: CtTuple,
     pub reply: CtTuple,
     /// The TCP state as conntrack-tools names it (`ESTABLISHED`…); None for other protocols.
-    pub state: Option<String>,
+    pub state: Option<TcpState>,
     /// The status bits (`IPS_*`), as the kernel gives them.
     pub status: u32,
     pub mark: u32,
@@ -384,5 +454,16 @@ mod tests {
         assert_eq!(l4proto_from_name("TCP"), Some(6));
         assert_eq!(l4proto_from_name("58"), Some(58));
         assert_eq!(l4proto_name(17), "udp");
+        // The JSON names (serde's) are checked against conntrack -L by tests/conntrack_netns.rs.
+        assert_eq!(
+            TcpState::from_kernel(3).map(TcpState::as_str),
+            Some("ESTABLISHED")
+        );
+        assert_eq!(
+            TcpState::from_kernel(9).map(TcpState::as_str),
+            Some("SYN_SENT2")
+        );
+        assert_eq!(TcpState::from_kernel(10), None);
+        assert_eq!(L3::Ipv6.as_str(), "ipv6");
     }
 }

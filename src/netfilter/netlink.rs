@@ -30,7 +30,7 @@ use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
 };
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
-use privsep::conntrack::{CtCounters, CtField, CtRow, CtTuple};
+use privsep::conntrack::{CtCounters, CtField, CtRow, CtTuple, TcpState, L3};
 
 // Attributes netlink-packet-netfilter 0.4 leaves as DefaultNla (linux/netfilter/
 // nfnetlink_conntrack.h).
@@ -53,20 +53,6 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 const RECV_BUF: usize = 256 * 1024;
 /// Most entries one snapshot keeps (memory bound: about 200 bytes each); the rest are counted.
 pub const MAX_ENTRIES: usize = 2_000_000;
-
-/// conntrack-tools' names for the TCP states (nf_conntrack_tcp.h order).
-const TCP_STATES: [&str; 10] = [
-    "NONE",
-    "SYN_SENT",
-    "SYN_RECV",
-    "ESTABLISHED",
-    "FIN_WAIT",
-    "CLOSE_WAIT",
-    "LAST_ACK",
-    "TIME_WAIT",
-    "CLOSE",
-    "SYN_SENT2",
-];
 
 /// A ctnetlink socket.
 pub struct Ctnetlink {
@@ -396,11 +382,7 @@ fn row_of(attrs: Vec<ConntrackAttribute>) -> Option<CtRow> {
                     if let ProtoInfo::TCP(tcp) = i {
                         for x in tcp {
                             if let ProtoInfoTCP::State(s) = x {
-                                state = Some(
-                                    TCP_STATES
-                                        .get(usize::from(s))
-                                        .map_or_else(|| s.to_string(), |n| (*n).to_owned()),
-                                );
+                                state = TcpState::from_kernel(s);
                             }
                         }
                     }
@@ -431,7 +413,11 @@ fn row_of(attrs: Vec<ConntrackAttribute>) -> Option<CtRow> {
     };
     Some(CtRow {
         id: id?,
-        l3proto: if orig.src.is_ipv4() { "ipv4" } else { "ipv6" }.to_owned(),
+        l3proto: if orig.src.is_ipv4() {
+            L3::Ipv4
+        } else {
+            L3::Ipv6
+        },
         l4proto: l4?,
         reply: reply?,
         orig,
@@ -444,4 +430,102 @@ fn row_of(attrs: Vec<ConntrackAttribute>) -> Option<CtRow> {
         uid: None,
         user: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entry as the kernel would send it, through the crates' emit and parse.
+    fn round_trip(attrs: Vec<ConntrackAttribute>) -> Option<CtRow> {
+        let mut packet = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::from(NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+                ConntrackMessage::New(attrs),
+            )),
+        );
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        let msg = <NetlinkMessage<NetfilterMessage>>::deserialize(&buf).ok()?;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(NetfilterMessage {
+                inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(a)),
+                ..
+            }) => row_of(a),
+            _ => None,
+        }
+    }
+
+    fn icmp_tuple(src: &str, dst: &str, ty: u8) -> CtTuple {
+        CtTuple {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            sport: None,
+            dport: None,
+            icmp_type: Some(ty),
+            icmp_code: Some(0),
+            icmp_id: Some(77),
+        }
+    }
+
+    #[test]
+    fn entries_decode_with_the_fields_the_crate_leaves_raw() {
+        let orig = icmp_tuple("10.0.0.1", "10.0.0.2", 8);
+        let reply = icmp_tuple("10.0.0.2", "10.0.0.1", 0);
+        let counters = |p: u64, b: u64| {
+            let mut v = Vec::new();
+            for (k, x) in [(CTA_COUNTERS_PACKETS, p), (CTA_COUNTERS_BYTES, b)] {
+                v.extend_from_slice(&12u16.to_ne_bytes());
+                v.extend_from_slice(&k.to_ne_bytes());
+                v.extend_from_slice(&x.to_be_bytes());
+            }
+            v
+        };
+        let attrs = vec![
+            ConntrackAttribute::CtaTupleOrig(tuple_attrs(&orig, 1)),
+            ConntrackAttribute::CtaTupleReply(tuple_attrs(&reply, 1)),
+            ConntrackAttribute::CtaMark(0x3e8),
+            ConntrackAttribute::CtaTimeout(29),
+            ConntrackAttribute::Other(DefaultNla::new(
+                CTA_ID,
+                0xdead_beef_u32.to_be_bytes().to_vec(),
+            )),
+            zone_attr(7),
+            ConntrackAttribute::Other(DefaultNla::new(CTA_COUNTERS_ORIG, counters(3, 252))),
+            ConntrackAttribute::Other(DefaultNla::new(CTA_COUNTERS_REPLY, counters(2, 168))),
+        ];
+        let r = round_trip(attrs.clone()).expect("decoded");
+        assert_eq!(r.id, 0xdead_beef);
+        assert_eq!(
+            (r.l3proto, r.l4proto, r.mark, r.timeout, r.zone),
+            (L3::Ipv4, 1, 0x3e8, 29, 7)
+        );
+        assert_eq!(r.orig, orig);
+        assert_eq!(r.reply, reply);
+        assert_eq!(
+            r.counters,
+            Some(CtCounters {
+                orig_packets: 3,
+                orig_bytes: 252,
+                reply_packets: 2,
+                reply_bytes: 168
+            })
+        );
+        // Without an id, or with a truncated one, the entry is skipped, never guessed.
+        let no_id: Vec<_> = attrs
+            .iter()
+            .filter(|a| !matches!(a, ConntrackAttribute::Other(n) if kind_of(n) == CTA_ID))
+            .cloned()
+            .collect();
+        assert!(round_trip(no_id).is_none());
+        let mut short = attrs.clone();
+        short[4] = ConntrackAttribute::Other(DefaultNla::new(CTA_ID, vec![1, 2]));
+        assert!(round_trip(short).is_none());
+        // A bad counters attribute leaves counters out rather than failing the entry.
+        let mut bad = attrs;
+        bad[6] = ConntrackAttribute::Other(DefaultNla::new(CTA_COUNTERS_ORIG, vec![9; 5]));
+        assert_eq!(round_trip(bad).map(|r| r.counters), Some(None));
+    }
 }

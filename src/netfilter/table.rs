@@ -56,6 +56,8 @@ impl Table {
         }
         // Id order is the natural order and the final tie-break.
         rows.sort_unstable_by_key(|r| r.id);
+        // The dump grew the vector by doubling; a snapshot is kept until the next one.
+        rows.shrink_to_fit();
         self.rows = rows;
         self.taken = Some(now);
     }
@@ -67,11 +69,13 @@ impl Table {
             .and_then(|i| self.rows.get(i))
     }
 
-    /// Forgets entries the kernel no longer has.
-    pub fn remove(&mut self, id: u32) {
-        if let Ok(i) = self.rows.binary_search_by_key(&id, |r| r.id) {
-            self.rows.remove(i);
+    /// Forgets entries the kernel no longer has (one pass, however many).
+    pub fn remove(&mut self, ids: &[u32]) {
+        if ids.is_empty() {
+            return;
         }
+        let gone: std::collections::HashSet<u32> = ids.iter().copied().collect();
+        self.rows.retain(|r| !gone.contains(&r.id));
     }
 
     pub fn get_mut(&mut self, id: u32) -> Option<&mut CtRow> {
@@ -207,7 +211,7 @@ mod tests {
         };
         CtRow {
             id,
-            l3proto: "ipv4".into(),
+            l3proto: privsep::conntrack::L3::Ipv4,
             l4proto: proto,
             reply: t.clone(),
             orig: t,
