@@ -645,9 +645,11 @@ fn blockflush_deletes_a_newly_blocked_address_s_flows() {
         println!("{name}: skipped: needs conntrack, nft and ip (.ci/install-test-deps)");
         return;
     }
+    ensure_test_user();
     let s = Scratch::new("blockflush");
     let lab = Lab::new("b");
-    let d = Daemon::start(&lab, &s, "blockflush on");
+    let group = TEST_GROUPS[0];
+    let d = Daemon::start(&lab, &s, &format!("blockflush on\ncontrolgroup {group}"));
     let h = lab.host.clone();
     for (src, dst, sport) in [
         ("192.0.2.50", "198.51.100.1", "1"),
