@@ -17,6 +17,8 @@ pub mod files;
 pub mod import;
 pub mod log;
 pub mod nannyctl;
+pub mod nannyctl_conntrack;
+pub mod netfilter;
 pub mod parent;
 pub mod resolver;
 pub mod sentry;

@@ -21,8 +21,9 @@ use portnanny::exit::{Error, Result, EXIT_SYSTEM};
 use portnanny::fds::{cloexec_inherited, ensure_std_fds};
 use portnanny::log;
 use privsep::proto::{
-    ClassifierToParent, ControlToParent, LogLevel, LogRecord, ParentToClassifier, ParentToControl,
-    ParentToResolver, ParentToSentry, ResolverToParent, SentryToParent, MAX_LOG_LINE,
+    ClassifierToParent, ControlToParent, LogLevel, LogRecord, NetfilterToParent,
+    ParentToClassifier, ParentToControl, ParentToNetfilter, ParentToResolver, ParentToSentry,
+    ResolverToParent, SentryToParent, MAX_LOG_LINE,
 };
 use privsep::{Channel, DropPlan, Role};
 
@@ -127,7 +128,13 @@ fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
             Ok(t) => Some(t),
             Err(e) => return fail(fd3, &format!("sentry: {e}")),
         },
-        Role::Classifier | Role::Resolver | Role::Control => None,
+        Role::Classifier | Role::Resolver | Role::Control | Role::Netfilter => None,
+    };
+    // The netfilter worker's uid-to-name map needs the passwd database, out of reach once
+    // chrooted.
+    let users = match role {
+        Role::Netfilter => portnanny::netfilter::users::load(),
+        _ => Default::default(),
     };
     let drop_plan = DropPlan::for_profile(
         profile,
@@ -151,6 +158,7 @@ fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
         (Role::Control, Some(listener), _) => {
             portnanny::control::run(Channel::from_fd(fd3), listener)
         }
+        (Role::Netfilter, None, _) => portnanny::netfilter::run(Channel::from_fd(fd3), users),
         // take_worker_fds returned exactly the row's channel count, so this is unreachable;
         // fail closed rather than panic.
         _ => fail(fd3, "descriptors do not match the role's row"),
@@ -190,6 +198,12 @@ fn report_setup_failure(role: Role, fd3: std::os::fd::OwnedFd, what: &str) {
             let _ = ch
                 .send(&ControlToParent::Hello { build })
                 .and_then(|()| ch.send(&ControlToParent::Log(rec)));
+        }
+        Role::Netfilter => {
+            let mut ch: Channel<NetfilterToParent, ParentToNetfilter> = Channel::from_fd(fd3);
+            let _ = ch
+                .send(&NetfilterToParent::Hello { build })
+                .and_then(|()| ch.send(&NetfilterToParent::Log(rec)));
         }
     }
 }

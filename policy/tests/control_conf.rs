@@ -50,3 +50,65 @@ fn controlgroup_without_control_is_a_warning() {
         ["nanny.conf:4:1: warning[C013]: controlgroup has no effect without a 'control' socket"]
     );
 }
+
+#[test]
+fn conntrack_directives_load_and_print_back() {
+    let c = ok(&format!(
+        "{BASE}control /run/pn\nconntrack on\nconntrackuidmask 0xffff0000\nblockflush yes\n"
+    ));
+    assert!(c.control.conntrack && c.control.blockflush);
+    assert_eq!(c.control.uid_mask, 0xffff_0000);
+    assert_eq!(ok(&c.to_string()).control, c.control);
+    assert_eq!(
+        ok(&format!("{BASE}conntrackuidmask 65535\n"))
+            .control
+            .uid_mask,
+        0xffff
+    );
+    // Off by default.
+    let d = ok(BASE).control;
+    assert!(!d.conntrack && !d.blockflush && d.uid_mask == 0);
+}
+
+#[test]
+fn bad_conntrack_lines_name_line_and_column() {
+    // label, line, want (a substring of the one error)
+    let rows = [
+        (
+            "not on/off",
+            "conntrack maybe",
+            "nanny.conf:4:11: error[C005]: 'conntrack' is on or off, not 'maybe'",
+        ),
+        (
+            "zero mask",
+            "conntrackuidmask 0",
+            "nanny.conf:4:18: error[C005]: conntrackuidmask is a non-zero",
+        ),
+        (
+            "wide mask",
+            "conntrackuidmask 0x1ffffffff",
+            "error[C005]: conntrackuidmask",
+        ),
+        (
+            "twice",
+            "blockflush on\nblockflush off",
+            "nanny.conf:5:1: error[C004]: 'blockflush' may be given only once",
+        ),
+        (
+            "no value",
+            "conntrack",
+            "'conntrack' needs an argument (conntrack on|off)",
+        ),
+    ];
+    for (label, line, want) in rows {
+        let e = errors(&format!("{BASE}{line}\n"));
+        assert_eq!(e.len(), 1, "{label}: {e:?}");
+        assert!(e[0].contains(want), "{label}: {}", e[0]);
+    }
+    let p = parse_conf("nanny.conf", &format!("{BASE}conntrack on\n"));
+    let msgs: Vec<String> = p.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        msgs,
+        ["nanny.conf:4:1: warning[C013]: conntrack on without a 'control' socket: nothing can ask for the table"]
+    );
+}

@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::conntrack::{CtKilled, CtPage, CtRequest};
 use crate::proto::{ClassName, HostName, IdentUser};
 
 /// Longest request line a client may send (bytes, newline included).
@@ -60,6 +61,8 @@ pub enum Request {
     Explain(ExplainAsk),
     /// Counters, in Prometheus's text exposition format.
     Metrics,
+    /// The kernel's conntrack table (pyctd's job), answered by the netfilter worker.
+    Conntrack(CtRequest),
 }
 
 /// Which requests only root may make.
@@ -85,6 +88,8 @@ impl Request {
             | Request::Unblock { .. }
             | Request::Reload
             | Request::Flush => Access::Change,
+            Request::Conntrack(c) if c.changes() => Access::Change,
+            Request::Conntrack(_) => Access::Read,
         }
     }
 
@@ -102,6 +107,7 @@ impl Request {
             Request::Flush => "flush",
             Request::Explain(_) => "explain",
             Request::Metrics => "metrics",
+            Request::Conntrack(c) => c.name(),
         }
     }
 
@@ -142,6 +148,7 @@ impl Request {
             Request::Block {
                 seconds: Some(0), ..
             } => Err("a block of 0 seconds: leave the time out to block until unblocked".into()),
+            Request::Conntrack(c) => c.check(),
             _ => Ok(()),
         }
     }
@@ -547,6 +554,10 @@ pub enum Reply {
         kind: ErrorKind,
         message: String,
     },
+    /// `conntrack list`: a page of the snapshot.
+    CtPage(CtPage),
+    /// `conntrack kill`.
+    CtKilled(CtKilled),
 }
 
 impl Reply {

@@ -10,6 +10,7 @@
 )]
 
 pub mod channel;
+pub mod conntrack;
 pub mod control;
 pub mod drop;
 pub mod error;

@@ -795,3 +795,41 @@ pub enum ControlToParent {
     /// A log line, any time after `Hello`; the parent caps, escapes and rate-limits it.
     Log(LogRecord),
 }
+
+/// What the netfilter worker needs besides its requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetfilterSettings {
+    /// `conntrackuidmask`: the bits of the mark that hold a uid (0: no uid column).
+    pub uid_mask: u32,
+}
+
+/// Sent by the parent; decoded only by the netfilter worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParentToNetfilter {
+    /// First message, exactly once; the worker opens its netlink socket after it.
+    Hello {
+        build: BuildId,
+        settings: NetfilterSettings,
+    },
+    /// A conntrack request a control client made (already checked and authorised), or the
+    /// parent's own `Kill` of a newly blocked address's flows (`blockflush`). Answered by
+    /// exactly one `Answer` with the same `req`.
+    Ask {
+        req: ReqId,
+        ask: crate::conntrack::CtRequest,
+    },
+}
+
+/// Sent by the netfilter worker; decoded only by the parent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetfilterToParent {
+    /// First message, exactly once, after the parent's Hello and once the netlink socket is
+    /// open; the parent kills a worker whose build differs.
+    Hello { build: BuildId },
+    /// The answer to `Ask { req }`: a `CtPage` (at most `MAX_CT_PAGE` rows), `CtKilled`,
+    /// `Done` or `Error`. The parent refuses (as a violation) an answer to a request it never
+    /// asked, an answer of a kind the request does not have, or an oversized page.
+    Answer { req: ReqId, reply: Reply },
+    /// A log line, any time after `Hello`; the parent caps, escapes and rate-limits it.
+    Log(LogRecord),
+}

@@ -19,6 +19,7 @@ pub enum Role {
     Resolver,
     Sentry,
     Control,
+    Netfilter,
 }
 
 /// One row of the role table.
@@ -67,7 +68,7 @@ pub enum Peer {
 }
 
 /// Every role, in start order.
-pub const ROLES: [Profile; 4] = [
+pub const ROLES: [Profile; 5] = [
     Profile {
         role: Role::Classifier,
         channels: &[Peer::Parent, Peer::Worker(Role::Resolver)],
@@ -129,6 +130,24 @@ pub const ROLES: [Profile; 4] = [
         keep_caps: &[],
         restart_with: &[],
     },
+    Profile {
+        role: Role::Netfilter,
+        // It talks to the parent only: conntrack requests come down, answers go up.
+        channels: &[Peer::Parent],
+        // Its netlink socket needs no path: chrooted like the sentry. The uid-to-name map is
+        // read before the drop (src/netfilter/users.rs).
+        chroot: true,
+        // Its channel, its netlink socket and the standard descriptors.
+        nofile: 16,
+        fsize_zero: true,
+        // Single-threaded (one loop), so RLIMIT_NPROC 0 forbids processes and threads alike.
+        no_processes: NoProcesses::RlimitNproc,
+        // nfnetlink refuses every conntrack message (even a dump) without CAP_NET_ADMIN;
+        // nothing else is kept.
+        keep_caps: &[Capability::CAP_NET_ADMIN],
+        // No worker-to-worker channel: it restarts alone.
+        restart_with: &[],
+    },
 ];
 
 impl Role {
@@ -138,6 +157,7 @@ impl Role {
             Role::Resolver => "resolver",
             Role::Sentry => "sentry",
             Role::Control => "control",
+            Role::Netfilter => "netfilter",
         }
     }
 
@@ -153,6 +173,7 @@ impl Role {
             Role::Resolver => &ROLES[1],
             Role::Sentry => &ROLES[2],
             Role::Control => &ROLES[3],
+            Role::Netfilter => &ROLES[4],
         }
     }
 
@@ -232,6 +253,18 @@ mod tests {
         assert_eq!(Role::Control.fd_of(Peer::ControlClients), Some(4));
         assert_eq!(Role::Control.restart_group(), vec![Role::Control]);
         assert!(!Role::Classifier.restart_group().contains(&Role::Control));
+    }
+
+    #[test]
+    fn netfilter_row() {
+        let p = Role::Netfilter.profile();
+        assert_eq!(p.keep_caps, &[Capability::CAP_NET_ADMIN]);
+        assert_eq!(p.channels, &[Peer::Parent]);
+        assert_eq!(Role::Netfilter.restart_group(), vec![Role::Netfilter]);
+        assert!(p.chroot && p.fsize_zero && p.nofile <= 16);
+        assert_eq!(p.no_processes, NoProcesses::RlimitNproc);
+        assert_eq!(Role::from_arg("netfilter"), Some(Role::Netfilter));
+        assert!(!Role::Classifier.restart_group().contains(&Role::Netfilter));
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub fn main() -> ExitCode {
         }
     }
     let env = std::env::var(args::SOCKET_ENV).ok();
+    if let Some((socket, rest)) = conntrack_words(&words, env.as_deref()) {
+        let (out, err, code) = crate::nannyctl_conntrack::main(&socket, rest);
+        print!("{out}");
+        eprint!("{err}");
+        return ExitCode::from(code);
+    }
     let inv = match args::parse(&words, env.as_deref()) {
         Ok(i) => i,
         Err(f) => return report(&f),
@@ -45,6 +51,32 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(f) => report(&f),
     }
+}
+
+/// `[-s PATH | --socket PATH | --socket=PATH] conntrack WORDS…`: the socket and the words after
+/// `conntrack`, for the host's conntrack table (nannyctl_conntrack.rs); None for the other
+/// commands.
+fn conntrack_words<'a>(
+    words: &'a [String],
+    env: Option<&str>,
+) -> Option<(std::path::PathBuf, &'a [String])> {
+    let mut socket = env.unwrap_or(args::DEFAULT_SOCKET).to_owned();
+    let mut i = 0;
+    while let Some(w) = words.get(i) {
+        match w.as_str() {
+            "-s" | "--socket" => {
+                socket = words.get(i + 1)?.clone();
+                i += 2;
+            }
+            "conntrack" => return Some((socket.into(), words.get(i + 1..).unwrap_or_default())),
+            w if w.starts_with("--socket=") => {
+                socket = w.trim_start_matches("--socket=").to_owned();
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// Prints why it failed (and the synopsis after a usage error); the exit code.

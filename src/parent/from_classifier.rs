@@ -369,6 +369,7 @@ impl Parent {
             if self.blocker.kills() {
                 self.kill_services_of(b.addr);
             }
+            self.flush_blocked_flows(b.addr);
             if let Err(f) = self.mirror_blocks(vec![b.addr], true) {
                 self.worker_failed(f);
             }

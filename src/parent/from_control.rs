@@ -272,6 +272,7 @@ impl Parent {
             }
             Request::Explain(ask) => self.explain(client, ask),
             Request::Metrics => self.ask_classifier(client, Ask::Metrics, None),
+            Request::Conntrack(ask) => self.ask_netfilter(client, ask),
         }
     }
 
@@ -639,6 +640,17 @@ fn describe(req: &Request) -> String {
             None => format!("block {addr}"),
         },
         Request::Unblock { addr } => format!("unblock {addr}"),
+        Request::Conntrack(privsep::conntrack::CtRequest::Kill(k)) => {
+            let mut parts: Vec<String> = k.ids.iter().map(u32::to_string).collect();
+            parts.extend(k.ip.iter().map(|c| format!("--ip {c}")));
+            format!("conntrack kill {}", parts.join(" "))
+        }
+        Request::Conntrack(privsep::conntrack::CtRequest::Change { id, field, value }) => {
+            format!("conntrack change {id} {field} {value}")
+        }
+        Request::Conntrack(privsep::conntrack::CtRequest::Autorefresh { on }) => {
+            format!("conntrack autorefresh {}", if *on { "on" } else { "off" })
+        }
         other => other.name().to_owned(),
     }
 }

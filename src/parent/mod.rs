@@ -45,6 +45,7 @@ mod ctlsock;
 mod ending;
 mod from_classifier;
 mod from_control;
+mod from_netfilter;
 mod from_resolver;
 mod from_sentry;
 pub mod generations;
@@ -139,6 +140,8 @@ struct Parent {
     endings: ending::Endings,
     /// The control socket and its worker (`control` in nanny.conf).
     control: Option<from_control::ControlSide>,
+    /// The netfilter worker (`conntrack on` or `blockflush on` in nanny.conf).
+    netfilter: Option<from_netfilter::NetfilterSide>,
     counters: counters::Counters,
     classifier: Option<Worker<ParentToClassifier, ClassifierToParent>>,
     resolver: Option<Worker<ParentToResolver, ResolverToParent>>,
@@ -181,6 +184,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     p.start_workers()?;
     p.start_sentry();
     p.start_control();
+    p.start_netfilter();
     let addrs: Vec<String> = p.listeners.iter().map(|l| l.addr.to_string()).collect();
     log::notice(&format!(
         "started: listening on {}; policy generation {}",
@@ -215,6 +219,7 @@ impl Parent {
         match f.role {
             Role::Sentry => return self.sentry_failed(f),
             Role::Control => return self.control_failed(f),
+            Role::Netfilter => return self.netfilter_failed(f),
             Role::Classifier | Role::Resolver => {}
         }
         if self.classifier.is_none() && self.resolver.is_none() {
@@ -378,6 +383,13 @@ impl Parent {
                     continue;
                 }
             }
+            if let Some(n) = self.netfilter.as_mut() {
+                if n.worker.is_none() && n.restarts.due.is_some_and(|d| now >= d) {
+                    n.restarts.due = None;
+                    self.start_netfilter();
+                    continue;
+                }
+            }
             if let Some(t) = self.group_started.filter(|_| !self.workers_ready()) {
                 if now.duration_since(t) > workers::START_TIMEOUT {
                     self.worker_failed(Failure::new(
@@ -506,6 +518,7 @@ impl Parent {
             if Instant::now() >= self.next_reload {
                 self.check_verdict_deadline(Instant::now());
                 self.expire_asks(Instant::now());
+                self.expire_netfilter(Instant::now());
                 self.note_good_policy(Instant::now());
                 self.end_exhaustion(Instant::now());
                 let ended = self.blocker.tick(Instant::now());
@@ -589,6 +602,14 @@ impl Parent {
         {
             until = until.min(d);
         }
+        if let Some(d) = self
+            .netfilter
+            .as_ref()
+            .filter(|n| n.worker.is_none())
+            .and_then(|n| n.restarts.due)
+        {
+            until = until.min(d);
+        }
         if let Some(d) = self.notify.next_ping() {
             until = until.min(d);
         }
@@ -617,6 +638,9 @@ impl Parent {
         self.classifier = None;
         self.resolver = None;
         self.sentry = None;
+        if let Some(n) = self.netfilter.as_mut() {
+            n.worker = None;
+        }
         if let Some(c) = self.control.as_mut() {
             c.worker = None;
             c.socket.remove();

@@ -30,6 +30,9 @@ impl Parent {
         if let Some(w) = self.control.as_ref().and_then(|c| c.worker.as_ref()) {
             v.push(w);
         }
+        if let Some(w) = self.netfilter.as_ref().and_then(|n| n.worker.as_ref()) {
+            v.push(w);
+        }
         v
     }
 
@@ -43,6 +46,11 @@ impl Parent {
                 .as_mut()
                 .and_then(|c| c.worker.as_mut())
                 .map(|w| w as &mut dyn Link),
+            Role::Netfilter => self
+                .netfilter
+                .as_mut()
+                .and_then(|n| n.worker.as_mut())
+                .map(|w| w as &mut dyn Link),
         }
     }
 
@@ -53,6 +61,7 @@ impl Parent {
             Role::Resolver => self.serve_resolver(),
             Role::Sentry => self.serve_sentry(),
             Role::Control => self.serve_control(),
+            Role::Netfilter => self.serve_netfilter(),
         }
     }
 
@@ -87,7 +96,7 @@ impl Parent {
                 Role::Classifier => self.classifier = Some(Worker::new(s)),
                 Role::Resolver => self.resolver = Some(Worker::new(s)),
                 // Not in the classifier's restart group; never started here.
-                Role::Sentry | Role::Control => {}
+                Role::Sentry | Role::Control | Role::Netfilter => {}
             }
         }
         log::debug(2, &format!("started {}", pids.join(" ")));
@@ -110,6 +119,11 @@ impl Parent {
                     .control
                     .as_mut()
                     .and_then(|c| c.worker.take())
+                    .map(|w| w.pid),
+                Role::Netfilter => self
+                    .netfilter
+                    .as_mut()
+                    .and_then(|n| n.worker.take())
                     .map(|w| w.pid),
             })
             .collect()

@@ -198,6 +198,12 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         conns: Conns::default(),
         endings: super::ending::Endings::default(),
         control,
+        netfilter: (conf.control.conntrack || conf.control.blockflush).then(|| {
+            super::from_netfilter::NetfilterSide::new(
+                conf.control.uid_mask,
+                conf.control.blockflush,
+            )
+        }),
         counters: super::counters::Counters::default(),
         classifier: None,
         resolver: None,
