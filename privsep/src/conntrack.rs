@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::Cidr;
+use crate::cidr::Cidr;
 
 /// Most rows one `conntrack list` answer carries: the page is bounded whatever the client asks.
 /// A row is about 120 bytes of bincode, at most about 450 with IPv6 tuples, counters and a

@@ -10,6 +10,7 @@
 )]
 
 pub mod channel;
+pub mod cidr;
 pub mod conntrack;
 pub mod control;
 pub mod drop;

@@ -142,26 +142,11 @@ impl Parent {
             };
             let violation = |why: String| Failure::violation(Role::Netfilter, why);
             match msg {
-                NetfilterToParent::Hello { build } => {
-                    if w.hello {
-                        return Err(violation("netfilter Hello refused: second Hello".into()));
-                    }
-                    if build != self.build {
-                        return Err(violation(
-                            "netfilter Hello refused: build id differs from the parent's".into(),
-                        ));
-                    }
-                    w.hello = true;
-                }
+                NetfilterToParent::Hello { build } => w.greeted(&self.build, &build)?,
                 _ if !w.hello => {
                     return Err(violation("netfilter message refused: before Hello".into()));
                 }
-                NetfilterToParent::Log(rec) => {
-                    if rec.text.len() > privsep::proto::MAX_LOG_LINE {
-                        return Err(violation("netfilter Log refused: line too long".into()));
-                    }
-                    w.log(rec.level, rec.verbosity, &rec.text);
-                }
+                NetfilterToParent::Log(rec) => w.relay_log(rec)?,
                 NetfilterToParent::Answer { req, reply } => {
                     let Some((asker, is_list, _)) =
                         self.netfilter.as_mut().and_then(|n| n.asks.remove(&req))
