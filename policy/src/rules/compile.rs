@@ -18,7 +18,6 @@ use crate::facts::Lookup;
 
 use super::ast::{Expr, Operand};
 use super::matchers::{self, Cx, Matcher, Piece};
-use super::trace::{NoTrace, Tracer};
 
 /// A compiled expression node.
 #[derive(Clone, Debug)]
@@ -363,4 +362,45 @@ impl fmt::Display for Node {
             Node::Except(a, b) => write!(f, "({a}) EXCEPT ({b})"),
         }
     }
+}
+
+/// What the evaluator reports to a tracer (trace.rs's Recorder for `explain`). It lives with
+/// the nodes it sees, so the tree and its evaluation do not depend on the recorder. Every hook is called after the fact.
+pub trait Tracer {
+    /// Rule `rule` was not evaluated: its class had already matched (`class_done`), or a
+    /// terminal rule had matched and it is not `/always`.
+    fn skip(&mut self, rule: usize, class_done: bool);
+    /// Rule `rule`'s expression is about to be evaluated.
+    fn rule_start(&mut self, rule: usize);
+    /// Rule `rule`'s expression gave `hit`.
+    fn rule_end(&mut self, rule: usize, hit: bool);
+    /// Rules `first..first + len`, a run of address-only rules, were searched in one step;
+    /// `hit` is the offset of the first one containing the address.
+    fn run(&mut self, first: usize, len: usize, hit: Option<usize>);
+    /// A compound node (NOT, or-list, AND, EXCEPT) is about to be evaluated.
+    fn enter(&mut self, node: &Node);
+    /// The compound node just entered gave `hit`.
+    fn leave(&mut self, node: &Node, hit: bool);
+    /// Matcher `m` was evaluated and gave `hit`.
+    fn matcher(&mut self, m: &Matcher, hit: bool, cx: &mut Cx<'_>);
+}
+
+/// The tracer of every real connection: records nothing, costs nothing.
+pub struct NoTrace;
+
+impl Tracer for NoTrace {
+    #[inline(always)]
+    fn skip(&mut self, _: usize, _: bool) {}
+    #[inline(always)]
+    fn rule_start(&mut self, _: usize) {}
+    #[inline(always)]
+    fn rule_end(&mut self, _: usize, _: bool) {}
+    #[inline(always)]
+    fn run(&mut self, _: usize, _: usize, _: Option<usize>) {}
+    #[inline(always)]
+    fn enter(&mut self, _: &Node) {}
+    #[inline(always)]
+    fn leave(&mut self, _: &Node, _: bool) {}
+    #[inline(always)]
+    fn matcher(&mut self, _: &Matcher, _: bool, _: &mut Cx<'_>) {}
 }

@@ -38,8 +38,8 @@ use crate::addr::AddrRange;
 use crate::facts::{Classification, Facts, Lookup, MatchedClass, GLOBAL};
 
 use super::compile::{leading_lookup, Node};
+use super::compile::{NoTrace, Tracer};
 use super::matchers::{canonical_ip, Cx, Matcher};
-use super::trace::{NoTrace, Tracer};
 use super::{Rule, Rules};
 
 /// One step of the evaluation plan.

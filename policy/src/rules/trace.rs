@@ -28,52 +28,13 @@ use std::net::IpAddr;
 use crate::facts::{Classification, Facts, HnStatus, HostInfo, Lookup, SeenTimes, SentryMode};
 
 use super::compile::Node;
+pub use super::compile::{NoTrace, Tracer};
 use super::eval;
 use super::matchers::{canonical_ip, Cx, Matcher, TimeKind};
 use super::Rules;
 
 /// Longest `why` text kept for one rule; a longer one is cut with `…`.
 pub const MAX_WHY: usize = 480;
-
-/// What the evaluator reports to a tracer. Every hook is called after the fact.
-pub trait Tracer {
-    /// Rule `rule` was not evaluated: its class had already matched (`class_done`), or a
-    /// terminal rule had matched and it is not `/always`.
-    fn skip(&mut self, rule: usize, class_done: bool);
-    /// Rule `rule`'s expression is about to be evaluated.
-    fn rule_start(&mut self, rule: usize);
-    /// Rule `rule`'s expression gave `hit`.
-    fn rule_end(&mut self, rule: usize, hit: bool);
-    /// Rules `first..first + len`, a run of address-only rules, were searched in one step;
-    /// `hit` is the offset of the first one containing the address.
-    fn run(&mut self, first: usize, len: usize, hit: Option<usize>);
-    /// A compound node (NOT, or-list, AND, EXCEPT) is about to be evaluated.
-    fn enter(&mut self, node: &Node);
-    /// The compound node just entered gave `hit`.
-    fn leave(&mut self, node: &Node, hit: bool);
-    /// Matcher `m` was evaluated and gave `hit`.
-    fn matcher(&mut self, m: &Matcher, hit: bool, cx: &mut Cx<'_>);
-}
-
-/// The tracer of every real connection: records nothing, costs nothing.
-pub struct NoTrace;
-
-impl Tracer for NoTrace {
-    #[inline(always)]
-    fn skip(&mut self, _: usize, _: bool) {}
-    #[inline(always)]
-    fn rule_start(&mut self, _: usize) {}
-    #[inline(always)]
-    fn rule_end(&mut self, _: usize, _: bool) {}
-    #[inline(always)]
-    fn run(&mut self, _: usize, _: usize, _: Option<usize>) {}
-    #[inline(always)]
-    fn enter(&mut self, _: &Node) {}
-    #[inline(always)]
-    fn leave(&mut self, _: &Node, _: bool) {}
-    #[inline(always)]
-    fn matcher(&mut self, _: &Matcher, _: bool, _: &mut Cx<'_>) {}
-}
 
 /// What happened to one rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
