@@ -24,7 +24,7 @@ use std::time::Instant;
 use privsep::proto::{ClassName, ConnId, Gen, LiveConn, SentryMode};
 
 use super::msgwrite::{MsgWrite, Progress};
-use super::proxy::HeaderRead;
+use super::proxy_header::HeaderRead;
 
 /// What the verdict said about a connection that got a service or a message.
 #[derive(Clone, Debug, PartialEq, Eq)]

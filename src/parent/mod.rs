@@ -55,6 +55,7 @@ mod loader;
 pub mod msgwrite;
 pub mod neverblock;
 mod proxy;
+mod proxy_header;
 mod reap;
 pub mod reload;
 mod roles;
