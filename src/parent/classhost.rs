@@ -20,25 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::unistd::{Group, User};
-use policy::actions::{Actions, At, Pos, RlimitName, Sandbox, UserSpec, MAX_MSG_BYTES};
+use policy::actions::{Actions, At, Pos, Sandbox, UserSpec, MAX_MSG_BYTES};
 use policy::{Diagnostic, Severity, SourceFile};
 
-use super::spawn::{self, Creds};
+use super::spawn::{self, Creds, ServiceSandbox};
 use crate::files;
-
-/// A class's sandbox, ready for the service child (everything it reads is built here, so the
-/// child between clone and exec only makes system calls).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceSandbox {
-    /// The class's `user` (None: nanny.conf's, or not running as root).
-    pub creds: Option<Creds>,
-    pub nice: Option<i32>,
-    /// (resource, soft, hard), `libc::RLIM_INFINITY` for unlimited.
-    pub rlimits: Vec<(RlimitName, u64, u64)>,
-    pub umask: Option<libc::mode_t>,
-    pub chdir: Option<CString>,
-    pub timeout: Option<Duration>,
-}
 
 /// One class's host-resolved parts.
 #[derive(Clone, Debug, Default)]
@@ -101,7 +87,7 @@ pub fn check(name: &str, text: &str, ctx: &HostCtx) -> Vec<Diagnostic> {
         }
     }
     for f in &v.msgfiles {
-        let path = super::setup::resolve_relative(&ctx.conf_path, &f.value);
+        let path = crate::files::resolve_relative(&ctx.conf_path, &f.value);
         if let Err(m) = read_msgfile(&path) {
             out.push(diag("H008", f.pos, m));
         }
@@ -130,7 +116,7 @@ pub fn resolve(
         let mut host = ClassHost::default();
         if let Some(f) = &c.msgfile {
             let bytes = files.entry(f.pos).or_insert_with(|| {
-                let path = super::setup::resolve_relative(&ctx.conf_path, &f.value);
+                let path = crate::files::resolve_relative(&ctx.conf_path, &f.value);
                 let r = read_msgfile(&path);
                 table.msgfiles.push(path);
                 r.map_err(|m| diags.push(diag(Severity::Error, "H008", f.pos, m)))
@@ -320,8 +306,12 @@ mod tests {
         assert_eq!(
             s.rlimits,
             vec![
-                (RlimitName::As, 1 << 20, 1 << 20),
-                (RlimitName::Cpu, libc::RLIM_INFINITY, libc::RLIM_INFINITY)
+                (policy::actions::RlimitName::As, 1 << 20, 1 << 20),
+                (
+                    policy::actions::RlimitName::Cpu,
+                    libc::RLIM_INFINITY,
+                    libc::RLIM_INFINITY
+                )
             ]
         );
         assert_eq!((s.nice, s.umask), (Some(3), Some(0o27)));

@@ -37,18 +37,7 @@ pub struct Config {
     pub actions_path: PathBuf,
 }
 
-/// A relative rulefile/actionfile is taken relative to the directory of nanny.conf, so a
-/// configuration works the same whatever the current directory.
-pub fn resolve_relative(conf_path: &Path, file: &str) -> PathBuf {
-    let p = Path::new(file);
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    match conf_path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
-        _ => p.to_path_buf(),
-    }
-}
+pub use crate::files::resolve_relative;
 
 /// Reads and parses nanny.conf, then makes the host checks -C makes (users exist, the
 /// privsep user is not root, the chroot directory is safe), so a daemon that cannot run says

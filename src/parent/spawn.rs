@@ -31,7 +31,19 @@ use std::sync::OnceLock;
 use nix::unistd::{Gid, User};
 use policy::actions::RlimitName;
 
-use super::classhost::ServiceSandbox;
+/// A class's sandbox, ready for the service child (everything it reads is built here, so the
+/// child between clone and exec only makes system calls).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSandbox {
+    /// The class's `user` (None: nanny.conf's, or not running as root).
+    pub creds: Option<Creds>,
+    pub nice: Option<i32>,
+    /// (resource, soft, hard), `libc::RLIM_INFINITY` for unlimited.
+    pub rlimits: Vec<(RlimitName, u64, u64)>,
+    pub umask: Option<libc::mode_t>,
+    pub chdir: Option<CString>,
+    pub timeout: Option<std::time::Duration>,
+}
 
 /// Who a service runs as: uid, primary gid and the supplementary groups a login would give
 /// (initgroups semantics: the groups file plus the primary group), and the passwd entry's home
