@@ -110,6 +110,19 @@ fn kind(meta: &Metadata) -> &'static str {
     }
 }
 
+/// A relative rulefile/actionfile is taken relative to the directory of nanny.conf, so a
+/// configuration works the same whatever the current directory.
+pub fn resolve_relative(conf_path: &std::path::Path, file: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(file);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match conf_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,18 +184,5 @@ mod tests {
         file.set_len(MAX_CONFIG_BYTES).unwrap();
         assert!(read_bytes(&f, "big").is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
-/// A relative rulefile/actionfile is taken relative to the directory of nanny.conf, so a
-/// configuration works the same whatever the current directory.
-pub fn resolve_relative(conf_path: &std::path::Path, file: &str) -> std::path::PathBuf {
-    let p = std::path::Path::new(file);
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    match conf_path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
-        _ => p.to_path_buf(),
     }
 }
