@@ -4,11 +4,20 @@
 //! table; the peer is untrusted. A peer that never reads must not pin memory or stall the loop,
 //! so every write is non-blocking, each message has a byte cap ([`MAX_MSG_BYTES`]) and a deadline
 //! ([`MSG_DEADLINE`]), and the number of messages in flight is capped ([`MAX_MSG_WRITERS`]).
-//! When the message is out (or the deadline passes, or the peer goes away) the socket is shut
-//! down for writing and closed.
+//! When the message is out (or the deadline passes, or the peer goes away) what the peer sent is
+//! discarded and the socket closed.
+//!
+//! Every write says MSG_MORE: the kernel holds a short tail back, and the close that follows
+//! sends it with the FIN in one segment, so a client is woken once for the message and its end,
+//! not twice. No write waits (MSG_DONTWAIT), so the accepted socket keeps the blocking mode a
+//! service would want and no fcntl is spent per message.
 
-use std::io::{self, Write};
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+
+use nix::sys::socket::{recv, send, MsgFlags};
 
 use privsep::proto::ConnId;
 
@@ -53,6 +62,33 @@ pub enum Progress {
     Failed(io::Error),
 }
 
+/// Where a message goes: a write that never waits.
+pub trait Sink {
+    /// Writes what the socket takes now (WouldBlock when it takes nothing).
+    fn send_now(&mut self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl Sink for TcpStream {
+    fn send_now(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let flags = MsgFlags::MSG_DONTWAIT
+            | MsgFlags::MSG_NOSIGNAL
+            | MsgFlags::from_bits_retain(libc::MSG_MORE);
+        send(self.as_raw_fd(), buf, flags).map_err(io::Error::from)
+    }
+}
+
+/// Discards what the peer has sent so far (bounded, never waiting): closing a socket with
+/// unread input makes the kernel send RST instead of FIN, and the peer could lose the message.
+pub fn discard_input(s: &TcpStream) {
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match recv(s.as_raw_fd(), &mut sink, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+}
+
 /// One message being written to one connection.
 #[derive(Debug)]
 pub struct MsgWrite<W> {
@@ -63,8 +99,8 @@ pub struct MsgWrite<W> {
     deadline: Instant,
 }
 
-impl<W: Write> MsgWrite<W> {
-    /// `out` must be non-blocking. `bytes` should come from [`message_bytes`].
+impl<W: Sink> MsgWrite<W> {
+    /// `bytes` should come from [`message_bytes`].
     pub fn new(conn: ConnId, out: W, bytes: Vec<u8>, now: Instant) -> MsgWrite<W> {
         MsgWrite {
             conn,
@@ -96,7 +132,7 @@ impl<W: Write> MsgWrite<W> {
             if now >= self.deadline {
                 return self.timed_out();
             }
-            match self.out.write(rest) {
+            match self.out.send_now(rest) {
                 Ok(0) => return Progress::Failed(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.pos += n.min(rest.len()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Blocked,
@@ -133,8 +169,8 @@ mod tests {
         got: Vec<u8>,
     }
 
-    impl Write for Script {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    impl Sink for Script {
+        fn send_now(&mut self, buf: &[u8]) -> io::Result<usize> {
             match self.steps.pop_front() {
                 Some(Ok(n)) => {
                     let n = n.min(buf.len());
@@ -145,8 +181,11 @@ mod tests {
                 None => Err(io::ErrorKind::WouldBlock.into()),
             }
         }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
+    }
+
+    impl Sink for std::os::unix::net::UnixStream {
+        fn send_now(&mut self, buf: &[u8]) -> io::Result<usize> {
+            io::Write::write(self, buf)
         }
     }
 

@@ -211,12 +211,6 @@ pub fn act(
                     msgwrite::MAX_MSG_BYTES
                 ));
             }
-            // Accepted sockets are blocking (services want that); the parent's own writes
-            // must never wait on a peer.
-            if let Err(e) = stream.set_nonblocking(true) {
-                log::debug(1, &format!("msg conn={} failed: {e}", conn.0));
-                return close(meta, Some(stream));
-            }
             let mut w = MsgWrite::new(conn, stream, bytes, Instant::now());
             match w.advance(Instant::now()) {
                 Progress::Blocked => Acted::Writing {
@@ -275,7 +269,8 @@ impl Prepared {
     }
 }
 
-/// Ends a message write: shut the write side (a clean FIN after the bytes) and close.
+/// Ends a message write: discard what the peer sent, then close (the FIN goes out with the
+/// message's held-back tail, see msgwrite).
 pub fn finish_msg(w: MsgWrite<TcpStream>, how: Progress) {
     let conn = w.conn;
     match how {
@@ -291,16 +286,5 @@ pub fn finish_msg(w: MsgWrite<TcpStream>, how: Progress) {
         Progress::Failed(e) => log::debug(1, &format!("msg conn={} failed: {e}", conn.0)),
         Progress::Blocked => {}
     }
-    let mut s = w.into_inner();
-    let _ = s.shutdown(std::net::Shutdown::Write);
-    // Closing a socket with unread input makes the kernel send RST instead of FIN, and a
-    // client that sent a request line before the message arrived would then lose the message.
-    // Discard what is already there (bounded; the socket is non-blocking) before closing.
-    let mut sink = [0u8; 4096];
-    for _ in 0..16 {
-        match std::io::Read::read(&mut s, &mut sink) {
-            Ok(n) if n > 0 => continue,
-            _ => break,
-        }
-    }
+    msgwrite::discard_input(&w.into_inner());
 }
