@@ -115,7 +115,8 @@ pub fn serve(
         return ExitCode::from(EXIT_SYSTEM);
     }
     let listener = UnixListener::from(listener);
-    let front = match (settings.xmlrpc.clone(), is_socket(&xmlrpc_fd)) {
+    let serving = (settings.xmlrpc.clone(), is_socket(&xmlrpc_fd));
+    let front = match serving {
         (Some(x), true) => x
             .check()
             .and_then(|()| {
@@ -123,7 +124,11 @@ pub fn serve(
                     .map_err(|e| format!("xmlrpc listener: {e}"))
             })
             .map(Some),
-        (None, false) => Ok(None),
+        // The /dev/null placeholder is closed here: nothing is kept that is not used.
+        (None, false) => {
+            drop(xmlrpc_fd);
+            Ok(None)
+        }
         (Some(_), false) => Err("xmlrpc is configured but fd 5 is not its listener".into()),
         (None, true) => Err("fd 5 is a listener but xmlrpc is not configured".into()),
     };
