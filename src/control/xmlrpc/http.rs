@@ -87,6 +87,11 @@ impl HttpConn {
         !self.waiting && self.out.is_empty() && !self.closing
     }
 
+    /// Bytes of a next request already read (a pipelining client).
+    pub fn has_buffered(&self) -> bool {
+        !self.inbuf.is_empty()
+    }
+
     pub fn wants_write(&self) -> bool {
         !self.out.is_empty()
     }

@@ -105,7 +105,8 @@ impl Front {
             self.close(id);
             return;
         }
-        if !readable || !c.wants_read() {
+        // A request read along with the last one is taken once that one is answered.
+        if !(readable || c.has_buffered()) || !c.wants_read() {
             return;
         }
         match c.read(now) {
