@@ -1005,6 +1005,34 @@ fn pyctd_xmlrpc_clients_work_unchanged_against_the_kernel_table() {
     );
     assert!(ok(&r[1]).is_string());
 
+    // A reload reads the password file again: a user added since logs in.
+    let mut tool = Command::new(BIN)
+        .arg("--xmlrpc-passwd")
+        .arg(&pw)
+        .arg("bob")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("portnanny --xmlrpc-passwd");
+    {
+        use std::io::Write;
+        let mut stdin = tool.stdin.take().expect("stdin");
+        stdin.write_all(b"hunter2\n").expect("password");
+    }
+    assert!(tool.wait().expect("wait").success());
+    let r = pyctd(&lab, serde_json::json!([["login", ["bob", "hunter2"]]]));
+    assert_eq!(fault_code(&r[0]), 2, "not before the reload: {r:?}");
+    let reloaded = portnanny::nannyctl_conntrack::ask(&d.ctl, &Request::Reload).expect("reload");
+    assert!(matches!(reloaded, Reply::Done(_)), "{reloaded:?}");
+    let r = pyctd(
+        &lab,
+        serde_json::json!([
+            ["login", ["bob", "hunter2"]],
+            ["login", ["alice", "s3cret"]]
+        ]),
+    );
+    assert!(ok(&r[0]).is_string(), "{r:?}");
+    assert!(ok(&r[1]).is_string(), "{r:?}");
+
     // Every change is logged with the XML-RPC user's name.
     let log = d.log();
     assert!(log.contains("xmlrpc: user alice: conntrack kill"), "{log}");
