@@ -48,6 +48,11 @@ pub enum Command {
     Run(Args),
     Help,
     Version,
+    /// `--xmlrpc-passwd FILE USER`: set USER's XML-RPC password (see [`crate::xmlrpc_passwd`]).
+    XmlrpcPasswd {
+        file: PathBuf,
+        user: String,
+    },
     /// `--import-portsentry PORTSENTRY.CONF DIR [MODE...]` (see [`crate::import`]).
     ImportPortsentry {
         input: PathBuf,
@@ -130,12 +135,16 @@ fn parse_import(rest: &[String]) -> Result<Command, UsageError> {
     }
 }
 
+/// The password tool's switch; like the importer's, it must come first.
+pub const XMLRPC_PASSWD_SWITCH: &str = "xmlrpc-passwd";
+
 /// The one-line synopsis printed with usage errors.
 pub fn synopsis() -> String {
     format!(
         "usage: {DEFAULT_PROGNAME} [-l] [-v | -V NUM] [-p NAME] [-C] [-M MAXTHREADS] \
          [-S STACKSIZE|unlimited] CONFIGFILE\n       \
-         {DEFAULT_PROGNAME} --{IMPORT_SWITCH} PORTSENTRY.CONF DIR [MODE...]"
+         {DEFAULT_PROGNAME} --{IMPORT_SWITCH} PORTSENTRY.CONF DIR [MODE...]\n       \
+         {DEFAULT_PROGNAME} --{XMLRPC_PASSWD_SWITCH} FILE USER < password"
     )
 }
 
@@ -155,6 +164,20 @@ pub fn parse(argv: &[String]) -> Result<Command, UsageError> {
         .map(|(_, rest)| rest)
     {
         return parse_import(rest);
+    }
+    if let Some((_, rest)) = argv
+        .split_first()
+        .filter(|(first, _)| first.strip_prefix("--") == Some(XMLRPC_PASSWD_SWITCH))
+    {
+        return match rest {
+            [file, user] => Ok(Command::XmlrpcPasswd {
+                file: PathBuf::from(file),
+                user: user.clone(),
+            }),
+            _ => Err(UsageError(format!(
+                "--{XMLRPC_PASSWD_SWITCH} takes FILE and USER (the password is read from stdin)"
+            ))),
+        };
     }
     let m = options()
         .parse(argv)

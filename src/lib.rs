@@ -22,3 +22,4 @@ pub mod netfilter;
 pub mod parent;
 pub mod resolver;
 pub mod sentry;
+pub mod xmlrpc_passwd;

@@ -71,6 +71,15 @@ fn run(argv: &[OsString], cloexec: std::io::Result<()>) -> Result<ExitCode> {
             println!("portnanny {}", env!("CARGO_PKG_VERSION"));
             return Ok(ExitCode::SUCCESS);
         }
+        Command::XmlrpcPasswd { file, user } => {
+            let stdin = std::io::stdin();
+            if std::io::IsTerminal::is_terminal(&stdin) {
+                eprintln!("password for {user} (echoed; or pipe it in):");
+            }
+            portnanny::xmlrpc_passwd::set_user(&file, &user, &mut stdin.lock())
+                .map_err(Error::Usage)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::ImportPortsentry { input, dir, modes } => {
             portnanny::import::run(&input, &dir, &modes)?;
             return Ok(ExitCode::SUCCESS);
@@ -96,7 +105,7 @@ fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
     // after arming PDEATHSIG).
     let parent = getppid();
     let profile = role.profile();
-    let fds = match privsep::take_worker_fds(profile.channels.len()) {
+    let fds = match privsep::take_worker_fds_as(profile.channels) {
         Ok(f) => f,
         Err(e) => {
             // No channel: not started by a parent (run by hand), so stderr is a terminal.
@@ -155,9 +164,10 @@ fn worker_main(role: Role, rest: &[OsString]) -> ExitCode {
             portnanny::resolver::run(Channel::from_fd(fd3), Channel::from_fd(fd4))
         }
         (Role::Sentry, None, Some(tables)) => portnanny::sentry::run(Channel::from_fd(fd3), tables),
-        (Role::Control, Some(listener), _) => {
-            portnanny::control::run(Channel::from_fd(fd3), listener)
-        }
+        (Role::Control, Some(listener), _) => match fds.next() {
+            Some(xmlrpc) => portnanny::control::run(Channel::from_fd(fd3), listener, xmlrpc),
+            None => fail(fd3, "descriptors do not match the role's row"),
+        },
         (Role::Netfilter, None, _) => portnanny::netfilter::run(Channel::from_fd(fd3), users),
         // take_worker_fds returned exactly the row's channel count, so this is unreachable;
         // fail closed rather than panic.

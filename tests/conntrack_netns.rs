@@ -5,6 +5,8 @@
 //! `conntrack -L` on every field it shows; filters, ordering and paging are checked against an
 //! answer computed from `conntrack -L`; kill removes exactly the chosen entries; change of mark
 //! and timeout shows in `conntrack -L`; the netfilter worker holds CAP_NET_ADMIN only.
+//! pyctd's XML-RPC API is driven the same way by Python's standard-library xmlrpc.client
+//! (tests/data/pyctd_client.py), as an existing pyctd frontend would.
 //!
 //! Root only ("skipped: needs root" otherwise; skipped with a note when conntrack, nft, ip or
 //! nc is missing). The daemon and conntrack-tools run inside the namespaces this test creates
@@ -343,11 +345,15 @@ impl Daemon {
     }
 
     fn netfilter_pid(&self) -> Option<i32> {
+        self.worker_pid("netfilter")
+    }
+
+    fn worker_pid(&self, role: &str) -> Option<i32> {
         let pid = i32::try_from(self.child.id()).ok()?;
         children_of(pid).into_iter().find(|p| {
             cmdline(*p)
                 .windows(2)
-                .any(|w| w[0] == "--privsep-role" && w[1] == "netfilter")
+                .any(|w| w[0] == "--privsep-role" && w[1] == role)
         })
     }
 
@@ -698,4 +704,341 @@ fn blockflush_deletes_a_newly_blocked_address_s_flows() {
         d.log().contains("blockflush: deleted 2").then_some(())
     });
     assert!(logged.is_some(), "{}", d.log());
+}
+
+/// Runs `calls` ([method, [args…]] each) through Python's xmlrpc.client in the host namespace,
+/// on one kept-alive connection; one JSON result per call.
+fn pyctd(lab: &Lab, calls: serde_json::Value) -> Vec<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pyctd_client.py");
+    let out = Command::new("timeout")
+        .arg("60")
+        .args(["ip", "netns", "exec", &lab.host, "python3", script])
+        .arg(format!("http://127.0.0.1:{XMLRPC_PORT}"))
+        .arg(calls.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str::<Vec<serde_json::Value>>(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// One call's value, or a panic with the fault.
+fn ok(v: &serde_json::Value) -> serde_json::Value {
+    match v.get("ok") {
+        Some(x) => x.clone(),
+        None => panic!("expected a value: {v}"),
+    }
+}
+
+fn fault_code(v: &serde_json::Value) -> i64 {
+    v["fault"][0]
+        .as_i64()
+        .unwrap_or_else(|| panic!("expected a fault: {v}"))
+}
+
+const XMLRPC_PORT: u16 = 8800;
+const XMLRPC_IDLE: u64 = 3;
+
+/// The 32 bits of an id or address as XML-RPC carries them.
+fn wire_u32(v: &serde_json::Value) -> u32 {
+    v.as_i64().map(|i| i as i32 as u32).unwrap_or(u32::MAX)
+}
+
+#[test]
+fn pyctd_xmlrpc_clients_work_unchanged_against_the_kernel_table() {
+    let name = "pyctd_xmlrpc_clients_work_unchanged_against_the_kernel_table";
+    if skip_unless_root(name) {
+        return;
+    }
+    if !have("conntrack") || !have("nft") || !have("ip") || !have("nc") || !have("python3") {
+        println!("{name}: skipped: needs conntrack, nft, ip, nc and python3");
+        return;
+    }
+    let s = Scratch::new("xmlrpc");
+    // The password tool: a 0600 file with an argon2id line.
+    let pw = s.path("xmlrpc.passwd");
+    let mut tool = Command::new(BIN)
+        .arg("--xmlrpc-passwd")
+        .arg(&pw)
+        .arg("alice")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("portnanny --xmlrpc-passwd");
+    {
+        use std::io::Write;
+        let mut stdin = tool.stdin.take().expect("stdin");
+        stdin.write_all(b"s3cret\n").expect("password");
+    }
+    assert!(tool.wait().expect("wait").success());
+    let text = std::fs::read_to_string(&pw).expect("password file");
+    assert!(text.starts_with("alice:$argon2id$"), "{text}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&pw).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let lab = Lab::new("x");
+    let d = Daemon::start(
+        &lab,
+        &s,
+        &format!(
+            "xmlrpc 127.0.0.1:{XMLRPC_PORT}\nxmlrpcusers {}\nxmlrpcidle {XMLRPC_IDLE}",
+            pw.display()
+        ),
+    );
+    make_flows(&lab);
+
+    // The control worker: unprivileged, no capabilities, the TCP listener on fd 5.
+    let w = wait_for(WAIT, || d.worker_pid("control")).expect("control worker");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw());
+    assert_eq!(status_ids(w, "Uid"), nobody.map(|u| vec![u; 4]), "uids");
+    for f in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            status_field(w, f).as_deref(),
+            Some("0000000000000000"),
+            "{f}"
+        );
+    }
+    let fd5 = fd_target(w, 5).unwrap_or_default();
+    let inode = fd5
+        .strip_prefix("socket:[")
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("fd 5 is {fd5}"));
+    let tcp = std::fs::read_to_string(format!("/proc/{w}/net/tcp")).unwrap_or_default();
+    let listening = tcp.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1)
+            .is_some_and(|a| a.ends_with(&format!(":{XMLRPC_PORT:04X}")))
+            && f.get(3) == Some(&"0A")
+            && f.get(9) == Some(&inode)
+    });
+    assert!(listening, "fd 5 ({fd5}) is not the listener:\n{tcp}");
+
+    // login: a wrong password is a fault; the right one a session id.
+    let r = pyctd(
+        &lab,
+        serde_json::json!([
+            ["login", ["alice", "wrong"]],
+            ["login", ["mallory", "s3cret"]],
+            ["login", ["alice", "s3cret"]],
+        ]),
+    );
+    assert_eq!(fault_code(&r[0]), 2, "{r:?}");
+    assert_eq!(fault_code(&r[1]), 2, "{r:?}");
+    let sid = ok(&r[2]).as_str().expect("session id").to_owned();
+    assert_eq!(sid.len(), 32);
+
+    // refresh, then view with pyctd's filters, order and paging against conntrack -L.
+    let table = lab.table();
+    let field = |e: &Entry, k: &str| e.orig.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let dport = |e: &Entry| field(e, "dport").and_then(|p| p.parse::<u16>().ok());
+    let mut want: Vec<&Entry> = table
+        .values()
+        .filter(|e| e.proto == 6)
+        .filter(|e| field(e, "src").is_some_and(|s| s.starts_with("192.0.2.")))
+        .collect();
+    want.sort_by(|a, b| dport(b).cmp(&dport(a)).then(a.id.cmp(&b.id)));
+    assert_eq!(want.len(), 5, "{table:?}");
+    let src11 = i64::from(u32::from(std::net::Ipv4Addr::new(192, 0, 2, 11)) as i32);
+    let r = pyctd(
+        &lab,
+        serde_json::json!([
+            ["refresh", [sid]],
+            ["view", [sid, {"orig_l4proto": 6, "orig_ipv4_src": "192.0.2.0/24"},
+                      "orig_port_dst", "DESC", 1, 2]],
+            ["view", [sid, {"orig_ipv4_src": src11}, "", "ASC", 0, 0]],
+            ["view", [sid, {"mark": 1003, "orig_port_dst": 83}, "id", "asc", 0, 10]],
+            ["view", [sid, {}, "orig_port_dst", "ASC", 0, 1000]],
+        ]),
+    );
+    assert_eq!(ok(&r[0]), serde_json::json!(true));
+    let page = ok(&r[1]);
+    assert_eq!(page["count"], 5, "{page}");
+    let rows = page["connections"].as_array().cloned().unwrap_or_default();
+    let got: Vec<u32> = rows.iter().map(|r| wire_u32(&r["id"])).collect();
+    let want_ids: Vec<u32> = want.iter().skip(1).take(2).map(|e| e.id).collect();
+    assert_eq!(got, want_ids, "{page}");
+    for row in &rows {
+        let e = &table[&wire_u32(&row["id"])];
+        assert_eq!(row["orig_l4proto"], 6);
+        assert_eq!(row["orig_port_dst"].as_u64().map(|p| p as u16), dport(e));
+        assert_eq!(
+            row["orig_port_src"].as_u64().map(|p| p.to_string()),
+            field(e, "sport")
+        );
+        assert_eq!(row["orig_src"].as_str().map(str::to_owned), field(e, "src"));
+        let ip = std::net::Ipv4Addr::from(wire_u32(&row["orig_ipv4_src"]));
+        assert_eq!(Some(ip.to_string()), field(e, "src"));
+        assert_eq!(wire_u32(&row["mark"]), e.mark);
+        assert_eq!(row["tcp_state"].as_str(), e.state.as_deref());
+        let t = row["timeout"].as_u64().unwrap_or(0) as u32;
+        assert!(
+            t <= e.timeout + 2 && t + 30 >= e.timeout,
+            "{t} {}",
+            e.timeout
+        );
+    }
+    let one = ok(&r[2]);
+    assert_eq!(one["count"], 1, "{one}");
+    assert_eq!(one["connections"][0]["orig_src"], "192.0.2.11");
+    assert_eq!(ok(&r[3])["count"], 1);
+    // Local-only entries are hidden (pyctd 0.4.2); the rest are all there.
+    let all = ok(&r[4]);
+    let not_local = table
+        .values()
+        .filter(|e| !field(e, "src").is_some_and(|s| s.starts_with("127.") || s == "::1"))
+        .count();
+    assert_eq!(all["count"].as_u64(), Some(not_local as u64), "{all}");
+
+    // change mark and timeout; kill; both checked with conntrack -L.
+    let target = want[0].id as i32;
+    let victims: Vec<i32> = want.iter().skip(1).take(2).map(|e| e.id as i32).collect();
+    let r = pyctd(
+        &lab,
+        serde_json::json!([
+            ["change", [sid, "mark", target, 4242]],
+            ["change", [sid, "timeout", target, 777]],
+            ["kill", [sid, victims]],
+            ["kill", [sid, [3]]],
+            ["change", [sid, "mark", 3, 1]],
+        ]),
+    );
+    assert_eq!(ok(&r[0]), serde_json::json!(true), "{r:?}");
+    assert_eq!(ok(&r[1]), serde_json::json!(true), "{r:?}");
+    assert_eq!(ok(&r[2]), serde_json::json!(true), "{r:?}");
+    assert_eq!(fault_code(&r[3]), 3, "{r:?}");
+    assert_eq!(fault_code(&r[4]), 3, "{r:?}");
+    let after = lab.table();
+    let t = &after[&(target as u32)];
+    assert_eq!(t.mark, 4242);
+    assert!(t.timeout <= 777 && t.timeout >= 770, "{}", t.timeout);
+    for v in &victims {
+        assert!(!after.contains_key(&(*v as u32)), "{v} still there");
+    }
+    for e in want.iter().skip(3) {
+        assert!(after.contains_key(&e.id), "{} was not to be killed", e.id);
+    }
+
+    // set_autorefresh: a view sees a new entry without refresh.
+    let r = pyctd(&lab, serde_json::json!([["set_autorefresh", [sid, 1]]]));
+    assert_eq!(ok(&r[0]), serde_json::json!(true));
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.host,
+        "conntrack",
+        "-I",
+        "-s",
+        "192.0.2.99",
+        "-d",
+        "198.51.100.1",
+        "-p",
+        "udp",
+        "--sport",
+        "9",
+        "--dport",
+        "9",
+        "-t",
+        "3000",
+    ]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = pyctd(
+        &lab,
+        serde_json::json!([
+            ["view", [sid, {"orig_ipv4_src": "192.0.2.99"}, "", "", 0, 10]],
+            ["set_autorefresh", [sid, 0]],
+        ]),
+    );
+    assert_eq!(ok(&r[0])["count"], 1, "{r:?}");
+
+    // Faults, each followed by a call the server still answers on the same connection.
+    let r = pyctd(
+        &lab,
+        serde_json::json!([
+            ["refresh", ["0".repeat(32)]],
+            ["refresh", ["forged"]],
+            ["view", [sid, 3]],
+            ["view", [sid, {"bogus": 1}]],
+            ["change", [sid, "mark", target, "abc"]],
+            ["change", [sid, "timeout", target, -1]],
+            ["kill", [sid, "all"]],
+            ["no_such_method", []],
+            ["refresh", [sid]],
+            ["__huge__", [1 << 20]],
+            ["refresh", [sid]],
+        ]),
+    );
+    assert_eq!(fault_code(&r[0]), 1, "{r:?}");
+    assert_eq!(fault_code(&r[1]), 1, "{r:?}");
+    for i in 2..=6 {
+        assert_eq!(fault_code(&r[i]), -32602, "{i}: {r:?}");
+    }
+    assert_eq!(fault_code(&r[7]), -32601, "{r:?}");
+    assert_eq!(ok(&r[8]), serde_json::json!(true), "{r:?}");
+    assert_eq!(fault_code(&r[9]), -32600, "{r:?}");
+    assert!(
+        r[9]["fault"][1]
+            .as_str()
+            .is_some_and(|m| m.contains("too large")),
+        "{r:?}"
+    );
+    assert_eq!(ok(&r[10]), serde_json::json!(true), "{r:?}");
+
+    // An idle session expires (xmlrpcidle), and a new login works after it.
+    std::thread::sleep(Duration::from_secs(XMLRPC_IDLE + 1));
+    let r = pyctd(
+        &lab,
+        serde_json::json!([["refresh", [sid]], ["login", ["alice", "s3cret"]]]),
+    );
+    assert_eq!(fault_code(&r[0]), 1, "{r:?}");
+    assert!(
+        r[0]["fault"][1]
+            .as_str()
+            .is_some_and(|m| m.contains("expired")),
+        "{r:?}"
+    );
+    assert!(ok(&r[1]).is_string());
+
+    // A reload reads the password file again: a user added since logs in.
+    let mut tool = Command::new(BIN)
+        .arg("--xmlrpc-passwd")
+        .arg(&pw)
+        .arg("bob")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("portnanny --xmlrpc-passwd");
+    {
+        use std::io::Write;
+        let mut stdin = tool.stdin.take().expect("stdin");
+        stdin.write_all(b"hunter2\n").expect("password");
+    }
+    assert!(tool.wait().expect("wait").success());
+    let r = pyctd(&lab, serde_json::json!([["login", ["bob", "hunter2"]]]));
+    assert_eq!(fault_code(&r[0]), 2, "not before the reload: {r:?}");
+    let reloaded = portnanny::nannyctl_conntrack::ask(&d.ctl, &Request::Reload).expect("reload");
+    assert!(matches!(reloaded, Reply::Done(_)), "{reloaded:?}");
+    let r = pyctd(
+        &lab,
+        serde_json::json!([
+            ["login", ["bob", "hunter2"]],
+            ["login", ["alice", "s3cret"]]
+        ]),
+    );
+    assert!(ok(&r[0]).is_string(), "{r:?}");
+    assert!(ok(&r[1]).is_string(), "{r:?}");
+
+    // Every change is logged with the XML-RPC user's name.
+    let log = d.log();
+    assert!(log.contains("xmlrpc: user alice: conntrack kill"), "{log}");
+    assert!(
+        log.contains("xmlrpc: user alice: conntrack change"),
+        "{log}"
+    );
+    assert!(log.contains("failed login as 'mallory'"), "{log}");
 }

@@ -196,3 +196,29 @@ fn check_mode_names_a_missing_controlgroup_and_socket_directory() {
         "{err}"
     );
 }
+
+#[test]
+fn check_mode_names_a_bad_xmlrpc_password_file_and_warns_of_a_remote_address() {
+    let s = Scratch::new("xmlrpc-check");
+    let pw = s.write("pw", "alice:not-a-hash\n");
+    let conf = s.write(
+        "nanny.conf",
+        &format!(
+            "rulefile {r}\nactionfile {a}\nlisten 5998@127.0.0.1\ncontrol {c}\nconntrack on\n\
+             xmlrpc 0.0.0.0:8000 allow-remote\nxmlrpcusers {pw}\n",
+            r = s.write("rules", "a: ALL\n").display(),
+            a = s.write("actions", "a: drop\n").display(),
+            c = s.path("ctl").display(),
+            pw = pw.display(),
+        ),
+    );
+    let conf = conf.to_string_lossy().into_owned();
+    let (code, _, err) = Nanny::run_once(&["-C", &conf], WAIT);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{conf}:6:8: warning[C021]: xmlrpc on 0.0.0.0")),
+        "{err}"
+    );
+    assert!(err.contains("error[H012]"), "{err}");
+    assert!(err.contains("pw:1: the hash of alice"), "{err}");
+}

@@ -86,6 +86,7 @@ fn nanny_conf_5_documents_every_directive_and_matcher() {
         ("nanny.conf directive", &conf, policy::conf::DIRECTIVES),
         ("sentry directive", &conf, policy::sentry::DIRECTIVES),
         ("control directive", &conf, policy::control_conf::DIRECTIVES),
+        ("xmlrpc directive", &conf, policy::xmlrpc_conf::DIRECTIVES),
         ("listen option", &conf, policy::listenopts::OPTIONS),
         (
             "rules matcher",

@@ -5,6 +5,8 @@
 #   - portnanny through the control socket (the JSON lines `nannyctl conntrack refresh` and
 #     `nannyctl conntrack list` send): `refresh` + `list`, a fresh dump each time as
 #     conntrack-tools always dumps, and `list` alone on the snapshot (pyctd's model);
+#   - portnanny through pyctd's XML-RPC API (Python's xmlrpc.client, one kept-alive
+#     connection, as a pyctd frontend): `refresh` + `view`, and `view` alone;
 #   - conntrack-tools: `conntrack -L -p tcp -s 10.1.0.0/16 | sort by dport | head -50`;
 # and the netfilter worker's VmRSS holding that table. Prints median of REPS runs each.
 #
@@ -71,6 +73,9 @@ chrootdir $work/empty
 privsepuser nobody
 control $work/ctl
 conntrack on
+xmlrpc 127.0.0.1:8000
+xmlrpcauth none
+xmlrpcidle 600
 CONF
 chmod 644 "$work"/*
 ip netns exec "$ns" "$PN" -v "$work/nanny.conf" 2>"$work/log" &
@@ -84,9 +89,13 @@ for _ in $(seq 100); do [ -S "$work/ctl" ] && break; sleep 0.1; done
 # tcp --src 10.1.0.0/16 --order dport:desc --limit 50` send.
 echo
 echo "page of 50: tcp, src 10.1.0.0/16, by dport descending; median of $REPS interleaved rounds"
-python3 - "$work/ctl" "$REPS" "$ns" <<'PY'
-import json, socket, statistics, subprocess, sys, time
+ip netns exec "$ns" python3 - "$work/ctl" "$REPS" "$ns" <<'PY'
+import json, socket, statistics, subprocess, sys, time, xmlrpc.client
 path, reps, ns = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rpc = xmlrpc.client.ServerProxy("http://127.0.0.1:8000")
+sid = rpc.login()
+view = lambda: rpc.view(sid, {"orig_l4proto": 6, "orig_ipv4_src": "10.1.0.0/16"},
+                        "orig_port_dst", "DESC", 0, 50)
 query = {"filter": {"l4proto": [6], "src": ["10.1.0.0/16"]},
          "order": [{"column": "dport", "descending": True}], "limit": 50}
 def ask(req):
@@ -95,7 +104,7 @@ def ask(req):
     return json.loads(line)
 ct = ("ip netns exec %s conntrack -L -p tcp -s 10.1.0.0/16 2>/dev/null | awk '{for(i=1;i<=NF;i++) "
       "if($i ~ /^dport=/){split($i,a,\"=\"); print a[2], $0; break}}' | sort -k1,1nr | head -50" % ns)
-fresh, snap, tools = [], [], []
+fresh, snap, tools, xfresh, xsnap = [], [], [], [], []
 ask({"conntrack": "refresh"})
 for _ in range(reps):
     t = time.perf_counter(); ask({"conntrack": "refresh"}); r = ask({"conntrack": {"list": query}})
@@ -104,15 +113,24 @@ for _ in range(reps):
     snap.append((time.perf_counter() - t) * 1000)
     t = time.perf_counter(); out = subprocess.run(["sh", "-c", ct], capture_output=True, timeout=300).stdout
     tools.append((time.perf_counter() - t) * 1000)
+    t = time.perf_counter(); rpc.refresh(sid); v = view()
+    xfresh.append((time.perf_counter() - t) * 1000)
+    t = time.perf_counter(); v = view()
+    xsnap.append((time.perf_counter() - t) * 1000)
 page = r["ct-page"]
 ours = sorted(x["orig"]["dport"] for x in page["rows"])
 theirs = sorted(int(l.split()[0]) for l in out.decode().splitlines())
 m = statistics.median
 print(f"{'portnanny: refresh (a new dump) + list':44} {m(fresh):8.1f} ms  ({m(fresh)/m(tools):.2f}x conntrack-tools)")
 print(f"{'portnanny: list on the snapshot':44} {m(snap):8.1f} ms  ({m(snap)/m(tools):.3f}x)")
+print(f"{'portnanny XML-RPC: refresh + view':44} {m(xfresh):8.1f} ms  ({m(xfresh)/m(tools):.2f}x)")
+print(f"{'portnanny XML-RPC: view on the snapshot':44} {m(xsnap):8.1f} ms  ({m(xsnap)/m(tools):.3f}x)")
 print(f"{'conntrack -L | sort | head -50':44} {m(tools):8.1f} ms")
 print(f"rows {len(page['rows'])} of {page['total']} matching, {page['tracked']} tracked; "
       f"same dports as conntrack-tools: {ours == theirs}")
+xdports = sorted(c["orig_port_dst"] for c in v["connections"])
+print(f"XML-RPC: rows {len(v['connections'])} of {v['count']} matching; "
+      f"same dports as conntrack-tools: {xdports == theirs}")
 PY
 wpid=$(pgrep -P "$pid" -f -- '--privsep-role netfilter' | head -1)
 echo

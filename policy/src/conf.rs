@@ -401,15 +401,20 @@ fn parse_line(
         crate::control_conf::parse_directive(src, ll, &ws, &mut b.control, diags);
         return;
     }
+    if crate::xmlrpc_conf::DIRECTIVES.contains(&dword) {
+        crate::xmlrpc_conf::parse_directive(src, ll, &ws, &mut b.control.xmlrpc, diags);
+        return;
+    }
     let Some((dir, &directive)) = DIRS.iter().zip(DIRECTIVES).find(|(_, d)| **d == dword) else {
         diags.push(err(
             dspan,
             "C001",
             format!(
-                "unknown directive '{dword}' (known: {}, {}, {})",
+                "unknown directive '{dword}' (known: {}, {}, {}, {})",
                 DIRECTIVES.join(", "),
                 crate::sentry::DIRECTIVES.join(", "),
-                crate::control_conf::DIRECTIVES.join(", ")
+                crate::control_conf::DIRECTIVES.join(", "),
+                crate::xmlrpc_conf::DIRECTIVES.join(", ")
             ),
         ));
         return;

@@ -34,6 +34,8 @@ pub struct ControlConf {
     pub uid_mask: u32,
     /// `blockflush on`: a block deletes the address's conntrack entries.
     pub blockflush: bool,
+    /// pyctd's XML-RPC API (`xmlrpc…` directives, [`crate::xmlrpc_conf`]).
+    pub xmlrpc: crate::xmlrpc_conf::XmlrpcConf,
     /// (line, col) of `controlgroup` when there is no `control` line, for the warning.
     group_at: Option<(u32, u32)>,
     /// (line, col) of `conntrack on`, for the warning when there is no `control` line.
@@ -50,6 +52,7 @@ impl PartialEq for ControlConf {
             && self.conntrack == o.conntrack
             && self.uid_mask == o.uid_mask
             && self.blockflush == o.blockflush
+            && self.xmlrpc == o.xmlrpc
     }
 }
 
@@ -72,7 +75,7 @@ impl fmt::Display for ControlConf {
         if self.blockflush {
             writeln!(f, "blockflush on")?;
         }
-        Ok(())
+        write!(f, "{}", self.xmlrpc)
     }
 }
 
@@ -206,6 +209,7 @@ pub fn parse_directive(
 
 /// File-level checks once every line is read.
 pub fn finish(src: &SourceFile, c: &ControlConf, diags: &mut Vec<Diagnostic>) {
+    crate::xmlrpc_conf::finish(src, &c.xmlrpc, c.socket.is_some(), c.conntrack, diags);
     if let (None, true, Some((line, col))) = (&c.socket, c.conntrack, c.conntrack_at) {
         diags.push(src.diagnostic(
             Severity::Warning,

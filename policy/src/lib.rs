@@ -25,5 +25,6 @@ pub mod source;
 pub mod template;
 pub mod timespec;
 pub mod words;
+pub mod xmlrpc_conf;
 
 pub use source::{Diagnostic, Parsed, Severity, SourceFile};

@@ -190,7 +190,7 @@ fn golden_errors() {
     let rows: &[(&str, &[&str])] = &[
         (
             "foobar x\n",
-            &["nanny.conf:4:1: error[C001]: unknown directive 'foobar' (known: rulefile, actionfile, listen, user, dropipafter, expireevery, onfileerror, substitutions, maxthreads, aftermaxthreads, privsepuser, chrootdir, dnstimeout, identdtimeout, answersontimeout, cachettl, cachesize, passenv, ipv4prefix, ipv6prefix, trap, stealth, blockfile, historyfile, blockcmd, unblockcmd, hostsdeny, neverblock, blockzone, blockbudget, blockincrement, blockkills, control, controlgroup, conntrack, conntrackuidmask, blockflush)"],
+            &["nanny.conf:4:1: error[C001]: unknown directive 'foobar' (known: rulefile, actionfile, listen, user, dropipafter, expireevery, onfileerror, substitutions, maxthreads, aftermaxthreads, privsepuser, chrootdir, dnstimeout, identdtimeout, answersontimeout, cachettl, cachesize, passenv, ipv4prefix, ipv6prefix, trap, stealth, blockfile, historyfile, blockcmd, unblockcmd, hostsdeny, neverblock, blockzone, blockbudget, blockincrement, blockkills, control, controlgroup, conntrack, conntrackuidmask, blockflush, xmlrpc, xmlrpcusers, xmlrpcauth, xmlrpcidle)"],
         ),
         ("user\n", &["nanny.conf:4:1: error[C002]: 'user' needs an argument (a user name)"]),
         (

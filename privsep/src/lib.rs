@@ -20,10 +20,11 @@ pub mod role;
 pub mod spawn;
 mod verify;
 pub mod wire;
+pub mod xmlrpc;
 
 pub use channel::{Channel, Receiver, Sender};
 pub use drop::{check_chroot_dir, demote, forbid_new_processes, DropPlan};
 pub use error::{ChannelError, DropCause, DropError, SpawnError, Violation};
 pub use role::{NoProcesses, Peer, Profile, Role, ROLES};
-pub use spawn::{build_id, spawn_worker, take_worker_fds, Worker, ROLE_ARG};
+pub use spawn::{build_id, spawn_worker, take_worker_fds, take_worker_fds_as, Worker, ROLE_ARG};
 pub use wire::MAX_FRAME;

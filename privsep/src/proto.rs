@@ -759,6 +759,9 @@ pub struct ControlSettings {
     /// Besides root, the uid that may change things: the daemon's own user when it does not
     /// run as root (development), else 0.
     pub admin_uid: u32,
+    /// `xmlrpc ADDR:PORT`: pyctd's XML-RPC API is served on the listener handed over as the
+    /// row's [`crate::Peer::XmlrpcClients`] fd (None: that fd is /dev/null).
+    pub xmlrpc: Option<crate::xmlrpc::XmlrpcSettings>,
 }
 
 /// Sent by the parent; decoded only by the control worker.
@@ -778,6 +781,9 @@ pub enum ParentToControl {
     },
     /// The answer to `metrics`; the worker renders the text exposition.
     Metrics { client: ClientId, metrics: Metrics },
+    /// On a reload (SIGHUP, `nannyctl reload`): the XML-RPC password file as read again. Sent
+    /// only when `xmlrpc` is configured; the worker checks its bounds and keeps its sessions.
+    XmlrpcUsers(crate::xmlrpc::XmlrpcAuth),
 }
 
 /// Sent by the control worker; decoded only by the parent.
@@ -794,6 +800,15 @@ pub enum ControlToParent {
     },
     /// A log line, any time after `Hello`; the parent caps, escapes and rate-limits it.
     Log(LogRecord),
+    /// A pyctd XML-RPC procedure (`xmlrpc` in nanny.conf) from a session `user` logged into.
+    /// Only conntrack requests can travel this way; the parent refuses it when `xmlrpc` is not
+    /// configured, checks the request's bounds again and logs every change with the user's
+    /// name. Answered by exactly one `Reply`.
+    XmlrpcRequest {
+        client: ClientId,
+        user: crate::xmlrpc::XmlrpcUser,
+        req: crate::conntrack::CtRequest,
+    },
 }
 
 /// What the netfilter worker needs besides its requests.

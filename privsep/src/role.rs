@@ -65,6 +65,11 @@ pub enum Peer {
     /// Not a channel: the listening control socket the parent bound (as root, with its owner
     /// and mode); its peers are operators' `nannyctl` clients.
     ControlClients,
+    /// Not a channel: the listening TCP socket of `xmlrpc ADDR:PORT` (bound by the parent, so
+    /// a low port works), whose peers are pyctd XML-RPC frontends; `/dev/null` in its place
+    /// when xmlrpc is off, so the row's fd layout never changes. Checked as exactly one of the
+    /// two by the worker (`take_worker_fds_as`).
+    XmlrpcClients,
 }
 
 /// Every role, in start order.
@@ -117,13 +122,15 @@ pub const ROLES: [Profile; 5] = [
     },
     Profile {
         role: Role::Control,
-        // The parent's channel, then the listening control socket.
-        channels: &[Peer::Parent, Peer::ControlClients],
-        // It needs no path: the socket is bound by the parent and handed over.
+        // The parent's channel, the listening control socket, then the XML-RPC listener (or
+        // /dev/null when xmlrpc is off).
+        channels: &[Peer::Parent, Peer::ControlClients, Peer::XmlrpcClients],
+        // It needs no path: the sockets are bound by the parent and handed over.
         chroot: true,
-        // Its channel, its listening socket, at most MAX_CLIENTS (64) clients and the
-        // standard descriptors.
-        nofile: 80,
+        // Its channel, its two listening sockets, at most MAX_CLIENTS (64) control clients,
+        // at most MAX_HTTP_CLIENTS (32) XML-RPC clients and the standard descriptors.
+        // Argon2 password checks (19 MiB each, one at a time) fit in no rlimit set here.
+        nofile: 112,
         fsize_zero: true,
         // Single-threaded (one poll loop).
         no_processes: NoProcesses::RlimitNproc,
@@ -214,7 +221,7 @@ mod tests {
             for peer in p.channels.iter().skip(1) {
                 let other = match *peer {
                     Peer::Worker(other) => other,
-                    Peer::ControlClients => continue,
+                    Peer::ControlClients | Peer::XmlrpcClients => continue,
                     Peer::Parent => panic!("{}: a second parent channel", p.role),
                 };
                 assert!(other.fd_of(Peer::Worker(p.role)).is_some());
@@ -251,6 +258,7 @@ mod tests {
         let p = Role::Control.profile();
         assert!(p.keep_caps.is_empty() && p.chroot && p.fsize_zero);
         assert_eq!(Role::Control.fd_of(Peer::ControlClients), Some(4));
+        assert_eq!(Role::Control.fd_of(Peer::XmlrpcClients), Some(5));
         assert_eq!(Role::Control.restart_group(), vec![Role::Control]);
         assert!(!Role::Classifier.restart_group().contains(&Role::Control));
     }

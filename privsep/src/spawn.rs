@@ -29,7 +29,7 @@ use nix::unistd::Pid;
 
 use crate::error::SpawnError;
 use crate::proto::BuildId;
-use crate::role::Role;
+use crate::role::{Peer, Role};
 
 /// The hidden argument that selects a worker role: `portnanny --privsep-role classifier …`.
 pub const ROLE_ARG: &str = "--privsep-role";
@@ -205,6 +205,21 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 /// return the sockets (CLOEXEC). Also records [`build_id`] while `/proc` is still visible.
 /// May be called once per process.
 pub fn take_worker_fds(n: usize) -> Result<Vec<OwnedFd>, SpawnError> {
+    let unix = [Peer::Parent; MAX_WORKER_FDS];
+    match unix.get(..n) {
+        Some(peers) => take_worker_fds_as(peers),
+        None => Err(SpawnError::new(
+            "take_fds",
+            io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"),
+        )),
+    }
+}
+
+/// [`take_worker_fds`] for a role row's `channels`: fd `3 + i` must be what `peers[i]` says,
+/// an AF_UNIX stream socket for every peer but [`Peer::XmlrpcClients`], which must be a
+/// listening TCP socket or `/dev/null` (xmlrpc off).
+pub fn take_worker_fds_as(peers: &[Peer]) -> Result<Vec<OwnedFd>, SpawnError> {
+    let n = peers.len();
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Err(SpawnError::new(
             "take_fds",
@@ -225,13 +240,17 @@ pub fn take_worker_fds(n: usize) -> Result<Vec<OwnedFd>, SpawnError> {
         ensure_open(fd).map_err(|e| SpawnError::new("stdio", e))?;
     }
     let last = 3 + n as RawFd;
-    for fd in 3..last {
-        check_unix_stream(fd).map_err(|e| SpawnError::new("check_fd", e))?;
+    for (fd, peer) in (3..last).zip(peers) {
+        let checked = match peer {
+            Peer::XmlrpcClients => check_tcp_listener_or_null(fd),
+            Peer::Parent | Peer::Worker(_) | Peer::ControlClients => check_unix_stream(fd),
+        };
+        checked.map_err(|e| SpawnError::new("check_fd", e))?;
     }
     close_from(last).map_err(|e| SpawnError::new("close_fds", e))?;
     let mut out = Vec::with_capacity(n);
     for fd in 3..last {
-        // SAFETY: check_unix_stream proved fd is open; nothing else in this process refers to
+        // SAFETY: the checks above proved fd is open; nothing else in this process refers to
         // it (it was inherited, and TAKEN guarantees we hand it out once).
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
@@ -307,6 +326,41 @@ fn check_unix_stream(fd: RawFd) -> io::Result<()> {
     }
     if sockopt_int(b, libc::SO_TYPE)? != libc::SOCK_STREAM {
         return Err(bad("not a stream socket"));
+    }
+    Ok(())
+}
+
+/// A listening IPv4 or IPv6 TCP socket, or the character device /dev/null (1:3).
+fn check_tcp_listener_or_null(fd: RawFd) -> io::Result<()> {
+    let bad =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("fd {fd} is {what}"));
+    if !is_open(fd) {
+        return Err(bad("not open"));
+    }
+    // SAFETY: fd is open (checked above) and stays open while borrowed, as in
+    // check_unix_stream.
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    let st = nix::sys::stat::fstat(b).map_err(io::Error::from)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFCHR {
+        if libc::major(st.st_rdev) == 1 && libc::minor(st.st_rdev) == 3 {
+            return Ok(());
+        }
+        return Err(bad("a character device other than /dev/null"));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(bad("neither a socket nor /dev/null"));
+    }
+    if !matches!(
+        sockopt_int(b, libc::SO_DOMAIN)?,
+        libc::AF_INET | libc::AF_INET6
+    ) {
+        return Err(bad("not a TCP/IP socket"));
+    }
+    if sockopt_int(b, libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(bad("not a stream socket"));
+    }
+    if sockopt_int(b, libc::SO_ACCEPTCONN)? != 1 {
+        return Err(bad("not listening"));
     }
     Ok(())
 }

@@ -109,6 +109,7 @@ mod tests {
         let s = ControlSettings {
             group: Some(50),
             admin_uid: 0,
+            xmlrpc: None,
         };
         assert!(may(&peer(0, 0, &[]), Access::Change, &s).is_ok());
         assert!(may(&peer(1000, 50, &[]), Access::Read, &s).is_ok());
@@ -118,12 +119,14 @@ mod tests {
         let none = ControlSettings {
             group: None,
             admin_uid: 0,
+            xmlrpc: None,
         };
         assert!(may(&peer(1000, 50, &[50]), Access::Read, &none).is_err());
         // Non-root daemon: its own user is the administrator.
         let dev = ControlSettings {
             group: None,
             admin_uid: 1000,
+            xmlrpc: None,
         };
         assert!(may(&peer(1000, 1000, &[]), Access::Change, &dev).is_ok());
     }

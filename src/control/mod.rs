@@ -16,12 +16,16 @@
 //! 3. then `Request { client, caller, req }` up, `Reply`/`Table`/`Metrics` down, one answer per
 //!    request; `Log` records for refusals.
 //!
+//! With `xmlrpc ADDR:PORT`, fd 5 is the XML-RPC listener the parent bound, served in the same
+//! poll loop ([`xmlrpc`]); without it, fd 5 is /dev/null and is closed at once.
+//!
 //! Exit codes: 0 when the parent closes the channel, 111 on anything else.
 
 pub mod auth;
 pub mod client;
 pub mod prom;
 pub mod query;
+pub mod xmlrpc;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -57,15 +61,28 @@ struct Worker {
     /// (minute, refusals in it) for the log budget.
     refusals: (u64, u32),
     started: Instant,
+    /// pyctd's XML-RPC front end, when `xmlrpc` is configured.
+    xmlrpc: Option<xmlrpc::Front>,
 }
 
 /// The control role's entry point (called by the role main after the privilege drop).
-pub fn run(parent: ToParent, listener: OwnedFd) -> ExitCode {
-    serve(parent, listener, true)
+pub fn run(parent: ToParent, listener: OwnedFd, xmlrpc: OwnedFd) -> ExitCode {
+    serve(parent, listener, xmlrpc, true)
+}
+
+/// Whether `fd` is a socket (the XML-RPC listener) rather than the /dev/null placeholder
+/// (`take_worker_fds_as` already proved it is one of the two).
+fn is_socket(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
 /// `run`, optionally without forbidding new processes (for a test that runs it in-process).
-pub fn serve(mut parent: ToParent, listener: OwnedFd, forbid_processes: bool) -> ExitCode {
+pub fn serve(
+    mut parent: ToParent,
+    listener: OwnedFd,
+    xmlrpc_fd: OwnedFd,
+    forbid_processes: bool,
+) -> ExitCode {
     parent.accept_frames_up_to(privsep::wire::MAX_TRUSTED_FRAME);
     let build = privsep::build_id();
     let settings = match parent.recv() {
@@ -98,7 +115,25 @@ pub fn serve(mut parent: ToParent, listener: OwnedFd, forbid_processes: bool) ->
         return ExitCode::from(EXIT_SYSTEM);
     }
     let listener = UnixListener::from(listener);
+    let serving = (settings.xmlrpc.clone(), is_socket(&xmlrpc_fd));
+    let front = match serving {
+        (Some(x), true) => x
+            .check()
+            .and_then(|()| {
+                xmlrpc::Front::new(std::net::TcpListener::from(xmlrpc_fd), x)
+                    .map_err(|e| format!("xmlrpc listener: {e}"))
+            })
+            .map(Some),
+        // The /dev/null placeholder is closed here: nothing is kept that is not used.
+        (None, false) => {
+            drop(xmlrpc_fd);
+            Ok(None)
+        }
+        (Some(_), false) => Err("xmlrpc is configured but fd 5 is not its listener".into()),
+        (None, true) => Err("fd 5 is a listener but xmlrpc is not configured".into()),
+    };
     let set_up = forbidden
+        .and_then(|()| front.as_ref().map(|_| ()).map_err(Clone::clone))
         .and_then(|()| listener.set_nonblocking(true).map_err(|e| e.to_string()))
         .and_then(|()| parent.set_nonblocking(true).map_err(|e| e.to_string()));
     if let Err(e) = set_up {
@@ -113,6 +148,7 @@ pub fn serve(mut parent: ToParent, listener: OwnedFd, forbid_processes: bool) ->
         next_client: 1,
         refusals: (0, 0),
         started: Instant::now(),
+        xmlrpc: front.ok().flatten(),
     };
     match w.run() {
         Ok(()) => ExitCode::from(EXIT_OK),
@@ -145,6 +181,8 @@ enum Slot {
     Parent,
     Listener,
     Client(ClientId),
+    XmlrpcListener,
+    Http(ClientId),
 }
 
 impl Worker {
@@ -156,6 +194,7 @@ impl Worker {
                 .clients
                 .values()
                 .filter_map(Client::deadline)
+                .chain(self.xmlrpc.as_ref().and_then(xmlrpc::Front::deadline))
                 .min()
                 .map_or(PollTimeout::NONE, |d| {
                     let ms = d
@@ -197,6 +236,24 @@ impl Worker {
                     fds.push(PollFd::new(c.stream.as_fd(), ev));
                     slots.push(Slot::Client(*id));
                 }
+                if let Some(x) = &self.xmlrpc {
+                    fds.push(PollFd::new(x.listener_fd(), PollFlags::POLLIN));
+                    slots.push(Slot::XmlrpcListener);
+                    for (id, c) in &x.conns {
+                        let mut ev = PollFlags::empty();
+                        if c.wants_read() {
+                            ev |= PollFlags::POLLIN;
+                        }
+                        if c.wants_write() {
+                            ev |= PollFlags::POLLOUT;
+                        }
+                        if ev.is_empty() {
+                            continue;
+                        }
+                        fds.push(PollFd::new(c.stream.as_fd(), ev));
+                        slots.push(Slot::Http(*id));
+                    }
+                }
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => return Err(format!("poll: {e}")),
@@ -220,6 +277,21 @@ impl Worker {
                     }
                     Slot::Listener => self.accept(now),
                     Slot::Client(id) => self.on_client(id, rev, now),
+                    Slot::XmlrpcListener => {
+                        if let Some(x) = self.xmlrpc.as_mut() {
+                            x.accept(&mut self.next_client, now);
+                        }
+                    }
+                    Slot::Http(id) => {
+                        let mut fx = xmlrpc::Effects::default();
+                        if let Some(x) = self.xmlrpc.as_mut() {
+                            let readable = rev.intersects(
+                                PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR,
+                            );
+                            x.on_conn(id, rev.contains(PollFlags::POLLOUT), readable, now, &mut fx);
+                        }
+                        self.apply(fx)?;
+                    }
                 }
             }
             if parent_ready && !self.serve_parent(now)? {
@@ -369,6 +441,17 @@ impl Worker {
         }
     }
 
+    /// Sends what the XML-RPC front end asked for: requests and log lines.
+    fn apply(&mut self, fx: xmlrpc::Effects) -> Result<(), String> {
+        for line in fx.logs {
+            self.send_parent(&log_record(LogLevel::Notice, line))?;
+        }
+        for msg in fx.to_parent {
+            self.send_parent(&msg)?;
+        }
+        Ok(())
+    }
+
     fn log_refusal(&mut self, uid: u32, pid: i32, name: &str) {
         let minute = self.started.elapsed().as_secs() / 60;
         if self.refusals.0 != minute {
@@ -398,7 +481,22 @@ impl Worker {
                 ParentToControl::Hello { .. } => {
                     return Err("a second Hello from the parent".into());
                 }
-                ParentToControl::Reply { client, reply } => (client, reply),
+                ParentToControl::Reply { client, reply } => {
+                    if let Some(x) = self.xmlrpc.as_mut() {
+                        if x.owns(client) && x.on_reply(client, &reply, now) {
+                            continue;
+                        }
+                    }
+                    (client, reply)
+                }
+                ParentToControl::XmlrpcUsers(auth) => {
+                    auth.check()
+                        .map_err(|e| format!("XmlrpcUsers from the parent: {e}"))?;
+                    if let Some(x) = self.xmlrpc.as_mut() {
+                        x.set_auth(auth);
+                    }
+                    continue;
+                }
                 ParentToControl::Table { client, rows } => {
                     let q = match self.clients.get_mut(&client).map(|c| c.waiting.take()) {
                         Some(Some(Waiting::List(q))) => q,
@@ -428,6 +526,9 @@ impl Worker {
     }
 
     fn expire(&mut self, now: Instant) {
+        if let Some(x) = self.xmlrpc.as_mut() {
+            x.expire(now);
+        }
         let late: Vec<ClientId> = self
             .clients
             .iter()

@@ -59,6 +59,8 @@ pub struct ControlSide {
     next_req: u64,
     reload_waiters: Vec<ClientId>,
     status_waiters: Vec<ClientId>,
+    /// `xmlrpc ADDR:PORT`: its listener, handed to every control worker started.
+    pub xmlrpc: Option<super::xmlrpc::XmlrpcSide>,
 }
 
 impl ControlSide {
@@ -72,6 +74,14 @@ impl ControlSide {
             next_req: 1,
             reload_waiters: Vec::new(),
             status_waiters: Vec::new(),
+            xmlrpc: None,
+        }
+    }
+
+    /// The XML-RPC users a restarted worker is given (after a reload read them again).
+    pub fn set_xmlrpc_auth(&mut self, auth: privsep::xmlrpc::XmlrpcAuth) {
+        if let Some(x) = self.settings.xmlrpc.as_mut() {
+            x.auth = auth;
         }
     }
 
@@ -185,6 +195,19 @@ impl Parent {
                         )));
                     }
                     self.on_request(client, caller, req);
+                }
+                ControlToParent::XmlrpcRequest { client, user, req } => {
+                    // Only when xmlrpc is configured, and only conntrack requests (the
+                    // variant carries no other kind); the bounds are checked again.
+                    if self.control.as_ref().is_none_or(|c| c.xmlrpc.is_none()) {
+                        return Err(violation(
+                            "control XmlrpcRequest refused: xmlrpc is not configured".into(),
+                        ));
+                    }
+                    if let Err(why) = req.check() {
+                        return Err(violation(format!("control XmlrpcRequest refused: {why}")));
+                    }
+                    self.on_xmlrpc_request(client, user, req);
                 }
             }
         }
@@ -548,15 +571,20 @@ impl Parent {
         };
         let settings = c.settings.clone();
         let fd = std::os::fd::AsFd::as_fd(&c.socket.fd);
-        let started = match super::workers::start_group(&self.plan, &[Role::Control], Some(fd)) {
-            Ok(mut s) => s.pop(),
-            Err(e) => {
-                log::err(&format!(
-                    "{e}; the control socket is not served until it starts"
-                ));
-                None
-            }
-        };
+        let xmlrpc = c
+            .xmlrpc
+            .as_ref()
+            .map(|x| std::os::fd::AsFd::as_fd(&x.listener));
+        let started =
+            match super::workers::start_group(&self.plan, &[Role::Control], Some(fd), xmlrpc) {
+                Ok(mut s) => s.pop(),
+                Err(e) => {
+                    log::err(&format!(
+                        "{e}; the control socket is not served until it starts"
+                    ));
+                    None
+                }
+            };
         let Some(s) = started else {
             let now = Instant::now();
             if let Some(c) = self.ctl() {
@@ -616,7 +644,7 @@ impl Parent {
 }
 
 /// A change request, for the audit line.
-fn describe(req: &Request) -> String {
+pub(super) fn describe(req: &Request) -> String {
     match req {
         Request::Kill(t) => {
             let mut parts = Vec::new();

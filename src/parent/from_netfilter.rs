@@ -199,7 +199,8 @@ impl Parent {
             return;
         };
         let settings = n.settings.clone();
-        let started = match super::workers::start_group(&self.plan, &[Role::Netfilter], None) {
+        let started = match super::workers::start_group(&self.plan, &[Role::Netfilter], None, None)
+        {
             Ok(mut s) => s.pop(),
             Err(e) => {
                 log::err(&format!("{e}; conntrack requests fail until it starts"));

@@ -104,7 +104,7 @@ impl Parent {
         let Some(settings) = self.sentry_settings.clone() else {
             return;
         };
-        let started = match super::workers::start_group(&self.plan, &[Role::Sentry], None) {
+        let started = match super::workers::start_group(&self.plan, &[Role::Sentry], None, None) {
             Ok(mut s) => s.pop(),
             Err(e) => {
                 log::err(&format!("{e}; stealth detection is off until it starts"));

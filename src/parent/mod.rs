@@ -69,6 +69,7 @@ pub mod status;
 pub mod traps;
 mod verdict;
 pub mod workers;
+mod xmlrpc;
 
 use std::os::fd::AsFd;
 use std::process::ExitCode;
@@ -326,6 +327,9 @@ impl Parent {
 
     /// Checks both files; a change is parsed off the loop and applied by [`Parent::loaded`].
     fn reload(&mut self, force: bool) {
+        if force {
+            self.reload_xmlrpc_users();
+        }
         if let Some(changed) = self.policy.reload(force, self.settings.onfileerror) {
             self.reloaded(changed);
         }

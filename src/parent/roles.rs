@@ -74,7 +74,7 @@ impl Parent {
 
     pub(super) fn start_workers(&mut self) -> Result<()> {
         let group = Role::Classifier.restart_group();
-        let started = match workers::start_group(&self.plan, &group, None) {
+        let started = match workers::start_group(&self.plan, &group, None, None) {
             Ok(s) => s,
             Err(e) if !self.ever_ready => return Err(Error::System(e)),
             Err(e) => {

@@ -170,6 +170,13 @@ fn control_checks(
             ));
         }
     }
+    // The XML-RPC password file must be readable and parse (H012, an error: the daemon would
+    // not start).
+    if let (Some(_), Some(users)) = (c.xmlrpc.addr, c.xmlrpc.users.as_deref()) {
+        if let Err(e) = crate::xmlrpc_passwd::read(Path::new(users)) {
+            out.push(diag("xmlrpcusers", Severity::Error, "H012", e));
+        }
+    }
     out
 }
 

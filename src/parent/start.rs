@@ -248,7 +248,9 @@ fn control_side(
         },
     };
     let socket = super::ctlsock::bind(std::path::Path::new(path), group).map_err(Error::System)?;
+    let xmlrpc = super::xmlrpc::set_up(&c.xmlrpc).map_err(Error::System)?;
     let settings = privsep::proto::ControlSettings {
+        xmlrpc: xmlrpc.as_ref().map(|(_, s)| s.clone()),
         group: group.map(|g| g.as_raw()),
         admin_uid: if root {
             0
@@ -256,9 +258,9 @@ fn control_side(
             nix::unistd::getuid().as_raw()
         },
     };
-    Ok(Some(super::from_control::ControlSide::new(
-        socket, settings,
-    )))
+    let mut side = super::from_control::ControlSide::new(socket, settings);
+    side.xmlrpc = xmlrpc.map(|(x, _)| x);
+    Ok(Some(side))
 }
 
 /// One trap spec per port of every `trap` line.

@@ -279,11 +279,13 @@ pub struct Started {
 /// Starts every role of `group` with the channels their rows name: one socketpair to the
 /// parent each, and one per pair of members that talk to each other. Nothing has been sent yet.
 /// On failure every member already started is killed.
-/// `clients` is the listening control socket, for a row that receives it.
+/// `clients` is the listening control socket, for a row that receives it; `xmlrpc` the
+/// XML-RPC listener for a row with [`Peer::XmlrpcClients`] (None: /dev/null in its place).
 pub fn start_group(
     plan: &WorkerPlan,
     group: &[Role],
     clients: Option<std::os::fd::BorrowedFd<'_>>,
+    xmlrpc: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<Vec<Started>, String> {
     // Each member's descriptors, in its row's fd order.
     let mut child_fds: Vec<Vec<Option<OwnedFd>>> = Vec::with_capacity(group.len());
@@ -297,6 +299,17 @@ pub fn start_group(
             *slot = Some(theirs);
         }
         for (k, peer) in chans.iter().enumerate() {
+            if *peer == Peer::XmlrpcClients {
+                let fd = match xmlrpc {
+                    Some(fd) => fd.try_clone_to_owned(),
+                    None => std::fs::File::open("/dev/null").map(OwnedFd::from),
+                }
+                .map_err(|e| format!("{role}: the xmlrpc descriptor: {e}"))?;
+                if let Some(slot) = fds.get_mut(k) {
+                    *slot = Some(fd);
+                }
+                continue;
+            }
             if *peer != Peer::ControlClients {
                 continue;
             }
