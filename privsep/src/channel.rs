@@ -12,9 +12,15 @@
 //!
 //! Two ways to use it:
 //! - blocking (`send`/`recv`), or split into a [`Sender`] and a [`Receiver`] for threads;
-//! - from a poll loop: `set_nonblocking(true)`, then `queue` + `flush` when `wants_write`, and
-//!   on POLLIN call `try_recv` until it returns `Ok(None)` (several frames may arrive in one
-//!   read; `Ok(None)` means a read found no more bytes, so poll again before the next call).
+//! - from a poll loop: `set_nonblocking(true)`, then `queue` (or `defer`, to coalesce a loop
+//!   turn's messages into one write) + `flush` when `wants_write`, and on POLLIN call
+//!   `try_recv` until it returns `Ok(None)` (several frames may arrive in one read; `Ok(None)`
+//!   means a read found no more bytes, so poll again before the next call).
+//!
+//! Every write wakes the peer, and on a busy host wakeups cost more than the bytes, so both
+//! sides coalesce: a poll loop defers a turn's messages and flushes once before it sleeps, and
+//! a [`Sender`] can be held while its thread answers a batch of requests that arrived in one
+//! read, then released.
 //!
 //! Writes use `send(MSG_NOSIGNAL)`, so a dead peer is `Closed`, never SIGPIPE.
 
@@ -304,7 +310,7 @@ impl<Out: Serialize, In: DeserializeOwned> Channel<Out, In> {
             Sender {
                 inner: Arc::new(SendHalf {
                     sock: send_sock,
-                    lock: Mutex::new(()),
+                    lock: Mutex::new(Held::default()),
                 }),
                 _dir: PhantomData,
             },
@@ -336,6 +342,12 @@ impl<Out: Serialize, In: DeserializeOwned> Channel<Out, In> {
     pub fn queue(&mut self, msg: &Out) -> Result<(), ChannelError> {
         self.append(msg)?;
         self.write(false)
+    }
+
+    /// Append a message to the send queue without writing: the caller flushes (once per poll
+    /// turn) before it sleeps. Refused as [`Channel::queue`] is when the queue is full.
+    pub fn defer(&mut self, msg: &Out) -> Result<(), ChannelError> {
+        self.append(msg)
     }
 
     /// Write queued bytes until done or the socket is full.
@@ -411,9 +423,21 @@ impl<Out, In> AsRawFd for Channel<Out, In> {
 #[derive(Debug)]
 struct SendHalf {
     sock: UnixStream,
-    /// Serialises writers so frames from different threads never interleave.
-    lock: Mutex<()>,
+    /// Serialises writers so frames from different threads never interleave; holds the frames
+    /// kept back while the sender is held.
+    lock: Mutex<Held>,
 }
+
+/// Frames kept back by [`Sender::hold`].
+#[derive(Debug, Default)]
+struct Held {
+    on: bool,
+    buf: Vec<u8>,
+}
+
+/// Held bytes past which a held sender writes anyway: holding is for coalescing a burst of
+/// small answers, never for storing a backlog.
+const MAX_HELD: usize = 64 * 1024;
 
 /// The sending half of a split channel. Cloneable and `Sync`: threads of a pool may send
 /// concurrently; each frame is written whole under a lock.
@@ -433,14 +457,48 @@ impl<Out> Clone for Sender<Out> {
 }
 
 impl<Out: Serialize> Sender<Out> {
-    /// Send one message, blocking until the whole frame is written.
+    /// Send one message, blocking until the whole frame is written (or, while the sender is
+    /// held, keeping it for [`Sender::release`]; it never waits then).
     pub fn send(&self, msg: &Out) -> Result<(), ChannelError> {
         let frame = wire::encode(msg)?;
         // A writer that panicked mid-frame leaves the stream unusable; report it as closed
         // rather than interleave a new frame into a torn one.
-        let _guard = self.inner.lock.lock().map_err(|_| ChannelError::Closed)?;
+        let mut held = self.inner.lock.lock().map_err(|_| ChannelError::Closed)?;
+        if held.on {
+            held.buf.extend_from_slice(&frame);
+            if held.buf.len() < MAX_HELD {
+                return Ok(());
+            }
+            return self.write_held(&mut held);
+        }
         let mut pos = 0;
         write_out(&self.inner.sock, &frame, &mut pos, true)
+    }
+
+    /// Keeps later frames (from any thread) back until [`Sender::release`], so answers to a
+    /// batch of requests leave in one write. Whoever holds must release before it waits for
+    /// anything, or the held frames wait with it.
+    pub fn hold(&self) {
+        if let Ok(mut held) = self.inner.lock.lock() {
+            held.on = true;
+        }
+    }
+
+    /// Writes the frames kept since [`Sender::hold`] (blocking) and stops holding.
+    pub fn release(&self) -> Result<(), ChannelError> {
+        let mut held = self.inner.lock.lock().map_err(|_| ChannelError::Closed)?;
+        held.on = false;
+        self.write_held(&mut held)
+    }
+
+    fn write_held(&self, held: &mut Held) -> Result<(), ChannelError> {
+        let mut pos = 0;
+        let res = write_out(&self.inner.sock, &held.buf, &mut pos, true);
+        held.buf.clear();
+        if held.buf.capacity() > MAX_HELD {
+            held.buf.shrink_to(MAX_HELD);
+        }
+        res
     }
 }
 
@@ -477,6 +535,14 @@ impl<In: DeserializeOwned> Receiver<In> {
     /// As [`Channel::try_recv`] (for a receiver whose socket was made non-blocking).
     pub fn try_recv(&mut self) -> Result<Option<In>, ChannelError> {
         receive(&mut self.sock, &mut self.rd, &mut self.broken, false)
+    }
+
+    /// As [`Channel::has_buffered`]: `recv` will return without reading.
+    pub fn has_buffered(&self) -> bool {
+        !matches!(
+            wire::split_frame_within(self.rd.pending(), self.rd.max),
+            Ok(None)
+        )
     }
 }
 
@@ -902,5 +968,52 @@ mod tests {
             tx.send(&ParentToClassifier::Flush),
             Err(ChannelError::Closed)
         ));
+    }
+
+    /// A held sender keeps frames back (from every clone) and one release writes them all, in
+    /// order; `defer` does the same for a poll loop's channel until `flush`.
+    #[test]
+    fn held_and_deferred_frames_leave_together() {
+        let (parent, child) = ParentSide::pair().unwrap();
+        let (_ptx, mut prx) = parent.split().unwrap();
+        let (ctx, _crx) = child.split().unwrap();
+        prx.sock.set_nonblocking(true).unwrap();
+        ctx.hold();
+        let other = ctx.clone();
+        ctx.send(&log("one")).unwrap();
+        other.send(&log("two")).unwrap();
+        assert!(
+            matches!(prx.try_recv(), Ok(None)),
+            "nothing leaves while held"
+        );
+        ctx.release().unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < 2 && Instant::now() < deadline {
+            match prx.try_recv().unwrap() {
+                Some(m) => got.push(m),
+                None => wait_for(prx.as_fd(), PollFlags::POLLIN).unwrap(),
+            }
+        }
+        assert_eq!(got, vec![log("one"), log("two")]);
+        // Released: the next frame goes straight out.
+        assert!(matches!(prx.try_recv(), Ok(None)));
+        ctx.send(&log("three")).unwrap();
+        wait_for(prx.as_fd(), PollFlags::POLLIN).unwrap();
+        assert_eq!(prx.try_recv().unwrap(), Some(log("three")));
+
+        let (mut parent, mut child) = ParentSide::pair().unwrap();
+        parent.set_nonblocking(true).unwrap();
+        child.set_nonblocking(true).unwrap();
+        parent.defer(&ParentToClassifier::Flush).unwrap();
+        assert!(parent.wants_write());
+        assert!(
+            matches!(child.try_recv(), Ok(None)),
+            "nothing leaves before flush"
+        );
+        parent.flush().unwrap();
+        assert!(!parent.wants_write());
+        wait_for(child.as_fd(), PollFlags::POLLIN).unwrap();
+        assert_eq!(child.try_recv().unwrap(), Some(ParentToClassifier::Flush));
     }
 }

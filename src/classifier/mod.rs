@@ -106,6 +106,19 @@ impl ParentLink {
         self.tx.send(msg).is_ok()
     }
 
+    /// Keeps answers back (from every thread) while the dispatch thread works through requests
+    /// that arrived in one read, so they reach the parent in one write: one wakeup, not one
+    /// per connection.
+    fn hold(&self) {
+        self.tx.hold();
+    }
+
+    /// Writes what was kept back since [`ParentLink::hold`]. A failure is the parent gone (as
+    /// for `send`).
+    fn release(&self) {
+        let _ = self.tx.release();
+    }
+
     /// Ends reading from the parent channel (shutdown of its read side), so that a thread
     /// blocked reading it gets EOF; writing to the parent still works.
     pub fn stop_reading(&self) {
@@ -331,10 +344,22 @@ pub(crate) fn serve(
     // The dispatch thread reads the parent channel itself (a reader thread in between would cost
     // a thread hop per connection). Bounded by the channel: every pass handles one message, and
     // the loop ends at its end, or when the resolver reader ends it.
+    let mut holding = false;
     loop {
         let end = match parent_rx.recv() {
             Ok(msg) => {
-                if let Flow::Exit(code) = dispatcher.on_message(msg) {
+                // More requests already read: hold the answers until the last of them is done.
+                // Released before the next blocking read, so nothing waits on the parent.
+                if !holding && parent_rx.has_buffered() {
+                    shared.parent.hold();
+                    holding = true;
+                }
+                let flow = dispatcher.on_message(msg);
+                if holding && (!parent_rx.has_buffered() || matches!(flow, Flow::Exit(_))) {
+                    shared.parent.release();
+                    holding = false;
+                }
+                if let Flow::Exit(code) = flow {
                     return ExitCode::from(code);
                 }
                 continue;
