@@ -18,6 +18,12 @@ use crate::log;
 /// others, the workers' channels or the reaper.
 const ACCEPT_BATCH: usize = 128;
 
+// The batch adapts between 1 and ACCEPT_BATCH, starting at 1. A batch that ends with the
+// backlog empty sets the next to what it found; a full batch followed, on the very next loop
+// turn, by the listener still readable (a backlog) doubles it. One connection at a time then
+// costs one accept(2), not a second one that only says EAGAIN; a backlog left behind keeps
+// the listener readable, so poll wakes the loop for it at once.
+
 /// Pause after accept fails for lack of descriptors or memory (the listener stays readable;
 /// without a pause the loop would spin).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -54,7 +60,33 @@ impl Parent {
     /// Accepts up to [`ACCEPT_BATCH`] connections from listener `idx` and hands each to the
     /// classifier.
     pub(super) fn accept_from(&mut self, idx: usize) -> Result<(), Failure> {
-        for _ in 0..ACCEPT_BATCH {
+        let turn = self.turn;
+        let Some(l) = self.listeners.get(idx) else {
+            return Ok(());
+        };
+        let batch = if l.full_turn.is_some_and(|t| t + 1 == turn) {
+            (l.batch * 2).min(ACCEPT_BATCH)
+        } else {
+            l.batch
+        };
+        let mut taken = 0;
+        let r = self.accept_up_to(idx, batch, &mut taken);
+        if let Some(l) = self.listeners.get_mut(idx) {
+            l.batch = batch;
+            l.full_turn = None;
+            if taken >= batch {
+                l.full_turn = Some(turn);
+            } else {
+                l.batch = taken.max(1);
+            }
+        }
+        r
+    }
+
+    /// Accepts up to `batch` connections from listener `idx`, counting them in `taken`; stops
+    /// early when the backlog is empty (leaving `taken` below `batch`).
+    fn accept_up_to(&mut self, idx: usize, batch: usize, taken: &mut usize) -> Result<(), Failure> {
+        for _ in 0..batch {
             // The classifier may have failed earlier in this loop turn: leave new connections
             // in the listen backlog until a new one is ready.
             if !self.workers_ready() {
@@ -94,6 +126,7 @@ impl Parent {
                 }
             };
 
+            *taken += 1;
             self.lifetime += 1;
             let conn = ConnId(self.next_conn);
             self.next_conn += 1;

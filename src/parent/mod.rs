@@ -132,6 +132,8 @@ struct Parent {
     listeners: Vec<Listener>,
     accepting: bool,
     accept_paused_until: Option<Instant>,
+    /// Poll loop turns so far (accept.rs tells a backlog from a new arrival by it).
+    turn: u64,
     /// accept(2) is failing for lack of resources (logged once per episode).
     exhausted: Option<accept::Exhausted>,
     next_conn: u64,
@@ -367,6 +369,7 @@ impl Parent {
 
     fn run_loop(&mut self) -> Result<()> {
         loop {
+            self.turn += 1;
             if let Some(f) = self.fatal.take() {
                 return Err(Error::System(f));
             }
@@ -406,6 +409,13 @@ impl Parent {
             }
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
+            }
+
+            // This turn's messages to the workers were only queued (Worker::queue): one write
+            // per worker now, before the loop sleeps, instead of one per message.
+            if let Err(f) = self.flush_links() {
+                self.worker_failed(f);
+                continue;
             }
 
             let timeout = self.poll_timeout(now);

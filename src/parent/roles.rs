@@ -36,6 +36,23 @@ impl Parent {
         v
     }
 
+    /// Writes what each worker's channel has queued (what its socket takes now; the rest
+    /// waits for POLLOUT).
+    pub(super) fn flush_links(&mut self) -> std::result::Result<(), Failure> {
+        for role in [
+            Role::Classifier,
+            Role::Resolver,
+            Role::Sentry,
+            Role::Control,
+            Role::Netfilter,
+        ] {
+            if let Some(w) = self.link_mut(role) {
+                w.write_queued()?;
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn link_mut(&mut self, role: Role) -> Option<&mut dyn Link> {
         match role {
             Role::Classifier => self.classifier.as_mut().map(|w| w as &mut dyn Link),

@@ -192,6 +192,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         listeners,
         accepting: true,
         accept_paused_until: None,
+        turn: 0,
         exhausted: None,
         next_conn: 1,
         lifetime: 0,

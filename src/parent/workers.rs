@@ -147,9 +147,11 @@ impl<S: Serialize, R: DeserializeOwned> Worker<S, R> {
             .map_err(|e| Failure::channel(self.role, "reading from", e))
     }
 
-    /// Queues a message; `what` names it in the failure.
+    /// Queues a message without writing it; the poll loop flushes every worker once per turn
+    /// (`flush_links`), so a turn's messages cost the worker one wakeup. `what` names it in the
+    /// failure.
     pub fn queue(&mut self, msg: &S, what: &str) -> Result<(), Failure> {
-        self.chan.queue(msg).map_err(|e| {
+        self.chan.defer(msg).map_err(|e| {
             Failure::new(
                 self.role,
                 format!("sending {what} to the {}: {e}", self.role),
