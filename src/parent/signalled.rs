@@ -1,5 +1,5 @@
 //! What the parent does on a signal (SIGCHLD, SIGTERM/SIGINT, SIGHUP, SIGUSR1, SIGUSR2), after
-//! the loop has drained the self-pipe (signals.rs): never in a handler.
+//! the loop has read them from its signalfd (signals.rs): never in a handler.
 //!
 //! Runs in the parent.
 

@@ -1,22 +1,17 @@
-//! Signals for the parent's poll loop: a self-pipe plus one flag per signal (signal-hook).
+//! Signals for the parent's poll loop, read from a signalfd.
 //!
-//! Runs in the parent. The handlers (installed by signal-hook) only set an atomic flag and
-//! write a byte to the pipe, both async-signal-safe; all the work happens in the poll loop
-//! after it drains the pipe and takes the flags. Flags are registered before the pipe, so a
-//! woken loop always finds its flag already set.
+//! Runs in the parent. The signals the loop acts on are blocked in the parent (in every thread:
+//! the mask is set before any thread or child exists, and threads inherit it) and read from a
+//! signalfd the loop polls, so no handler ever interrupts the loop and a child's exit costs one
+//! read, not a handler, a self-pipe write and a read. Children start with an empty mask:
+//! services (spawn.rs), workers (privsep's spawn) and block commands (std's `Command`) each
+//! reset it before exec.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-
-static CHLD: AtomicBool = AtomicBool::new(false);
-static HUP: AtomicBool = AtomicBool::new(false);
-static USR1: AtomicBool = AtomicBool::new(false);
-static USR2: AtomicBool = AtomicBool::new(false);
-static TERM: AtomicBool = AtomicBool::new(false);
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// Which signals arrived since the last [`Signals::take`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,54 +23,68 @@ pub struct Pending {
     pub term: bool,
 }
 
-/// The read end of the self-pipe.
+impl Pending {
+    fn note(&mut self, signo: u32) {
+        let Ok(sig) = i32::try_from(signo).map(Signal::try_from) else {
+            return;
+        };
+        match sig {
+            Ok(Signal::SIGCHLD) => self.child = true,
+            Ok(Signal::SIGHUP) => self.hup = true,
+            Ok(Signal::SIGUSR1) => self.usr1 = true,
+            Ok(Signal::SIGUSR2) => self.usr2 = true,
+            Ok(Signal::SIGTERM | Signal::SIGINT) => self.term = true,
+            _ => {}
+        }
+    }
+}
+
+/// The signals the loop handles.
+const HANDLED: [Signal; 6] = [
+    Signal::SIGCHLD,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+];
+
+/// The signalfd the loop polls.
 pub struct Signals {
-    read: UnixStream,
+    fd: SignalFd,
 }
 
 impl Signals {
-    /// Installs the handlers. Call once, before any child exists, so no SIGCHLD is missed.
+    /// Blocks the handled signals and opens the signalfd. Call once, before any thread or child
+    /// exists: a thread started earlier would keep them unblocked and could take one (lost to
+    /// the signalfd), and no SIGCHLD may come before the fd exists.
     pub fn install() -> io::Result<Signals> {
-        let (read, write) = UnixStream::pair()?;
-        read.set_nonblocking(true)?;
-        write.set_nonblocking(true)?;
-        let table: [(i32, &'static AtomicBool); 6] = [
-            (SIGCHLD, &CHLD),
-            (SIGHUP, &HUP),
-            (SIGUSR1, &USR1),
-            (SIGUSR2, &USR2),
-            (SIGTERM, &TERM),
-            (SIGINT, &TERM),
-        ];
-        for (sig, flag) in table {
-            signal_hook::flag::register(sig, flag)?;
-            signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
+        let mut mask = SigSet::empty();
+        for sig in HANDLED {
+            mask.add(sig);
         }
-        Ok(Signals { read })
+        mask.thread_block()?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Signals { fd })
     }
 
-    /// Empties the pipe and returns (and clears) the flags.
+    /// Reads every pending signal and returns which arrived (several of one kind are one).
     pub fn take(&mut self) -> Pending {
-        let mut buf = [0u8; 64];
-        // Bounded: the pipe holds at most its buffer; each read empties up to 64 bytes.
-        for _ in 0..1024 {
-            match self.read.read(&mut buf) {
-                Ok(n) if n > 0 => continue,
+        let mut got = Pending::default();
+        // Bounded: each read takes one pending signal; standard signals do not queue, so at
+        // most one of each kind is pending.
+        for _ in 0..64 {
+            match self.fd.read_signal() {
+                Ok(Some(info)) => got.note(info.ssi_signo),
                 _ => break,
             }
         }
-        Pending {
-            child: CHLD.swap(false, Ordering::SeqCst),
-            hup: HUP.swap(false, Ordering::SeqCst),
-            usr1: USR1.swap(false, Ordering::SeqCst),
-            usr2: USR2.swap(false, Ordering::SeqCst),
-            term: TERM.swap(false, Ordering::SeqCst),
-        }
+        got
     }
 }
 
 impl AsFd for Signals {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.read.as_fd()
+        self.fd.as_fd()
     }
 }

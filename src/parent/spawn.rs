@@ -341,9 +341,10 @@ pub fn spawn_service(
         envp: &envp,
     };
 
-    // ORDER: block every signal across the clone, so no handler of the parent's (signal-hook's
-    // self-pipe writers) can run in the child, which shares the parent's memory, before it
-    // resets them; the parent restores its mask right after.
+    // ORDER: block every signal across the clone, so no handler in the parent's process (any a
+    // library may install) can run in the child, which shares the parent's memory, before it
+    // resets them; the parent restores its mask (the signalfd's signals stay blocked) right
+    // after.
     // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask only touch these sets.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe {
@@ -513,8 +514,8 @@ mod raw {
 /// Call only in the child of `clone(CLONE_VM | CLONE_VFORK)` or `fork`, with valid
 /// NUL-terminated `path` and NULL-terminated pointer arrays `argp` and `envp`.
 unsafe fn service_child(a: &ChildArgs<'_>) -> ! {
-    // The parent's handlers would write to its self-pipe; defaults for everything it handles,
-    // and SIGPIPE back to default (Rust ignores it, and an ignored signal stays ignored
+    // Defaults for every signal the parent handles (it installs no handler today, but a
+    // child must not depend on that), and SIGPIPE back to default (Rust ignores it, and an ignored signal stays ignored
     // across exec). Without CLONE_SIGHAND the child has its own copy of the dispositions.
     for sig in [
         libc::SIGCHLD,
