@@ -208,3 +208,40 @@ fn passenv_starts_services_from_a_minimal_environment() {
         "unexpected variables: {names:?}"
     );
 }
+
+/// The daemon reads its signals from a signalfd, so it keeps them blocked; nothing it starts
+/// may inherit that mask (a service with SIGTERM blocked could not be stopped, one with SIGCHLD
+/// blocked would miss its own children).
+#[test]
+fn services_and_workers_start_with_no_signal_blocked() {
+    let s = Scratch::new("svc-sigmask");
+    let hold = hold_script(&s);
+    let n = Nanny::start(&s, Setup::new("all: ALL\n", &format!("all: run {hold}\n")));
+    let mut c = connect_from(Ipv4Addr::new(127, 0, 10, 2), n.addr, IO_TIMEOUT).expect("connect");
+    assert_eq!(
+        read_line(&mut c, IO_TIMEOUT).text(),
+        "held\n",
+        "{}",
+        n.log()
+    );
+    let svc = wait_for(IO_TIMEOUT, || n.services().first().copied()).expect("a service runs");
+
+    let blocked = |pid: i32| {
+        let hex = status_field(pid, "SigBlk").expect("SigBlk in /proc/PID/status");
+        u64::from_str_radix(hex.trim(), 16).expect("SigBlk is hex")
+    };
+    // Bit N-1 is signal N.
+    let chld = 1u64 << (libc::SIGCHLD - 1);
+    let term = 1u64 << (libc::SIGTERM - 1);
+    assert_eq!(
+        blocked(n.pid) & (chld | term),
+        chld | term,
+        "the daemon blocks what its signalfd reads"
+    );
+    assert_eq!(blocked(svc), 0, "the service's signal mask");
+    for role in ["classifier", "resolver"] {
+        let pid = n.wait_worker(role, IO_TIMEOUT).expect("worker runs");
+        assert_eq!(blocked(pid), 0, "the {role}'s signal mask");
+    }
+    drop(c);
+}
