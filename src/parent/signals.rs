@@ -71,17 +71,32 @@ impl Signals {
     /// Reads every pending signal and returns which arrived (several of one kind are one).
     pub fn take(&mut self) -> Pending {
         let mut got = Pending::default();
-        // Bounded: each read takes one pending signal; standard signals do not queue, so at
-        // most one of each kind is pending.
-        for _ in 0..64 {
-            match self.fd.read_signal() {
-                Ok(Some(info)) => got.note(info.ssi_signo),
-                _ => break,
+        // One read takes every pending signal: standard signals do not queue, so at most one
+        // of each handled kind is pending, and the buffer holds a record for each.
+        let mut buf = [0u8; SIGINFO_SIZE * HANDLED.len()];
+        // Bounded: a second read only if the first filled the buffer.
+        for _ in 0..4 {
+            let n = match nix::unistd::read(&self.fd, &mut buf) {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            for rec in buf.get(..n).unwrap_or_default().chunks_exact(SIGINFO_SIZE) {
+                // ssi_signo is the record's first field, in host byte order.
+                if let Some(signo) = rec.first_chunk::<4>() {
+                    got.note(u32::from_ne_bytes(*signo));
+                }
+            }
+            if n < buf.len() {
+                break;
             }
         }
         got
     }
 }
+
+/// The size of one `struct signalfd_siginfo` record (signalfd(2)).
+const SIGINFO_SIZE: usize = 128;
+const _: () = assert!(std::mem::size_of::<libc::signalfd_siginfo>() == SIGINFO_SIZE);
 
 impl AsFd for Signals {
     fn as_fd(&self) -> BorrowedFd<'_> {
