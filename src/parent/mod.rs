@@ -17,7 +17,8 @@
 //! [`Parent`]; workers.rs starts and talks to the workers of privsep's role table;
 //! from_classifier.rs and from_resolver.rs admit each peer's messages and run their
 //! `on_<variant>` handlers; accept.rs, verdict.rs and reap.rs move a connection through the one
-//! live-connection table in conns.rs; generations.rs keeps the policy generations.
+//! live-connection table in conns.rs; generations.rs keeps the policy generations,
+//! reloads them and rolls back to the last one that ran.
 //!
 //! Invariants:
 //! - every connection gets exactly one verdict, or is closed unanswered (fail closed) when its
@@ -90,7 +91,7 @@ use crate::exit::{Error, Result};
 use crate::log;
 use conns::Conns;
 use from_classifier::Shipped;
-use generations::Generations;
+use generations::{Generations, ROLLBACK_AFTER};
 use listen::Listener;
 use spawn::Creds;
 use verdict::finish_msg;
@@ -111,12 +112,6 @@ const RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// own timeout (seconds), so even a long chain of them finishes well within this; a connection
 /// older than this means the classifier is stuck, and it is restarted like a dead one.
 const VERDICT_DEADLINE: Duration = Duration::from_secs(300);
-
-/// A generation counts as one that ran once a classifier has kept it this long.
-const GOOD_AFTER: Duration = Duration::from_secs(5);
-
-/// Worker failures after a reload, before the generation that ran last is restored.
-const ROLLBACK_AFTER: u32 = 2;
 
 /// Settings from the command line and nanny.conf that the loop needs.
 struct Settings {
@@ -282,85 +277,6 @@ impl Parent {
             Err(e) => self.fatal = Some(e),
         }
         self.prune_tables();
-    }
-
-    /// The workers keep failing under a generation that never ran: go back to the last one
-    /// that did (the restarted classifier is greeted with it). If that one fails too, the
-    /// back-off gives up as for any failure.
-    fn roll_back(&mut self) {
-        let bad = self.policy.gen;
-        let Some(good) = self.policy.good_gen() else {
-            return;
-        };
-        if let Some(new) = self.policy.roll_back() {
-            self.failed_since_ship = 0;
-            log::crit(&format!(
-                "the workers failed {ROLLBACK_AFTER} times after policy generation {} was \
-                 loaded: going back to the policy of generation {} (the last that ran) as \
-                 generation {}; the files on disk are loaded again when they change",
-                bad.0, good.0, new.0
-            ));
-        }
-    }
-
-    /// A generation the classifier has kept for [`GOOD_AFTER`] is one to come back to.
-    fn note_good_policy(&mut self, now: Instant) {
-        if let (Some(g), Some(at)) = (self.shipped.acked, self.shipped.acked_at) {
-            if self.workers_ready() && now.saturating_duration_since(at) >= GOOD_AFTER {
-                self.policy.mark_good(g);
-                self.failed_since_ship = 0;
-            }
-        }
-    }
-
-    /// Drops action tables no pending verdict can name any more.
-    fn prune_tables(&mut self) {
-        let mut oldest = self.policy.gen;
-        if self.classifier.is_some() {
-            oldest = oldest.min(self.shipped.oldest());
-        }
-        if let Some(m) = self.conns.oldest_pending_gen() {
-            oldest = oldest.min(m);
-        }
-        self.policy.prune(oldest);
-    }
-
-    /// Checks both files; a change is parsed off the loop and applied by [`Parent::loaded`].
-    fn reload(&mut self, force: bool) {
-        if force {
-            self.reload_xmlrpc_users();
-        }
-        if let Some(changed) = self.policy.reload(force, self.settings.onfileerror) {
-            self.reloaded(changed);
-        }
-    }
-
-    /// The loader finished: apply what it parsed.
-    fn loaded(&mut self) {
-        if let Some(changed) = self.policy.finish_load(self.settings.onfileerror) {
-            self.reloaded(changed);
-        }
-        // A forced reload asked for while this one ran starts now, not at the next check.
-        if self.policy.reload_pending() {
-            self.reload(false);
-        }
-    }
-
-    /// Ships a new generation.
-    fn reloaded(&mut self, changed: generations::Reloaded) {
-        if changed.actions_loaded {
-            // norepeatlog remembers the last line of one loaded actions file.
-            self.last_log = None;
-        }
-        if changed.policy {
-            self.prune_tables();
-            if let Err(f) = self.ship_policy() {
-                self.worker_failed(f);
-            }
-        }
-        if !self.policy.reload_pending() {
-            self.answer_reload(&changed);
-        }
     }
 
     // ---- the loop -----------------------------------------------------------------------
