@@ -13,12 +13,15 @@
 //! handed on; the one exception is a PROXY header from a listed load balancer, framed and
 //! bounded by proxy.rs), worker messages (admitted before use), the administrator's files.
 //!
-//! Layout: this file holds the poll loop and every restart decision; start.rs builds the
-//! [`Parent`]; workers.rs starts and talks to the workers of privsep's role table;
-//! from_classifier.rs and from_resolver.rs admit each peer's messages and run their
-//! `on_<variant>` handlers; accept.rs, verdict.rs and reap.rs move a connection through the one
-//! live-connection table in conns.rs; generations.rs keeps the policy generations,
-//! reloads them and rolls back to the last one that ran.
+//! Layout: this file holds the poll loop; start.rs builds the [`Parent`]; roles.rs is the
+//! parent's side of privsep's role table, with the one receive loop every worker is read
+//! through and every restart decision (which group to kill, back-off, giving up); workers.rs
+//! starts and talks to the workers and keeps each restart group's back-off; from_classifier.rs,
+//! from_resolver.rs, from_sentry.rs, from_control.rs and from_netfilter.rs admit each peer's
+//! messages, run their handlers and say what their side forgets when its worker dies;
+//! accept.rs, verdict.rs and reap.rs move a connection through the one live-connection table
+//! in conns.rs; generations.rs keeps the policy generations, reloads them and rolls back to the
+//! last one that ran.
 //!
 //! Invariants:
 //! - every connection gets exactly one verdict, or is closed unanswered (fail closed) when its
@@ -91,11 +94,11 @@ use crate::exit::{Error, Result};
 use crate::log;
 use conns::Conns;
 use from_classifier::Shipped;
-use generations::{Generations, ROLLBACK_AFTER};
+use generations::Generations;
 use listen::Listener;
 use spawn::Creds;
 use verdict::finish_msg;
-use workers::{Backoff, Failure, Worker, WorkerPlan};
+use workers::{Failure, Restarts, Worker, WorkerPlan};
 
 /// Connections waiting for a verdict. Each holds a socket; beyond this a new connection is
 /// closed at once and logged, so a stalled classifier cannot make the parent run out of
@@ -146,14 +149,13 @@ struct Parent {
     sentry: Option<Worker<privsep::proto::ParentToSentry, privsep::proto::SentryToParent>>,
     /// What it watches; None: no sentry (not configured, or given up).
     sentry_settings: Option<privsep::proto::SentrySettings>,
-    sentry_restarts: Backoff,
     /// The generations shipped to the running classifier.
     shipped: Shipped,
     /// Whether the workers were ever ready (a group that never comes up is fatal at start).
     ever_ready: bool,
     plan: WorkerPlan,
-    /// Restart timing of the classifier/resolver group (their rows restart together).
-    restarts: Backoff,
+    /// Every restart group's back-off.
+    restarts: Restarts,
     /// When the running group was started.
     group_started: Option<Instant>,
     /// Worker failures since the current generation was shipped.
@@ -179,9 +181,9 @@ struct Parent {
 pub fn run(args: &Args) -> Result<ExitCode> {
     let mut p = start::prepare(args)?;
     p.start_workers()?;
-    p.start_sentry();
-    p.start_control();
-    p.start_netfilter();
+    p.start_sentry()?;
+    p.start_control()?;
+    p.start_netfilter()?;
     let addrs: Vec<String> = p.listeners.iter().map(|l| l.addr.to_string()).collect();
     log::notice(&format!(
         "started: listening on {}; policy generation {}",
@@ -207,78 +209,6 @@ enum Slot {
 }
 
 impl Parent {
-    // ---- workers ------------------------------------------------------------------------
-
-    /// A worker failed (died, closed its channel, broke the protocol or timed out): kill its
-    /// restart group, close every connection waiting on the classifier (fail closed) and
-    /// schedule a restart. Fatal errors are stored for the loop to return.
-    fn worker_failed(&mut self, f: Failure) {
-        match f.role {
-            Role::Sentry => return self.sentry_failed(f),
-            Role::Control => return self.control_failed(f),
-            Role::Netfilter => return self.netfilter_failed(f),
-            Role::Classifier | Role::Resolver => {}
-        }
-        if self.classifier.is_none() && self.resolver.is_none() {
-            return;
-        }
-        let group = f.role.restart_group();
-        let names: Vec<&str> = group.iter().map(|r| r.as_str()).collect();
-        if f.violation {
-            log::crit(&format!(
-                "{} protocol violation: {}; killing {}",
-                f.role,
-                f.why,
-                names.join(" and ")
-            ));
-        } else {
-            log::err(&format!(
-                "workers failed: {}; restarting {}",
-                f.why,
-                names.join(" and ")
-            ));
-        }
-        for pid in self.take_workers(&group) {
-            // It may already be dead; the reaper collects it.
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        for role in &group {
-            self.counters.restarted(*role);
-        }
-        self.fail_asks("the classifier restarted before it answered");
-        let dropped = self.conns.drop_pending();
-        for conn in &dropped {
-            log::debug(
-                1,
-                &format!("drop conn={} reason=classifier-restart", conn.0),
-            );
-        }
-        if !dropped.is_empty() {
-            log::warn(&format!(
-                "closed {} connections that were waiting for a verdict",
-                dropped.len()
-            ));
-        }
-        if !self.ever_ready {
-            self.fatal = Some(format!(
-                "the workers could not be started ({}); see the messages above",
-                f.why
-            ));
-            return;
-        }
-        self.failed_since_ship = self.failed_since_ship.saturating_add(1);
-        if self.failed_since_ship >= ROLLBACK_AFTER {
-            self.roll_back();
-        }
-        let now = Instant::now();
-        let started = self.group_started.take().unwrap_or(now);
-        match self.restarts.failed(started, now) {
-            Ok(d) => log::debug(1, &format!("restarting workers in {} ms", d.as_millis())),
-            Err(e) => self.fatal = Some(e),
-        }
-        self.prune_tables();
-    }
-
     // ---- the loop -----------------------------------------------------------------------
 
     fn run_loop(&mut self) -> Result<()> {
@@ -287,29 +217,8 @@ impl Parent {
                 return Err(Error::System(f));
             }
             let now = Instant::now();
-            if self.classifier.is_none() && self.restarts.due.is_some_and(|d| now >= d) {
-                self.restarts.due = None;
-                self.start_workers()?;
+            if self.restart_due(now)? {
                 continue;
-            }
-            if self.sentry.is_none() && self.sentry_restarts.due.is_some_and(|d| now >= d) {
-                self.sentry_restarts.due = None;
-                self.start_sentry();
-                continue;
-            }
-            if let Some(c) = self.control.as_mut() {
-                if c.worker.is_none() && c.restarts.due.is_some_and(|d| now >= d) {
-                    c.restarts.due = None;
-                    self.start_control();
-                    continue;
-                }
-            }
-            if let Some(n) = self.netfilter.as_mut() {
-                if n.worker.is_none() && n.restarts.due.is_some_and(|d| now >= d) {
-                    n.restarts.due = None;
-                    self.start_netfilter();
-                    continue;
-                }
             }
             if let Some(t) = self.group_started.filter(|_| !self.workers_ready()) {
                 if now.duration_since(t) > workers::START_TIMEOUT {
@@ -494,10 +403,7 @@ impl Parent {
             return PollTimeout::ZERO;
         }
         let mut until = self.next_reload;
-        if let Some(d) = self.restarts.due.filter(|_| self.classifier.is_none()) {
-            until = until.min(d);
-        }
-        if let Some(d) = self.sentry_restarts.due.filter(|_| self.sentry.is_none()) {
+        if let Some(d) = self.next_restart() {
             until = until.min(d);
         }
         if let Some(t) = self.accept_paused_until {
@@ -513,22 +419,6 @@ impl Parent {
             until = until.min(d);
         }
         if let Some(d) = self.endings.next() {
-            until = until.min(d);
-        }
-        if let Some(d) = self
-            .control
-            .as_ref()
-            .filter(|c| c.worker.is_none())
-            .and_then(|c| c.restarts.due)
-        {
-            until = until.min(d);
-        }
-        if let Some(d) = self
-            .netfilter
-            .as_ref()
-            .filter(|n| n.worker.is_none())
-            .and_then(|n| n.restarts.due)
-        {
             until = until.min(d);
         }
         if let Some(d) = self.notify.next_ping() {
@@ -553,17 +443,11 @@ impl Parent {
         self.listeners.clear();
         self.conns.drop_pending();
         self.drop_headers();
-        for pid in self.links().iter().map(|w| w.pid()).collect::<Vec<_>>() {
+        let every: Vec<Role> = privsep::ROLES.iter().map(|p| p.role).collect();
+        for (pid, _) in self.take_workers(&every) {
             let _ = kill(pid, Signal::SIGTERM);
         }
-        self.classifier = None;
-        self.resolver = None;
-        self.sentry = None;
-        if let Some(n) = self.netfilter.as_mut() {
-            n.worker = None;
-        }
         if let Some(c) = self.control.as_mut() {
-            c.worker = None;
             c.socket.remove();
         }
         log::notice(&format!(
