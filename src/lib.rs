@@ -19,6 +19,7 @@ pub mod log;
 pub mod nannyctl;
 pub mod nannyctl_conntrack;
 pub mod netfilter;
+pub mod noprocs;
 pub mod parent;
 pub mod resolver;
 pub mod sentry;

@@ -494,6 +494,15 @@ fn nannyctl_conntrack_agrees_with_conntrack_tools_and_changes_the_kernel_table()
     assert_eq!(status_field(w, "NoNewPrivs").as_deref(), Some("1"));
     let root = std::fs::read_link(format!("/proc/{w}/root")).expect("root link");
     assert_eq!(root, s.path("empty"), "chrooted into the empty directory");
+    // RLIMIT_NPROC 0, soft and hard, as its row says (set once its netlink socket is open).
+    let nproc = || {
+        let limits = std::fs::read_to_string(format!("/proc/{w}/limits")).unwrap_or_default();
+        let line = limits.lines().find(|l| l.starts_with("Max processes"))?;
+        let f: Vec<&str> = line.split_whitespace().skip(2).take(2).collect();
+        Some(f.join(" "))
+    };
+    let zero = wait_for(WAIT, || nproc().filter(|l| l == "0 0"));
+    assert!(zero.is_some(), "RLIMIT_NPROC: {:?}", nproc());
 
     // Every field agrees with conntrack -L, for every entry (local ones shown on request).
     let refreshed = d.json("refresh");

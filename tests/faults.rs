@@ -192,6 +192,60 @@ fn resolver_sigkill_restarts_both_workers() {
     kill_worker_under_load("resolver", Some("classifier"));
 }
 
+/// The counters (`nannyctl metrics`, Prometheus text) read over the control socket.
+fn metrics(ctl: &std::path::Path) -> Option<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(ctl).ok()?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    s.write_all(b"\"metrics\"\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    v.get("metrics")?.as_str().map(str::to_owned)
+}
+
+/// The sentry is restarted alone, and its restart is counted like any worker's (it once was
+/// not: its failure path skipped the counter, so `metrics` said 0).
+#[test]
+fn a_killed_sentry_is_restarted_alone_and_counted() {
+    if skip_unless_root("a_killed_sentry_is_restarted_alone_and_counted") {
+        return;
+    }
+    let s = Scratch::new("faults-sentry");
+    let ctl = s.path("ctl");
+    let setup = Setup::new("a: ALL\n", "a: msg hello%(nl)s\n")
+        .conf(&format!("control {}", ctl.display()))
+        .conf("stealth tcp 1000-1010");
+    let n = Nanny::start(&s, setup);
+    let wait = Duration::from_secs(10);
+    let old = n.wait_worker("sentry", wait).expect("sentry worker");
+    let classifier = n.worker("classifier");
+    let restarts = |role: &str| format!("portnanny_worker_restarts_total{{role=\"{role}\"}}");
+    let before = wait_for(wait, || metrics(&ctl)).unwrap_or_default();
+    assert!(
+        before
+            .lines()
+            .any(|l| l == format!("{} 0", restarts("sentry"))),
+        "{before}"
+    );
+    let mark = n.mark();
+    let _ = kill(Pid::from_raw(old), Signal::SIGKILL);
+    n.expect_log(mark, &["the sentry failed"]);
+    let new = wait_for(wait, || n.worker("sentry").filter(|p| *p != old));
+    assert!(new.is_some(), "the sentry is restarted; log:\n{}", n.log());
+    assert_eq!(
+        n.worker("classifier"),
+        classifier,
+        "the classifier keeps running"
+    );
+    assert_eq!(n.fetch_from(Ipv4Addr::new(127, 41, 0, 1)).text(), "hello\n");
+    let after = wait_for(wait, || metrics(&ctl)).unwrap_or_default();
+    for (role, count) in [("sentry", 1), ("classifier", 0), ("control", 0)] {
+        let line = format!("{} {count}", restarts(role));
+        assert!(after.lines().any(|l| l == line), "{line}:\n{after}");
+    }
+}
+
 #[test]
 fn unusable_chroot_dir_stops_the_daemon_with_a_clear_message() {
     if skip_unless_root("unusable_chroot_dir_stops_the_daemon_with_a_clear_message") {

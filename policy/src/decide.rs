@@ -92,6 +92,15 @@ impl Refusal {
         }
     }
 
+    /// The refusal a limit makes when it refuses.
+    pub fn of(limit: Limit) -> Refusal {
+        match limit {
+            Limit::Reject => Refusal::Reject,
+            Limit::IpMax(_) => Refusal::IpMax,
+            Limit::ConnMax(_) => Refusal::ConnMax,
+        }
+    }
+
     /// `%(limit)s` for a limit refusal; None for `reject`.
     pub fn limit_name(self) -> Option<&'static str> {
         match self {
@@ -187,13 +196,12 @@ pub fn faillog_source<'a>(
 
 /// Whether one limit check refuses (step 1); shared with [`crate::explain`].
 pub(crate) fn refuses(limit: Limit, class: &str, counts: &dyn Counts) -> Option<Refusal> {
-    match limit {
-        Limit::Reject => Some(Refusal::Reject),
-        Limit::IpMax(n) => (i64::from(counts.ip_count()) >= n).then_some(Refusal::IpMax),
-        Limit::ConnMax(n) => {
-            (i64::from(counts.class_count(class)) >= n).then_some(Refusal::ConnMax)
-        }
-    }
+    let hit = match limit {
+        Limit::Reject => true,
+        Limit::IpMax(n) => i64::from(counts.ip_count()) >= n,
+        Limit::ConnMax(n) => i64::from(counts.class_count(class)) >= n,
+    };
+    hit.then_some(Refusal::of(limit))
 }
 
 /// Decides what to do with a classified connection.

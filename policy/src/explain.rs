@@ -8,7 +8,7 @@
 //! here is the refusal the decision carries.
 
 use crate::actions::{Actions, ClassAction, Limit};
-use crate::decide::{failmsg_source, refuses, Counts, Decision, Disposition};
+use crate::decide::{failmsg_source, refuses, Counts, Decision, Disposition, Refusal};
 use crate::facts::Classification;
 
 /// Longest piece of a `run` argv or message shown.
@@ -90,15 +90,18 @@ pub fn limit_checks(
     out
 }
 
+/// The limit as the actions file gives it, named by its refusal's one spelling, with the
+/// count it is checked against.
 fn limit_text(limit: Limit, class: &ClassAction, counts: &dyn Counts) -> String {
+    let name = Refusal::of(limit).as_str();
     match limit {
-        Limit::Reject => "reject".to_owned(),
+        Limit::Reject => name.to_owned(),
         Limit::IpMax(n) => format!(
-            "ipmax {n} ({} counted from this address)",
+            "{name} {n} ({} counted from this address)",
             counts.ip_count()
         ),
         Limit::ConnMax(n) => format!(
-            "connmax {n} ({} counted in class {})",
+            "{name} {n} ({} counted in class {})",
             counts.class_count(&class.name),
             class.name
         ),

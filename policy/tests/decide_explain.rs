@@ -126,5 +126,10 @@ fn action_and_limits_follow_the_decision() {
             d.refusal.is_some(),
             "{members:?}: {checks:?}"
         );
+        // ... and it names the limit with the refusal's one spelling.
+        if let (Some(check), Some(r)) = (refusing, d.refusal) {
+            let limit = check.split_once(": ").map(|(_, l)| l).unwrap_or_default();
+            assert!(limit.starts_with(r.as_str()), "{check}");
+        }
     }
 }

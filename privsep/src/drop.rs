@@ -1,11 +1,13 @@
 //! The privilege drop of a worker (STYLE.md §2.6, "each child, right after exec"), step by
 //! step, each failure named in [`DropError::step`].
 //!
-//! Runs in a worker (classifier or resolver) right after `take_worker_fds`, still with the
-//! parent's credentials (root, or the invoking user in development) and before any thread
-//! exists or any message is read. Nothing here handles a peer's bytes; the plan comes from the
-//! parent through argv. After a failure the process must exit (111) without serving: the
-//! parent refuses to go on without a working classifier.
+//! Runs in every worker (each row of the role table: classifier, resolver, sentry, control,
+//! netfilter) right after `take_worker_fds`, still with the parent's credentials (root, or the
+//! invoking user in development) and before any thread exists or any message is read. Nothing
+//! here handles a peer's bytes; the plan comes from the parent through argv and the role's
+//! row. After a failure the process must exit (111) without serving: the parent counts it as a
+//! failed worker and restarts it with back-off (and refuses to go on without a working
+//! classifier).
 //!
 //! Order, as root: check the chroot dir → chroot → chdir("/") → shrink the capability bounding
 //! set to the kept set, clear ambient and inheritable → (keepcaps on, if any capability is kept)
@@ -14,11 +16,17 @@
 //! bounding/permitted/effective and none in ambient/inheritable, keepcaps off, root dir) →
 //! dumpable off →
 //! NO_NEW_PRIVS (verified) → PDEATHSIG(SIGKILL) and the parent is still ours → rlimits
-//! (RLIMIT_CORE 0, RLIMIT_NOFILE, RLIMIT_FSIZE 0). `forbid_new_processes` (RLIMIT_NPROC 0)
-//! comes later, once the classifier has started its threads.
+//! (RLIMIT_CORE 0, RLIMIT_NOFILE, RLIMIT_FSIZE 0). Forbidding new processes comes later, at the
+//! point each role's main chooses, the way its row's `no_processes` says: RLIMIT_NPROC 0
+//! ([`forbid_new_processes`]) once the classifier has started its threads, the sentry has
+//! opened its capture socket and the netfilter worker its netlink socket (the control worker
+//! once it has read the parent's Hello); the resolver, which starts threads on demand, installs
+//! a seccomp filter instead.
 //!
 //! The kept set comes from the role's row in the role table (`role::Profile::keep_caps`): empty
-//! for the classifier and resolver, one capability for a raw-socket or netlink worker.
+//! for the classifier, the resolver and the control worker; CAP_NET_RAW alone for the sentry
+//! (its AF_PACKET socket), CAP_NET_ADMIN alone for the netfilter worker (conntrack over
+//! netlink).
 //!
 //! Not root (development): chroot and id changes are impossible and skipped; every capability
 //! outside the kept set is dropped; verification checks "never privileged" instead; the rest
@@ -275,7 +283,8 @@ fn shrink_bounding(keep: &CapsHashSet) -> Result<(), DropError> {
 
 /// Set RLIMIT_NPROC to 0 and verify it: from now on this process can create neither
 /// processes nor threads (Linux counts threads; the limit is per user, so the privsep user
-/// must be dedicated). The classifier calls this after starting its evaluation threads.
+/// must be dedicated). Every role whose row says `NoProcesses::RlimitNproc` calls this once
+/// its threads and sockets exist (the classifier after starting its evaluation threads).
 pub fn forbid_new_processes() -> Result<(), DropError> {
     step("rlimit_nproc", setrlimit(Resource::RLIMIT_NPROC, 0, 0))?;
     verify::rlimit("verify_nproc", Resource::RLIMIT_NPROC, 0)?;

@@ -35,8 +35,8 @@ pub struct Profile {
     pub nofile: u64,
     /// RLIMIT_FSIZE 0: the worker can write no file content.
     pub fsize_zero: bool,
-    /// How the worker is kept from creating processes, once its set-up is done (the worker
-    /// does it itself at that point).
+    /// How the worker is kept from creating processes, once its set-up is done: the worker
+    /// does it itself at that point, through the binary's `noprocs::forbid`, which reads this.
     pub no_processes: NoProcesses,
     /// Exactly the capabilities the worker keeps (bounding, permitted and effective; ambient
     /// and inheritable are always empty). Empty for a fully unprivileged worker.

@@ -102,7 +102,7 @@ pub fn serve(
         Err(_) => return ExitCode::from(EXIT_SYSTEM),
     };
     let forbidden = if forbid_processes {
-        privsep::forbid_new_processes().map_err(|e| e.to_string())
+        crate::noprocs::forbid(privsep::Role::Control)
     } else {
         Ok(())
     };

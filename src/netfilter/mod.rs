@@ -74,7 +74,7 @@ pub fn serve(
     let opened = Ctnetlink::open().map_err(|e| format!("netlink socket: {e}"));
     // ORDER: the socket first (nothing after it creates a thread or process), then the limit.
     let forbidden = match (&opened, forbid_processes) {
-        (Ok(_), true) => privsep::forbid_new_processes().map_err(|e| e.to_string()),
+        (Ok(_), true) => crate::noprocs::forbid(privsep::Role::Netfilter),
         _ => Ok(()),
     };
     if parent

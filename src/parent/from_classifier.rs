@@ -4,23 +4,24 @@
 //!
 //! Runs in the parent (root). Every message came from the classifier, which parses untrusted
 //! DNS and identd data; nothing is acted on before `admit::admit` accepted it. Handlers return
-//! a [`Failure`] instead of restarting anything themselves: the loop in mod.rs decides.
+//! a [`Failure`] instead of restarting anything themselves: roles.rs decides.
 
 use std::time::Instant;
 
 use std::net::{IpAddr, SocketAddr};
 
-use privsep::proto::{ConnId, Gen, LiveConn, ParentToClassifier, SentryMode};
+use privsep::proto::{ClassifierToParent, ConnId, Gen, LiveConn, ParentToClassifier, SentryMode};
 use privsep::Role;
 
 use super::admit::{self, Admitted, Verdict};
 use super::blocker::Outcome;
 use super::blocks::Request;
 use super::conns::{Conns, Meta, Taken};
+use super::generations::ROLLBACK_AFTER;
 use super::status;
 use super::verdict::{self, ActCtx, Acted};
 use super::workers::Failure;
-use super::{Parent, RECV_BATCH};
+use super::Parent;
 use crate::log::{self, Level};
 
 /// Which generations this classifier instance was sent and has acknowledged.
@@ -58,46 +59,71 @@ impl admit::Pending for Conns {
 }
 
 impl Parent {
-    /// Reads and handles up to [`RECV_BATCH`] classifier messages.
-    pub(super) fn serve_classifier(&mut self) -> Result<(), Failure> {
-        for _ in 0..RECV_BATCH {
-            let Some(w) = self.classifier.as_mut() else {
-                return Ok(());
-            };
-            let Some(msg) = w.recv()? else {
-                return Ok(());
-            };
-            let ctx = admit::Ctx {
-                build: &self.build,
-                hello_seen: w.hello,
-                next_conn: ConnId(self.next_conn),
-                pending: &self.conns,
-                tables: &self.policy.tables,
-                latest_sent: self.shipped.latest_sent,
-                first_sent: self.shipped.first_sent,
-                acked: self.shipped.acked,
-            };
-            match admit::admit(&ctx, msg) {
-                Err(v) => {
-                    return Err(Failure::violation(
-                        Role::Classifier,
-                        format!("classifier {v}"),
-                    ))
-                }
-                Ok(Admitted::Hello) => self.on_hello(),
-                Ok(Admitted::PolicyLoaded(g)) => self.on_policy_loaded(g),
-                Ok(Admitted::Verdict(v)) => self.on_verdict(v)?,
-                Ok(Admitted::Log {
-                    level,
-                    verbosity,
-                    text,
-                }) => self.on_log(level, verbosity, &text),
-                Ok(Admitted::Status(stats)) => self.on_status(stats),
-                Ok(Admitted::Explained(req, report)) => self.on_explained(req, *report)?,
-                Ok(Admitted::Metrics(req, lookups)) => self.on_metrics(req, lookups)?,
+    /// Admits one message from the classifier and hands it to its handler.
+    pub(super) fn on_classifier(&mut self, msg: ClassifierToParent) -> Result<(), Failure> {
+        let ctx = admit::Ctx {
+            build: &self.build,
+            hello_seen: self.classifier.as_ref().is_some_and(|w| w.hello),
+            next_conn: ConnId(self.next_conn),
+            pending: &self.conns,
+            tables: &self.policy.tables,
+            latest_sent: self.shipped.latest_sent,
+            first_sent: self.shipped.first_sent,
+            acked: self.shipped.acked,
+        };
+        match admit::admit(&ctx, msg) {
+            Err(v) => {
+                return Err(Failure::violation(
+                    Role::Classifier,
+                    format!("classifier {v}"),
+                ))
             }
+            Ok(Admitted::Hello) => self.on_hello(),
+            Ok(Admitted::PolicyLoaded(g)) => self.on_policy_loaded(g),
+            Ok(Admitted::Verdict(v)) => self.on_verdict(v)?,
+            Ok(Admitted::Log {
+                level,
+                verbosity,
+                text,
+            }) => self.on_log(level, verbosity, &text),
+            Ok(Admitted::Status(stats)) => self.on_status(stats),
+            Ok(Admitted::Explained(req, report)) => self.on_explained(req, *report)?,
+            Ok(Admitted::Metrics(req, lookups)) => self.on_metrics(req, lookups)?,
         }
         Ok(())
+    }
+
+    /// The classifier's group went down (roles.rs killed it): answer the questions it had,
+    /// close every connection waiting for a verdict (fail closed), and roll back a generation
+    /// the workers keep failing under. False when the group never came up: that is fatal.
+    pub(super) fn classifier_down(&mut self, why: &str) -> bool {
+        self.group_started = None;
+        self.fail_asks("the classifier restarted before it answered");
+        let dropped = self.conns.drop_pending();
+        for conn in &dropped {
+            log::debug(
+                1,
+                &format!("drop conn={} reason=classifier-restart", conn.0),
+            );
+        }
+        if !dropped.is_empty() {
+            log::warn(&format!(
+                "closed {} connections that were waiting for a verdict",
+                dropped.len()
+            ));
+        }
+        if !self.ever_ready {
+            self.fatal = Some(format!(
+                "the workers could not be started ({why}); see the messages above"
+            ));
+            return false;
+        }
+        self.failed_since_ship = self.failed_since_ship.saturating_add(1);
+        if self.failed_since_ship >= ROLLBACK_AFTER {
+            self.roll_back();
+        }
+        self.prune_tables();
+        true
     }
 
     fn on_hello(&mut self) {

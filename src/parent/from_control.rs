@@ -4,7 +4,9 @@
 //! Runs in the parent (root). The control worker decoded the client's JSON, checked its shape
 //! and authorised it by SO_PEERCRED; the parent receives the typed request only, checks its
 //! bounds again, and acts from its own tables: it never parses request bytes. A worker that
-//! breaks the protocol is killed and restarted alone, like the sentry.
+//! breaks the protocol is killed and restarted alone, like the sentry (roles.rs); one that
+//! keeps failing is tried again later, never given up for good: the control socket is how an
+//! operator looks in.
 //!
 //! Requests that need the classifier (`explain`, `metrics`, `status`) are forwarded and
 //! answered when it replies; a classifier restart answers them with an error.
@@ -29,13 +31,13 @@ use super::conns::{Conns, State};
 use super::ctlsock::ControlSocket;
 use super::ending::{Ended, Endings};
 use super::generations::Reloaded;
-use super::workers::{Backoff, Failure, Worker};
+use super::workers::{Failure, Worker};
 use super::Parent;
 use crate::log;
 
 /// Control messages handled per loop turn: a `list` walks the whole table, so a flood of
 /// requests is spread over turns and connections keep being accepted meanwhile.
-const CONTROL_BATCH: usize = 16;
+pub(super) const CONTROL_BATCH: usize = 16;
 
 /// Longest the classifier may take to answer an `explain` or `metrics` (every lookup has its
 /// own, shorter timeout).
@@ -54,7 +56,6 @@ pub struct ControlSide {
     pub worker: Option<Worker<ParentToControl, ControlToParent>>,
     pub socket: ControlSocket,
     settings: ControlSettings,
-    pub restarts: Backoff,
     asks: HashMap<ReqId, (ClientId, Ask, Instant)>,
     next_req: u64,
     reload_waiters: Vec<ClientId>,
@@ -69,7 +70,6 @@ impl ControlSide {
             worker: None,
             socket,
             settings,
-            restarts: Backoff::default(),
             asks: HashMap::new(),
             next_req: 1,
             reload_waiters: Vec::new(),
@@ -149,7 +149,7 @@ impl Parent {
             None => return,
         };
         if let Err(f) = r {
-            self.control_failed(f);
+            self.worker_failed(f);
         }
     }
 
@@ -157,58 +157,53 @@ impl Parent {
         self.send_control(ParentToControl::Reply { client, reply });
     }
 
-    /// Reads and handles up to [`CONTROL_BATCH`] control messages.
-    pub(super) fn serve_control(&mut self) -> Result<(), Failure> {
-        for _ in 0..CONTROL_BATCH {
-            let Some(w) = self.control.as_mut().and_then(|c| c.worker.as_mut()) else {
-                return Ok(());
-            };
-            let Some(msg) = w.recv()? else {
-                return Ok(());
-            };
-            let violation = |why: String| Failure::violation(Role::Control, why);
-            match msg {
-                ControlToParent::Hello { build } => w.greeted(&self.build, &build)?,
-                _ if !w.hello => {
-                    return Err(violation("control message refused: before Hello".into()));
+    /// Admits one message from the control worker and acts on it.
+    pub(super) fn on_control(&mut self, msg: ControlToParent) -> Result<(), Failure> {
+        let Some(w) = self.control.as_mut().and_then(|c| c.worker.as_mut()) else {
+            return Ok(());
+        };
+        let violation = |why: String| Failure::violation(Role::Control, why);
+        match msg {
+            ControlToParent::Hello { build } => w.greeted(&self.build, &build)?,
+            _ if !w.hello => {
+                return Err(violation("control message refused: before Hello".into()));
+            }
+            ControlToParent::Log(rec) => w.relay_log(rec)?,
+            ControlToParent::Request {
+                client,
+                caller,
+                req,
+            } => {
+                // The worker checked these; a request that fails them now was forged.
+                if let Err(why) = req.check() {
+                    return Err(violation(format!("control Request refused: {why}")));
                 }
-                ControlToParent::Log(rec) => w.relay_log(rec)?,
-                ControlToParent::Request {
-                    client,
-                    caller,
-                    req,
-                } => {
-                    // The worker checked these; a request that fails them now was forged.
-                    if let Err(why) = req.check() {
-                        return Err(violation(format!("control Request refused: {why}")));
-                    }
-                    let admin = caller.uid == 0
-                        || self
-                            .control
-                            .as_ref()
-                            .is_some_and(|c| c.settings.admin_uid == caller.uid);
-                    if req.access() == privsep::control::Access::Change && !admin {
-                        return Err(violation(format!(
-                            "control Request refused: {} from uid {}, who may only read",
-                            req.name(),
-                            caller.uid
-                        )));
-                    }
-                    self.on_request(client, caller, req);
+                let admin = caller.uid == 0
+                    || self
+                        .control
+                        .as_ref()
+                        .is_some_and(|c| c.settings.admin_uid == caller.uid);
+                if req.access() == privsep::control::Access::Change && !admin {
+                    return Err(violation(format!(
+                        "control Request refused: {} from uid {}, who may only read",
+                        req.name(),
+                        caller.uid
+                    )));
                 }
-                ControlToParent::XmlrpcRequest { client, user, req } => {
-                    // Only when xmlrpc is configured, and only conntrack requests (the
-                    // variant carries no other kind); the bounds are checked again.
-                    if self.control.as_ref().is_none_or(|c| c.xmlrpc.is_none()) {
-                        return Err(violation(
-                            "control XmlrpcRequest refused: xmlrpc is not configured".into(),
-                        ));
-                    }
-                    if let Err(why) = req.check() {
-                        return Err(violation(format!("control XmlrpcRequest refused: {why}")));
-                    }
-                    self.on_xmlrpc_request(client, user, req);
+                self.on_request(client, caller, req);
+            }
+            ControlToParent::XmlrpcRequest { client, user, req } => {
+                // Only when xmlrpc is configured, and only conntrack requests (the
+                // variant carries no other kind); the bounds are checked again.
+                if self.control.as_ref().is_none_or(|c| c.xmlrpc.is_none()) {
+                    return Err(violation(
+                        "control XmlrpcRequest refused: xmlrpc is not configured".into(),
+                    ));
                 }
+                if let Err(why) = req.check() {
+                    return Err(violation(format!("control XmlrpcRequest refused: {why}")));
+                }
+                self.on_xmlrpc_request(client, user, req);
             }
         }
         Ok(())
@@ -565,9 +560,9 @@ impl Parent {
     }
 
     /// Starts the control worker and greets it.
-    pub(super) fn start_control(&mut self) {
+    pub(super) fn start_control(&mut self) -> crate::exit::Result<()> {
         let Some(c) = self.control.as_ref() else {
-            return;
+            return Ok(());
         };
         let settings = c.settings.clone();
         let fd = std::os::fd::AsFd::as_fd(&c.socket.fd);
@@ -575,24 +570,9 @@ impl Parent {
             .xmlrpc
             .as_ref()
             .map(|x| std::os::fd::AsFd::as_fd(&x.listener));
-        let started =
-            match super::workers::start_group(&self.plan, &[Role::Control], Some(fd), xmlrpc) {
-                Ok(mut s) => s.pop(),
-                Err(e) => {
-                    log::err(&format!(
-                        "{e}; the control socket is not served until it starts"
-                    ));
-                    None
-                }
-            };
-        let Some(s) = started else {
-            let now = Instant::now();
-            if let Some(c) = self.ctl() {
-                if let Err(e) = c.restarts.failed(now, now) {
-                    log::crit(&format!("the control worker: {e}; retrying later"));
-                }
-            }
-            return;
+        let s = match super::workers::start_one(&self.plan, Role::Control, Some(fd), xmlrpc) {
+            Ok(s) => s,
+            Err(e) => return self.start_failed(Role::Control, e),
         };
         log::debug(2, &format!("started control={}", s.pid));
         let mut w = Worker::new(s);
@@ -605,40 +585,18 @@ impl Parent {
             c.worker = Some(w);
         }
         if let Err(f) = r {
-            self.control_failed(f);
+            self.worker_failed(f);
         }
+        Ok(())
     }
 
-    /// The control worker failed: kill it and restart it alone with its own back-off. The
-    /// daemon serves connections without it.
-    pub(super) fn control_failed(&mut self, f: Failure) {
-        let Some(c) = self.control.as_mut() else {
-            return;
-        };
-        let Some(w) = c.worker.take() else {
-            return;
-        };
-        if f.violation {
-            log::crit(&format!(
-                "control protocol violation: {}; killing it",
-                f.why
-            ));
-        } else {
-            log::err(&format!(
-                "the control worker failed: {}; restarting it",
-                f.why
-            ));
-        }
-        self.counters.restarted(Role::Control);
-        let _ = nix::sys::signal::kill(w.pid, nix::sys::signal::Signal::SIGKILL);
-        // Its clients are gone with it.
-        c.asks.clear();
-        c.reload_waiters.clear();
-        c.status_waiters.clear();
-        if let Err(e) = c.restarts.failed(w.started, Instant::now()) {
-            // Never given up for good: the control socket is how an operator looks in.
-            log::crit(&format!("the control worker: {e}; retrying later"));
-            c.restarts.due = Some(Instant::now() + Duration::from_secs(60));
+    /// The control worker went down (roles.rs killed it; it is restarted alone and the daemon
+    /// serves connections meanwhile): its clients are gone with it.
+    pub(super) fn control_down(&mut self) {
+        if let Some(c) = self.control.as_mut() {
+            c.asks.clear();
+            c.reload_waiters.clear();
+            c.status_waiters.clear();
         }
     }
 }

@@ -6,7 +6,8 @@
 //! the typed request it received from the control worker (checked again here) and relays the
 //! answer after checking that it answers a request it asked, with a reply of that request's
 //! kind and a bounded page. The worker holds CAP_NET_ADMIN; a worker that breaks the protocol
-//! is killed and restarted alone, like the sentry; a client waiting on it gets an error.
+//! is killed and restarted alone, like the sentry (roles.rs); a client waiting on it gets an
+//! error.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,8 +20,8 @@ use privsep::proto::{
 };
 use privsep::Role;
 
-use super::workers::{Backoff, Failure, Worker};
-use super::{Parent, RECV_BATCH};
+use super::workers::{Failure, Worker};
+use super::Parent;
 use crate::log;
 
 /// Longest the worker may take to answer (a dump of a million entries takes a few seconds).
@@ -41,7 +42,6 @@ enum Asker {
 pub struct NetfilterSide {
     pub worker: Option<Worker<ParentToNetfilter, NetfilterToParent>>,
     settings: NetfilterSettings,
-    pub restarts: Backoff,
     /// Whether blocks delete the address's flows.
     blockflush: bool,
     asks: HashMap<ReqId, (Asker, bool, Instant)>,
@@ -53,7 +53,6 @@ impl NetfilterSide {
         NetfilterSide {
             worker: None,
             settings: NetfilterSettings { uid_mask },
-            restarts: Backoff::default(),
             blockflush,
             asks: HashMap::new(),
             next_req: 1,
@@ -116,7 +115,7 @@ impl Parent {
         let r = w.queue(&ParentToNetfilter::Ask { req, ask }, "Ask");
         n.asks.insert(req, (asker, is_list, Instant::now()));
         if let Err(f) = r {
-            self.netfilter_failed(f);
+            self.worker_failed(f);
         }
         Ok(())
     }
@@ -127,51 +126,46 @@ impl Parent {
             None => return,
         };
         if let Err(f) = r {
-            self.control_failed(f);
+            self.worker_failed(f);
         }
     }
 
-    /// Reads and handles up to [`RECV_BATCH`] netfilter messages.
-    pub(super) fn serve_netfilter(&mut self) -> Result<(), Failure> {
-        for _ in 0..RECV_BATCH {
-            let Some(w) = self.netfilter.as_mut().and_then(|n| n.worker.as_mut()) else {
-                return Ok(());
-            };
-            let Some(msg) = w.recv()? else {
-                return Ok(());
-            };
-            let violation = |why: String| Failure::violation(Role::Netfilter, why);
-            match msg {
-                NetfilterToParent::Hello { build } => w.greeted(&self.build, &build)?,
-                _ if !w.hello => {
-                    return Err(violation("netfilter message refused: before Hello".into()));
+    /// Admits one message from the netfilter worker and relays it.
+    pub(super) fn on_netfilter(&mut self, msg: NetfilterToParent) -> Result<(), Failure> {
+        let Some(w) = self.netfilter.as_mut().and_then(|n| n.worker.as_mut()) else {
+            return Ok(());
+        };
+        let violation = |why: String| Failure::violation(Role::Netfilter, why);
+        match msg {
+            NetfilterToParent::Hello { build } => w.greeted(&self.build, &build)?,
+            _ if !w.hello => {
+                return Err(violation("netfilter message refused: before Hello".into()));
+            }
+            NetfilterToParent::Log(rec) => w.relay_log(rec)?,
+            NetfilterToParent::Answer { req, reply } => {
+                let Some((asker, is_list, _)) =
+                    self.netfilter.as_mut().and_then(|n| n.asks.remove(&req))
+                else {
+                    return Err(violation(format!(
+                        "netfilter Answer refused: request {} was never asked",
+                        req.0
+                    )));
+                };
+                if let Err(why) = fits(is_list, &reply) {
+                    return Err(violation(format!("netfilter Answer refused: {why}")));
                 }
-                NetfilterToParent::Log(rec) => w.relay_log(rec)?,
-                NetfilterToParent::Answer { req, reply } => {
-                    let Some((asker, is_list, _)) =
-                        self.netfilter.as_mut().and_then(|n| n.asks.remove(&req))
-                    else {
-                        return Err(violation(format!(
-                            "netfilter Answer refused: request {} was never asked",
-                            req.0
-                        )));
-                    };
-                    if let Err(why) = fits(is_list, &reply) {
-                        return Err(violation(format!("netfilter Answer refused: {why}")));
-                    }
-                    match asker {
-                        Asker::Client(client) => self.send_control_reply(client, reply),
-                        Asker::Block => match reply {
-                            Reply::CtKilled(k) if !k.killed.is_empty() => log::notice(&format!(
-                                "blockflush: deleted {} conntrack entries",
-                                k.killed.len()
-                            )),
-                            Reply::Error { message, .. } => {
-                                log::err(&format!("blockflush: {}", log::escape(&message)))
-                            }
-                            _ => {}
-                        },
-                    }
+                match asker {
+                    Asker::Client(client) => self.send_control_reply(client, reply),
+                    Asker::Block => match reply {
+                        Reply::CtKilled(k) if !k.killed.is_empty() => log::notice(&format!(
+                            "blockflush: deleted {} conntrack entries",
+                            k.killed.len()
+                        )),
+                        Reply::Error { message, .. } => {
+                            log::err(&format!("blockflush: {}", log::escape(&message)))
+                        }
+                        _ => {}
+                    },
                 }
             }
         }
@@ -186,7 +180,7 @@ impl Parent {
                 .any(|(_, _, at)| now.saturating_duration_since(*at) > NETFILTER_DEADLINE)
         });
         if late {
-            self.netfilter_failed(Failure::new(
+            self.worker_failed(Failure::new(
                 Role::Netfilter,
                 "it did not answer a conntrack request in time",
             ));
@@ -194,28 +188,14 @@ impl Parent {
     }
 
     /// Starts the netfilter worker (with `conntrack on` or `blockflush on`) and greets it.
-    pub(super) fn start_netfilter(&mut self) {
+    pub(super) fn start_netfilter(&mut self) -> crate::exit::Result<()> {
         let Some(n) = self.netfilter.as_ref() else {
-            return;
+            return Ok(());
         };
         let settings = n.settings.clone();
-        let started = match super::workers::start_group(&self.plan, &[Role::Netfilter], None, None)
-        {
-            Ok(mut s) => s.pop(),
-            Err(e) => {
-                log::err(&format!("{e}; conntrack requests fail until it starts"));
-                None
-            }
-        };
-        let Some(s) = started else {
-            let now = Instant::now();
-            if let Some(n) = self.netfilter.as_mut() {
-                if let Err(e) = n.restarts.failed(now, now) {
-                    log::crit(&format!("the netfilter worker: {e}; retrying later"));
-                    n.restarts.due = Some(now + Duration::from_secs(60));
-                }
-            }
-            return;
+        let s = match super::workers::start_one(&self.plan, Role::Netfilter, None, None) {
+            Ok(s) => s,
+            Err(e) => return self.start_failed(Role::Netfilter, e),
         };
         log::debug(2, &format!("started netfilter={}", s.pid));
         let mut w = Worker::new(s);
@@ -228,31 +208,17 @@ impl Parent {
             n.worker = Some(w);
         }
         if let Err(f) = r {
-            self.netfilter_failed(f);
+            self.worker_failed(f);
         }
+        Ok(())
     }
 
-    /// The netfilter worker failed: kill it, answer its waiting clients with an error, restart
-    /// it alone with its own back-off.
-    pub(super) fn netfilter_failed(&mut self, f: Failure) {
+    /// The netfilter worker went down (roles.rs killed it; it is restarted alone): the
+    /// clients waiting on it get an error.
+    pub(super) fn netfilter_down(&mut self) {
         let Some(n) = self.netfilter.as_mut() else {
             return;
         };
-        let Some(w) = n.worker.take() else {
-            return;
-        };
-        if f.violation {
-            log::crit(&format!(
-                "netfilter protocol violation: {}; killing it",
-                f.why
-            ));
-        } else {
-            log::err(&format!(
-                "the netfilter worker failed: {}; restarting it",
-                f.why
-            ));
-        }
-        let _ = nix::sys::signal::kill(w.pid, nix::sys::signal::Signal::SIGKILL);
         let waiting: Vec<ClientId> = n
             .asks
             .drain()
@@ -261,11 +227,6 @@ impl Parent {
                 Asker::Block => None,
             })
             .collect();
-        if let Err(e) = n.restarts.failed(w.started, Instant::now()) {
-            log::crit(&format!("the netfilter worker: {e}; retrying later"));
-            n.restarts.due = Some(Instant::now() + Duration::from_secs(60));
-        }
-        self.counters.restarted(Role::Netfilter);
         for c in waiting {
             self.send_control_reply(
                 c,

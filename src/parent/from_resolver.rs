@@ -5,32 +5,27 @@
 //! and identd on the network; nothing is acted on before `admit::admit_resolver` accepted it.
 //! Handlers return a [`Failure`] instead of restarting anything themselves.
 
-use privsep::proto::ParentToResolver;
+use privsep::proto::{ParentToResolver, ResolverToParent};
 use privsep::Role;
 
 use super::admit::{self, AdmittedResolver};
 use super::workers::Failure;
-use super::{Parent, RECV_BATCH};
+use super::Parent;
 
 impl Parent {
-    /// Reads and handles up to [`RECV_BATCH`] resolver messages.
-    pub(super) fn serve_resolver(&mut self) -> Result<(), Failure> {
-        for _ in 0..RECV_BATCH {
-            let Some(w) = self.resolver.as_mut() else {
-                return Ok(());
-            };
-            let Some(msg) = w.recv()? else {
-                return Ok(());
-            };
-            match admit::admit_resolver(&self.build, w.hello, msg) {
-                Err(v) => return Err(Failure::violation(Role::Resolver, format!("resolver {v}"))),
-                Ok(AdmittedResolver::Hello) => self.on_resolver_hello(),
-                Ok(AdmittedResolver::Log {
-                    level,
-                    verbosity,
-                    text,
-                }) => w.log(level, verbosity, &text),
-            }
+    /// Admits one message from the resolver and hands it to its handler.
+    pub(super) fn on_resolver(&mut self, msg: ResolverToParent) -> Result<(), Failure> {
+        let Some(w) = self.resolver.as_mut() else {
+            return Ok(());
+        };
+        match admit::admit_resolver(&self.build, w.hello, msg) {
+            Err(v) => return Err(Failure::violation(Role::Resolver, format!("resolver {v}"))),
+            Ok(AdmittedResolver::Hello) => self.on_resolver_hello(),
+            Ok(AdmittedResolver::Log {
+                level,
+                verbosity,
+                text,
+            }) => w.log(level, verbosity, &text),
         }
         Ok(())
     }

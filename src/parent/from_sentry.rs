@@ -5,7 +5,8 @@
 //!
 //! Runs in the parent (root). The sentry reads raw packets from the network and holds
 //! CAP_NET_RAW: everything it sends is treated as possibly forged. A bad report is a protocol
-//! violation, like a bad verdict: the sentry is killed and restarted.
+//! violation, like a bad verdict: the sentry is killed and restarted alone (roles.rs), and a
+//! sentry that keeps failing is given up, loudly: stealth detection is not worth the daemon.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use privsep::proto::{ParentToSentry, PortSet, SentrySettings, SentryToParent, Wa
 use privsep::Role;
 
 use super::workers::Failure;
-use super::{Parent, RECV_BATCH};
+use super::Parent;
 use crate::log;
 
 /// What the sentry is to watch, from the `stealth` lines; None when there are none. Several
@@ -66,58 +67,42 @@ pub fn settings(conf: &SentryConf) -> Result<Option<SentrySettings>, String> {
 }
 
 impl Parent {
-    /// Reads and handles up to [`RECV_BATCH`] sentry messages.
-    pub(super) fn serve_sentry(&mut self) -> Result<(), Failure> {
-        for _ in 0..RECV_BATCH {
-            let (Some(w), Some(settings)) = (self.sentry.as_mut(), self.sentry_settings.as_ref())
-            else {
-                return Ok(());
-            };
-            let Some(msg) = w.recv()? else {
-                return Ok(());
-            };
-            let violation = |why: String| Failure::violation(Role::Sentry, why);
-            match msg {
-                SentryToParent::Hello { build } => w.greeted(&self.build, &build)?,
-                _ if !w.hello => {
-                    return Err(violation("sentry message refused: before Hello".into()));
+    /// Admits one message from the sentry and acts on it.
+    pub(super) fn on_sentry(&mut self, msg: SentryToParent) -> Result<(), Failure> {
+        let (Some(w), Some(settings)) = (self.sentry.as_mut(), self.sentry_settings.as_ref())
+        else {
+            return Ok(());
+        };
+        let violation = |why: String| Failure::violation(Role::Sentry, why);
+        match msg {
+            SentryToParent::Hello { build } => w.greeted(&self.build, &build)?,
+            _ if !w.hello => {
+                return Err(violation("sentry message refused: before Hello".into()));
+            }
+            SentryToParent::Log(rec) => w.relay_log(rec)?,
+            SentryToParent::Probe(r) => {
+                if let Err(why) = crate::sentry::report::check_report(settings, &r) {
+                    return Err(violation(format!("sentry Probe refused: {why}")));
                 }
-                SentryToParent::Log(rec) => w.relay_log(rec)?,
-                SentryToParent::Probe(r) => {
-                    if let Err(why) = crate::sentry::report::check_report(settings, &r) {
-                        return Err(violation(format!("sentry Probe refused: {why}")));
-                    }
-                    self.classify_probe(
-                        SocketAddr::new(r.src, 0),
-                        SocketAddr::new(r.dst, r.port),
-                        r.mode,
-                        Instant::now(),
-                    )?;
-                }
+                self.classify_probe(
+                    SocketAddr::new(r.src, 0),
+                    SocketAddr::new(r.dst, r.port),
+                    r.mode,
+                    Instant::now(),
+                )?;
             }
         }
         Ok(())
     }
 
     /// Starts the sentry (when `stealth` is configured) and greets it with its settings.
-    pub(super) fn start_sentry(&mut self) {
+    pub(super) fn start_sentry(&mut self) -> crate::exit::Result<()> {
         let Some(settings) = self.sentry_settings.clone() else {
-            return;
+            return Ok(());
         };
-        let started = match super::workers::start_group(&self.plan, &[Role::Sentry], None, None) {
-            Ok(mut s) => s.pop(),
-            Err(e) => {
-                log::err(&format!("{e}; stealth detection is off until it starts"));
-                None
-            }
-        };
-        let Some(s) = started else {
-            let now = Instant::now();
-            if let Err(e) = self.sentry_restarts.failed(now, now) {
-                log::crit(&format!("the sentry: {e}; stealth detection is off"));
-                self.sentry_settings = None;
-            }
-            return;
+        let s = match super::workers::start_one(&self.plan, Role::Sentry, None, None) {
+            Ok(s) => s,
+            Err(e) => return self.start_failed(Role::Sentry, e),
         };
         log::debug(2, &format!("started sentry={}", s.pid));
         let mut w = super::workers::Worker::new(s);
@@ -130,23 +115,6 @@ impl Parent {
         if let Err(f) = r {
             self.worker_failed(f);
         }
-    }
-
-    /// The sentry failed: kill it and restart it alone with its own back-off. Stealth
-    /// detection is not worth the daemon: a sentry that keeps failing is given up, loudly.
-    pub(super) fn sentry_failed(&mut self, f: Failure) {
-        let Some(w) = self.sentry.take() else {
-            return;
-        };
-        if f.violation {
-            log::crit(&format!("sentry protocol violation: {}; killing it", f.why));
-        } else {
-            log::err(&format!("the sentry failed: {}; restarting it", f.why));
-        }
-        let _ = nix::sys::signal::kill(w.pid, nix::sys::signal::Signal::SIGKILL);
-        if let Err(e) = self.sentry_restarts.failed(w.started, Instant::now()) {
-            log::crit(&format!("the sentry: {e}; stealth detection is off"));
-            self.sentry_settings = None;
-        }
+        Ok(())
     }
 }

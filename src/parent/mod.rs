@@ -13,11 +13,15 @@
 //! handed on; the one exception is a PROXY header from a listed load balancer, framed and
 //! bounded by proxy.rs), worker messages (admitted before use), the administrator's files.
 //!
-//! Layout: this file holds the poll loop and every restart decision; start.rs builds the
-//! [`Parent`]; workers.rs starts and talks to the workers of privsep's role table;
-//! from_classifier.rs and from_resolver.rs admit each peer's messages and run their
-//! `on_<variant>` handlers; accept.rs, verdict.rs and reap.rs move a connection through the one
-//! live-connection table in conns.rs; generations.rs keeps the policy generations.
+//! Layout: this file holds the poll loop; start.rs builds the [`Parent`]; roles.rs is the
+//! parent's side of privsep's role table, with the one receive loop every worker is read
+//! through and every restart decision (which group to kill, back-off, giving up); workers.rs
+//! starts and talks to the workers and keeps each restart group's back-off; from_classifier.rs,
+//! from_resolver.rs, from_sentry.rs, from_control.rs and from_netfilter.rs admit each peer's
+//! messages, run their handlers and say what their side forgets when its worker dies;
+//! accept.rs, verdict.rs and reap.rs move a connection through the one live-connection table
+//! in conns.rs; generations.rs keeps the policy generations, reloads them and rolls back to the
+//! last one that ran.
 //!
 //! Invariants:
 //! - every connection gets exactly one verdict, or is closed unanswered (fail closed) when its
@@ -94,7 +98,7 @@ use generations::Generations;
 use listen::Listener;
 use spawn::Creds;
 use verdict::finish_msg;
-use workers::{Backoff, Failure, Worker, WorkerPlan};
+use workers::{Failure, Restarts, Worker, WorkerPlan};
 
 /// Connections waiting for a verdict. Each holds a socket; beyond this a new connection is
 /// closed at once and logged, so a stalled classifier cannot make the parent run out of
@@ -111,12 +115,6 @@ const RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// own timeout (seconds), so even a long chain of them finishes well within this; a connection
 /// older than this means the classifier is stuck, and it is restarted like a dead one.
 const VERDICT_DEADLINE: Duration = Duration::from_secs(300);
-
-/// A generation counts as one that ran once a classifier has kept it this long.
-const GOOD_AFTER: Duration = Duration::from_secs(5);
-
-/// Worker failures after a reload, before the generation that ran last is restored.
-const ROLLBACK_AFTER: u32 = 2;
 
 /// Settings from the command line and nanny.conf that the loop needs.
 struct Settings {
@@ -153,14 +151,13 @@ struct Parent {
     sentry: Option<Worker<privsep::proto::ParentToSentry, privsep::proto::SentryToParent>>,
     /// What it watches; None: no sentry (not configured, or given up).
     sentry_settings: Option<privsep::proto::SentrySettings>,
-    sentry_restarts: Backoff,
     /// The generations shipped to the running classifier.
     shipped: Shipped,
     /// Whether the workers were ever ready (a group that never comes up is fatal at start).
     ever_ready: bool,
     plan: WorkerPlan,
-    /// Restart timing of the classifier/resolver group (their rows restart together).
-    restarts: Backoff,
+    /// Every restart group's back-off.
+    restarts: Restarts,
     /// When the running group was started.
     group_started: Option<Instant>,
     /// Worker failures since the current generation was shipped.
@@ -186,9 +183,9 @@ struct Parent {
 pub fn run(args: &Args) -> Result<ExitCode> {
     let mut p = start::prepare(args)?;
     p.start_workers()?;
-    p.start_sentry();
-    p.start_control();
-    p.start_netfilter();
+    p.start_sentry()?;
+    p.start_control()?;
+    p.start_netfilter()?;
     let addrs: Vec<String> = p.listeners.iter().map(|l| l.addr.to_string()).collect();
     log::notice(&format!(
         "started: listening on {}; policy generation {}",
@@ -214,157 +211,6 @@ enum Slot {
 }
 
 impl Parent {
-    // ---- workers ------------------------------------------------------------------------
-
-    /// A worker failed (died, closed its channel, broke the protocol or timed out): kill its
-    /// restart group, close every connection waiting on the classifier (fail closed) and
-    /// schedule a restart. Fatal errors are stored for the loop to return.
-    fn worker_failed(&mut self, f: Failure) {
-        match f.role {
-            Role::Sentry => return self.sentry_failed(f),
-            Role::Control => return self.control_failed(f),
-            Role::Netfilter => return self.netfilter_failed(f),
-            Role::Classifier | Role::Resolver => {}
-        }
-        if self.classifier.is_none() && self.resolver.is_none() {
-            return;
-        }
-        let group = f.role.restart_group();
-        let names: Vec<&str> = group.iter().map(|r| r.as_str()).collect();
-        if f.violation {
-            log::crit(&format!(
-                "{} protocol violation: {}; killing {}",
-                f.role,
-                f.why,
-                names.join(" and ")
-            ));
-        } else {
-            log::err(&format!(
-                "workers failed: {}; restarting {}",
-                f.why,
-                names.join(" and ")
-            ));
-        }
-        for pid in self.take_workers(&group) {
-            // It may already be dead; the reaper collects it.
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        for role in &group {
-            self.counters.restarted(*role);
-        }
-        self.fail_asks("the classifier restarted before it answered");
-        let dropped = self.conns.drop_pending();
-        for conn in &dropped {
-            log::debug(
-                1,
-                &format!("drop conn={} reason=classifier-restart", conn.0),
-            );
-        }
-        if !dropped.is_empty() {
-            log::warn(&format!(
-                "closed {} connections that were waiting for a verdict",
-                dropped.len()
-            ));
-        }
-        if !self.ever_ready {
-            self.fatal = Some(format!(
-                "the workers could not be started ({}); see the messages above",
-                f.why
-            ));
-            return;
-        }
-        self.failed_since_ship = self.failed_since_ship.saturating_add(1);
-        if self.failed_since_ship >= ROLLBACK_AFTER {
-            self.roll_back();
-        }
-        let now = Instant::now();
-        let started = self.group_started.take().unwrap_or(now);
-        match self.restarts.failed(started, now) {
-            Ok(d) => log::debug(1, &format!("restarting workers in {} ms", d.as_millis())),
-            Err(e) => self.fatal = Some(e),
-        }
-        self.prune_tables();
-    }
-
-    /// The workers keep failing under a generation that never ran: go back to the last one
-    /// that did (the restarted classifier is greeted with it). If that one fails too, the
-    /// back-off gives up as for any failure.
-    fn roll_back(&mut self) {
-        let bad = self.policy.gen;
-        let Some(good) = self.policy.good_gen() else {
-            return;
-        };
-        if let Some(new) = self.policy.roll_back() {
-            self.failed_since_ship = 0;
-            log::crit(&format!(
-                "the workers failed {ROLLBACK_AFTER} times after policy generation {} was \
-                 loaded: going back to the policy of generation {} (the last that ran) as \
-                 generation {}; the files on disk are loaded again when they change",
-                bad.0, good.0, new.0
-            ));
-        }
-    }
-
-    /// A generation the classifier has kept for [`GOOD_AFTER`] is one to come back to.
-    fn note_good_policy(&mut self, now: Instant) {
-        if let (Some(g), Some(at)) = (self.shipped.acked, self.shipped.acked_at) {
-            if self.workers_ready() && now.saturating_duration_since(at) >= GOOD_AFTER {
-                self.policy.mark_good(g);
-                self.failed_since_ship = 0;
-            }
-        }
-    }
-
-    /// Drops action tables no pending verdict can name any more.
-    fn prune_tables(&mut self) {
-        let mut oldest = self.policy.gen;
-        if self.classifier.is_some() {
-            oldest = oldest.min(self.shipped.oldest());
-        }
-        if let Some(m) = self.conns.oldest_pending_gen() {
-            oldest = oldest.min(m);
-        }
-        self.policy.prune(oldest);
-    }
-
-    /// Checks both files; a change is parsed off the loop and applied by [`Parent::loaded`].
-    fn reload(&mut self, force: bool) {
-        if force {
-            self.reload_xmlrpc_users();
-        }
-        if let Some(changed) = self.policy.reload(force, self.settings.onfileerror) {
-            self.reloaded(changed);
-        }
-    }
-
-    /// The loader finished: apply what it parsed.
-    fn loaded(&mut self) {
-        if let Some(changed) = self.policy.finish_load(self.settings.onfileerror) {
-            self.reloaded(changed);
-        }
-        // A forced reload asked for while this one ran starts now, not at the next check.
-        if self.policy.reload_pending() {
-            self.reload(false);
-        }
-    }
-
-    /// Ships a new generation.
-    fn reloaded(&mut self, changed: generations::Reloaded) {
-        if changed.actions_loaded {
-            // norepeatlog remembers the last line of one loaded actions file.
-            self.last_log = None;
-        }
-        if changed.policy {
-            self.prune_tables();
-            if let Err(f) = self.ship_policy() {
-                self.worker_failed(f);
-            }
-        }
-        if !self.policy.reload_pending() {
-            self.answer_reload(&changed);
-        }
-    }
-
     // ---- the loop -----------------------------------------------------------------------
 
     fn run_loop(&mut self) -> Result<()> {
@@ -374,29 +220,8 @@ impl Parent {
                 return Err(Error::System(f));
             }
             let now = Instant::now();
-            if self.classifier.is_none() && self.restarts.due.is_some_and(|d| now >= d) {
-                self.restarts.due = None;
-                self.start_workers()?;
+            if self.restart_due(now)? {
                 continue;
-            }
-            if self.sentry.is_none() && self.sentry_restarts.due.is_some_and(|d| now >= d) {
-                self.sentry_restarts.due = None;
-                self.start_sentry();
-                continue;
-            }
-            if let Some(c) = self.control.as_mut() {
-                if c.worker.is_none() && c.restarts.due.is_some_and(|d| now >= d) {
-                    c.restarts.due = None;
-                    self.start_control();
-                    continue;
-                }
-            }
-            if let Some(n) = self.netfilter.as_mut() {
-                if n.worker.is_none() && n.restarts.due.is_some_and(|d| now >= d) {
-                    n.restarts.due = None;
-                    self.start_netfilter();
-                    continue;
-                }
             }
             if let Some(t) = self.group_started.filter(|_| !self.workers_ready()) {
                 if now.duration_since(t) > workers::START_TIMEOUT {
@@ -588,10 +413,7 @@ impl Parent {
             return PollTimeout::ZERO;
         }
         let mut until = self.next_reload;
-        if let Some(d) = self.restarts.due.filter(|_| self.classifier.is_none()) {
-            until = until.min(d);
-        }
-        if let Some(d) = self.sentry_restarts.due.filter(|_| self.sentry.is_none()) {
+        if let Some(d) = self.next_restart() {
             until = until.min(d);
         }
         if let Some(t) = self.accept_paused_until {
@@ -607,22 +429,6 @@ impl Parent {
             until = until.min(d);
         }
         if let Some(d) = self.endings.next() {
-            until = until.min(d);
-        }
-        if let Some(d) = self
-            .control
-            .as_ref()
-            .filter(|c| c.worker.is_none())
-            .and_then(|c| c.restarts.due)
-        {
-            until = until.min(d);
-        }
-        if let Some(d) = self
-            .netfilter
-            .as_ref()
-            .filter(|n| n.worker.is_none())
-            .and_then(|n| n.restarts.due)
-        {
             until = until.min(d);
         }
         if let Some(d) = self.notify.next_ping() {
@@ -647,17 +453,11 @@ impl Parent {
         self.listeners.clear();
         self.conns.drop_pending();
         self.drop_headers();
-        for pid in self.links().iter().map(|w| w.pid()).collect::<Vec<_>>() {
+        let every: Vec<Role> = privsep::ROLES.iter().map(|p| p.role).collect();
+        for (pid, _) in self.take_workers(&every) {
             let _ = kill(pid, Signal::SIGTERM);
         }
-        self.classifier = None;
-        self.resolver = None;
-        self.sentry = None;
-        if let Some(n) = self.netfilter.as_mut() {
-            n.worker = None;
-        }
         if let Some(c) = self.control.as_mut() {
-            c.worker = None;
             c.socket.remove();
         }
         log::notice(&format!(

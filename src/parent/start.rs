@@ -15,7 +15,7 @@ use super::confwatch::ConfWatch;
 use super::conns::Conns;
 use super::from_classifier::Shipped;
 use super::generations::Generations;
-use super::workers::{Backoff, WorkerPlan};
+use super::workers::{Restarts, WorkerPlan};
 use super::{
     activation, from_sentry, listen, neverblock, sdnotify, setup, signals, spawn, traps, Parent,
     Settings, RELOAD_EVERY,
@@ -211,7 +211,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         shipped: Shipped::new(Gen(1)),
         ever_ready: false,
         plan,
-        restarts: Backoff::default(),
+        restarts: Restarts::default(),
         group_started: None,
         failed_since_ship: 0,
         policy,
@@ -219,7 +219,6 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
         udp_traps: rest.udp.into_iter().chain(traps.udp).collect(),
         sentry: None,
         sentry_settings: from_sentry::settings(&conf.sentry).map_err(Error::Config)?,
-        sentry_restarts: Backoff::default(),
         conf_watch: ConfWatch::new(cfg.conf_path.clone()),
         next_reload: Instant::now() + RELOAD_EVERY,
         creds,

@@ -4,17 +4,19 @@
 //!
 //! Runs in the parent. Nothing here interprets a worker's messages (admission and the handlers
 //! do); [`Worker::recv`] only returns decoded messages or a [`Failure`], and never calls back
-//! into the parent: the loop in mod.rs decides what a failure means.
+//! into the parent: roles.rs decides what a failure means.
 //!
 //! A group is always restarted together: its worker-to-worker socketpairs are made by the
-//! parent when it spawns them, and no member can be given a new peer later. Restarts back off
-//! from [`BACKOFF_MIN`] doubling to [`BACKOFF_MAX`]; a group that stayed up for
-//! [`STABLE_AFTER`] resets the delay. More than [`MAX_RESTARTS`] restarts within
-//! [`RESTART_WINDOW`], or a group that dies before it ever came up, makes the parent exit 111:
-//! serving without a classifier is not an option (fail closed) and a supervisor restart is more
-//! useful than a busy loop.
+//! parent when it spawns them, and no member can be given a new peer later. Each group backs off
+//! on its own ([`Restarts`], one [`Backoff`] per group): from [`BACKOFF_MIN`] doubling to
+//! [`BACKOFF_MAX`]; a group that stayed up for [`STABLE_AFTER`] resets the delay. More than
+//! [`MAX_RESTARTS`] restarts within [`RESTART_WINDOW`] gives the group up, as its role says
+//! (roles.rs): the classifier's group makes the parent exit 111, as does a group that dies
+//! before it ever came up (serving without a classifier is not an option, fail closed, and a
+//! supervisor restart is more useful than a busy loop); the sentry is stopped; the control and
+//! netfilter workers are tried again after [`RETRY_LATER`].
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -35,9 +37,11 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A group that ran this long resets the back-off.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
-/// Restarts allowed within [`RESTART_WINDOW`] before the parent gives up (exit 111).
+/// Restarts allowed within [`RESTART_WINDOW`] before the group is given up.
 pub const MAX_RESTARTS: usize = 8;
 pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How long a group that was given up waits before it is tried again (when its role retries).
+pub const RETRY_LATER: Duration = Duration::from_secs(60);
 /// How long a freshly started group has to say Hello (and the classifier to load its policy).
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -165,7 +169,6 @@ impl<S: Serialize, R: DeserializeOwned> Worker<S, R> {
             .map_err(|e| Failure::channel(self.role, "writing to", e))
     }
 
-    /// A worker's log line: escaped, prefixed with the role and rate-limited.
     /// A worker's Hello: exactly once, carrying the parent's own build.
     pub fn greeted(
         &mut self,
@@ -197,6 +200,7 @@ impl<S: Serialize, R: DeserializeOwned> Worker<S, R> {
         Ok(())
     }
 
+    /// A worker's log line: escaped, prefixed with the role and rate-limited.
     pub fn log(&mut self, level: Level, verbosity: u8, text: &str) {
         if !log::enabled(verbosity) {
             return;
@@ -396,7 +400,66 @@ pub fn start_group(
     Ok(started)
 }
 
-/// Restart timing.
+/// Every restart group's back-off, kept under the group's first role, so the members of a
+/// group (the classifier and the resolver) back off as one.
+#[derive(Debug, Default)]
+pub struct Restarts {
+    groups: BTreeMap<Role, Backoff>,
+}
+
+/// The role a group's back-off is kept under.
+fn leader(role: Role) -> Role {
+    role.restart_group().first().copied().unwrap_or(role)
+}
+
+impl Restarts {
+    /// Records a failure of `role`'s group, started at `started`: the delay before its restart,
+    /// or Err when restarts come too fast to go on.
+    pub fn failed(
+        &mut self,
+        role: Role,
+        started: Instant,
+        now: Instant,
+    ) -> Result<Duration, String> {
+        self.groups
+            .entry(leader(role))
+            .or_default()
+            .failed(started, now)
+    }
+
+    /// After giving up: `role`'s group is tried again after [`RETRY_LATER`].
+    pub fn retry_later(&mut self, role: Role, now: Instant) {
+        self.groups.entry(leader(role)).or_default().due = Some(now + RETRY_LATER);
+    }
+
+    /// The groups with a restart scheduled (by their first role, in role order) and when.
+    pub fn scheduled(&self) -> impl Iterator<Item = (Role, Instant)> + '_ {
+        self.groups
+            .iter()
+            .filter_map(|(role, b)| b.due.map(|at| (*role, at)))
+    }
+
+    /// `role`'s group is being started now.
+    pub fn clear(&mut self, role: Role) {
+        if let Some(b) = self.groups.get_mut(&leader(role)) {
+            b.due = None;
+        }
+    }
+}
+
+/// Starts a role that restarts alone (see [`start_group`]).
+pub fn start_one(
+    plan: &WorkerPlan,
+    role: Role,
+    clients: Option<BorrowedFd<'_>>,
+    xmlrpc: Option<BorrowedFd<'_>>,
+) -> Result<Started, String> {
+    start_group(plan, &[role], clients, xmlrpc)?
+        .pop()
+        .ok_or_else(|| format!("the {role} did not start"))
+}
+
+/// Restart timing of one group.
 #[derive(Debug)]
 pub struct Backoff {
     delay: Duration,
@@ -477,6 +540,34 @@ mod tests {
         assert!(delays.iter().all(|d| *d <= BACKOFF_MAX));
         let now = t0 + Duration::from_secs(1);
         assert!(b.failed(now, now).is_err());
+    }
+
+    #[test]
+    fn a_group_backs_off_as_one_and_each_group_on_its_own() {
+        let mut r = Restarts::default();
+        let t0 = Instant::now();
+        // The resolver's failure schedules the classifier's group, under its first role.
+        assert_eq!(r.failed(Role::Resolver, t0, t0), Ok(BACKOFF_MIN));
+        assert_eq!(r.failed(Role::Classifier, t0, t0), Ok(BACKOFF_MIN * 2));
+        assert_eq!(r.failed(Role::Sentry, t0, t0), Ok(BACKOFF_MIN));
+        let due: Vec<(Role, Instant)> = r.scheduled().collect();
+        assert_eq!(
+            due,
+            vec![
+                (Role::Classifier, t0 + BACKOFF_MIN * 2),
+                (Role::Sentry, t0 + BACKOFF_MIN)
+            ]
+        );
+        r.clear(Role::Resolver);
+        r.retry_later(Role::Control, t0);
+        let due: Vec<(Role, Instant)> = r.scheduled().collect();
+        assert_eq!(
+            due,
+            vec![
+                (Role::Sentry, t0 + BACKOFF_MIN),
+                (Role::Control, t0 + RETRY_LATER)
+            ]
+        );
     }
 
     #[test]

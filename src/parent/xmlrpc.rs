@@ -98,7 +98,7 @@ impl super::Parent {
             None => return,
         };
         if let Err(f) = r {
-            self.control_failed(f);
+            self.worker_failed(f);
         }
     }
 }

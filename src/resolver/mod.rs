@@ -239,7 +239,7 @@ fn serve_with<L: Lookups>(
     // ORDER: before the first thread of this process (the filter is synchronised to every
     // thread anyway, and inherited by the ones started later).
     if forbid_new_processes {
-        if let Err(e) = nofork::forbid_new_processes() {
+        if let Err(e) = crate::noprocs::forbid(privsep::Role::Resolver) {
             log(LogLevel::Crit, 0, format!("forbidding new processes: {e}"));
             return ExitCode::from(EXIT_SYSTEM);
         }

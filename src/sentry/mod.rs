@@ -125,7 +125,7 @@ pub fn serve(mut parent: ToParent, tables: NetTables, forbid_processes: bool) ->
     let opened = Capture::open(tcp_limit, udp_limit).map_err(|e| e.to_string());
     // ORDER: the socket first (nothing after it creates a thread or process), then the limit.
     let forbidden = match (&opened, forbid_processes) {
-        (Ok(_), true) => privsep::forbid_new_processes().map_err(|e| e.to_string()),
+        (Ok(_), true) => crate::noprocs::forbid(privsep::Role::Sentry),
         _ => Ok(()),
     };
     if parent
