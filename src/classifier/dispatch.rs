@@ -254,7 +254,7 @@ impl Dispatcher {
                 }
                 // ORDER: all threads exist now; from here on none can be created.
                 if self.opts.forbid_new_processes {
-                    if let Err(e) = privsep::drop::forbid_new_processes() {
+                    if let Err(e) = crate::noprocs::forbid(privsep::Role::Classifier) {
                         self.log(LogLevel::Crit, 0, format!("forbidding new processes: {e}"));
                         return Flow::Exit(EXIT_SYSTEM);
                     }
