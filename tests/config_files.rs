@@ -326,7 +326,7 @@ fn regression_9_templates_checked_by_check_and_daemon() {
 /// Item 18: a 20,000-link `see` chain is checked in well under the time the cubic resolver
 /// took (over a minute in release builds).
 #[test]
-fn regression_18_a_long_see_chain_checks_quickly() {
+fn regression_9_a_long_see_chain_checks_quickly() {
     let s = Scratch::new("cf-chain");
     let mut actions = String::new();
     for i in 0..20_000 {

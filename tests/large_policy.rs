@@ -1,4 +1,4 @@
-//! Policies larger than an ordinary frame reach the classifier (issue 16).
+//! Policies larger than an ordinary frame reach the classifier (issue 9 item 16).
 //!
 //! Runs in the test process; starts the real `portnanny` on 127.0.0.1 with a rules file of
 //! 100,000 one-line `ip:` rules (about 2 MB, twice the frame cap of the untrusted directions),
