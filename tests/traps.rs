@@ -442,3 +442,99 @@ fn ipv6_traps_catch_and_block() {
     let mut c = std::net::TcpStream::connect_timeout(&dst, IO_TIMEOUT).expect("connect again");
     assert_eq!(read_all(&mut c, IO_TIMEOUT).text(), "", "blocked now");
 }
+
+/// Seconds since the epoch, as the daemon's block times are.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Waits (at most a minute) until at least `need` seconds of the current minute are left, so
+/// that steps that share the block budget (per minute) fall in one minute.
+fn room_in_this_minute(need: u64) {
+    let left = 60 - unix_now() % 60;
+    if left < need {
+        std::thread::sleep(Duration::from_secs(left + 1));
+    }
+}
+
+/// Issue 10: `block cmdonly` (PortSentry's BLOCK_TCP/BLOCK_UDP 2) runs the blockcmd lines with
+/// the peer's values and blocks nothing: no blocked-set entry (the address is served
+/// afterwards, `blocked` stays false), no blockfile or hosts.deny line, no unblockcmd; the
+/// history says `command`. From a forgeable detection (UDP) it spends the block budget like a
+/// block: past it the command does not run and the refusal is logged.
+#[test]
+fn block_cmdonly_runs_the_commands_and_blocks_nothing() {
+    let s = Scratch::new("traps-cmdonly");
+    let p = Ports::free();
+    let mut setup = setup(&s, &p);
+    setup.rules = "banned: blocked\nscan: trap\nok: ALL\n".into();
+    setup.actions =
+        "scan: block cmdonly : msg caught%(nl)s\nbanned: drop\nok: msg hello%(nl)s\n".into();
+    let n = Nanny::start(&s, setup.conf("blockbudget 1"));
+    let scanner = ip(11);
+
+    // A TCP trap (a completed handshake: not forgeable, no budget), twice.
+    assert_eq!(trap_connect(scanner, p.tcp), "caught\n", "{}", n.log());
+    let cmds = wait_file(&s, "cmds.log", |c| !c.is_empty());
+    assert_eq!(
+        cmds,
+        format!("block 127.62.0.11 {} tcp\n", p.tcp),
+        "{}",
+        n.log()
+    );
+    // Not blocked: served on the listen port, and a second trap hit runs the commands again
+    // (there is no block it could find).
+    assert_eq!(n.fetch_from(scanner).text(), "hello\n", "{}", n.log());
+    assert_eq!(trap_connect(scanner, p.tcp), "caught\n", "{}", n.log());
+    let cmds = wait_file(&s, "cmds.log", |c| c.lines().count() >= 2);
+    assert_eq!(
+        cmds,
+        format!(
+            "block 127.62.0.11 {0} tcp\nblock 127.62.0.11 {0} tcp\n",
+            p.tcp
+        )
+    );
+    assert_eq!(n.fetch_from(scanner).text(), "hello\n");
+    let history = read(&s, "history");
+    assert_eq!(
+        history
+            .lines()
+            .filter(|l| l.contains(&format!(" command 127.62.0.11 {} tcp ", p.tcp)))
+            .count(),
+        2,
+        "{history}"
+    );
+    assert!(!history.contains(" block "), "{history}");
+    assert!(!n.log().contains("blocked 127.62.0.11"), "{}", n.log());
+    assert!(!read(&s, "blocks").contains("block 127.62.0.11"));
+    assert_eq!(read(&s, "hosts.deny"), "");
+
+    // UDP (forgeable): the first address of the minute runs the command, the next is refused.
+    room_in_this_minute(15);
+    let mark = n.mark();
+    datagram(ip(12), p.udp);
+    let cmds = wait_file(&s, "cmds.log", |c| c.contains("127.62.0.12"));
+    assert!(
+        cmds.ends_with(&format!("block 127.62.0.12 {} udp\n", p.udp)),
+        "{cmds}\n{}",
+        n.log()
+    );
+    datagram(ip(13), p.udp);
+    n.expect_log(
+        mark,
+        &[
+            "not running the block commands for 127.62.0.13: more than 1 new blocks this \
+             minute from forgeable detections (class scan)",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!read(&s, "cmds.log").contains("127.62.0.13"));
+    assert!(read(&s, "history").contains(" refuse 127.62.0.13 "));
+    for a in [ip(12), ip(13)] {
+        assert_eq!(n.fetch_from(a).text(), "hello\n", "{a} is not blocked");
+    }
+    // Nothing was blocked, so nothing is unblocked either.
+    assert!(!read(&s, "cmds.log").contains("unblock"));
+}
