@@ -538,3 +538,50 @@ fn block_cmdonly_runs_the_commands_and_blocks_nothing() {
     // Nothing was blocked, so nothing is unblocked either.
     assert!(!read(&s, "cmds.log").contains("unblock"));
 }
+
+/// Issue 10: SIGUSR1 empties the IP history and the caches, never the blocked set: a blocked
+/// address is still refused afterwards (while `firsttime` shows that the history did go).
+#[test]
+fn sigusr1_leaves_the_blocked_set_alone() {
+    let s = Scratch::new("traps-usr1");
+    let p = Ports::free();
+    let mut setup = setup(&s, &p);
+    setup.rules = "banned: blocked\nscan: trap\nnew: firsttime\nok: ALL\n".into();
+    setup.actions =
+        "scan: block 1h : drop\nbanned: drop\nnew: msg new%(nl)s\nok: msg hello%(nl)s\n".into();
+    let n = Nanny::start(&s, setup);
+    let scanner = ip(14);
+    let bystander = ip(15);
+    assert_eq!(n.fetch_from(bystander).text(), "new\n", "{}", n.log());
+    assert_eq!(n.fetch_from(bystander).text(), "hello\n", "seen before");
+    let mark = n.mark();
+    assert_eq!(trap_connect(scanner, p.tcp), "", "{}", n.log());
+    n.expect_log(mark, &["blocked 127.62.0.14 "]);
+    assert!(n.fetch_from(scanner).closed_silently(), "{}", n.log());
+
+    let mark = n.mark();
+    n.signal(nix::sys::signal::Signal::SIGUSR1);
+    n.expect_log(mark, &["SIGUSR1: flushing caches and IP history"]);
+    // The flush reached the classifier before this connection did (one ordered channel).
+    assert_eq!(
+        n.fetch_from(bystander).text(),
+        "new\n",
+        "the history was emptied; log:\n{}",
+        n.log()
+    );
+    let r = n.fetch_from(scanner);
+    assert!(
+        r.closed_silently(),
+        "still blocked after SIGUSR1: {r:?}\n{}",
+        n.log()
+    );
+    let log = n.log_since(mark);
+    assert!(
+        !log.contains("no longer blocked") && !log.contains("blocked 127.62.0.14"),
+        "{log}"
+    );
+    assert!(read(&s, "blocks").contains("block 127.62.0.14 "));
+    assert_eq!(read(&s, "hosts.deny"), "ALL: 127.62.0.14 # portnanny\n");
+    let history = read(&s, "history");
+    assert_eq!(history.lines().count(), 1, "{history}");
+}
