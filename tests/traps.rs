@@ -585,3 +585,87 @@ fn sigusr1_leaves_the_blocked_set_alone() {
     let history = read(&s, "history");
     assert_eq!(history.lines().count(), 1, "{history}");
 }
+
+/// Issue 10 item 8: the SIGUSR2 report's lines for the traps and the blocked set, exactly.
+#[test]
+fn sigusr2_reports_the_traps_and_the_blocked_set() {
+    let s = Scratch::new("traps-usr2");
+    let p = Ports::free();
+    let mut setup = setup(&s, &p);
+    setup.rules = "banned: blocked\nscan: trap\nok: ALL\n".into();
+    setup.actions = "scan: block 1h : drop\nbanned: drop\nok: msg hello%(nl)s\n".into();
+    let n = Nanny::start(&s, setup);
+    // Listening comes before the signal handlers; "started" after them.
+    n.expect_log(0, &["started: listening"]);
+    let status = |mark: usize| -> Vec<String> {
+        n.signal(nix::sys::signal::Signal::SIGUSR2);
+        // The blocked count comes after the traps line; the blocks after the count.
+        let last = n
+            .wait_log_since(mark, IO_TIMEOUT, |l| {
+                l.contains("status: ") && l.contains(" addresses blocked")
+            })
+            .unwrap_or_else(|| panic!("no blocked count; log:\n{}", n.log()));
+        assert!(!last.is_empty());
+        std::thread::sleep(Duration::from_millis(200));
+        n.log_since(mark)
+            .lines()
+            .filter_map(|l| {
+                l.split_once("status: ")
+                    .map(|(_, r)| format!("status: {r}"))
+            })
+            .collect()
+    };
+    let traps = format!(
+        "status: traps: tcp 127.0.0.1:{}, udp 127.0.0.1:{}",
+        p.tcp, p.udp
+    );
+    let lines = status(n.mark());
+    assert!(lines.contains(&traps), "{lines:#?}");
+    assert!(
+        lines.contains(&"status: 0 addresses blocked".to_owned()),
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.starts_with("status: blocked ")));
+
+    let mark = n.mark();
+    assert_eq!(trap_connect(ip(16), p.tcp), "", "{}", n.log());
+    n.expect_log(mark, &["blocked 127.62.0.16 "]);
+    // The block's start and end, from the blockfile: `block ADDR SINCE UNTIL PORT MODE ...`
+    // (rewritten right after the log line).
+    let blocks = wait_file(&s, "blocks", |c| c.contains("block 127.62.0.16 "));
+    let fields: Vec<&str> = blocks
+        .lines()
+        .find(|l| l.starts_with("block 127.62.0.16 "))
+        .unwrap_or_else(|| panic!("{blocks}"))
+        .split(' ')
+        .collect();
+    let since: u64 = fields[2].parse().expect("since");
+    let until: u64 = fields[3].parse().expect("until");
+    assert_eq!(until, since + 3600);
+    let before = unix_now();
+    let lines = status(n.mark());
+    let after = unix_now();
+    assert!(lines.contains(&traps), "{lines:#?}");
+    assert!(
+        lines.contains(&"status: 1 addresses blocked".to_owned()),
+        "{lines:#?}"
+    );
+    let want = |left: u64| {
+        format!(
+            "status: blocked 127.62.0.16 since {since} ({left}s left; port {} tcp; class scan)",
+            p.tcp
+        )
+    };
+    let blocked: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("status: blocked "))
+        .collect();
+    assert_eq!(blocked.len(), 1, "{lines:#?}");
+    assert!(
+        (until.saturating_sub(after)..=until.saturating_sub(before))
+            .any(|left| *blocked[0] == want(left)),
+        "{} is not {}",
+        blocked[0],
+        want(until - before)
+    );
+}
