@@ -55,6 +55,11 @@ fn sighup_says_an_edited_nanny_conf_is_not_reread() {
     n.signal(Signal::SIGHUP);
     let line = n.expect_log(mark, &["not re-read", "restart"]);
     assert!(line.contains("nanny.conf"), "{line}");
+    // The list of what needs a restart is every directive (it once left out passenv, the
+    // prefixes and the sentry, control, conntrack and XML-RPC directives).
+    for d in policy::conf::all_directives() {
+        assert!(line.contains(&format!(" {d}")), "{d} missing: {line}");
+    }
     // The same edit is reported once.
     let mark = n.mark();
     n.signal(Signal::SIGHUP);
