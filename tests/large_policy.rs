@@ -138,7 +138,9 @@ fn lists_over_the_policy_budget_are_refused_by_check_and_left_out_by_the_daemon(
 
     // The daemon starts with the same policy, says the same, and serves without list-b.
     let n = Nanny::start_conf(&s, &setup, conf);
-    assert!(n.log().contains(&want), "log:\n{}", n.log());
+    // (The listener is bound before the policy is loaded.)
+    n.wait_log_since(0, LARGE_TIMEOUT, |l| l.contains(&want))
+        .unwrap_or_else(|| panic!("no H013 at start; log:\n{}", n.log()));
     let a = fetch_until(Ipv4Addr::new(127, 0, 14, 1), n.addr, LARGE_TIMEOUT, |r| {
         !r.data.is_empty()
     });
