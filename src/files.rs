@@ -23,6 +23,56 @@ pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 // A policy this size must fit in the parent-to-classifier frame (privsep's wire mirrors it).
 const _: () = assert!(privsep::wire::MAX_POLICY_FILE as u64 >= MAX_CONFIG_BYTES);
 
+/// The most the parent's policy message to the classifier carries, counted as
+/// [`policy_bytes`] counts it: the rules and actions texts and every `ipfile:` list shipped
+/// with them. The classifier accepts a frame of at most `privsep::wire::MAX_TRUSTED_FRAME`
+/// bytes; 1 MiB of that is left for the rest of the message (the settings, the other length
+/// fields). Each file is at most [`MAX_CONFIG_BYTES`], but the lists are many: without this
+/// count, `-C` accepted two 16 MiB lists that the daemon then could not send.
+pub const MAX_POLICY_BYTES: usize = privsep::wire::MAX_TRUSTED_FRAME - (1 << 20);
+
+// The largest rules file and the largest actions file always fit together: only an `ipfile:`
+// list can take the policy over (so the rules and actions files load whatever the lists are).
+const _: () = assert!(2 * MAX_CONFIG_BYTES as usize <= MAX_POLICY_BYTES);
+
+/// What one `ipfile:` list adds to the policy message: its name as the rules write it, its
+/// text, and two 8-byte length fields.
+pub fn ipfile_bytes(name: &str, text: &str) -> usize {
+    name.len().saturating_add(text.len()).saturating_add(16)
+}
+
+/// The `ipfile:` lists that do not fit in the policy message. They are counted after `base`
+/// (the rules and actions texts' length) in the order given, which is the order the rules
+/// first name them; a list that would take the total over [`MAX_POLICY_BYTES`] is left out
+/// (it holds no address) and the lists after it are still counted. Returns each list left
+/// out, by its index in `lists`, with the total it would have made. `-C` and every load of
+/// the daemon decide with this one function, so they agree.
+pub fn over_policy_budget<'a>(
+    base: usize,
+    lists: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<(usize, usize)> {
+    let mut total = base;
+    let mut out = Vec::new();
+    for (i, (name, text)) in lists.into_iter().enumerate() {
+        let with = total.saturating_add(ipfile_bytes(name, text));
+        if with > MAX_POLICY_BYTES {
+            out.push((i, with));
+        } else {
+            total = with;
+        }
+    }
+    out
+}
+
+/// Why a list was left out (H013), as `-C` prints it and the daemon logs it.
+pub fn over_policy_budget_message(name: &str, total: usize) -> String {
+    format!(
+        "ipfile {name} would take the policy to {total} bytes, over the limit of \
+         {MAX_POLICY_BYTES} bytes for the rules file, the actions file and every ipfile \
+         together (what the classifier accepts); it holds no address until the policy fits"
+    )
+}
+
 /// Why a file could not be used.
 #[derive(Debug)]
 pub enum FileError {
@@ -149,7 +199,7 @@ mod tests {
                 &dir,
                 Err("f: not a regular file (a directory); only regular files are read"),
             ),
-            (&plain, Ok("# caf\u{fffd}\na: ALL\n")),
+            (&plain, Ok("# caf?\na: ALL\n")),
         ];
         for (path, want) in rows {
             let got = read_text(path, "f").map_err(|e| e.to_string());
@@ -163,6 +213,65 @@ mod tests {
         let missing = read_text(&dir.join("nope"), "f").unwrap_err().to_string();
         assert!(missing.starts_with("f: cannot open: "), "{missing}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The policy budget at limit and limit + 1: lists are counted in order, one that does not
+    /// fit is left out and the ones after it still count.
+    #[test]
+    fn the_policy_budget_leaves_out_the_list_that_goes_over() {
+        let base = MAX_CONFIG_BYTES as usize;
+        let room = MAX_POLICY_BYTES - base;
+        let exact = "x".repeat(room - ipfile_bytes("a", ""));
+        assert_eq!(over_policy_budget(base, [("a", exact.as_str())]), vec![]);
+        assert_eq!(
+            over_policy_budget(base, [("a", exact.as_str()), ("b", "")]),
+            vec![(1, MAX_POLICY_BYTES + ipfile_bytes("b", ""))],
+            "limit + 17: the second list does not fit"
+        );
+        let over = "x".repeat(room - ipfile_bytes("a", "") + 1);
+        assert_eq!(
+            over_policy_budget(base, [("a", over.as_str()), ("b", "1.2.3.4")]),
+            vec![(0, MAX_POLICY_BYTES + 1)],
+            "limit + 1 is left out; the next list still fits"
+        );
+    }
+
+    /// What the budget counts is what the frame carries: a policy message at the budget
+    /// encodes within the classifier's frame cap.
+    #[test]
+    fn a_policy_at_the_budget_fits_the_classifiers_frame() {
+        use privsep::proto::{ClassifierSettings, Gen, ParentToClassifier};
+        // Rules and actions of 8 MiB each, 1,000 lists, the first one filling the rest.
+        let half = MAX_CONFIG_BYTES as usize / 2;
+        let names: Vec<String> = (0..1000).map(|i| format!("lists/list-{i:04}")).collect();
+        let listed: usize = names.iter().map(|n| ipfile_bytes(n, "")).sum();
+        let last = MAX_POLICY_BYTES - 2 * half - listed;
+        let mut ipfiles: Vec<(String, String)> =
+            names.iter().map(|n| (n.clone(), String::new())).collect();
+        ipfiles[0].1 = "#".repeat(last);
+        let base = 2 * half;
+        assert!(
+            over_policy_budget(base, ipfiles.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+                .is_empty()
+        );
+        let msg = ParentToClassifier::Policy {
+            gen: Gen(u32::MAX),
+            rules: Some("r".repeat(half)),
+            actions: Some("a".repeat(half)),
+            settings: ClassifierSettings {
+                maxthreads: u32::MAX,
+                aftermaxthreads: None,
+                dropipafter_secs: Some(u64::MAX),
+                expireevery_secs: u64::MAX,
+                dns_timeout_ms: u32::MAX,
+                identd_timeout_ms: u32::MAX,
+                answerson_timeout_ms: u32::MAX,
+                grouping: policy::grouping::Grouping::default(),
+            },
+            ipfiles,
+        };
+        let frame = privsep::wire::encode(&msg).expect("fits");
+        assert!(frame.len() <= privsep::wire::MAX_TRUSTED_FRAME + privsep::wire::HEADER);
     }
 
     #[test]

@@ -326,7 +326,7 @@ fn regression_9_templates_checked_by_check_and_daemon() {
 /// Item 18: a 20,000-link `see` chain is checked in well under the time the cubic resolver
 /// took (over a minute in release builds).
 #[test]
-fn regression_18_a_long_see_chain_checks_quickly() {
+fn regression_9_a_long_see_chain_checks_quickly() {
     let s = Scratch::new("cf-chain");
     let mut actions = String::new();
     for i in 0..20_000 {
@@ -424,4 +424,68 @@ fn regression_9_a_non_utf8_reload_names_the_position() {
         .unwrap_or_else(|| panic!("no {want}; log:\n{}", n.log()));
     n.expect_log(mark, &["keeping the old rules"]);
     assert_eq!(n.fetch_from(src(2)).text(), "old\n");
+}
+
+/// Item 3: as root, a chroot directory that does not exist yet is a -C warning (H004) at the
+/// `chrootdir` line, not an error; the daemon then creates it (root-owned, mode 0755, empty),
+/// says so, and chroots the classifier into it.
+#[test]
+fn regression_9_missing_chrootdir_is_a_check_warning_and_created_at_start() {
+    use std::os::unix::fs::MetadataExt;
+    if skip_unless_root("regression_9_missing_chrootdir_is_a_check_warning_and_created_at_start") {
+        return;
+    }
+    let s = Scratch::new("cf-chroot-missing");
+    let setup = Setup::new("a: ALL\n", "a: msg ok%(nl)s\n");
+    s.write("nanny-rules", &setup.rules);
+    s.write("nanny-actions", &setup.actions);
+    let dir = s.path("not-yet").join("empty");
+    assert!(!dir.exists());
+    let base = setup
+        .conf_text(&s)
+        .lines()
+        .filter(|l| !l.starts_with("chrootdir"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    let text = format!("{base}chrootdir {}\n", dir.display());
+    let lineno = text.lines().count();
+    let conf = s.write("nanny.conf", &text);
+    let (code, err) = check(&conf);
+    assert_eq!(code, Some(0), "a warning only: {err}");
+    let want = format!(
+        "{}:{lineno}:11: warning[H004]: chroot directory {} does not exist; portnanny creates \
+         it at start (owned by root, mode 0755)",
+        conf.display(),
+        dir.display()
+    );
+    assert!(err.contains(&want), "want {want}\n{err}");
+    assert!(!dir.exists(), "-C creates nothing");
+
+    let n = Nanny::start_conf(&s, &setup, conf);
+    assert_eq!(n.fetch_from(src(9)).text(), "ok\n", "log:\n{}", n.log());
+    assert!(
+        n.log().contains(&format!(
+            "created the empty chroot directory {}",
+            dir.display()
+        )),
+        "{}",
+        n.log()
+    );
+    let meta = std::fs::metadata(&dir).expect("the daemon created it");
+    assert!(meta.is_dir());
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    assert_eq!(meta.mode() & 0o7777, 0o755);
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("read it").count(),
+        0,
+        "empty"
+    );
+    let classifier = n
+        .wait_worker("classifier", START_TIMEOUT)
+        .expect("classifier");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{classifier}/root")).expect("its root"),
+        dir,
+        "the classifier is chrooted into it"
+    );
 }

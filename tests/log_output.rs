@@ -1,5 +1,5 @@
 //! What the daemon's own log lines look like outside syslog, and what `-l` says when there is
-//! no syslog socket (issue 14).
+//! no syslog socket (issue 9 item 14).
 //!
 //! Runs in the test process; starts the real `portnanny` (root on CI) and reads its stderr.
 //! The rules need no lookup and the `-l` run stops before any connection, so no test causes a
@@ -24,7 +24,7 @@ fn starts_with_timestamp(s: &str) -> bool {
         })
 }
 
-/// Issue 14: stderr lines carried no time at all.
+/// Issue 9 item 14: stderr lines carried no time at all.
 #[test]
 fn stderr_lines_start_with_a_utc_timestamp() {
     let s = Scratch::new("log-stamp");
@@ -79,8 +79,8 @@ fn no_timestamp_when_stderr_is_the_journal() {
     assert!(starts_with_timestamp(first2), "{first2:?}");
 }
 
-/// Issue 14: `-l` without a syslog socket exited 111 with the library's "Initialization error:
-/// Io error: Connection refused", which names no socket.
+/// Issue 9 item 14: `-l` without a syslog socket exited 111 with the library's "Initialization
+/// error: Io error: Connection refused", which names no socket.
 #[test]
 fn dash_l_without_dev_log_names_the_socket() {
     let s = Scratch::new("log-nodevlog");

@@ -311,8 +311,8 @@ fn slow_identd(ip: &str, user: &'static str, delay: Duration, conns: usize) {
     });
 }
 
-/// Issue 13: with every evaluation slot waiting on a 3 s identd, a connection whose rules need
-/// no lookup (`local:` only) waited for a slot (8.8 s measured). It is decided at once now.
+/// Issue 9 item 13: with every evaluation slot waiting on a 3 s identd, a connection whose rules
+/// need no lookup (`local:` only) waited for a slot (8.8 s measured). It is decided at once now.
 #[test]
 fn all_slots_on_slow_identd_never_delay_a_local_only_connection() {
     let ns = ns_addr(26);
@@ -396,7 +396,7 @@ fn tasks(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// Issue 12: the resolver started 32 lookup threads even when no rule needed a lookup. They
+/// Issue 9 item 12: the resolver started 32 lookup threads even when no rule needed a lookup. They
 /// are started on demand now: few before the first lookup, one per parallel lookup after; and
 /// the resolver still cannot create processes (a seccomp filter instead of RLIMIT_NPROC 0).
 #[test]

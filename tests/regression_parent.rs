@@ -55,6 +55,11 @@ fn sighup_says_an_edited_nanny_conf_is_not_reread() {
     n.signal(Signal::SIGHUP);
     let line = n.expect_log(mark, &["not re-read", "restart"]);
     assert!(line.contains("nanny.conf"), "{line}");
+    // The list of what needs a restart is every directive (it once left out passenv, the
+    // prefixes and the sentry, control, conntrack and XML-RPC directives).
+    for d in policy::conf::all_directives() {
+        assert!(line.contains(&format!(" {d}")), "{d} missing: {line}");
+    }
     // The same edit is reported once.
     let mark = n.mark();
     n.signal(Signal::SIGHUP);
@@ -99,6 +104,63 @@ fn workers_failing_after_a_reload_roll_back_to_the_policy_that_ran() {
         (r == "old\n").then_some(r)
     });
     assert_eq!(got.as_deref(), Some("old\n"), "{}", n.log());
+}
+
+/// issue 9 item 17: the parent gives up only when the known-good policy fails too. After the
+/// roll-back of the test above, the workers keep failing under the restored policy: there is
+/// nothing older to go back to, so the restart back-off gives up as for any failure (more than
+/// 8 failures within 60 s): "giving up" at LOG_CRIT and exit 111, with no second roll-back.
+#[test]
+fn the_daemon_gives_up_when_the_known_good_policy_fails_too() {
+    let s = Scratch::new("reg-giveup");
+    let mut n = Nanny::start(&s, Setup::new("a: ALL\n", "a: msg old%(nl)s\n"));
+    assert_eq!(n.fetch_from(src(19)).text(), "old\n", "{}", n.log());
+    // Generation 1 becomes one that ran (kept for 5 s, checked once a second).
+    std::thread::sleep(Duration::from_millis(6500));
+    let mark = n.mark();
+    write_atomic(&n.actions, "a: msg new%(nl)s\n", 0o644);
+    n.expect_log(mark, &["reloaded actions file"]);
+    assert_eq!(n.fetch_from(src(19)).text(), "new\n", "{}", n.log());
+    let k1 = kill_new_classifier(&n, 0);
+    let k2 = kill_new_classifier(&n, k1);
+    n.expect_log(mark, &["going back to the policy of generation 1"]);
+    // Every classifier from now on runs the restored policy; kill each as it appears until
+    // the parent gives up (8 back-off delays: about 23 s).
+    let mut last = k2;
+    let mut killed = 2;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(st) = n.wait_exit(Duration::from_millis(20)) {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        if let Some(pid) = n.worker("classifier").filter(|p| *p != last) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            last = pid;
+            killed += 1;
+        }
+    };
+    let status = status.unwrap_or_else(|| panic!("the daemon did not give up; log:\n{}", n.log()));
+    assert_eq!(status.code(), Some(111), "{}", n.log());
+    assert_eq!(
+        killed,
+        9,
+        "the ninth failure within 60 s gives up; log:\n{}",
+        n.log()
+    );
+    let log = n.log_since(mark);
+    assert!(
+        log.lines()
+            .any(|l| l.ends_with("]: workers failed 9 times within 60 seconds; giving up")),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("going back to the policy").count(),
+        1,
+        "no roll-back past the known-good policy; log:\n{log}"
+    );
 }
 
 /// An identd on `ip`:113 that takes connections into its backlog and never answers.

@@ -22,8 +22,8 @@ fn hold_script(s: &Scratch) -> String {
         .to_string()
 }
 
-/// Issue 10: Ctrl-C in the daemon's terminal (SIGINT to its process group) stopped the running
-/// services too, although SIGTERM is documented to leave them running.
+/// Issue 9 item 10: Ctrl-C in the daemon's terminal (SIGINT to its process group) stopped the
+/// running services too, although SIGTERM is documented to leave them running.
 #[test]
 fn services_have_their_own_session_and_survive_sigint_to_the_daemons_group() {
     let s = Scratch::new("svc-session");
@@ -146,8 +146,9 @@ fn assert_login_vars(e: &std::collections::HashMap<String, String>) {
     assert_eq!(get("SHELL"), Some(shell.as_str()));
 }
 
-/// Issue 11: a service run as nobody inherited HOME=/root (and USER, LOGNAME, SHELL) from the
-/// daemon. Without `passenv` the rest of the environment is still inherited (tcpserver's way).
+/// Issue 9 item 11: a service run as nobody inherited HOME=/root (and USER, LOGNAME, SHELL) from
+/// the daemon. Without `passenv` the rest of the environment is still inherited (tcpserver's
+/// way).
 #[test]
 fn login_variables_are_the_service_users_and_the_rest_is_inherited_by_default() {
     let e = service_env("svc-env-inherit", "");
@@ -163,7 +164,7 @@ fn login_variables_are_the_service_users_and_the_rest_is_inherited_by_default() 
     assert!(get("PATH").is_some());
 }
 
-/// Issue 11: with `passenv`, services start from a minimal environment: PATH, the UCSPI and
+/// Issue 9 item 11: with `passenv`, services start from a minimal environment: PATH, the UCSPI and
 /// NANNY_ variables, setenv, the login variables, and only the names passed.
 #[test]
 fn passenv_starts_services_from_a_minimal_environment() {

@@ -442,3 +442,230 @@ fn ipv6_traps_catch_and_block() {
     let mut c = std::net::TcpStream::connect_timeout(&dst, IO_TIMEOUT).expect("connect again");
     assert_eq!(read_all(&mut c, IO_TIMEOUT).text(), "", "blocked now");
 }
+
+/// Seconds since the epoch, as the daemon's block times are.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Waits (at most a minute) until at least `need` seconds of the current minute are left, so
+/// that steps that share the block budget (per minute) fall in one minute.
+fn room_in_this_minute(need: u64) {
+    let left = 60 - unix_now() % 60;
+    if left < need {
+        std::thread::sleep(Duration::from_secs(left + 1));
+    }
+}
+
+/// Issue 10: `block cmdonly` (PortSentry's BLOCK_TCP/BLOCK_UDP 2) runs the blockcmd lines with
+/// the peer's values and blocks nothing: no blocked-set entry (the address is served
+/// afterwards, `blocked` stays false), no blockfile or hosts.deny line, no unblockcmd; the
+/// history says `command`. From a forgeable detection (UDP) it spends the block budget like a
+/// block: past it the command does not run and the refusal is logged.
+#[test]
+fn block_cmdonly_runs_the_commands_and_blocks_nothing() {
+    let s = Scratch::new("traps-cmdonly");
+    let p = Ports::free();
+    let mut setup = setup(&s, &p);
+    setup.rules = "banned: blocked\nscan: trap\nok: ALL\n".into();
+    setup.actions =
+        "scan: block cmdonly : msg caught%(nl)s\nbanned: drop\nok: msg hello%(nl)s\n".into();
+    let n = Nanny::start(&s, setup.conf("blockbudget 1"));
+    let scanner = ip(11);
+
+    // A TCP trap (a completed handshake: not forgeable, no budget), twice.
+    assert_eq!(trap_connect(scanner, p.tcp), "caught\n", "{}", n.log());
+    let cmds = wait_file(&s, "cmds.log", |c| !c.is_empty());
+    assert_eq!(
+        cmds,
+        format!("block 127.62.0.11 {} tcp\n", p.tcp),
+        "{}",
+        n.log()
+    );
+    // Not blocked: served on the listen port, and a second trap hit runs the commands again
+    // (there is no block it could find).
+    assert_eq!(n.fetch_from(scanner).text(), "hello\n", "{}", n.log());
+    assert_eq!(trap_connect(scanner, p.tcp), "caught\n", "{}", n.log());
+    let cmds = wait_file(&s, "cmds.log", |c| c.lines().count() >= 2);
+    assert_eq!(
+        cmds,
+        format!(
+            "block 127.62.0.11 {0} tcp\nblock 127.62.0.11 {0} tcp\n",
+            p.tcp
+        )
+    );
+    assert_eq!(n.fetch_from(scanner).text(), "hello\n");
+    let history = read(&s, "history");
+    assert_eq!(
+        history
+            .lines()
+            .filter(|l| l.contains(&format!(" command 127.62.0.11 {} tcp ", p.tcp)))
+            .count(),
+        2,
+        "{history}"
+    );
+    assert!(!history.contains(" block "), "{history}");
+    assert!(!n.log().contains("blocked 127.62.0.11"), "{}", n.log());
+    assert!(!read(&s, "blocks").contains("block 127.62.0.11"));
+    assert_eq!(read(&s, "hosts.deny"), "");
+
+    // UDP (forgeable): the first address of the minute runs the command, the next is refused.
+    room_in_this_minute(15);
+    let mark = n.mark();
+    datagram(ip(12), p.udp);
+    let cmds = wait_file(&s, "cmds.log", |c| c.contains("127.62.0.12"));
+    assert!(
+        cmds.ends_with(&format!("block 127.62.0.12 {} udp\n", p.udp)),
+        "{cmds}\n{}",
+        n.log()
+    );
+    datagram(ip(13), p.udp);
+    n.expect_log(
+        mark,
+        &[
+            "not running the block commands for 127.62.0.13: more than 1 new blocks this \
+             minute from forgeable detections (class scan)",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!read(&s, "cmds.log").contains("127.62.0.13"));
+    assert!(read(&s, "history").contains(" refuse 127.62.0.13 "));
+    for a in [ip(12), ip(13)] {
+        assert_eq!(n.fetch_from(a).text(), "hello\n", "{a} is not blocked");
+    }
+    // Nothing was blocked, so nothing is unblocked either.
+    assert!(!read(&s, "cmds.log").contains("unblock"));
+}
+
+/// Issue 10: SIGUSR1 empties the IP history and the caches, never the blocked set: a blocked
+/// address is still refused afterwards (while `firsttime` shows that the history did go).
+#[test]
+fn sigusr1_leaves_the_blocked_set_alone() {
+    let s = Scratch::new("traps-usr1");
+    let p = Ports::free();
+    let mut setup = setup(&s, &p);
+    setup.rules = "banned: blocked\nscan: trap\nnew: firsttime\nok: ALL\n".into();
+    setup.actions =
+        "scan: block 1h : drop\nbanned: drop\nnew: msg new%(nl)s\nok: msg hello%(nl)s\n".into();
+    let n = Nanny::start(&s, setup);
+    let scanner = ip(14);
+    let bystander = ip(15);
+    assert_eq!(n.fetch_from(bystander).text(), "new\n", "{}", n.log());
+    assert_eq!(n.fetch_from(bystander).text(), "hello\n", "seen before");
+    let mark = n.mark();
+    assert_eq!(trap_connect(scanner, p.tcp), "", "{}", n.log());
+    n.expect_log(mark, &["blocked 127.62.0.14 "]);
+    assert!(n.fetch_from(scanner).closed_silently(), "{}", n.log());
+
+    let mark = n.mark();
+    n.signal(nix::sys::signal::Signal::SIGUSR1);
+    n.expect_log(mark, &["SIGUSR1: flushing caches and IP history"]);
+    // The flush reached the classifier before this connection did (one ordered channel).
+    assert_eq!(
+        n.fetch_from(bystander).text(),
+        "new\n",
+        "the history was emptied; log:\n{}",
+        n.log()
+    );
+    let r = n.fetch_from(scanner);
+    assert!(
+        r.closed_silently(),
+        "still blocked after SIGUSR1: {r:?}\n{}",
+        n.log()
+    );
+    let log = n.log_since(mark);
+    assert!(
+        !log.contains("no longer blocked") && !log.contains("blocked 127.62.0.14"),
+        "{log}"
+    );
+    assert!(read(&s, "blocks").contains("block 127.62.0.14 "));
+    assert_eq!(read(&s, "hosts.deny"), "ALL: 127.62.0.14 # portnanny\n");
+    let history = read(&s, "history");
+    assert_eq!(history.lines().count(), 1, "{history}");
+}
+
+/// Issue 10 item 8: the SIGUSR2 report's lines for the traps and the blocked set, exactly.
+#[test]
+fn sigusr2_reports_the_traps_and_the_blocked_set() {
+    let s = Scratch::new("traps-usr2");
+    let p = Ports::free();
+    let mut setup = setup(&s, &p);
+    setup.rules = "banned: blocked\nscan: trap\nok: ALL\n".into();
+    setup.actions = "scan: block 1h : drop\nbanned: drop\nok: msg hello%(nl)s\n".into();
+    let n = Nanny::start(&s, setup);
+    // Listening comes before the signal handlers; "started" after them.
+    n.expect_log(0, &["started: listening"]);
+    let status = |mark: usize| -> Vec<String> {
+        n.signal(nix::sys::signal::Signal::SIGUSR2);
+        // The blocked count comes after the traps line; the blocks after the count.
+        let last = n
+            .wait_log_since(mark, IO_TIMEOUT, |l| {
+                l.contains("status: ") && l.contains(" addresses blocked")
+            })
+            .unwrap_or_else(|| panic!("no blocked count; log:\n{}", n.log()));
+        assert!(!last.is_empty());
+        std::thread::sleep(Duration::from_millis(200));
+        n.log_since(mark)
+            .lines()
+            .filter_map(|l| {
+                l.split_once("status: ")
+                    .map(|(_, r)| format!("status: {r}"))
+            })
+            .collect()
+    };
+    let traps = format!(
+        "status: traps: tcp 127.0.0.1:{}, udp 127.0.0.1:{}",
+        p.tcp, p.udp
+    );
+    let lines = status(n.mark());
+    assert!(lines.contains(&traps), "{lines:#?}");
+    assert!(
+        lines.contains(&"status: 0 addresses blocked".to_owned()),
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.starts_with("status: blocked ")));
+
+    let mark = n.mark();
+    assert_eq!(trap_connect(ip(16), p.tcp), "", "{}", n.log());
+    n.expect_log(mark, &["blocked 127.62.0.16 "]);
+    // The block's start and end, from the blockfile: `block ADDR SINCE UNTIL PORT MODE ...`
+    // (rewritten right after the log line).
+    let blocks = wait_file(&s, "blocks", |c| c.contains("block 127.62.0.16 "));
+    let fields: Vec<&str> = blocks
+        .lines()
+        .find(|l| l.starts_with("block 127.62.0.16 "))
+        .unwrap_or_else(|| panic!("{blocks}"))
+        .split(' ')
+        .collect();
+    let since: u64 = fields[2].parse().expect("since");
+    let until: u64 = fields[3].parse().expect("until");
+    assert_eq!(until, since + 3600);
+    let before = unix_now();
+    let lines = status(n.mark());
+    let after = unix_now();
+    assert!(lines.contains(&traps), "{lines:#?}");
+    assert!(
+        lines.contains(&"status: 1 addresses blocked".to_owned()),
+        "{lines:#?}"
+    );
+    let want = |left: u64| {
+        format!(
+            "status: blocked 127.62.0.16 since {since} ({left}s left; port {} tcp; class scan)",
+            p.tcp
+        )
+    };
+    let blocked: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("status: blocked "))
+        .collect();
+    assert_eq!(blocked.len(), 1, "{lines:#?}");
+    assert!(
+        (until.saturating_sub(after)..=until.saturating_sub(before))
+            .any(|left| *blocked[0] == want(left)),
+        "{} is not {}",
+        blocked[0],
+        want(until - before)
+    );
+}

@@ -62,6 +62,39 @@ pub fn conf_value_diagnostic(
     }
 }
 
+/// A diagnostic about the address list file an `ipfile:` operand names, for what only the
+/// caller can check (the file's size), anchored at the file name of the first operand that
+/// names it (as written); at 1:1 when no operand does.
+pub fn ipfile_diagnostic(
+    rules: (&str, &str),
+    ipfile: &str,
+    severity: Severity,
+    code: &'static str,
+    message: String,
+) -> Diagnostic {
+    use crate::rules::lex::{tokenize, Tok};
+    let src = SourceFile::new(rules.0, rules.1);
+    let found = src.logical_lines().ok().and_then(|lines| {
+        lines.into_iter().find_map(|ll| {
+            let tokens = tokenize(&ll.text).ok()?;
+            let range = tokens.windows(2).find_map(|w| match w {
+                [m, a] => match (&m.tok, &a.tok) {
+                    (Tok::Word(mw), Tok::Word(aw)) if mw == "ipfile:" && aw == ipfile => {
+                        Some(a.span.clone())
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })?;
+            Some((ll, range))
+        })
+    });
+    match found {
+        Some((ll, range)) => src.diag_at(severity, code, &ll, range, message),
+        None => src.diagnostic(severity, code, 1, 1, 1, message),
+    }
+}
+
 const DEFAULT_CLASSES: [&str; 4] = [DEFAULT_REJECT, DEFAULT_IPMAX, DEFAULT_CONNMAX, DEFAULTMSGS];
 
 /// Parses all three files and returns every diagnostic, in file order (nanny.conf, rules,
@@ -304,4 +337,23 @@ fn find_word(src: &SourceFile, from: u32, word: &str, directive: bool) -> (u32, 
         }
     }
     (from, 1, width)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `ipfile:` diagnostic points at the first operand naming the list, continuation lines
+    /// and comments included; at 1:1 when no operand names it.
+    #[test]
+    fn ipfile_diagnostics_point_at_the_operand() {
+        let rules = "# lists\na: ipfile: one\nb: ip: 10.0.0.1\n   ipfile:  two\nc: ipfile: two\n";
+        let at = |list: &str| {
+            let d = ipfile_diagnostic(("r", rules), list, Severity::Error, "H013", "m".into());
+            (d.line, d.col, d.width, d.source_line)
+        };
+        assert_eq!(at("one"), (2, 12, 3, "a: ipfile: one".to_owned()));
+        assert_eq!(at("two"), (4, 13, 3, "   ipfile:  two".to_owned()));
+        assert_eq!(at("three").0, 1);
+    }
 }

@@ -191,6 +191,18 @@ pub const DIRECTIVES: &[&str] = &[
     "ipv6prefix",
 ];
 
+/// Every directive nanny.conf accepts: [`DIRECTIVES`], then the sentry, control and XML-RPC
+/// groups', each in the order the documentation gives them. nanny.conf is read once, at start,
+/// so a change to any of them needs a restart (the parent's reload says so with this list).
+pub fn all_directives() -> impl Iterator<Item = &'static str> {
+    DIRECTIVES
+        .iter()
+        .chain(crate::sentry::DIRECTIVES)
+        .chain(crate::control_conf::DIRECTIVES)
+        .chain(crate::xmlrpc_conf::DIRECTIVES)
+        .copied()
+}
+
 /// A nanny.conf directive (the words are [`DIRECTIVES`], in the same order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Dir {

@@ -5,15 +5,18 @@
 //!
 //! portnanny 2 was written in Python 2, which never decoded its files, so old configurations
 //! can carry Latin-1 (or any other 8-bit) text in comments. Those bytes are harmless there and
-//! are replaced by U+FFFD. Anywhere else a byte that is not UTF-8 could change what a rule or
+//! are replaced by `?`, one for one: never by U+FFFD, whose three bytes per input byte could
+//! make the text bigger than the file, past the size caps the file was read under (the
+//! policy frame's budget counts the text). Anywhere else a byte that is not UTF-8 could change what a rule or
 //! action means (a class name, a message), so it is an error that names file:line:col instead
 //! of a guess.
 
 use crate::source::{Diagnostic, Severity, SourceFile};
 
 /// Decodes `bytes` as UTF-8, except that comment lines (first non-blank character `#`, the
-/// only comments any of the three languages has) may hold any bytes; those are replaced by
-/// U+FFFD. The error is at the first bad byte outside a comment (F002).
+/// only comments any of the three languages has) may hold any bytes; each byte that is not
+/// UTF-8 there becomes `?`, so the text is never longer than `bytes`. The error is at the
+/// first bad byte outside a comment (F002).
 pub fn decode(name: &str, bytes: &[u8]) -> Result<String, Diagnostic> {
     if let Ok(s) = std::str::from_utf8(bytes) {
         return Ok(s.to_owned());
@@ -28,7 +31,10 @@ pub fn decode(name: &str, bytes: &[u8]) -> Result<String, Diagnostic> {
                     .find(|&&b| b != b' ' && b != b'\t')
                     .is_some_and(|&b| b == b'#');
                 if comment {
-                    out.push_str(&String::from_utf8_lossy(line));
+                    for chunk in line.utf8_chunks() {
+                        out.push_str(chunk.valid());
+                        out.extend(chunk.invalid().iter().map(|_| '?'));
+                    }
                     continue;
                 }
                 let good = line.get(..e.valid_up_to()).unwrap_or_default();
@@ -66,9 +72,15 @@ mod tests {
         // label, input, want (Ok text or the error's one-line form)
         let rows: &[(&str, &[u8], Result<&str, &str>)] = &[
             ("utf-8", "a: caf\u{e9}\n".as_bytes(), Ok("a: caf\u{e9}\n")),
-            ("latin-1 comment", b"# caf\xe9\na: ALL\n", Ok("# caf\u{fffd}\na: ALL\n")),
-            ("indented comment", b"a: ALL\n \t# \xff\xfe\n", Ok("a: ALL\n \t# \u{fffd}\u{fffd}\n")),
-            ("no newline", b"# \xe9", Ok("# \u{fffd}")),
+            ("latin-1 comment", b"# caf\xe9\na: ALL\n", Ok("# caf?\na: ALL\n")),
+            ("indented comment", b"a: ALL\n \t# \xff\xfe\n", Ok("a: ALL\n \t# ??\n")),
+            ("no newline", b"# \xe9", Ok("# ?")),
+            (
+                "utf-8 kept around a bad byte",
+                "# \u{e9}t\u{e9} ".as_bytes().iter().chain(b"\xe9t\xe9\r\n").copied().collect::<Vec<u8>>().leak(),
+                Ok("# \u{e9}t\u{e9} ?t?\r\n"),
+            ),
+            ("a truncated sequence", b"# \xe2\x82\n", Ok("# ??\n")),
             (
                 "class name",
                 b"# ok \xe9\ncaf\xe9: ALL\n",
@@ -84,6 +96,21 @@ mod tests {
             let got = decode("f", input).map_err(|d| d.to_string());
             assert_eq!(got.as_deref().map_err(String::as_str), *want, "{label}");
         }
+    }
+
+    /// The decoded text is never longer than the file: a comment of 8-bit bytes used to grow
+    /// threefold (U+FFFD is three bytes), past the size cap the file was read under.
+    #[test]
+    fn decoding_never_grows_the_text() {
+        let mut bytes = b"a: ALL\n".to_vec();
+        for _ in 0..1000 {
+            bytes.extend_from_slice(b"# ");
+            bytes.extend((0x80u8..=0xff).chain(0xc0..=0xc3));
+            bytes.push(b'\n');
+        }
+        let text = decode("f", &bytes).unwrap();
+        assert_eq!(text.len(), bytes.len());
+        assert!(text.lines().skip(1).all(|l| l.starts_with("# ?")));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use policy::addr::AddrSet;
+use policy::facts::SentryMode;
 
 use super::blockcmd::{self, Job, Runner, Vars};
 use super::blocks::{self, Block, Blocked, BlockedSet, Budget, Increment, Request};
@@ -67,6 +68,9 @@ pub struct Blocker {
     /// Budget refusals: (the minute, how many in it), for the log's summary.
     refused: (u64, u64),
     runner: Runner,
+    /// The budget's warnings, for the unit tests to read (they go to the log otherwise).
+    #[cfg(test)]
+    warned: Vec<String>,
 }
 
 impl Blocker {
@@ -97,6 +101,8 @@ impl Blocker {
             budget,
             refused: (0, 0),
             runner: Runner::default(),
+            #[cfg(test)]
+            warned: Vec::new(),
         };
         if !b.set.is_empty() {
             log::notice(&format!("restored {} blocked addresses", b.set.len()));
@@ -140,27 +146,7 @@ impl Blocker {
             return Outcome::Never;
         }
         if forgeable && !self.set.contains(req.addr) && !self.budget.take(now) {
-            // A forged sweep means thousands of these: the first of each minute is logged,
-            // the rest counted (every one is in the history file).
-            self.history(now, "refuse", &probe);
-            let minute = now / 60;
-            if self.refused.0 != minute {
-                if self.refused.1 > 1 {
-                    log::warn(&format!(
-                        "{} more blocks refused by the block budget in the previous minute",
-                        self.refused.1 - 1
-                    ));
-                }
-                self.refused = (minute, 0);
-            }
-            if self.refused.1 == 0 {
-                log::warn(&format!(
-                    "not blocking {}: more than {} new blocks this minute from forgeable \
-                     detections ({}); further refusals this minute are counted",
-                    req.addr, self.conf.budget, req.reason
-                ));
-            }
-            self.refused.1 += 1;
+            self.over_budget(&probe, "blocking", now);
             return Outcome::OverBudget;
         }
         match self.set.block(req, now, self.conf.increment) {
@@ -197,8 +183,13 @@ impl Blocker {
     }
 
     /// `block cmdonly` (PortSentry's BLOCK_TCP 2): runs the block commands for `req` and
-    /// nothing else; neverblock still holds.
-    pub fn commands_only(&mut self, req: &Request, now: u64) {
+    /// nothing else; neverblock still holds, and so does the budget: the commands are the
+    /// block (a firewall rule, a blackhole route), so a forged sweep must not run them for
+    /// every forged address either. Forgeable is every mode but a TCP trap's completed
+    /// handshake, read from `req.mode` as the caller spells it (`SentryMode::as_str`; empty
+    /// for an ordinary connection, which is never forgeable).
+    /// Returns whether the commands were started.
+    pub fn commands_only(&mut self, req: &Request, now: u64) -> bool {
         let b = unrecorded(req, now);
         if self.conf.neverblock.contains(req.addr) {
             self.history(now, "refuse", &b);
@@ -206,10 +197,45 @@ impl Blocker {
                 "not running the block commands for {}: it is in neverblock ({})",
                 req.addr, req.reason
             ));
-            return;
+            return false;
+        }
+        let forgeable = SentryMode::from_word(&req.mode).is_some_and(SentryMode::forgeable);
+        if forgeable && !self.budget.take(now) {
+            self.over_budget(&b, "running the block commands for", now);
+            return false;
         }
         self.history(now, "command", &b);
         self.commands(&self.conf.blockcmd.clone(), "blockcmd", &b, now);
+        true
+    }
+
+    /// Records a request the budget refused. A forged sweep means thousands of these: the
+    /// first of each minute is logged, the rest counted (every one is in the history file).
+    fn over_budget(&mut self, probe: &Block, doing: &str, now: u64) {
+        self.history(now, "refuse", probe);
+        let minute = now / 60;
+        if self.refused.0 != minute {
+            if self.refused.1 > 1 {
+                log::warn(&format!(
+                    "{} more blocks refused by the block budget in the previous minute",
+                    self.refused.1 - 1
+                ));
+            }
+            self.refused = (minute, 0);
+        }
+        if self.refused.1 == 0 {
+            let line = format!(
+                "not {doing} {}: more than {} new blocks this minute from forgeable \
+                 detections ({}); further refusals this minute are counted",
+                probe.addr,
+                self.conf.budget,
+                log::escape(&probe.reason)
+            );
+            log::warn(&line);
+            #[cfg(test)]
+            self.warned.push(line);
+        }
+        self.refused.1 += 1;
     }
 
     /// Ends the block of `addr` by hand.
@@ -492,6 +518,15 @@ mod tests {
         let mut b = Blocker::start(c, 1000);
         b.block(req("192.0.2.7", Some(600)), false, 1000);
         b.unblock("192.0.2.7".parse().unwrap(), 1001);
+        run_commands(&mut b);
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "add 192.0.2.7 31337 600\ndel 192.0.2.7\n"
+        );
+    }
+
+    /// Runs the queued block commands to the end (bounded: 10 s).
+    fn run_commands(b: &mut Blocker) {
         let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !b.runner().is_idle() && std::time::Instant::now() < end {
             b.runner().on_output();
@@ -508,9 +543,83 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+    }
+
+    /// `block cmdonly` from a forgeable detection spends the block budget like a block: past
+    /// the limit the command does not run, the refusal is in the history and logged once a
+    /// minute. A TCP trap's (completed handshake) never counts; neverblock still holds.
+    #[test]
+    fn commands_only_honours_the_block_budget() {
+        let d = dir("cmdonly-budget");
+        let out = d.0.join("cmds.log");
+        let script = d.0.join("log.sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", out.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut c = conf(&d);
+        c.blockcmd = vec![format!("{} %(ip)s %(mode)s", script.display())];
+        let mut b = Blocker::start(c, 1000);
+        let udp = |ip: &str| Request {
+            mode: "udp".into(),
+            ..req(ip, Some(600))
+        };
+        assert!(
+            b.commands_only(&udp("198.51.100.1"), 1000),
+            "within the budget"
+        );
+        assert!(
+            !b.commands_only(&udp("198.51.100.2"), 1001),
+            "budget 1 per minute: limit + 1 is refused"
+        );
+        assert!(!b.commands_only(&udp("198.51.100.3"), 1002));
+        assert!(
+            b.commands_only(&req("198.51.100.4", Some(600)), 1003),
+            "a TCP trap is not forgeable: no budget"
+        );
+        assert!(!b.commands_only(&udp("192.0.2.1"), 1004), "neverblock");
+        // The budget is shared with full blocks: this minute's is spent.
+        assert_eq!(
+            b.block(udp("198.51.100.5"), true, 1005),
+            Outcome::OverBudget
+        );
+        // A new minute, a new budget.
+        assert!(b.commands_only(&udp("198.51.100.6"), 1020));
+        run_commands(&mut b);
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
-            "add 192.0.2.7 31337 600\ndel 192.0.2.7\n"
+            "198.51.100.1 udp\n198.51.100.4 tcp\n198.51.100.6 udp\n"
         );
+        // One warning for the minute's refusals (the rest are counted), then the count.
+        assert_eq!(
+            b.warned,
+            vec![
+                "not running the block commands for 198.51.100.2: more than 1 new blocks this \
+                 minute from forgeable detections (trap); further refusals this minute are \
+                 counted"
+                    .to_owned()
+            ]
+        );
+        let h = std::fs::read_to_string(d.0.join("history")).unwrap();
+        let events: Vec<String> = h
+            .lines()
+            .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                "1000 command 198.51.100.1",
+                "1001 refuse 198.51.100.2",
+                "1002 refuse 198.51.100.3",
+                "1003 command 198.51.100.4",
+                "1004 refuse 192.0.2.1",
+                "1005 refuse 198.51.100.5",
+                "1020 command 198.51.100.6",
+            ]
+        );
+        assert!(b.set().is_empty(), "cmdonly never blocks");
     }
 }

@@ -328,8 +328,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// One historyfile line: `UNIXTIME EVENT ADDR PORT MODE UNTIL REASON`, where EVENT is
-/// `block`, `extend`, `unblock`, `expire` or `refuse` (a block not done: neverblock or budget),
-/// UNTIL is unix seconds, `forever` or `-`.
+/// `block`, `extend`, `unblock`, `expire`, `refuse` (a block or `block cmdonly` not done:
+/// neverblock or budget) or `command` (`block cmdonly` ran), MODE is `-` when empty, UNTIL is
+/// unix seconds or `forever`, and REASON (the rest of the line) has its control characters
+/// turned into spaces. docs/configuration.md ("historyfile") describes each field.
 pub fn history_line(now: u64, event: &str, b: &Block) -> String {
     let until = b
         .until
@@ -504,6 +506,19 @@ mod tests {
         assert_eq!(
             history_line(100, "block", &b),
             "100 block 192.0.2.7 31337 stcp 160 hits 3\n"
+        );
+        // The documented forms of the other fields: no mode, no end, a reason with spaces and
+        // a control character.
+        let by_hand = Block {
+            until: None,
+            mode: String::new(),
+            port: 0,
+            reason: "nannyctl (uid 0)\tx\n".into(),
+            ..b.clone()
+        };
+        assert_eq!(
+            history_line(200, "unblock", &by_hand),
+            "200 unblock 192.0.2.7 0 - forever nannyctl (uid 0) x\n"
         );
         let mut budget = Budget::new(2);
         assert!(budget.take(120) && budget.take(121));

@@ -43,12 +43,49 @@ impl ConfWatch {
             return;
         }
         self.reported = now;
-        log::warn(&format!(
-            "{} changed since start: nanny.conf is not re-read on reload; restart portnanny \
-             to apply it (every setting in it needs a restart: listen, user, privsepuser, \
-             chrootdir, rulefile, actionfile, maxthreads, aftermaxthreads, onfileerror, \
-             substitutions, dropipafter, expireevery, the timeouts and the cache)",
-            self.path.display()
-        ));
+        log::warn(&message(&self.path));
+    }
+}
+
+/// The warning for an edited nanny.conf. Its list is every directive the parser knows, not a
+/// hand-kept one: nothing of nanny.conf is applied by a reload.
+fn message(path: &std::path::Path) -> String {
+    format!(
+        "{} changed since start: nanny.conf is not re-read on reload; restart portnanny to \
+         apply it (every directive in it needs a restart: {}; a reload re-reads only the rules \
+         and actions files, the ipfile: lists and msgfiles they name, and, on SIGHUP or \
+         nannyctl reload, the xmlrpcusers file)",
+        path.display(),
+        policy::conf::all_directives()
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    /// The list names every directive, those that came after the first list was written
+    /// (passenv, ipv4prefix, ipv6prefix, the sentry, control and XML-RPC ones) included.
+    #[test]
+    fn the_warning_names_every_directive() {
+        let m = super::message(std::path::Path::new("/etc/nanny.conf"));
+        for d in [
+            "passenv",
+            "ipv4prefix",
+            "ipv6prefix",
+            "trap",
+            "stealth",
+            "blockfile",
+            "neverblock",
+            "control",
+            "conntrack",
+            "xmlrpc",
+            "xmlrpcusers",
+        ] {
+            assert!(m.contains(&format!(" {d},")), "{d}: {m}");
+        }
+        for d in policy::conf::all_directives() {
+            assert!(m.contains(&format!(" {d}")), "{d}: {m}");
+        }
     }
 }

@@ -70,6 +70,9 @@ struct IpFile {
     watch: Watched,
     /// Its text, empty if it could not be read (a list that cannot be read holds nothing).
     text: String,
+    /// Left out of the policy message, which it would have taken to this many bytes (over
+    /// `files::MAX_POLICY_BYTES`): it holds no address until the policy fits.
+    over: Option<usize>,
 }
 
 impl Generations {
@@ -178,6 +181,8 @@ impl Generations {
         self.files.rules = good.rules;
         self.files.actions = good.actions;
         self.sync_msgfiles();
+        // Other texts, another budget for the lists.
+        self.fit_ipfiles();
         self.gen = Gen(self.gen.0.saturating_add(1));
         self.install_table();
         // The restored files are what ran; they stay the known-good policy.
@@ -203,9 +208,12 @@ impl Generations {
             rules: self.files.rules.as_ref().map(|(t, _)| t.clone()),
             actions: self.files.actions.as_ref().map(|(t, _)| t.clone()),
             settings: settings.clone(),
+            // A list left out holds no address: the classifier matches a name it was not sent
+            // against nothing.
             ipfiles: self
                 .ipfiles
                 .iter()
+                .filter(|(_, f)| f.over.is_none())
                 .map(|(name, f)| (name.clone(), f.text.clone()))
                 .collect(),
         }
@@ -277,6 +285,7 @@ impl Generations {
             let f = self.ipfiles.entry(name.clone()).or_insert_with(|| IpFile {
                 watch: Watched::new(super::setup::resolve_relative(conf_path, &name)),
                 text: String::new(),
+                over: None,
             });
             let Some(res) = f.watch.poll(force || new) else {
                 continue;
@@ -307,6 +316,60 @@ impl Generations {
                 }
                 f.text = text;
                 changed = true;
+            }
+        }
+        self.fit_ipfiles() | changed
+    }
+
+    /// Decides which lists the policy message carries, as `-C` decides (files.rs's budget,
+    /// counted after the rules and actions texts in the order the rules name the lists), and
+    /// logs each list that stops fitting (H013, at its `ipfile:` operand) or fits again.
+    /// Returns whether that changed what is shipped.
+    fn fit_ipfiles(&mut self) -> bool {
+        let Some((rules_text, names)) = self.files.rules.as_ref() else {
+            return false;
+        };
+        let base = rules_text.len() + self.files.actions.as_ref().map_or(0, |(t, _)| t.len());
+        let lists: Vec<(&str, &str)> = names
+            .ipfiles
+            .iter()
+            .filter_map(|n| self.ipfiles.get(n).map(|f| (n.as_str(), f.text.as_str())))
+            .collect();
+        let over: BTreeMap<String, usize> =
+            crate::files::over_policy_budget(base, lists.iter().copied())
+                .into_iter()
+                .filter_map(|(i, total)| lists.get(i).map(|(n, _)| ((*n).to_owned(), total)))
+                .collect();
+        let mut changed = false;
+        let mut lines = Vec::new();
+        for (name, f) in self.ipfiles.iter_mut() {
+            let now = over.get(name).copied();
+            match (f.over, now) {
+                (None, Some(total)) => {
+                    let message = crate::files::over_policy_budget_message(&f.watch.name, total);
+                    let d = policy::check::ipfile_diagnostic(
+                        (&self.rules_watch.name, rules_text),
+                        name,
+                        policy::Severity::Error,
+                        "H013",
+                        message,
+                    );
+                    lines.push((true, d.to_string()));
+                }
+                (Some(_), None) => lines.push((
+                    false,
+                    format!("ipfile {} fits in the policy again", f.watch.name),
+                )),
+                _ => {}
+            }
+            changed |= f.over.is_some() != now.is_some();
+            f.over = now;
+        }
+        for (error, line) in lines {
+            if error {
+                log::err(&line);
+            } else {
+                log::info(&line);
             }
         }
         changed

@@ -258,12 +258,38 @@ pub fn check(args: &Args) -> Result<ExitCode> {
                 .and_then(|(n, t)| policy::rules::parse_rules(n, t).value)
                 .map(|r| r.ipfiles())
                 .unwrap_or_default();
+            // (as written, as read, text): the text the daemon would ship, empty if unreadable.
+            let mut lists: Vec<(String, String, String)> = Vec::new();
             for file in ipfiles {
                 let path = resolve_relative(&args.config, &file);
                 let name = path.display().to_string();
-                match files::read_text(&path, &name) {
-                    Ok(t) => diags.extend(policy::sentry::parse_ipfile(&name, &t).diagnostics),
-                    Err(e) => unreadable(e, &mut diags),
+                let text = match files::read_text(&path, &name) {
+                    Ok(t) => {
+                        diags.extend(policy::sentry::parse_ipfile(&name, &t).diagnostics);
+                        t
+                    }
+                    Err(e) => {
+                        unreadable(e, &mut diags);
+                        String::new()
+                    }
+                };
+                lists.push((file, name, text));
+            }
+            // Every list must fit in the policy message with the rules and actions, as the
+            // daemon decides it at every load (H013 at the list's `ipfile:` operand).
+            if let Some((rules_name, rules_text)) = &rules {
+                let base = rules_text.len() + actions.as_ref().map_or(0, |(_, t)| t.len());
+                let sizes = lists.iter().map(|(w, _, t)| (w.as_str(), t.as_str()));
+                for (i, total) in files::over_policy_budget(base, sizes) {
+                    if let Some((written, name, _)) = lists.get(i) {
+                        diags.push(policy::check::ipfile_diagnostic(
+                            (rules_name, rules_text),
+                            written,
+                            Severity::Error,
+                            "H013",
+                            files::over_policy_budget_message(name, total),
+                        ));
+                    }
                 }
             }
         }
