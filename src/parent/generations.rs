@@ -155,15 +155,16 @@ impl Generations {
 
     /// Generation `gen` ran: a classifier loaded it and kept running. Only the current
     /// generation's files are at hand, so an older one is not recorded.
-    pub fn mark_good(&mut self, gen: Gen) {
+    pub fn mark_good(&mut self, gen: Gen) -> bool {
         if gen != self.gen || self.good.as_ref().is_some_and(|g| g.gen == gen) {
-            return;
+            return false;
         }
         self.good = Some(Snapshot {
             gen,
             rules: self.files.rules.clone(),
             actions: self.files.actions.clone(),
         });
+        true
     }
 
     /// The generation to go back to, if the current one is newer than the last that ran.
@@ -555,7 +556,10 @@ impl Parent {
     pub(super) fn note_good_policy(&mut self, now: Instant) {
         if let (Some(g), Some(at)) = (self.shipped.acked, self.shipped.acked_at) {
             if self.workers_ready() && now.saturating_duration_since(at) >= GOOD_AFTER {
-                self.policy.mark_good(g);
+                if self.policy.mark_good(g) {
+                    // The snapshot it replaced may have been a large policy's.
+                    give_back_memory();
+                }
                 self.failed_since_ship = 0;
             }
         }
@@ -570,7 +574,11 @@ impl Parent {
         if let Some(m) = self.conns.oldest_pending_gen() {
             oldest = oldest.min(m);
         }
+        let before = self.policy.tables.len();
         self.policy.prune(oldest);
+        if self.policy.tables.len() < before {
+            give_back_memory();
+        }
     }
 
     /// Checks both files; a change is parsed off the loop and applied by [`Parent::loaded`].
@@ -609,5 +617,27 @@ impl Parent {
         if !self.policy.reload_pending() {
             self.answer_reload(&changed);
         }
+    }
+}
+
+/// Returns the free memory of every malloc arena to the system. A parse of a large file runs on
+/// the loader's thread, whose arena glibc keeps at its peak after the parse's values are freed
+/// (a 100,000-rule reload left the parent at 55 MB, from 5 MB, with the small files back).
+fn give_back_memory() {
+    // SAFETY: malloc_trim only reorganises the allocator's own free lists under its locks; it
+    // takes no pointer from us and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Keeps the parent's allocations in one malloc arena. The parent runs one thread besides the
+/// loop, the loader, so it gains nothing from glibc's per-thread arenas, and a thread arena's
+/// freed pages are not given back: a 100,000-rule reload left 31 MB there with the small files
+/// back (one arena: 8 MB). Call before the loader first starts.
+pub(super) fn one_malloc_arena() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
