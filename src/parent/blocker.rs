@@ -13,7 +13,6 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use policy::addr::AddrSet;
-use policy::facts::SentryMode;
 
 use super::blockcmd::{self, Job, Runner, Vars};
 use super::blocks::{self, Block, Blocked, BlockedSet, Budget, Increment, Request};
@@ -185,11 +184,9 @@ impl Blocker {
     /// `block cmdonly` (PortSentry's BLOCK_TCP 2): runs the block commands for `req` and
     /// nothing else; neverblock still holds, and so does the budget: the commands are the
     /// block (a firewall rule, a blackhole route), so a forged sweep must not run them for
-    /// every forged address either. Forgeable is every mode but a TCP trap's completed
-    /// handshake, read from `req.mode` as the caller spells it (`SentryMode::as_str`; empty
-    /// for an ordinary connection, which is never forgeable).
+    /// every forged address either (`forgeable` as for [`Blocker::block`]).
     /// Returns whether the commands were started.
-    pub fn commands_only(&mut self, req: &Request, now: u64) -> bool {
+    pub fn commands_only(&mut self, req: &Request, forgeable: bool, now: u64) -> bool {
         let b = unrecorded(req, now);
         if self.conf.neverblock.contains(req.addr) {
             self.history(now, "refuse", &b);
@@ -199,7 +196,6 @@ impl Blocker {
             ));
             return false;
         }
-        let forgeable = SentryMode::from_word(&req.mode).is_some_and(SentryMode::forgeable);
         if forgeable && !self.budget.take(now) {
             self.over_budget(&b, "running the block commands for", now);
             return false;
@@ -568,26 +564,29 @@ mod tests {
             ..req(ip, Some(600))
         };
         assert!(
-            b.commands_only(&udp("198.51.100.1"), 1000),
+            b.commands_only(&udp("198.51.100.1"), true, 1000),
             "within the budget"
         );
         assert!(
-            !b.commands_only(&udp("198.51.100.2"), 1001),
+            !b.commands_only(&udp("198.51.100.2"), true, 1001),
             "budget 1 per minute: limit + 1 is refused"
         );
-        assert!(!b.commands_only(&udp("198.51.100.3"), 1002));
+        assert!(!b.commands_only(&udp("198.51.100.3"), true, 1002));
         assert!(
-            b.commands_only(&req("198.51.100.4", Some(600)), 1003),
+            b.commands_only(&req("198.51.100.4", Some(600)), false, 1003),
             "a TCP trap is not forgeable: no budget"
         );
-        assert!(!b.commands_only(&udp("192.0.2.1"), 1004), "neverblock");
+        assert!(
+            !b.commands_only(&udp("192.0.2.1"), true, 1004),
+            "neverblock"
+        );
         // The budget is shared with full blocks: this minute's is spent.
         assert_eq!(
             b.block(udp("198.51.100.5"), true, 1005),
             Outcome::OverBudget
         );
         // A new minute, a new budget.
-        assert!(b.commands_only(&udp("198.51.100.6"), 1020));
+        assert!(b.commands_only(&udp("198.51.100.6"), true, 1020));
         run_commands(&mut b);
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),

@@ -377,7 +377,7 @@ impl Parent {
         };
         let forgeable = trap.is_some_and(SentryMode::forgeable);
         if req.cmd_only {
-            self.blocker.commands_only(&request, now);
+            self.blocker.commands_only(&request, forgeable, now);
             return Ok(());
         }
         self.apply_block(request, forgeable);
