@@ -5,13 +5,14 @@
 //! Runs in the control worker. Everything read here is a local user's bytes: bounded
 //! ([`MAX_REQUEST`]), timed ([`REQUEST_TIME`]), and decoded only as JSON into typed requests.
 
-use std::io::{ErrorKind as IoKind, Read, Write};
+use std::io::{ErrorKind as IoKind, Read};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use privsep::control::{ErrorKind, ListQuery, Reply, Request, MAX_REQUEST};
 
 use super::auth::Peer;
+use super::outbox::{write_out, Wrote};
 
 /// Longest a client may take to send a whole request once it has begun one.
 pub const REQUEST_TIME: Duration = Duration::from_secs(5);
@@ -161,18 +162,10 @@ impl Client {
 
     /// Writes what it can; false when the client is to be closed.
     pub fn write(&mut self) -> bool {
-        // Bounded: each round writes something or stops.
-        while self.written < self.out.len() {
-            match self
-                .stream
-                .write(self.out.get(self.written..).unwrap_or_default())
-            {
-                Ok(0) => return false,
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == IoKind::WouldBlock => return true,
-                Err(e) if e.kind() == IoKind::Interrupted => continue,
-                Err(_) => return false,
-            }
+        match write_out(&mut self.stream, &self.out, &mut self.written) {
+            Wrote::All => {}
+            Wrote::Blocked => return true,
+            Wrote::Failed => return false,
         }
         self.out = Vec::new();
         self.written = 0;
@@ -220,6 +213,7 @@ pub fn decode(line: &[u8]) -> Result<Request, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn decode_takes_the_documented_json_and_refuses_the_rest() {

@@ -23,6 +23,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod outbox;
 pub mod prom;
 pub mod query;
 pub mod xmlrpc;

@@ -8,9 +8,11 @@
 //! 413 and close), the whole request must arrive within [`REQUEST_TIME`] of its first byte,
 //! and an idle keep-alive connection is closed after [`IDLE_TIME`].
 
-use std::io::{ErrorKind as IoKind, Read, Write};
+use std::io::{ErrorKind as IoKind, Read};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+
+use crate::control::outbox::{write_out, Wrote};
 
 /// Longest request head (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -257,18 +259,10 @@ impl HttpConn {
 
     /// Writes what it can; false when the connection is to be closed.
     pub fn write(&mut self) -> bool {
-        // Bounded: each round writes something or stops.
-        while self.written < self.out.len() {
-            match self
-                .stream
-                .write(self.out.get(self.written..).unwrap_or_default())
-            {
-                Ok(0) => return false,
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == IoKind::WouldBlock => return true,
-                Err(e) if e.kind() == IoKind::Interrupted => continue,
-                Err(_) => return false,
-            }
+        match write_out(&mut self.stream, &self.out, &mut self.written) {
+            Wrote::All => {}
+            Wrote::Blocked => return true,
+            Wrote::Failed => return false,
         }
         self.out = Vec::new();
         self.written = 0;
@@ -305,6 +299,7 @@ impl HttpConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::net::TcpListener;
 
     fn pair() -> (HttpConn, TcpStream) {
