@@ -178,3 +178,15 @@ impl std::error::Error for DropError {
         }
     }
 }
+
+/// Why a newtype refused a value while decoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShapeError(pub &'static str);
+
+impl fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for ShapeError {}

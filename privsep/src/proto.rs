@@ -15,7 +15,6 @@
 //!   echoing the id and the query.
 //! - children → parent: `Log` records at any time after `Hello`.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
@@ -81,17 +80,7 @@ impl From<BuildId> for String {
     }
 }
 
-/// Why a newtype refused a value while decoding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShapeError(pub &'static str);
-
-impl fmt::Display for ShapeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for ShapeError {}
+pub use crate::error::ShapeError;
 
 /// A DNS name that passed the Postfix `valid_hostname` style checks: letters, digits, `-`, `_`
 /// and dots; no empty label; labels at most 63 bytes; whole name at most [`MAX_HOSTNAME`].

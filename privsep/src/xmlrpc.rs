@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::ShapeError;
+use crate::error::ShapeError;
 
 /// Longest XML-RPC user name.
 pub const MAX_XMLRPC_USER: usize = 64;

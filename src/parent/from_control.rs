@@ -209,6 +209,21 @@ impl Parent {
         Ok(())
     }
 
+    /// An XML-RPC procedure (already re-checked): logged with the session's user when it
+    /// changes anything, then relayed to the netfilter worker like nannyctl's.
+    pub(super) fn on_xmlrpc_request(
+        &mut self,
+        client: privsep::proto::ClientId,
+        user: privsep::xmlrpc::XmlrpcUser,
+        req: privsep::conntrack::CtRequest,
+    ) {
+        if req.changes() {
+            let what = describe(&privsep::control::Request::Conntrack(req.clone()));
+            log::notice(&format!("xmlrpc: user {user}: {what}"));
+        }
+        self.ask_netfilter(client, req);
+    }
+
     fn on_request(&mut self, client: ClientId, caller: Caller, req: Request) {
         let now = Instant::now();
         if req.access() == privsep::control::Access::Change {
@@ -602,7 +617,7 @@ impl Parent {
 }
 
 /// A change request, for the audit line.
-pub(super) fn describe(req: &Request) -> String {
+fn describe(req: &Request) -> String {
     match req {
         Request::Kill(t) => {
             let mut parts = Vec::new();

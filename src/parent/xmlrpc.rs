@@ -56,22 +56,6 @@ pub fn read_auth(users: Option<&PathBuf>) -> Result<XmlrpcAuth, String> {
 }
 
 impl super::Parent {
-    /// An XML-RPC procedure (already re-checked): logged with the session's user when it
-    /// changes anything, then relayed to the netfilter worker like nannyctl's.
-    pub(super) fn on_xmlrpc_request(
-        &mut self,
-        client: privsep::proto::ClientId,
-        user: privsep::xmlrpc::XmlrpcUser,
-        req: privsep::conntrack::CtRequest,
-    ) {
-        if req.changes() {
-            let what =
-                super::from_control::describe(&privsep::control::Request::Conntrack(req.clone()));
-            log::notice(&format!("xmlrpc: user {user}: {what}"));
-        }
-        self.ask_netfilter(client, req);
-    }
-
     /// A forced reload: the password file is read again and sent to the control worker. A
     /// file that fails to load keeps the old users (and says so).
     pub(super) fn reload_xmlrpc_users(&mut self) {
