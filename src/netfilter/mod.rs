@@ -119,7 +119,7 @@ pub fn serve(
 /// Takes a new snapshot; an error is the client's answer.
 fn refresh(nl: &mut Ctnetlink, table: &mut Table, parent: &mut ToParent) -> Result<(), String> {
     let d = nl
-        .dump()
+        .dump(table.rows.len())
         .map_err(|e| format!("conntrack dump failed: {e}"))?;
     if d.skipped > 0 {
         let _ = log(
