@@ -75,7 +75,9 @@ const CTA_PROTO_ICMPV6_CODE: u16 = 9;
 
 /// The kernel answers within milliseconds; a socket that stays silent this long is broken.
 const RECV_TIMEOUT: Duration = Duration::from_secs(10);
-/// Receive buffer per read: a dump comes in multi-message datagrams of up to a few pages.
+/// Receive buffer per read. A dump comes in multi-message datagrams the kernel fills to at most
+/// 32 KiB once a reader offers that much (netlink_dump; ~100 entries each), so a larger buffer
+/// or SO_RCVBUF saves no reads.
 const RECV_BUF: usize = 256 * 1024;
 /// Most entries one snapshot keeps (memory bound: about 200 bytes each); the rest are counted.
 pub const MAX_ENTRIES: usize = 2_000_000;
