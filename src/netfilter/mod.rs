@@ -119,7 +119,7 @@ pub fn serve(
 /// Takes a new snapshot; an error is the client's answer.
 fn refresh(nl: &mut Ctnetlink, table: &mut Table, parent: &mut ToParent) -> Result<(), String> {
     let d = nl
-        .dump()
+        .dump(table.len())
         .map_err(|e| format!("conntrack dump failed: {e}"))?;
     if d.skipped > 0 {
         let _ = log(
@@ -158,7 +158,7 @@ fn answer(nl: &mut Ctnetlink, table: &mut Table, ask: CtRequest, parent: &mut To
         CtRequest::Refresh => match refresh(nl, table, parent) {
             Ok(()) => Reply::Done(format!(
                 "conntrack snapshot refreshed: {} entries",
-                table.rows.len()
+                table.len()
             )),
             Err(e) => Reply::error(ErrorKind::Failed, e),
         },
@@ -222,7 +222,7 @@ fn kill(nl: &mut Ctnetlink, table: &mut Table, k: &CtKill, parent: &mut ToParent
             out.missing.push(*id);
         }
     }
-    for r in &table.rows {
+    for r in table.by_id() {
         let hit =
             k.ip.iter()
                 .any(|c| c.contains(r.orig.src) || c.contains(r.orig.dst));
