@@ -80,7 +80,10 @@ impl Parent {
                 l.batch = taken.max(1);
             }
         }
-        r
+        r?;
+        // The batch's requests leave together, now: the classifier works on them while this
+        // turn goes on, instead of waiting for the flush before poll.
+        self.flush_links()
     }
 
     /// Accepts up to `batch` connections from listener `idx`, counting them in `taken`; stops
