@@ -94,22 +94,16 @@ fn workers_failing_after_a_reload_roll_back_to_the_policy_that_ran() {
     n.expect_log(mark, &["reloaded actions file"]);
     // The classifier compiles a reload off its dispatch thread and serves the old policy
     // until it is in (on a loaded machine, a few connections later).
-    let got = wait_for(START_TIMEOUT, || {
-        let r = n.fetch_from(src(17)).text();
-        (r == "new\n").then_some(r)
-    });
-    assert_eq!(got.as_deref(), Some("new\n"), "{}", n.log());
+    let got = fetch_until(src(17), n.addr, START_TIMEOUT, |r| r.text() == "new\n");
+    assert!(got.is_some(), "new never served; log:\n{}", n.log());
     // The workers now fail twice in a row under the new generation.
     let k1 = kill_new_classifier(&n, 0);
     assert_eq!(k1, before);
     let _k2 = kill_new_classifier(&n, k1);
     let line = n.expect_log(mark, &["going back to the policy of generation 1"]);
     assert!(line.contains("generation 2"), "{line}");
-    let got = wait_for(START_TIMEOUT, || {
-        let r = n.fetch_from(src(18)).text();
-        (r == "old\n").then_some(r)
-    });
-    assert_eq!(got.as_deref(), Some("old\n"), "{}", n.log());
+    let got = fetch_until(src(18), n.addr, START_TIMEOUT, |r| r.text() == "old\n");
+    assert!(got.is_some(), "old never served; log:\n{}", n.log());
 }
 
 /// issue 9 item 17: the parent gives up only when the known-good policy fails too. After the
@@ -128,11 +122,8 @@ fn the_daemon_gives_up_when_the_known_good_policy_fails_too() {
     n.expect_log(mark, &["reloaded actions file"]);
     // The classifier compiles a reload off its dispatch thread and serves the old policy
     // until it is in (on a loaded machine, a few connections later).
-    let got = wait_for(START_TIMEOUT, || {
-        let r = n.fetch_from(src(19)).text();
-        (r == "new\n").then_some(r)
-    });
-    assert_eq!(got.as_deref(), Some("new\n"), "{}", n.log());
+    let got = fetch_until(src(19), n.addr, START_TIMEOUT, |r| r.text() == "new\n");
+    assert!(got.is_some(), "new never served; log:\n{}", n.log());
     let k1 = kill_new_classifier(&n, 0);
     let k2 = kill_new_classifier(&n, k1);
     n.expect_log(mark, &["going back to the policy of generation 1"]);
@@ -343,8 +334,8 @@ fn a_large_reload_never_stalls_the_loop() {
     write_atomic(&n.rules, "a: ALL\n", 0o644);
     write_atomic(&n.actions, "a: msg small%(nl)s\n", 0o644);
     n.signal(Signal::SIGHUP);
-    let back = wait_for(Duration::from_secs(60), || {
-        (n.fetch_from(probe).text() == "small\n").then_some(())
+    let back = fetch_until(probe, n.addr, Duration::from_secs(60), |r| {
+        r.text() == "small\n"
     });
     assert!(
         back.is_some(),

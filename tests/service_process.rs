@@ -22,6 +22,20 @@ fn hold_script(s: &Scratch) -> String {
         .to_string()
 }
 
+/// Connects from `ip` to a daemon whose class runs [`hold_script`]: the held connection and
+/// the pid of its service.
+fn held_service(n: &Nanny, ip: Ipv4Addr) -> (std::net::TcpStream, i32) {
+    let mut c = connect_from(ip, n.addr, IO_TIMEOUT).expect("connect");
+    assert_eq!(
+        read_line(&mut c, IO_TIMEOUT).text(),
+        "held\n",
+        "{}",
+        n.log()
+    );
+    let svc = wait_for(IO_TIMEOUT, || n.services().first().copied()).expect("a service runs");
+    (c, svc)
+}
+
 /// Issue 9 item 10: Ctrl-C in the daemon's terminal (SIGINT to its process group) stopped the
 /// running services too, although SIGTERM is documented to leave them running.
 #[test]
@@ -30,14 +44,7 @@ fn services_have_their_own_session_and_survive_sigint_to_the_daemons_group() {
     let hold = hold_script(&s);
     let mut n =
         Nanny::start_group_leader(&s, Setup::new("all: ALL\n", &format!("all: run {hold}\n")));
-    let mut c = connect_from(Ipv4Addr::new(127, 0, 10, 1), n.addr, IO_TIMEOUT).expect("connect");
-    assert_eq!(
-        read_line(&mut c, IO_TIMEOUT).text(),
-        "held\n",
-        "{}",
-        n.log()
-    );
-    let svc = wait_for(IO_TIMEOUT, || n.services().first().copied()).expect("a service runs");
+    let (c, svc) = held_service(&n, Ipv4Addr::new(127, 0, 10, 1));
 
     let (d_pgrp, d_sid) = pgrp_session(n.pid).expect("daemon stat");
     assert_eq!(
@@ -218,14 +225,7 @@ fn services_and_workers_start_with_no_signal_blocked() {
     let s = Scratch::new("svc-sigmask");
     let hold = hold_script(&s);
     let n = Nanny::start(&s, Setup::new("all: ALL\n", &format!("all: run {hold}\n")));
-    let mut c = connect_from(Ipv4Addr::new(127, 0, 10, 2), n.addr, IO_TIMEOUT).expect("connect");
-    assert_eq!(
-        read_line(&mut c, IO_TIMEOUT).text(),
-        "held\n",
-        "{}",
-        n.log()
-    );
-    let svc = wait_for(IO_TIMEOUT, || n.services().first().copied()).expect("a service runs");
+    let (c, svc) = held_service(&n, Ipv4Addr::new(127, 0, 10, 2));
 
     let blocked = |pid: i32| {
         let hex = status_field(pid, "SigBlk").expect("SigBlk in /proc/PID/status");
