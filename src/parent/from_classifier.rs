@@ -17,7 +17,7 @@ use super::admit::{self, Admitted, Verdict};
 use super::blocker::Outcome;
 use super::blocks::Request;
 use super::conns::{Conns, Meta, Taken};
-use super::generations::ROLLBACK_AFTER;
+use super::generation_loop::ROLLBACK_AFTER;
 use super::status;
 use super::verdict::{self, ActCtx, Acted};
 use super::workers::Failure;

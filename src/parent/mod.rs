@@ -20,8 +20,9 @@
 //! from_resolver.rs, from_sentry.rs, from_control.rs and from_netfilter.rs admit each peer's
 //! messages, run their handlers and say what their side forgets when its worker dies;
 //! accept.rs, verdict.rs and reap.rs move a connection through the one live-connection table
-//! in conns.rs; generations.rs keeps the policy generations, reloads them and rolls back to the
-//! last one that ran.
+//! in conns.rs; generations.rs keeps the policy generations and generation_loop.rs reloads
+//! them, ships them and rolls back to the last one that ran; memory.rs gives a large policy's
+//! memory back.
 //!
 //! Invariants:
 //! - every connection gets exactly one verdict, or is closed unanswered (fail closed) when its
@@ -52,10 +53,12 @@ mod from_control;
 mod from_netfilter;
 mod from_resolver;
 mod from_sentry;
+mod generation_loop;
 pub mod generations;
 pub mod hostsdeny;
 pub mod listen;
 mod loader;
+mod memory;
 pub mod msgwrite;
 pub mod neverblock;
 mod proxy;

@@ -35,7 +35,7 @@ pub(super) fn prepare(args: &Args) -> Result<Parent> {
     // the services, and while no thread exists (activation.rs, sdnotify.rs).
     let inherited = activation::take()?;
     let notify = sdnotify::Notifier::from_env();
-    super::generations::one_malloc_arena();
+    super::memory::one_arena();
     if let Some(s) = args.stack {
         setup::set_stack(s);
     }
