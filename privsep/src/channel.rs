@@ -84,6 +84,11 @@ impl FrameReader {
         self.buf.get(self.start..self.end).unwrap_or_default()
     }
 
+    /// Whether a complete frame (or a bad header) is buffered: the next receive needs no read.
+    fn has_frame(&self) -> bool {
+        !matches!(wire::split_frame_within(self.pending(), self.max), Ok(None))
+    }
+
     /// The next complete frame body in the buffer, if any. Checks the header as soon as four
     /// bytes are present, before reading any of the body.
     fn next_frame(&mut self) -> Result<Option<std::ops::Range<usize>>, Violation> {
@@ -359,10 +364,7 @@ impl<Out: Serialize, In: DeserializeOwned> Channel<Out, In> {
     /// bad header) already buffered. Poll does not report those bytes (they have left the
     /// socket), so a poll loop that stops calling `try_recv` before `Ok(None)` must check this.
     pub fn has_buffered(&self) -> bool {
-        !matches!(
-            wire::split_frame_within(self.rd.pending(), self.rd.max),
-            Ok(None)
-        )
+        self.rd.has_frame()
     }
 
     /// Whether queued bytes wait for the socket to become writable (poll for POLLOUT).
@@ -539,10 +541,7 @@ impl<In: DeserializeOwned> Receiver<In> {
 
     /// As [`Channel::has_buffered`]: `recv` will return without reading.
     pub fn has_buffered(&self) -> bool {
-        !matches!(
-            wire::split_frame_within(self.rd.pending(), self.rd.max),
-            Ok(None)
-        )
+        self.rd.has_frame()
     }
 }
 
