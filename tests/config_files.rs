@@ -367,6 +367,23 @@ fn regression_9_templates_unchecked_with_substitutions_off() {
     );
 }
 
+/// Writes nanny.conf for `setup` with its `chrootdir` line replaced by `dir`, last: the file
+/// and the line number of that line.
+fn conf_with_chrootdir(
+    s: &Scratch,
+    setup: &Setup,
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, usize) {
+    let base = setup
+        .conf_text(s)
+        .lines()
+        .filter(|l| !l.starts_with("chrootdir"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    let text = format!("{base}chrootdir {}\n", dir.display());
+    (s.write("nanny.conf", &text), text.lines().count())
+}
+
 /// Item 3: as root, a chroot directory that fails the daemon's checks is a -C error at the
 /// `chrootdir` line, and the daemon's refusal names it too.
 #[test]
@@ -382,15 +399,7 @@ fn regression_9_unsafe_chrootdir_found_by_check_as_root() {
     std::os::unix::fs::chown(&open, Some(0), Some(0)).expect("chown");
     std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
         .expect("chmod");
-    let base = setup
-        .conf_text(&s)
-        .lines()
-        .filter(|l| !l.starts_with("chrootdir"))
-        .map(|l| format!("{l}\n"))
-        .collect::<String>();
-    let text = format!("{base}chrootdir {}\n", open.display());
-    let lineno = text.lines().count();
-    let conf = s.write("nanny.conf", &text);
+    let (conf, lineno) = conf_with_chrootdir(&s, &setup, &open);
     let (code, err) = check(&conf);
     assert_eq!(code, Some(1), "{err}");
     let want = format!(
@@ -441,15 +450,7 @@ fn regression_9_missing_chrootdir_is_a_check_warning_and_created_at_start() {
     s.write("nanny-actions", &setup.actions);
     let dir = s.path("not-yet").join("empty");
     assert!(!dir.exists());
-    let base = setup
-        .conf_text(&s)
-        .lines()
-        .filter(|l| !l.starts_with("chrootdir"))
-        .map(|l| format!("{l}\n"))
-        .collect::<String>();
-    let text = format!("{base}chrootdir {}\n", dir.display());
-    let lineno = text.lines().count();
-    let conf = s.write("nanny.conf", &text);
+    let (conf, lineno) = conf_with_chrootdir(&s, &setup, &dir);
     let (code, err) = check(&conf);
     assert_eq!(code, Some(0), "a warning only: {err}");
     let want = format!(
