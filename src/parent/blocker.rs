@@ -492,12 +492,10 @@ mod tests {
         assert_eq!(b.set().len(), 1);
     }
 
-    #[test]
-    fn block_and_unblock_commands_run_with_the_blocks_values() {
-        let d = dir("cmds");
+    /// The administrator's own script: it appends its arguments (each value one argument) as a
+    /// line to the returned log.
+    fn logging_script(d: &Dir) -> (std::path::PathBuf, std::path::PathBuf) {
         let out = d.0.join("cmds.log");
-        let mut c = conf(&d);
-        // The administrator's own script: it gets each value as one argument.
         let script = d.0.join("log.sh");
         std::fs::write(
             &script,
@@ -506,6 +504,14 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
+        (script, out)
+    }
+
+    #[test]
+    fn block_and_unblock_commands_run_with_the_blocks_values() {
+        let d = dir("cmds");
+        let (script, out) = logging_script(&d);
+        let mut c = conf(&d);
         c.blockcmd = vec![format!(
             "{} add %(ip)s %(port)s %(seconds)s",
             script.display()
@@ -547,15 +553,7 @@ mod tests {
     #[test]
     fn commands_only_honours_the_block_budget() {
         let d = dir("cmdonly-budget");
-        let out = d.0.join("cmds.log");
-        let script = d.0.join("log.sh");
-        std::fs::write(
-            &script,
-            format!("#!/bin/sh\necho \"$@\" >> {}\n", out.display()),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        let (script, out) = logging_script(&d);
         let mut c = conf(&d);
         c.blockcmd = vec![format!("{} %(ip)s %(mode)s", script.display())];
         let mut b = Blocker::start(c, 1000);
