@@ -18,11 +18,49 @@ use crate::log;
 /// others, the workers' channels or the reaper.
 const ACCEPT_BATCH: usize = 128;
 
-// The batch adapts between 1 and ACCEPT_BATCH, starting at 1. A batch that ends with the
-// backlog empty sets the next to what it found; a full batch followed, on the very next loop
-// turn, by the listener still readable (a backlog) doubles it. One connection at a time then
-// costs one accept(2), not a second one that only says EAGAIN; a backlog left behind keeps
-// the listener readable, so poll wakes the loop for it at once.
+/// How many connections to accept from one listener per wakeup: between 1 and
+/// [`ACCEPT_BATCH`], starting at 1. A batch that ends with the backlog empty sets the next to
+/// what it found; a full batch followed, on the very next loop turn, by the listener still
+/// readable (a backlog) doubles it. One connection at a time then costs one accept(2), not a
+/// second one that only says EAGAIN; a backlog left behind keeps the listener readable, so
+/// poll wakes the loop for it at once.
+#[derive(Debug)]
+pub struct Pace {
+    batch: usize,
+    /// The loop turn whose batch was full, if the last one was.
+    full_turn: Option<u64>,
+}
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace {
+            batch: 1,
+            full_turn: None,
+        }
+    }
+}
+
+impl Pace {
+    /// The batch for a wakeup on loop turn `turn`.
+    fn batch(&self, turn: u64) -> usize {
+        if self.full_turn.is_some_and(|t| t + 1 == turn) {
+            (self.batch * 2).min(ACCEPT_BATCH)
+        } else {
+            self.batch
+        }
+    }
+
+    /// A batch of `batch` on turn `turn` took `taken` connections.
+    fn took(&mut self, batch: usize, taken: usize, turn: u64) {
+        if taken >= batch {
+            self.batch = batch;
+            self.full_turn = Some(turn);
+        } else {
+            self.batch = taken.max(1);
+            self.full_turn = None;
+        }
+    }
+}
 
 /// Pause after accept fails for lack of descriptors or memory (the listener stays readable;
 /// without a pause the loop would spin).
@@ -64,21 +102,11 @@ impl Parent {
         let Some(l) = self.listeners.get(idx) else {
             return Ok(());
         };
-        let batch = if l.full_turn.is_some_and(|t| t + 1 == turn) {
-            (l.batch * 2).min(ACCEPT_BATCH)
-        } else {
-            l.batch
-        };
+        let batch = l.pace.batch(turn);
         let mut taken = 0;
         let r = self.accept_up_to(idx, batch, &mut taken);
         if let Some(l) = self.listeners.get_mut(idx) {
-            l.batch = batch;
-            l.full_turn = None;
-            if taken >= batch {
-                l.full_turn = Some(turn);
-            } else {
-                l.batch = taken.max(1);
-            }
+            l.pace.took(batch, taken, turn);
         }
         r?;
         // The batch's requests leave together, now: the classifier works on them while this
@@ -189,5 +217,38 @@ impl Parent {
                 return self.worker_failed(f);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_grows_only_for_a_backlog_and_shrinks_to_what_was_waiting() {
+        let mut p = Pace::default();
+        // A lone connection per wakeup, turns apart: one accept each time.
+        for turn in [10, 13, 16] {
+            assert_eq!(p.batch(turn), 1);
+            p.took(1, 1, turn);
+        }
+        // Still readable on the next turn: a backlog, so the batch doubles, up to the cap.
+        p.took(1, 1, 20);
+        assert_eq!(p.batch(21), 2);
+        let mut turn = 21;
+        let mut batch = 2;
+        while batch < ACCEPT_BATCH {
+            p.took(batch, batch, turn);
+            turn += 1;
+            batch = p.batch(turn);
+        }
+        assert_eq!(batch, ACCEPT_BATCH);
+        p.took(batch, batch, turn);
+        assert_eq!(p.batch(turn + 1), ACCEPT_BATCH);
+        // The backlog emptied after 3: the next batch is 3, whatever the turn.
+        p.took(ACCEPT_BATCH, 3, turn + 1);
+        assert_eq!(p.batch(turn + 2), 3);
+        p.took(3, 0, turn + 2);
+        assert_eq!(p.batch(turn + 3), 1);
     }
 }

@@ -37,10 +37,8 @@ pub struct Listener {
     /// `proxy from`: connections only from these load balancers, each starting with a PROXY
     /// protocol header (proxy.rs). None on a plain listen.
     pub proxy: Option<AddrSet>,
-    /// Accepts to try on its next poll wakeup (accept.rs adapts it).
-    pub batch: usize,
-    /// The loop turn whose batch this listener filled, if the last one did.
-    pub full_turn: Option<u64>,
+    /// How many connections to accept on its next poll wakeup (accept.rs).
+    pub pace: super::accept::Pace,
 }
 
 /// Where one `listen` line binds: an explicit address, or both wildcards.
@@ -101,8 +99,7 @@ pub fn bind_with(addr: SocketAddr, opts: &ListenOptions) -> io::Result<Listener>
         addr,
         trap: false,
         proxy: opts.proxy.as_ref().map(|p| p.set.clone()),
-        batch: 1,
-        full_turn: None,
+        pace: super::accept::Pace::default(),
     })
 }
 
@@ -130,8 +127,7 @@ pub fn adopt(fd: OwnedFd) -> io::Result<Listener> {
         addr,
         trap: false,
         proxy: None,
-        batch: 1,
-        full_turn: None,
+        pace: super::accept::Pace::default(),
     })
 }
 
