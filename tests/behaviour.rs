@@ -755,3 +755,25 @@ fn global_joins_only_connections_in_some_class() {
         "in no class, so not in GLOBAL either: {r:?}"
     );
 }
+
+/// A client that talks first (an HTTP request, say) still gets the whole message and a clean
+/// end: input left unread at close would make the kernel answer with a reset instead of a FIN,
+/// and the parent closes with the message's tail still held back by MSG_MORE.
+#[test]
+fn msg_reaches_a_client_that_sent_a_request_first_and_ends_in_a_clean_eof() {
+    let s = Scratch::new("msg-talker");
+    let text = "x".repeat(3000);
+    let n = Nanny::start(
+        &s,
+        Setup::new("a: ALL\n", &format!("a: msg {text}%(nl)s\n")),
+    );
+    for i in 0..20u8 {
+        let mut c =
+            connect_from(Ipv4Addr::new(127, 0, 12, i + 1), n.addr, IO_TIMEOUT).expect("connect");
+        c.write_all(b"GET / HTTP/1.0\r\nHost: example\r\n\r\n")
+            .expect("write the request");
+        let r = read_all(&mut c, IO_TIMEOUT);
+        assert_eq!(r.text(), format!("{text}\n"), "try {i}; log:\n{}", n.log());
+        assert_eq!(r.end, End::Eof, "try {i}: the end is a FIN, not a reset");
+    }
+}
