@@ -14,54 +14,6 @@ use super::workers::Failure;
 use super::{Parent, MAX_PENDING};
 use crate::log;
 
-/// Connections accepted from one listener per loop turn, so one busy port cannot starve the
-/// others, the workers' channels or the reaper.
-const ACCEPT_BATCH: usize = 128;
-
-/// How many connections to accept from one listener per wakeup: between 1 and
-/// [`ACCEPT_BATCH`], starting at 1. A batch that ends with the backlog empty sets the next to
-/// what it found; a full batch followed, on the very next loop turn, by the listener still
-/// readable (a backlog) doubles it. One connection at a time then costs one accept(2), not a
-/// second one that only says EAGAIN; a backlog left behind keeps the listener readable, so
-/// poll wakes the loop for it at once.
-#[derive(Debug)]
-pub struct Pace {
-    batch: usize,
-    /// The loop turn whose batch was full, if the last one was.
-    full_turn: Option<u64>,
-}
-
-impl Default for Pace {
-    fn default() -> Pace {
-        Pace {
-            batch: 1,
-            full_turn: None,
-        }
-    }
-}
-
-impl Pace {
-    /// The batch for a wakeup on loop turn `turn`.
-    fn batch(&self, turn: u64) -> usize {
-        if self.full_turn.is_some_and(|t| t + 1 == turn) {
-            (self.batch * 2).min(ACCEPT_BATCH)
-        } else {
-            self.batch
-        }
-    }
-
-    /// A batch of `batch` on turn `turn` took `taken` connections.
-    fn took(&mut self, batch: usize, taken: usize, turn: u64) {
-        if taken >= batch {
-            self.batch = batch;
-            self.full_turn = Some(turn);
-        } else {
-            self.batch = taken.max(1);
-            self.full_turn = None;
-        }
-    }
-}
-
 /// Pause after accept fails for lack of descriptors or memory (the listener stays readable;
 /// without a pause the loop would spin).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -95,7 +47,7 @@ impl Parent {
         self.exhausted = None;
     }
 
-    /// Accepts up to [`ACCEPT_BATCH`] connections from listener `idx` and hands each to the
+    /// Accepts a batch of connections (its listener's [`Pace`](listen::Pace)) from listener `idx` and hands each to the
     /// classifier.
     pub(super) fn accept_from(&mut self, idx: usize) -> Result<(), Failure> {
         let turn = self.turn;
@@ -217,38 +169,5 @@ impl Parent {
                 return self.worker_failed(f);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_batch_grows_only_for_a_backlog_and_shrinks_to_what_was_waiting() {
-        let mut p = Pace::default();
-        // A lone connection per wakeup, turns apart: one accept each time.
-        for turn in [10, 13, 16] {
-            assert_eq!(p.batch(turn), 1);
-            p.took(1, 1, turn);
-        }
-        // Still readable on the next turn: a backlog, so the batch doubles, up to the cap.
-        p.took(1, 1, 20);
-        assert_eq!(p.batch(21), 2);
-        let mut turn = 21;
-        let mut batch = 2;
-        while batch < ACCEPT_BATCH {
-            p.took(batch, batch, turn);
-            turn += 1;
-            batch = p.batch(turn);
-        }
-        assert_eq!(batch, ACCEPT_BATCH);
-        p.took(batch, batch, turn);
-        assert_eq!(p.batch(turn + 1), ACCEPT_BATCH);
-        // The backlog emptied after 3: the next batch is 3, whatever the turn.
-        p.took(ACCEPT_BATCH, 3, turn + 1);
-        assert_eq!(p.batch(turn + 2), 3);
-        p.took(3, 0, turn + 2);
-        assert_eq!(p.batch(turn + 3), 1);
     }
 }

@@ -1,4 +1,5 @@
-//! Listening sockets: bind every `listen` of nanny.conf, and accept from them without blocking.
+//! Listening sockets: bind every `listen` of nanny.conf, accept from them without blocking, and
+//! pace how many connections each wakeup takes ([`Pace`]).
 //!
 //! Runs in the parent (root or not) before any worker exists (binding low ports is the reason
 //! the parent starts privileged). The peers are untrusted; all this code takes from them is the
@@ -38,7 +39,55 @@ pub struct Listener {
     /// protocol header (proxy.rs). None on a plain listen.
     pub proxy: Option<AddrSet>,
     /// How many connections to accept on its next poll wakeup (accept.rs).
-    pub pace: super::accept::Pace,
+    pub pace: Pace,
+}
+
+/// Connections accepted from one listener per loop turn, so one busy port cannot starve the
+/// others, the workers' channels or the reaper.
+const ACCEPT_BATCH: usize = 128;
+
+/// How many connections to accept from one listener per wakeup: between 1 and
+/// [`ACCEPT_BATCH`], starting at 1. A batch that ends with the backlog empty sets the next to
+/// what it found; a full batch followed, on the very next loop turn, by the listener still
+/// readable (a backlog) doubles it. One connection at a time then costs one accept(2), not a
+/// second one that only says EAGAIN; a backlog left behind keeps the listener readable, so
+/// poll wakes the loop for it at once.
+#[derive(Debug)]
+pub struct Pace {
+    batch: usize,
+    /// The loop turn whose batch was full, if the last one was.
+    full_turn: Option<u64>,
+}
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace {
+            batch: 1,
+            full_turn: None,
+        }
+    }
+}
+
+impl Pace {
+    /// The batch for a wakeup on loop turn `turn`.
+    pub fn batch(&self, turn: u64) -> usize {
+        if self.full_turn.is_some_and(|t| t + 1 == turn) {
+            (self.batch * 2).min(ACCEPT_BATCH)
+        } else {
+            self.batch
+        }
+    }
+
+    /// A batch of `batch` on turn `turn` took `taken` connections.
+    pub fn took(&mut self, batch: usize, taken: usize, turn: u64) {
+        if taken >= batch {
+            self.batch = batch;
+            self.full_turn = Some(turn);
+        } else {
+            self.batch = taken.max(1);
+            self.full_turn = None;
+        }
+    }
 }
 
 /// Where one `listen` line binds: an explicit address, or both wildcards.
@@ -99,7 +148,7 @@ pub fn bind_with(addr: SocketAddr, opts: &ListenOptions) -> io::Result<Listener>
         addr,
         trap: false,
         proxy: opts.proxy.as_ref().map(|p| p.set.clone()),
-        pace: super::accept::Pace::default(),
+        pace: Pace::default(),
     })
 }
 
@@ -127,7 +176,7 @@ pub fn adopt(fd: OwnedFd) -> io::Result<Listener> {
         addr,
         trap: false,
         proxy: None,
-        pace: super::accept::Pace::default(),
+        pace: Pace::default(),
     })
 }
 
@@ -320,5 +369,33 @@ mod tests {
         let lines = [(l.addr.port(), Some(l.addr.ip()), ListenOptions::default())];
         // SO_REUSEADDR does not allow two listeners on one address.
         assert!(bind_all(&lines).is_err());
+    }
+
+    #[test]
+    fn the_batch_grows_only_for_a_backlog_and_shrinks_to_what_was_waiting() {
+        let mut p = Pace::default();
+        // A lone connection per wakeup, turns apart: one accept each time.
+        for turn in [10, 13, 16] {
+            assert_eq!(p.batch(turn), 1);
+            p.took(1, 1, turn);
+        }
+        // Still readable on the next turn: a backlog, so the batch doubles, up to the cap.
+        p.took(1, 1, 20);
+        assert_eq!(p.batch(21), 2);
+        let mut turn = 21;
+        let mut batch = 2;
+        while batch < ACCEPT_BATCH {
+            p.took(batch, batch, turn);
+            turn += 1;
+            batch = p.batch(turn);
+        }
+        assert_eq!(batch, ACCEPT_BATCH);
+        p.took(batch, batch, turn);
+        assert_eq!(p.batch(turn + 1), ACCEPT_BATCH);
+        // The backlog emptied after 3: the next batch is 3, whatever the turn.
+        p.took(ACCEPT_BATCH, 3, turn + 1);
+        assert_eq!(p.batch(turn + 2), 3);
+        p.took(3, 0, turn + 2);
+        assert_eq!(p.batch(turn + 3), 1);
     }
 }
