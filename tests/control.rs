@@ -849,6 +849,11 @@ fn explain_agrees_with_what_real_connections_get() {
     .conf("user nobody");
     setup.extra_listens.push(format!("{port2}@127.0.0.1"));
     let n = Nanny::start(&s, setup);
+    // The daemon listens before its classifier has greeted it; explain needs the classifier.
+    let ready = fetch_until(Ipv4Addr::new(127, 91, 0, 1), n.addr, START_TIMEOUT, |r| {
+        r.text() == "rest\n"
+    });
+    assert!(ready.is_some(), "never served; log:\n{}", n.log());
     let sock = s.path("ctl");
     let second = SocketAddr::from((Ipv4Addr::LOCALHOST, port2));
     let cases: &[(Ipv4Addr, SocketAddr, &str)] = &[
