@@ -144,9 +144,10 @@ impl Runner {
         self.running.as_ref().map(|r| r.pid)
     }
 
-    /// The running command's output pipe, for the poll set.
-    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.running.as_ref().map(|r| r.out.as_fd())
+    /// The running command's output pipe, for the loop's epoll set, and the command's pid
+    /// (which names that pipe while the command is unreaped).
+    pub fn fd(&self) -> Option<(BorrowedFd<'_>, Pid)> {
+        self.running.as_ref().map(|r| (r.out.as_fd(), r.pid))
     }
 
     /// When the running command is killed.

@@ -270,8 +270,8 @@ impl Blocker {
         }
     }
 
-    /// The running block command's output, for the poll set.
-    pub fn runner_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+    /// The running block command's output and pid, for the loop's epoll set.
+    pub fn runner_fd(&self) -> Option<(std::os::fd::BorrowedFd<'_>, nix::unistd::Pid)> {
         self.runner.fd()
     }
 

@@ -403,7 +403,7 @@ impl Conns {
         self.insert(p, State::Writing { writer, served });
     }
 
-    /// The message writers, in poll-slot order.
+    /// The message writers.
     pub fn writers(&self) -> impl Iterator<Item = &MsgWrite<TcpStream>> {
         self.writers
             .iter()
@@ -413,7 +413,7 @@ impl Conns {
             })
     }
 
-    /// The writer in poll slot `i`.
+    /// The `i`th writer.
     pub fn writer_mut(&mut self, i: usize) -> Option<&mut MsgWrite<TcpStream>> {
         let id = self.writers.get(i)?;
         match self.rows.get_mut(id).map(|c| &mut c.state) {
@@ -422,7 +422,7 @@ impl Conns {
         }
     }
 
-    /// Removes the writer in poll slot `i` (the last slot takes its place).
+    /// Removes the `i`th writer (the last takes its place).
     pub fn finish_writer(&mut self, i: usize) -> Option<MsgWrite<TcpStream>> {
         if i >= self.writers.len() {
             return None;
@@ -434,28 +434,25 @@ impl Conns {
         }
     }
 
-    /// Writes what the sockets in slots `ready` (poll said POLLOUT) take, and times out the
-    /// writers past their deadline. Returns the writers that are done, with how they ended;
+    /// Writes what the sockets of `ready` (sorted; the loop saw them writable) take, and times
+    /// out the writers past their deadline. Returns the writers that are done, with how they ended;
     /// their rows are gone.
     pub fn advance_writers(
         &mut self,
-        ready: &[usize],
+        ready: &[ConnId],
         now: Instant,
     ) -> Vec<(MsgWrite<TcpStream>, Progress)> {
-        let n = self.writers.len();
-        let mut flagged = vec![false; n];
-        for i in ready {
-            if let Some(f) = flagged.get_mut(*i) {
-                *f = true;
-            }
-        }
         let mut done = Vec::new();
         // Walk backwards so finishing a slot never moves one we have yet to visit.
-        for i in (0..n).rev() {
+        for i in (0..self.writers.len()).rev() {
+            let flagged = self
+                .writers
+                .get(i)
+                .is_some_and(|id| ready.binary_search(id).is_ok());
             let Some(w) = self.writer_mut(i) else {
                 continue;
             };
-            if !flagged.get(i).copied().unwrap_or(false) && now < w.deadline() {
+            if !flagged && now < w.deadline() {
                 continue;
             }
             match w.advance(now) {

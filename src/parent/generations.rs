@@ -43,6 +43,8 @@ pub struct Generations {
     substitutions: bool,
     /// A parse of changed files in progress.
     loading: Option<Loader>,
+    /// Parses started: names the running loader's descriptor for the loop's epoll set.
+    loads: u64,
     /// A forced check (SIGHUP) arrived while a parse ran: check every file again after it.
     again: bool,
     rules_watch: Watched,
@@ -125,6 +127,7 @@ impl Generations {
             good: None,
             substitutions,
             loading: None,
+            loads: 0,
             again: false,
             ipfiles: BTreeMap::new(),
             conf_path: conf_path.to_path_buf(),
@@ -260,6 +263,7 @@ impl Generations {
         match Loader::start(rules, actions, self.substitutions, &self.host) {
             Ok(l) => {
                 self.loading = Some(l);
+                self.loads += 1;
                 None
             }
             Err(parsed) => Some(self.apply(*parsed, mode)),
@@ -384,9 +388,10 @@ impl Generations {
         self.loading.is_some() || self.again
     }
 
-    /// The running loader's wake-up descriptor, for the poll set.
-    pub fn loader_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.loading.as_ref().map(Loader::fd)
+    /// The running loader's wake-up descriptor, for the loop's epoll set, with a number no
+    /// other loader's descriptor has.
+    pub fn loader_fd(&self) -> Option<(BorrowedFd<'_>, u64)> {
+        self.loading.as_ref().map(|l| (l.fd(), self.loads))
     }
 
     /// Applies a finished parse; None while the loader is still at work.

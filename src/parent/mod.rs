@@ -1,5 +1,6 @@
 //! The parent process: binds, accepts, hands each connection to the classifier, acts on the
-//! admitted verdict, reaps, reloads and restarts workers. One thread, one `poll` loop.
+//! admitted verdict, reaps, reloads and restarts workers. One thread, one loop, waiting in
+//! `epoll_wait` on a set kept between turns (interest.rs).
 //!
 //! Runs as root (or the invoking user in non-root mode). It keeps root on purpose: services
 //! must be started as arbitrary configured users, which needs CAP_SETUID/CAP_SETGID for the
@@ -13,7 +14,7 @@
 //! handed on; the one exception is a PROXY header from a listed load balancer, framed and
 //! bounded by proxy.rs), worker messages (admitted before use), the administrator's files.
 //!
-//! Layout: this file holds the poll loop; start.rs builds the [`Parent`]; roles.rs is the
+//! Layout: this file holds the loop; interest.rs its epoll set; start.rs builds the [`Parent`]; roles.rs is the
 //! parent's side of privsep's role table, with the one receive loop every worker is read
 //! through and every restart decision (which group to kill, back-off, giving up); workers.rs
 //! starts and talks to the workers and keeps each restart group's back-off; from_classifier.rs,
@@ -56,6 +57,7 @@ mod from_sentry;
 mod generation_loop;
 pub mod generations;
 pub mod hostsdeny;
+mod interest;
 pub mod listen;
 mod loader;
 mod memory;
@@ -82,8 +84,9 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use interest::Interest;
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use policy::conf::OnFileError;
 use privsep::proto::{
@@ -199,8 +202,8 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Which descriptor a poll slot watches.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// What a descriptor the loop waits on is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Slot {
     Signals,
     Loader,
@@ -208,7 +211,8 @@ enum Slot {
     UdpTrap(usize),
     Worker(Role),
     Listener(usize),
-    Msg(usize),
+    /// A connection whose message waits for its socket to take more.
+    Msg(privsep::proto::ConnId),
     /// A connection awaiting its PROXY header.
     Header(privsep::proto::ConnId),
 }
@@ -216,7 +220,73 @@ enum Slot {
 impl Parent {
     // ---- the loop -----------------------------------------------------------------------
 
+    /// Says what this turn waits on and waits up to `timeout`: the slots that are ready, with
+    /// what poll(2) would have said of them (interest.rs keeps the set between turns).
+    fn wait_turn(
+        &self,
+        set: &mut Interest<Slot>,
+        timeout: PollTimeout,
+    ) -> nix::Result<Vec<(Slot, PollFlags)>> {
+        let accept_now =
+            self.accepting && self.accept_paused_until.is_none() && self.workers_ready();
+        set.begin();
+        let key = |slot, id| interest::Key { slot, id };
+        set.want(
+            key(Slot::Signals, 0),
+            self.signals.as_fd(),
+            PollFlags::POLLIN,
+            false,
+        )?;
+        if let Some((fd, serial)) = self.policy.loader_fd() {
+            set.want(key(Slot::Loader, serial), fd, PollFlags::POLLIN, false)?;
+        }
+        if let Some((fd, pid)) = self.blocker.runner_fd() {
+            let id = u64::try_from(pid.as_raw()).unwrap_or(0);
+            set.want(key(Slot::BlockCmd, id), fd, PollFlags::POLLIN, false)?;
+        }
+        for w in self.links() {
+            let id = u64::try_from(w.pid().as_raw()).unwrap_or(0);
+            set.want(key(Slot::Worker(w.role()), id), w.fd(), w.events(), false)?;
+        }
+        if accept_now {
+            for (i, l) in self.listeners.iter().enumerate() {
+                set.want(
+                    key(Slot::Listener(i), 0),
+                    l.sock.as_fd(),
+                    PollFlags::POLLIN,
+                    false,
+                )?;
+            }
+            for (i, t) in self.udp_traps.iter().enumerate() {
+                set.want(
+                    key(Slot::UdpTrap(i), 0),
+                    t.sock.as_fd(),
+                    PollFlags::POLLIN,
+                    false,
+                )?;
+            }
+        }
+        // A service may hold a connection's socket after the parent closes its copy: one-shot
+        // (interest.rs).
+        for w in self.conns.writers() {
+            let fd = w.get_ref().as_fd();
+            set.want(key(Slot::Msg(w.conn), 0), fd, PollFlags::POLLOUT, true)?;
+        }
+        // Headers are read only for a classifier to hand them to (else they wait, on their
+        // deadline).
+        if self.conns.headers_len() > 0 && self.workers_ready() {
+            for (id, r) in self.conns.headers() {
+                let fd = r.stream().as_fd();
+                set.want(key(Slot::Header(id), 0), fd, PollFlags::POLLIN, true)?;
+            }
+        }
+        let mut fired = Vec::new();
+        set.wait(timeout, &mut fired)?;
+        Ok(fired)
+    }
+
     fn run_loop(&mut self) -> Result<()> {
+        let mut set = Interest::new().map_err(|e| Error::system("epoll_create1", e))?;
         loop {
             self.turn += 1;
             if let Some(f) = self.fatal.take() {
@@ -247,67 +317,11 @@ impl Parent {
             }
 
             let timeout = self.poll_timeout(now);
-            let accept_now =
-                self.accepting && self.accept_paused_until.is_none() && self.workers_ready();
-            let links = self.links();
-            let cap = 1
-                + links.len()
-                + self.listeners.len()
-                + self.conns.writing_len()
-                + self.conns.headers_len();
-            let mut slots: Vec<Slot> = Vec::with_capacity(cap);
-            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(cap);
-            fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
-            slots.push(Slot::Signals);
-            if let Some(fd) = self.policy.loader_fd() {
-                fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                slots.push(Slot::Loader);
-            }
-            if let Some(fd) = self.blocker.runner_fd() {
-                fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                slots.push(Slot::BlockCmd);
-            }
-            for w in &links {
-                fds.push(PollFd::new(w.fd(), w.events()));
-                slots.push(Slot::Worker(w.role()));
-            }
-            if accept_now {
-                for (i, l) in self.listeners.iter().enumerate() {
-                    fds.push(PollFd::new(l.sock.as_fd(), PollFlags::POLLIN));
-                    slots.push(Slot::Listener(i));
-                }
-                for (i, t) in self.udp_traps.iter().enumerate() {
-                    fds.push(PollFd::new(t.sock.as_fd(), PollFlags::POLLIN));
-                    slots.push(Slot::UdpTrap(i));
-                }
-            }
-            for (i, w) in self.conns.writers().enumerate() {
-                fds.push(PollFd::new(w.get_ref().as_fd(), PollFlags::POLLOUT));
-                slots.push(Slot::Msg(i));
-            }
-            // Headers are read only for a classifier to hand them to (else they wait, on
-            // their deadline).
-            if self.conns.headers_len() > 0 && self.workers_ready() {
-                for (id, r) in self.conns.headers() {
-                    fds.push(PollFd::new(r.stream().as_fd(), PollFlags::POLLIN));
-                    slots.push(Slot::Header(id));
-                }
-            }
-            match poll(&mut fds, timeout) {
-                Ok(_) => {}
+            let fired = match self.wait_turn(&mut set, timeout) {
+                Ok(f) => f,
                 Err(Errno::EINTR) => continue,
-                Err(e) => return Err(Error::system("poll", e)),
-            }
-            let fired: Vec<(Slot, PollFlags)> = slots
-                .iter()
-                .zip(fds.iter())
-                .filter_map(|(s, f)| {
-                    let r = f.revents().unwrap_or(PollFlags::empty());
-                    (!r.is_empty()).then_some((*s, r))
-                })
-                .collect();
-            drop(fds);
-            drop(links);
+                Err(e) => return Err(Error::system("epoll", e)),
+            };
 
             let now = Instant::now();
             let mut msg_ready = Vec::new();
@@ -335,12 +349,11 @@ impl Parent {
                 }
                 self.expire_headers(Instant::now());
             }
-            // A batch that ended early can leave whole frames in a channel's buffer, where poll
+            // A batch that ended early can leave whole frames in a channel's buffer, where epoll
             // cannot see them (poll_timeout made this turn not wait for them). If a worker
             // failed just now, its group was restarted and this reads nothing.
             let buffered: Vec<Role> = self
                 .links()
-                .iter()
                 .filter(|w| w.has_buffered())
                 .map(|w| w.role())
                 .filter(|r| !fired.iter().any(|(s, _)| *s == Slot::Worker(*r)))
@@ -350,6 +363,7 @@ impl Parent {
                     self.worker_failed(f);
                 }
             }
+            msg_ready.sort_unstable();
             for (w, how) in self.conns.advance_writers(&msg_ready, now) {
                 finish_msg(w, how);
             }
@@ -412,7 +426,7 @@ impl Parent {
     }
 
     fn poll_timeout(&self, now: Instant) -> PollTimeout {
-        if self.links().iter().any(|w| w.has_buffered()) {
+        if self.links().any(|w| w.has_buffered()) {
             return PollTimeout::ZERO;
         }
         let mut until = self.next_reload;

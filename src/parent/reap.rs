@@ -82,11 +82,7 @@ impl Parent {
             if self.blocker.runner().on_exit(pid, st) {
                 continue;
             }
-            let worker = self
-                .links()
-                .iter()
-                .find(|w| w.pid() == pid)
-                .map(|w| w.role());
+            let worker = self.links().find(|w| w.pid() == pid).map(|w| w.role());
             match worker {
                 Some(role) => {
                     failed.get_or_insert(Failure::new(

@@ -66,25 +66,24 @@ fn restart(role: Role) -> Restart {
 }
 
 impl Parent {
-    /// The running workers, whatever their message types, for the loop.
-    pub(super) fn links(&self) -> Vec<&dyn Link> {
-        let mut v: Vec<&dyn Link> = Vec::with_capacity(privsep::ROLES.len());
-        if let Some(w) = &self.classifier {
-            v.push(w);
-        }
-        if let Some(w) = &self.resolver {
-            v.push(w);
-        }
-        if let Some(w) = &self.sentry {
-            v.push(w);
-        }
-        if let Some(w) = self.control.as_ref().and_then(|c| c.worker.as_ref()) {
-            v.push(w);
-        }
-        if let Some(w) = self.netfilter.as_ref().and_then(|n| n.worker.as_ref()) {
-            v.push(w);
-        }
-        v
+    /// The running workers, whatever their message types, for the loop (no allocation: the
+    /// loop asks several times a turn).
+    pub(super) fn links(&self) -> impl Iterator<Item = &dyn Link> {
+        [
+            self.classifier.as_ref().map(|w| w as &dyn Link),
+            self.resolver.as_ref().map(|w| w as &dyn Link),
+            self.sentry.as_ref().map(|w| w as &dyn Link),
+            self.control
+                .as_ref()
+                .and_then(|c| c.worker.as_ref())
+                .map(|w| w as &dyn Link),
+            self.netfilter
+                .as_ref()
+                .and_then(|n| n.worker.as_ref())
+                .map(|w| w as &dyn Link),
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// Writes what each worker's channel has queued (what its socket takes now; the rest
@@ -232,7 +231,7 @@ impl Parent {
 
     fn group_running(&self, role: Role) -> bool {
         let group = role.restart_group();
-        self.links().iter().any(|w| group.contains(&w.role()))
+        self.links().any(|w| group.contains(&w.role()))
     }
 
     /// A worker failed (died, closed its channel, broke the protocol or timed out): kill its
