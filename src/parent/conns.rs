@@ -488,6 +488,18 @@ impl Conns {
         self.headers.len()
     }
 
+    /// The row that has awaited its header longest. Rows are added as they are accepted and
+    /// every deadline is the accept time plus the same `HEADER_DEADLINE`, so this one's
+    /// deadline is also the earliest.
+    pub fn oldest_header(&self) -> Option<(ConnId, &HeaderRead)> {
+        self.headers
+            .iter()
+            .find_map(|id| match self.rows.get(id).map(|c| &c.state) {
+                Some(State::Header(r)) => Some((*id, r)),
+                _ => None,
+            })
+    }
+
     /// The rows awaiting their header.
     pub fn headers(&self) -> impl Iterator<Item = (ConnId, &HeaderRead)> {
         self.headers
@@ -686,5 +698,44 @@ mod tests {
         assert!(t.finish_writer(5).is_none());
         assert_eq!(t.drain_writers().len(), 2);
         assert!(t.is_empty());
+    }
+
+    /// The oldest row awaiting its header has the earliest deadline: expiry stops at the first
+    /// row still in time (proxy.rs), so this order is what drops late headers at all.
+    #[test]
+    fn the_oldest_header_is_the_first_accepted_still_waiting() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = l.local_addr().unwrap();
+        let t0 = Instant::now();
+        let mut t = Conns::default();
+        for i in 1..=3u64 {
+            let at = t0 + std::time::Duration::from_millis(i);
+            let meta = Meta {
+                id: ConnId(i),
+                remote: local,
+                local,
+                via: None,
+                accepted: at,
+            };
+            t.add_header(meta, HeaderRead::new(stream(&l), at));
+        }
+        let oldest = |t: &Conns| t.oldest_header().map(|(id, r)| (id.0, r.deadline()));
+        assert_eq!(oldest(&t).map(|o| o.0), Some(1));
+        assert!(t.take_header(ConnId(2)).is_some());
+        assert_eq!(
+            oldest(&t).map(|o| o.0),
+            Some(1),
+            "taking a younger one changes nothing"
+        );
+        let first = oldest(&t).map(|o| o.1);
+        assert!(t.take_header(ConnId(1)).is_some());
+        let (id, deadline) = oldest(&t).unwrap();
+        assert_eq!(id, 3);
+        assert!(
+            Some(deadline) > first,
+            "the next oldest has the next deadline"
+        );
+        assert!(t.take_header(ConnId(3)).is_some());
+        assert!(t.oldest_header().is_none());
     }
 }

@@ -92,15 +92,15 @@ impl Parent {
         Ok(())
     }
 
-    /// Drops the connections whose header did not come in time.
+    /// Drops the connections whose header did not come in time: the oldest first, up to the
+    /// first still in time (a turn costs nothing per waiting connection).
     pub(super) fn expire_headers(&mut self, now: Instant) {
-        let late: Vec<ConnId> = self
+        while let Some(id) = self
             .conns
-            .headers()
+            .oldest_header()
             .filter(|(_, r)| r.deadline() <= now)
             .map(|(id, _)| id)
-            .collect();
-        for id in late {
+        {
             if let Some((meta, _)) = self.conns.take_header(id) {
                 log::notice(&format!(
                     "drop conn={} via {}: no PROXY header within {} s",
@@ -108,6 +108,8 @@ impl Parent {
                     meta.remote,
                     HEADER_DEADLINE.as_secs()
                 ));
+            } else {
+                break;
             }
         }
     }
@@ -120,9 +122,9 @@ impl Parent {
         }
     }
 
-    /// The earliest header deadline (for the poll timeout).
+    /// The earliest header deadline (for the loop's timeout).
     pub(super) fn next_header_deadline(&self) -> Option<Instant> {
-        self.conns.headers().map(|(_, r)| r.deadline()).min()
+        self.conns.oldest_header().map(|(_, r)| r.deadline())
     }
 
     fn header_step(&mut self, id: ConnId, step: Step, now: Instant) -> Result<(), Failure> {
