@@ -1,4 +1,4 @@
-# bench/lib.sh: shell helpers shared by bench/run.sh, bench/lookups/run.sh and bench/sentry/run.sh
+# bench/lib.sh: shell helpers shared by bench/run.sh, bench/waiting.sh, bench/lookups/run.sh and bench/sentry/run.sh
 # (sourced, not run).
 # The caller sets BENCH_NAME (the prefix of its messages), and for cleanup `pids` (what it
 # started) and `work` (its scratch directory).
@@ -26,6 +26,15 @@ worker_of() {
             return
         fi
     done
+}
+
+# make_work NAME: sets `work` to a fresh scratch directory (mode 0755) named after NAME. As root
+# under /run, not /tmp: the classifier's chroot dir must have no group/world-writable ancestor.
+make_work() {
+    local base=/tmp
+    if [ "$(id -u)" -eq 0 ] && [ -d /run ]; then base=/run; fi
+    work=$(mktemp -d "$base/$1.XXXXXX")
+    chmod 0755 "$work"
 }
 
 # cleanup: the EXIT trap. Stops every process in `pids` (TERM, then KILL), by pid only, and

@@ -38,11 +38,7 @@ command -v tcpserver >/dev/null || { echo "bench: tcpserver missing (apt-get ins
 
 build_portnanny_and_loadgen "$root" "$target"
 
-# As root the classifier's chroot dir must have no group/world-writable ancestor, so not /tmp.
-base=/tmp
-if [ "$(id -u)" -eq 0 ] && [ -d /run ]; then base=/run; fi
-work=$(mktemp -d "$base/portnanny-bench.XXXXXX")
-chmod 0755 "$work"
+make_work portnanny-bench
 pids=()
 trap cleanup EXIT
 

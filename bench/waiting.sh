@@ -28,10 +28,7 @@ target=${CARGO_TARGET_DIR:-$root/target}
 command -v python3 >/dev/null || { echo "waiting: python3 missing" >&2; exit 1; }
 
 build_portnanny_and_loadgen "$root" "$target"
-base=/tmp
-if [ "$(id -u)" -eq 0 ] && [ -d /run ]; then base=/run; fi
-work=$(mktemp -d "$base/portnanny-waiting.XXXXXX")
-chmod 0755 "$work"
+make_work portnanny-waiting
 pids=()
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
