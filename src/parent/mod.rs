@@ -14,16 +14,15 @@
 //! handed on; the one exception is a PROXY header from a listed load balancer, framed and
 //! bounded by proxy.rs), worker messages (admitted before use), the administrator's files.
 //!
-//! Layout: this file holds the loop; interest.rs its epoll set; start.rs builds the [`Parent`]; roles.rs is the
-//! parent's side of privsep's role table, with the one receive loop every worker is read
-//! through and every restart decision (which group to kill, back-off, giving up); workers.rs
+//! Layout: this file holds the loop; interest.rs its epoll set; start.rs builds the [`Parent`];
+//! roles.rs is the parent's side of privsep's role table, with the one receive loop every worker is
+//! read through and every restart decision (which group to kill, back-off, giving up); workers.rs
 //! starts and talks to the workers and keeps each restart group's back-off; from_classifier.rs,
 //! from_resolver.rs, from_sentry.rs, from_control.rs and from_netfilter.rs admit each peer's
-//! messages, run their handlers and say what their side forgets when its worker dies;
-//! accept.rs, verdict.rs and reap.rs move a connection through the one live-connection table
-//! in conns.rs; generations.rs keeps the policy generations and generation_loop.rs reloads
-//! them, ships them and rolls back to the last one that ran; memory.rs gives a large policy's
-//! memory back.
+//! messages, run their handlers and say what their side forgets when its worker dies; accept.rs,
+//! verdict.rs and reap.rs move a connection through the one live-connection table in conns.rs;
+//! generations.rs keeps the policy generations and generation_loop.rs reloads them, ships them and
+//! rolls back to the last one that ran; memory.rs gives a large policy's memory back.
 //!
 //! Invariants:
 //! - every connection gets exactly one verdict, or is closed unanswered (fail closed) when its
@@ -266,18 +265,24 @@ impl Parent {
                 )?;
             }
         }
-        // A service may hold a connection's socket after the parent closes its copy: one-shot
-        // (interest.rs).
-        for w in self.conns.writers() {
-            let fd = w.get_ref().as_fd();
-            set.want(key(Slot::Msg(w.conn), 0), fd, PollFlags::POLLOUT, true)?;
-        }
+        let writers = self
+            .conns
+            .writers()
+            .map(|w| (Slot::Msg(w.conn), w.get_ref().as_fd(), PollFlags::POLLOUT));
         // Headers are read only for a classifier to hand them to (else they wait, on their
         // deadline).
-        if self.conns.headers_len() > 0 && self.workers_ready() {
-            for (id, r) in self.conns.headers() {
-                let fd = r.stream().as_fd();
-                set.want(key(Slot::Header(id), 0), fd, PollFlags::POLLIN, true)?;
+        let read_headers = self.conns.headers_len() > 0 && self.workers_ready();
+        let headers = self
+            .conns
+            .headers()
+            .filter(|_| read_headers)
+            .map(|(id, r)| (Slot::Header(id), r.stream().as_fd(), PollFlags::POLLIN));
+        for (slot, fd, events) in writers.chain(headers) {
+            // One-shot: a service may hold a connection's socket after the parent closed its
+            // copy (interest.rs). A socket the kernel will not watch (out of epoll watches) is
+            // left to its deadline; it does not end the daemon.
+            if let Err(e) = set.want(key(slot, 0), fd, events, true) {
+                log::debug(1, &format!("cannot watch {slot:?}: {e}"));
             }
         }
         let mut fired = Vec::new();
