@@ -34,7 +34,7 @@ pub(super) struct Key<S> {
 }
 
 #[derive(Debug)]
-struct Registration<S> {
+struct Registration {
     fd: RawFd,
     events: EpollFlags,
     token: u64,
@@ -43,8 +43,6 @@ struct Registration<S> {
     armed: bool,
     /// The turn that last wanted it.
     wanted: u64,
-    /// Where the loop dispatches its events (a slot can carry an index that moves).
-    slot: S,
 }
 
 /// Events taken per `epoll_wait`; more wait for the next turn (level-triggered).
@@ -52,7 +50,7 @@ const MAX_EVENTS: usize = 256;
 
 pub(super) struct Interest<S> {
     epoll: Epoll,
-    regs: HashMap<Key<S>, Registration<S>>,
+    regs: HashMap<Key<S>, Registration>,
     by_token: HashMap<u64, Key<S>>,
     by_fd: HashMap<RawFd, Key<S>>,
     next_token: u64,
@@ -100,7 +98,6 @@ impl<S: Copy + Eq + std::hash::Hash> Interest<S> {
         let flags = epoll_flags(events, one_shot);
         if let Some(r) = self.regs.get_mut(&key) {
             r.wanted = self.turn;
-            r.slot = key.slot;
             if r.fd == raw {
                 if r.events != flags || !r.armed {
                     let mut ev = EpollEvent::new(flags, r.token);
@@ -136,7 +133,6 @@ impl<S: Copy + Eq + std::hash::Hash> Interest<S> {
                 one_shot,
                 armed: true,
                 wanted: self.turn,
-                slot: key.slot,
             },
         );
         self.by_token.insert(token, key);
@@ -199,7 +195,7 @@ impl<S: Copy + Eq + std::hash::Hash> Interest<S> {
             }
             let bits = ev.events().bits() & 0xffff;
             fired.push((
-                r.slot,
+                key.slot,
                 PollFlags::from_bits_truncate(i16::try_from(bits).unwrap_or(0)),
             ));
         }
