@@ -122,18 +122,19 @@ impl Builtins<'_> {
     fn get(&self, name: &str) -> Option<Value> {
         let f = self.facts;
         let s = |v: &str| Some(Value::Str(v.to_owned()));
-        let ip = f.remote.ip().to_string();
+        // Formatted only for the names that use it: most messages name no address at all.
+        let ip = || f.remote.ip().to_string();
         let hostname = || {
             f.host
                 .and_then(HostInfo::verified)
-                .map_or_else(|| ip.clone(), str::to_owned)
+                .map_or_else(ip, str::to_owned)
         };
         let who = || match f.identd {
             Some(id) if !id.is_empty() => format!("{id}@"),
             _ => String::new(),
         };
         match name {
-            "ip" => Some(Value::Str(ip.clone())),
+            "ip" => Some(Value::Str(ip())),
             "remport" => Some(Value::Int(i64::from(f.remote.port()))),
             "localip" => Some(Value::Str(f.local.ip().to_string())),
             "port" => Some(Value::Int(i64::from(f.local.port()))),
@@ -149,7 +150,7 @@ impl Builtins<'_> {
                 .and_then(|t| t.last_secs_ago)
                 .map(|n| Value::Int(i64::try_from(n).unwrap_or(i64::MAX))),
             "connsum" => Some(Value::Str(format!("{}{}", who(), hostname()))),
-            "connipsum" => Some(Value::Str(format!("{}{ip}", who()))),
+            "connipsum" => Some(Value::Str(format!("{}{}", who(), ip()))),
             "class" => s(self.class),
             "lineno" => self.matched.map(|m| Value::Int(i64::from(m.lineno))),
             "label" => self
