@@ -11,7 +11,9 @@
 //! corrupted"). Any failure is a [`Violation`]: the caller logs it at LOG_CRIT, kills the
 //! classifier, closes every connection it had pending and restarts it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+
+use foldhash::{HashSet, HashSetExt};
 use std::fmt;
 use std::sync::Arc;
 

@@ -17,7 +17,7 @@
 //! Connections closed at once (drop, reject without a message, expansion errors) never outlive
 //! the verdict and have no row after it.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
@@ -106,7 +106,7 @@ pub struct Conns {
     writers: Vec<ConnId>,
     pending: usize,
     /// Pending rows that are probes (no socket ever).
-    probes: std::collections::HashSet<ConnId>,
+    probes: HashSet<ConnId>,
     /// Rows in `Header` (so a loop turn without any costs nothing).
     headers: Vec<ConnId>,
 }

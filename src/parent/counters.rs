@@ -5,7 +5,7 @@
 //! Runs in the parent; updated from admitted verdicts and the parent's own events. Counting a
 //! verdict is a hash lookup with no allocation once its class has been seen.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::time::Instant;
 
 use privsep::control::{ClassMetrics, LookupMetrics, Metrics};
@@ -27,9 +27,9 @@ impl Default for Counters {
     fn default() -> Self {
         Counters {
             started: Instant::now(),
-            by_class: HashMap::new(),
-            refused: HashMap::new(),
-            restarts: HashMap::new(),
+            by_class: HashMap::default(),
+            refused: HashMap::default(),
+            restarts: HashMap::default(),
             blocks: 0,
         }
     }
@@ -73,7 +73,7 @@ impl Counters {
         blocked_now: usize,
         lookups: Vec<LookupMetrics>,
     ) -> Metrics {
-        let mut active: HashMap<&str, u64> = HashMap::new();
+        let mut active: HashMap<&str, u64> = HashMap::default();
         for c in conns.iter() {
             if let Some(s) = c.served() {
                 *active.entry(s.action_class.as_str()).or_insert(0) += 1;

@@ -18,7 +18,7 @@
 //!
 //! Runs in the parent; touches only descriptors the loop passes in.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use nix::errno::Errno;
@@ -71,9 +71,9 @@ impl<S: Copy + Eq + std::hash::Hash> Interest<S> {
     pub fn new() -> nix::Result<Interest<S>> {
         Ok(Interest {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-            regs: HashMap::new(),
-            by_token: HashMap::new(),
-            by_fd: HashMap::new(),
+            regs: HashMap::default(),
+            by_token: HashMap::default(),
+            by_fd: HashMap::default(),
             next_token: 1,
             turn: 0,
             events: vec![EpollEvent::empty(); MAX_EVENTS],
