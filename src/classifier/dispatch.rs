@@ -444,12 +444,12 @@ impl Dispatcher {
 
     /// The aftermaxthreads class, if it applies: as in the original, only when maxthreads
     /// enables threading at all (maxthreads 0 means "evaluate one at a time, always").
-    fn overflow_class(&self) -> Option<ClassName> {
+    fn overflow_class(&self) -> Option<&ClassName> {
         let settings = self.settings.as_ref()?;
         if settings.maxthreads == 0 {
             return None;
         }
-        settings.aftermaxthreads.clone()
+        settings.aftermaxthreads.as_ref()
     }
 
     fn on_conn_closed(&mut self, conn: ConnId) -> Flow {
@@ -495,7 +495,7 @@ impl Dispatcher {
     /// lookups); answered at once when it cannot run. Exactly one `Explained` either way.
     fn on_explain(&mut self, req: ReqId, ask: ExplainAsk, local: SocketAddr) -> Flow {
         let overflow = match &self.pool {
-            Some(pool) if pool.busy() => self.overflow_class(),
+            Some(pool) if pool.busy() => self.overflow_class().cloned(),
             _ => None,
         };
         let job = Box::new(explain::Job {

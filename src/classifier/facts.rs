@@ -57,8 +57,9 @@ pub struct ConnFacts<'a> {
     shared: &'a Shared,
     remote: SocketAddr,
     local: SocketAddr,
-    reply_tx: cb::Sender<Reply>,
-    reply_rx: cb::Receiver<Reply>,
+    /// Where the resolver reader answers this connection's lookups: made by the first lookup
+    /// (most connections need none, and a channel costs allocations to make and to drop).
+    replies: Option<(cb::Sender<Reply>, cb::Receiver<Reply>)>,
     slots: HashMap<Query, Slot>,
     pending: HashMap<ReqId, Query>,
     seen: Option<SeenTimes>,
@@ -80,13 +81,11 @@ pub struct ConnFacts<'a> {
 
 impl<'a> ConnFacts<'a> {
     pub fn new(shared: &'a Shared, remote: SocketAddr, local: SocketAddr) -> ConnFacts<'a> {
-        let (reply_tx, reply_rx) = cb::unbounded();
         ConnFacts {
             shared,
             remote: canonical(remote),
             local: canonical(local),
-            reply_tx,
-            reply_rx,
+            replies: None,
             slots: HashMap::new(),
             pending: HashMap::new(),
             seen: None,
@@ -263,7 +262,8 @@ impl<'a> ConnFacts<'a> {
         if self.slots.contains_key(query) {
             return;
         }
-        let slot = match self.shared.lookups.start(query.clone(), &self.reply_tx) {
+        let (reply_tx, _) = self.replies.get_or_insert_with(cb::unbounded);
+        let slot = match self.shared.lookups.start(query.clone(), reply_tx) {
             Some((req, deadline)) => {
                 self.pending.insert(req, query.clone());
                 Slot::Pending { req, deadline }
@@ -284,7 +284,12 @@ impl<'a> ConnFacts<'a> {
                 Some(Slot::Pending { req, deadline }) => (*req, *deadline),
                 None => return None,
             };
-            match self.reply_rx.recv_deadline(deadline) {
+            // A pending slot was started, so the channel exists.
+            let got = match &self.replies {
+                Some((_, reply_rx)) => reply_rx.recv_deadline(deadline),
+                None => Err(RecvTimeoutError::Disconnected),
+            };
+            match got {
                 Ok((got, answer)) => self.settle(got, Some(answer)),
                 Err(RecvTimeoutError::Timeout) => {
                     self.shared.lookups.timed_out(req);
@@ -299,7 +304,7 @@ impl<'a> ConnFacts<'a> {
                     );
                     self.settle(req, None);
                 }
-                // Cannot happen while we hold reply_tx; treat like a timeout.
+                // Cannot happen while we hold the sender; treat like a timeout.
                 Err(RecvTimeoutError::Disconnected) => {
                     self.shared.lookups.timed_out(req);
                     self.settle(req, None);
