@@ -485,6 +485,9 @@ fn admit_verdict<P: Pending>(
     })
 }
 
+/// Up to this many matched classes, duplicates are found by comparison instead of a set.
+const FEW_CLASSES: usize = 8;
+
 fn check_classes(
     table: &GenTable,
     classes: &[proto::MatchedClassFact],
@@ -497,8 +500,10 @@ fn check_classes(
             cid.to_owned(),
         ));
     }
-    let mut seen = HashSet::with_capacity(classes.len());
-    let mut out = Vec::with_capacity(classes.len());
+    // A handful of classes is the rule: comparing with those already taken beats building a
+    // set; the set is for the long lists (bounded by the table's size, checked above).
+    let mut seen = (classes.len() > FEW_CLASSES).then(|| HashSet::with_capacity(classes.len()));
+    let mut out: Vec<MatchedClass> = Vec::with_capacity(classes.len());
     for c in classes {
         let name = c.name.as_str();
         if !table.classes.contains(name) {
@@ -508,7 +513,11 @@ fn check_classes(
                 format!("{cid} class={}", log_text(name)),
             ));
         }
-        if !seen.insert(name) {
+        let twice = match &mut seen {
+            Some(seen) => !seen.insert(name),
+            None => out.iter().any(|m| m.name == name),
+        };
+        if twice {
             return Err(refuse(V, "class matched twice", cid.to_owned()));
         }
         out.push(MatchedClass {
@@ -676,6 +685,25 @@ limited: run /bin/true : failrun /bin/false
             decision,
             facts,
         }
+    }
+
+    #[test]
+    fn many_matched_classes_are_checked_for_repeats_too() {
+        // More classes than FEW_CLASSES: the set path.
+        let names: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+        let table = GenTable::new(Gen(1), None, names.clone(), None);
+        let mut distinct: Vec<&str> = names.iter().map(String::as_str).take(10).collect();
+        distinct.push(GLOBAL);
+        assert!(distinct.len() > FEW_CLASSES);
+        let got = check_classes(&table, &classes(&distinct), "conn=1").expect("distinct");
+        assert_eq!(got.classes.len(), 11);
+        let mut repeated = distinct.clone();
+        repeated[9] = "c2";
+        let err = check_classes(&table, &classes(&repeated), "conn=1").unwrap_err();
+        assert_eq!(err.check, "class matched twice");
+        // And the comparison path, below the threshold.
+        let err = check_classes(&table, &classes(&["c1", "c1", GLOBAL]), "conn=1").unwrap_err();
+        assert_eq!(err.check, "class matched twice");
     }
 
     #[test]

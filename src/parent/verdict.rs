@@ -62,7 +62,7 @@ pub fn act(
     let conn = meta.id;
     let d = v.decision();
     let disposition = d.disposition;
-    let class = v.action_class_name().unwrap_or("-").to_owned();
+    let class = v.action_class_name().unwrap_or("-");
     if log::enabled(1) {
         let why = match d.refusal {
             None => String::new(),
@@ -75,7 +75,7 @@ pub fn act(
                 conn.0,
                 meta.remote,
                 meta.local,
-                log::escape(&class),
+                log::escape(class),
                 disposition.as_str(),
                 v.gen().0,
                 trap.map_or_else(String::new, |m| format!(" trap={}", m.as_str())),
@@ -105,7 +105,7 @@ pub fn act(
             log::err(&format!(
                 "conn={} class={}: {e}; dropping the connection",
                 conn.0,
-                log::escape(&class)
+                log::escape(class)
             ));
             return close(meta, stream);
         }
@@ -124,10 +124,9 @@ pub fn act(
         // A probe or a peer that has gone: nothing to run or send.
         return close(meta, None);
     };
-    let names: Vec<&str> = v.classification().names().collect();
     let served = |user: Option<String>| Served {
-        classes: names.iter().map(|s| s.to_string()).collect(),
-        action_class: class.clone(),
+        classes: v.classification().names().map(str::to_owned).collect(),
+        action_class: class.to_owned(),
         label: v.label().map(str::to_owned),
         gen: v.gen(),
         user,
@@ -140,16 +139,17 @@ pub fn act(
                 log::err(&format!(
                     "conn={} class={}: nothing to run; dropping",
                     conn.0,
-                    log::escape(&class)
+                    log::escape(class)
                 ));
                 return close(meta, Some(stream));
             };
+            let names: Vec<&str> = v.classification().names().collect();
             let mut env = ServiceEnv {
                 remote: meta.remote,
                 local: meta.local,
                 host: v.host().and_then(|h| h.verified()),
                 identd: v.identd(),
-                class: &class,
+                class,
                 classes: &names,
                 label: v.label(),
             }
@@ -173,7 +173,7 @@ pub fn act(
                     log::err(&format!(
                         "conn={} class={}: cannot run {}: {e}",
                         conn.0,
-                        log::escape(&class),
+                        log::escape(class),
                         log::escape(argv.first().map_or("", String::as_str))
                     ));
                     Acted::Closed
@@ -207,12 +207,13 @@ pub fn act(
                 log::warn(&format!(
                     "conn={} class={}: message cut to {} bytes",
                     conn.0,
-                    log::escape(&class),
+                    log::escape(class),
                     msgwrite::MAX_MSG_BYTES
                 ));
             }
-            let mut w = MsgWrite::new(conn, stream, bytes, Instant::now());
-            match w.advance(Instant::now()) {
+            let now = Instant::now();
+            let mut w = MsgWrite::new(conn, stream, bytes, now);
+            match w.advance(now) {
                 Progress::Blocked => Acted::Writing {
                     writer: w,
                     served: served(None),
