@@ -67,6 +67,9 @@ pub fn format_template(
     lookup: &dyn Fn(&str) -> Result<Value, ExpandErrorKind>,
 ) -> Result<String, ExpandErrorKind> {
     let bad = |m: String| Err(ExpandErrorKind::BadFormat(m));
+    if !template.contains('%') {
+        return Ok(template.to_owned());
+    }
     let mut out = String::with_capacity(template.len());
     let chars: Vec<char> = template.chars().collect();
     let mut i = 0;
@@ -173,7 +176,7 @@ pub fn format_template(
             ));
         };
         i += 1;
-        out.push_str(&convert(&key, &value, conv, &spec)?);
+        out.push_str(&convert(&key, value, conv, &spec)?);
     }
     Ok(out)
 }
@@ -193,6 +196,9 @@ fn pad(body: String, sign_prefix: &str, spec: &Spec, numeric: bool) -> String {
     let len = body.chars().count() + sign_prefix.chars().count();
     let width = spec.width.unwrap_or(0);
     if len >= width {
+        if sign_prefix.is_empty() {
+            return body;
+        }
         return format!("{sign_prefix}{body}");
     }
     let fill = width - len;
@@ -232,7 +238,7 @@ fn py_repr(s: &str) -> String {
     out
 }
 
-fn convert(key: &str, value: &Value, conv: char, spec: &Spec) -> Result<String, ExpandErrorKind> {
+fn convert(key: &str, value: Value, conv: char, spec: &Spec) -> Result<String, ExpandErrorKind> {
     let need_number = || {
         ExpandErrorKind::BadFormat(format!(
             "%({key}){conv} needs a number, but {key} is text (use %({key})s)"
@@ -251,13 +257,10 @@ fn convert(key: &str, value: &Value, conv: char, spec: &Spec) -> Result<String, 
     };
     match conv {
         's' | 'r' | 'a' => {
-            let mut text = if conv == 's' {
-                value.as_text()
-            } else {
-                match value {
-                    Value::Str(s) => py_repr(s),
-                    Value::Int(n) => n.to_string(),
-                }
+            let mut text = match value {
+                Value::Str(s) if conv == 's' => s,
+                Value::Str(s) => py_repr(&s),
+                Value::Int(n) => n.to_string(),
             };
             if let Some(p) = spec.precision {
                 text = text.chars().take(p).collect();
@@ -280,7 +283,7 @@ fn convert(key: &str, value: &Value, conv: char, spec: &Spec) -> Result<String, 
                     digits = format!("{}{digits}", "0".repeat(p - digits.len()));
                 }
             }
-            let mut prefix = sign(*n).to_owned();
+            let mut prefix = sign(n).to_owned();
             if spec.alt {
                 match conv {
                     'x' => prefix.push_str("0x"),
@@ -301,11 +304,11 @@ fn convert(key: &str, value: &Value, conv: char, spec: &Spec) -> Result<String, 
             if spec.alt && p == 0 {
                 body.push('.');
             }
-            Ok(pad(body, sign(*n), spec, true))
+            Ok(pad(body, sign(n), spec, true))
         }
         'c' => {
             let ch = match value {
-                Value::Int(n) => u32::try_from(*n).ok().and_then(char::from_u32),
+                Value::Int(n) => u32::try_from(n).ok().and_then(char::from_u32),
                 Value::Str(s) if s.chars().count() == 1 => s.chars().next(),
                 Value::Str(_) => None,
             };
