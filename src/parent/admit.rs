@@ -188,6 +188,16 @@ impl fmt::Display for Violation {
     }
 }
 
+/// `conn=N` in a refusal's detail, formatted only when something is refused.
+#[derive(Clone, Copy, Debug)]
+struct Cid(ConnId);
+
+impl fmt::Display for Cid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn={}", self.0 .0)
+    }
+}
+
 fn refuse(variant: &'static str, check: &'static str, detail: impl Into<String>) -> Violation {
     Violation {
         variant,
@@ -349,14 +359,18 @@ fn admit_verdict<P: Pending>(
     facts: proto::VerdictFacts,
 ) -> Result<Verdict, Violation> {
     use proto::Disposition as D;
-    let cid = format!("conn={}", conn.0);
+    let cid = Cid(conn);
 
     // The connection: exactly one verdict per accepted connection.
     let Some(min_gen) = ctx.pending.min_gen(conn) else {
         return Err(if conn >= ctx.next_conn {
-            refuse(V, "connection never accepted", cid)
+            refuse(V, "connection never accepted", cid.to_string())
         } else {
-            refuse(V, "connection not pending (already decided or closed)", cid)
+            refuse(
+                V,
+                "connection not pending (already decided or closed)",
+                cid.to_string(),
+            )
         });
     };
 
@@ -384,10 +398,10 @@ fn admit_verdict<P: Pending>(
     };
 
     // Facts, re-validated.
-    let classification = check_classes(table, &facts.classes, &cid)?;
+    let classification = check_classes(table, &facts.classes, cid)?;
     let host = match facts.host {
         None => None,
-        Some(h) => Some(check_host(h, &cid)?),
+        Some(h) => Some(check_host(h, cid)?),
     };
 
     // The decision must name only what the table has.
@@ -409,17 +423,29 @@ fn admit_verdict<P: Pending>(
                 ));
             };
             if classification.get(&ac.name).is_none() {
-                return Err(refuse(V, "action class not among the matched classes", cid));
+                return Err(refuse(
+                    V,
+                    "action class not among the matched classes",
+                    cid.to_string(),
+                ));
             }
             Some(ac)
         }
     };
     match (d.disposition, d.refusal.is_some()) {
         (D::Run | D::Msg, true) => {
-            return Err(refuse(V, "run or msg for a refused connection", cid));
+            return Err(refuse(
+                V,
+                "run or msg for a refused connection",
+                cid.to_string(),
+            ));
         }
         (D::FailRun | D::FailMsg, false) => {
-            return Err(refuse(V, "failrun or failmsg without a refusal", cid));
+            return Err(refuse(
+                V,
+                "failrun or failmsg without a refusal",
+                cid.to_string(),
+            ));
         }
         _ => {}
     }
@@ -447,10 +473,18 @@ fn admit_verdict<P: Pending>(
         ));
     }
     if d.counted && !matches!(d.disposition, D::Run | D::FailRun) {
-        return Err(refuse(V, "counted connection that runs nothing", cid));
+        return Err(refuse(
+            V,
+            "counted connection that runs nothing",
+            cid.to_string(),
+        ));
     }
     if class.is_none() && d.log {
-        return Err(refuse(V, "log requested without an action class", cid));
+        return Err(refuse(
+            V,
+            "log requested without an action class",
+            cid.to_string(),
+        ));
     }
     let mut records = Vec::with_capacity(d.records.len());
     let mut seen_rec = HashSet::new();
@@ -467,7 +501,7 @@ fn admit_verdict<P: Pending>(
             return Err(refuse(
                 V,
                 "record for a class without record, unmatched or repeated",
-                cid,
+                cid.to_string(),
             ));
         }
         records.push(*r);
@@ -491,13 +525,13 @@ const FEW_CLASSES: usize = 8;
 fn check_classes(
     table: &GenTable,
     classes: &[proto::MatchedClassFact],
-    cid: &str,
+    cid: Cid,
 ) -> Result<Classification, Violation> {
     if classes.len() > table.classes.len() {
         return Err(refuse(
             V,
             "more matched classes than the rules have",
-            cid.to_owned(),
+            cid.to_string(),
         ));
     }
     // A handful of classes is the rule: comparing with those already taken beats building a
@@ -518,7 +552,7 @@ fn check_classes(
             None => out.iter().any(|m| m.name == name),
         };
         if twice {
-            return Err(refuse(V, "class matched twice", cid.to_owned()));
+            return Err(refuse(V, "class matched twice", cid.to_string()));
         }
         out.push(MatchedClass {
             name: name.to_owned(),
@@ -528,19 +562,19 @@ fn check_classes(
     }
     if let Some(last) = out.last() {
         if last.name != GLOBAL {
-            return Err(refuse(V, "GLOBAL missing or not last", cid.to_owned()));
+            return Err(refuse(V, "GLOBAL missing or not last", cid.to_string()));
         }
     }
     Ok(Classification { classes: out })
 }
 
-fn check_host(h: proto::HostFacts, cid: &str) -> Result<HostInfo, Violation> {
+fn check_host(h: proto::HostFacts, cid: Cid) -> Result<HostInfo, Violation> {
     let status = h.status;
     if (status == HnStatus::Unknown) != h.claimed.is_none() {
         return Err(refuse(
             V,
             "claimed hostname inconsistent with hnstatus",
-            cid.to_owned(),
+            cid.to_string(),
         ));
     }
     Ok(HostInfo {
@@ -695,14 +729,15 @@ limited: run /bin/true : failrun /bin/false
         let mut distinct: Vec<&str> = names.iter().map(String::as_str).take(10).collect();
         distinct.push(GLOBAL);
         assert!(distinct.len() > FEW_CLASSES);
-        let got = check_classes(&table, &classes(&distinct), "conn=1").expect("distinct");
+        let got = check_classes(&table, &classes(&distinct), Cid(ConnId(1))).expect("distinct");
         assert_eq!(got.classes.len(), 11);
         let mut repeated = distinct.clone();
         repeated[9] = "c2";
-        let err = check_classes(&table, &classes(&repeated), "conn=1").unwrap_err();
+        let err = check_classes(&table, &classes(&repeated), Cid(ConnId(1))).unwrap_err();
         assert_eq!(err.check, "class matched twice");
         // And the comparison path, below the threshold.
-        let err = check_classes(&table, &classes(&["c1", "c1", GLOBAL]), "conn=1").unwrap_err();
+        let err =
+            check_classes(&table, &classes(&["c1", "c1", GLOBAL]), Cid(ConnId(1))).unwrap_err();
         assert_eq!(err.check, "class matched twice");
     }
 
