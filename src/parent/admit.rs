@@ -12,10 +12,10 @@
 //! classifier, closes every connection it had pending and restarts it.
 
 use std::collections::{BTreeMap, HashMap};
-
-use foldhash::{HashSet, HashSetExt};
 use std::fmt;
 use std::sync::Arc;
+
+use foldhash::{HashSet, HashSetExt};
 
 use policy::actions::Actions;
 use policy::facts::{Classification, HnStatus, HostInfo, MatchedClass, SeenTimes, GLOBAL};
@@ -198,6 +198,12 @@ impl fmt::Display for Cid {
     }
 }
 
+impl From<Cid> for String {
+    fn from(cid: Cid) -> String {
+        cid.to_string()
+    }
+}
+
 fn refuse(variant: &'static str, check: &'static str, detail: impl Into<String>) -> Violation {
     Violation {
         variant,
@@ -364,13 +370,9 @@ fn admit_verdict<P: Pending>(
     // The connection: exactly one verdict per accepted connection.
     let Some(min_gen) = ctx.pending.min_gen(conn) else {
         return Err(if conn >= ctx.next_conn {
-            refuse(V, "connection never accepted", cid.to_string())
+            refuse(V, "connection never accepted", cid)
         } else {
-            refuse(
-                V,
-                "connection not pending (already decided or closed)",
-                cid.to_string(),
-            )
+            refuse(V, "connection not pending (already decided or closed)", cid)
         });
     };
 
@@ -423,29 +425,17 @@ fn admit_verdict<P: Pending>(
                 ));
             };
             if classification.get(&ac.name).is_none() {
-                return Err(refuse(
-                    V,
-                    "action class not among the matched classes",
-                    cid.to_string(),
-                ));
+                return Err(refuse(V, "action class not among the matched classes", cid));
             }
             Some(ac)
         }
     };
     match (d.disposition, d.refusal.is_some()) {
         (D::Run | D::Msg, true) => {
-            return Err(refuse(
-                V,
-                "run or msg for a refused connection",
-                cid.to_string(),
-            ));
+            return Err(refuse(V, "run or msg for a refused connection", cid));
         }
         (D::FailRun | D::FailMsg, false) => {
-            return Err(refuse(
-                V,
-                "failrun or failmsg without a refusal",
-                cid.to_string(),
-            ));
+            return Err(refuse(V, "failrun or failmsg without a refusal", cid));
         }
         _ => {}
     }
@@ -473,18 +463,10 @@ fn admit_verdict<P: Pending>(
         ));
     }
     if d.counted && !matches!(d.disposition, D::Run | D::FailRun) {
-        return Err(refuse(
-            V,
-            "counted connection that runs nothing",
-            cid.to_string(),
-        ));
+        return Err(refuse(V, "counted connection that runs nothing", cid));
     }
     if class.is_none() && d.log {
-        return Err(refuse(
-            V,
-            "log requested without an action class",
-            cid.to_string(),
-        ));
+        return Err(refuse(V, "log requested without an action class", cid));
     }
     let mut records = Vec::with_capacity(d.records.len());
     let mut seen_rec = HashSet::new();
@@ -501,7 +483,7 @@ fn admit_verdict<P: Pending>(
             return Err(refuse(
                 V,
                 "record for a class without record, unmatched or repeated",
-                cid.to_string(),
+                cid,
             ));
         }
         records.push(*r);
@@ -528,11 +510,7 @@ fn check_classes(
     cid: Cid,
 ) -> Result<Classification, Violation> {
     if classes.len() > table.classes.len() {
-        return Err(refuse(
-            V,
-            "more matched classes than the rules have",
-            cid.to_string(),
-        ));
+        return Err(refuse(V, "more matched classes than the rules have", cid));
     }
     // A handful of classes is the rule: comparing with those already taken beats building a
     // set; the set is for the long lists (bounded by the table's size, checked above).
@@ -552,7 +530,7 @@ fn check_classes(
             None => out.iter().any(|m| m.name == name),
         };
         if twice {
-            return Err(refuse(V, "class matched twice", cid.to_string()));
+            return Err(refuse(V, "class matched twice", cid));
         }
         out.push(MatchedClass {
             name: name.to_owned(),
@@ -562,7 +540,7 @@ fn check_classes(
     }
     if let Some(last) = out.last() {
         if last.name != GLOBAL {
-            return Err(refuse(V, "GLOBAL missing or not last", cid.to_string()));
+            return Err(refuse(V, "GLOBAL missing or not last", cid));
         }
     }
     Ok(Classification { classes: out })
@@ -574,7 +552,7 @@ fn check_host(h: proto::HostFacts, cid: Cid) -> Result<HostInfo, Violation> {
         return Err(refuse(
             V,
             "claimed hostname inconsistent with hnstatus",
-            cid.to_string(),
+            cid,
         ));
     }
     Ok(HostInfo {
