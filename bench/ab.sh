@@ -37,17 +37,6 @@ make_work portnanny-ab
 pids=()
 trap cleanup EXIT
 
-wait_listen() {
-    local port=$1 pid=$2 i
-    for i in $(seq 1 200); do
-        listening "$port" && return 0
-        kill -0 "$pid" 2>/dev/null || { echo "ab: server $pid died" >&2; exit 1; }
-        sleep 0.05
-    done
-    echo "ab: port $port never listened" >&2
-    exit 1
-}
-
 expect='hello\n'
 [ "$ACTION" = drop ] && expect=''
 ports=() names=() expects=()

@@ -1,4 +1,4 @@
-# bench/lib.sh: shell helpers shared by bench/run.sh, bench/waiting.sh, bench/lookups/run.sh and bench/sentry/run.sh
+# bench/lib.sh: shell helpers shared by bench/run.sh, bench/ab.sh, bench/waiting.sh, bench/lookups/run.sh and bench/sentry/run.sh
 # (sourced, not run).
 # The caller sets BENCH_NAME (the prefix of its messages), and for cleanup `pids` (what it
 # started) and `work` (its scratch directory).
@@ -15,6 +15,23 @@ free_port() {
         tries=$((tries + 1))
         [ "$tries" -lt 100 ] || { echo "${BENCH_NAME:-bench}: no free port" >&2; exit 1; }
     done
+}
+
+# wait_listen PORT PID: waits (10 s at most) until PORT listens; exits with the logs in `work`
+# if PID dies first or the port never listens.
+wait_listen() {
+    local port=$1 pid=$2 i
+    for i in $(seq 1 200); do
+        listening "$port" && return 0
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "${BENCH_NAME:-bench}: server $pid died; log:" >&2
+            cat "$work"/*.log >&2 2>/dev/null || true
+            exit 1
+        fi
+        sleep 0.05
+    done
+    echo "${BENCH_NAME:-bench}: port $port never listened" >&2
+    exit 1
 }
 
 # worker_of PARENT ROLE: the child of PARENT started with `--privsep-role ROLE`.

@@ -54,18 +54,6 @@ if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$need_fds" ]; then
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-
-wait_listen() {
-    local port=$1 pid=$2 i
-    for i in $(seq 1 200); do
-        listening "$port" && return 0
-        kill -0 "$pid" 2>/dev/null || { echo "bench: server $pid died; log:" >&2; cat "$work"/*.log >&2; exit 1; }
-        sleep 0.05
-    done
-    echo "bench: port $port never listened" >&2
-    exit 1
-}
-
 declare -A PORT PID
 
 # start_pn NAME ACTION [BINARY] -> sets PORT[NAME], PID[NAME]
