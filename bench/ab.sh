@@ -69,6 +69,7 @@ wait_listen "$port" "$!"
 ports+=("$port"); names+=("floor-rtt"); expects+=('hello\n')
 
 echo "ab: '$ACTION', concurrency $CONC, $ROUNDS rounds of ${DURATION}s, servers on CPU $SERVER_CPU, client on CPU $CLIENT_CPU" >&2
+echo "ab: $(platform_line)" >&2
 for _ in $(seq 1 "$ROUNDS"); do
     for j in "${!ports[@]}"; do
         taskset -c "$CLIENT_CPU" "$LG" fetch --addr "127.0.0.1:${ports[$j]}" --concurrency "$CONC" \

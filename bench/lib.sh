@@ -89,3 +89,18 @@ build_portnanny_and_loadgen() {
     cargo build -q --release --manifest-path "$root/bench/loadgen/Cargo.toml"
     LG="$root/bench/loadgen/target/release/portnanny-loadgen"
 }
+
+# platform_line: what decides the cost of waking an idle CPU, which sets concurrency 1 (see
+# bench/README.md, "Concurrency 1 and the idle vCPU"): the cpuidle driver and governor, the
+# guest halt-polling window where the haltpoll driver is in use, and the hypervisor if any.
+platform_line() {
+    local d=/sys/devices/system/cpu/cpuidle driver governor poll="" hv
+    driver=$(cat "$d/current_driver" 2>/dev/null || echo none)
+    governor=$(cat "$d/current_governor_ro" 2>/dev/null || cat "$d/current_governor" 2>/dev/null || echo none)
+    if [ -r /sys/module/haltpoll/parameters/guest_halt_poll_ns ]; then
+        poll=", guest_halt_poll_ns $(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns)"
+    fi
+    hv=$(systemd-detect-virt --vm 2>/dev/null || true)
+    [ -n "$hv" ] || hv=$(grep -q '^flags.* hypervisor' /proc/cpuinfo && echo "a hypervisor" || echo none)
+    echo "platform: $(nproc) CPUs, cpuidle $driver/$governor$poll, virtual machine: $hv"
+}

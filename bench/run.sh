@@ -165,6 +165,7 @@ if [ "$ROUNDS" -gt 0 ]; then
 
     echo
     echo "portnanny: $measured"
+    platform_line
     if [ -n "${BASELINE:-}" ]; then echo "baseline (base-*): $BASELINE"; fi
     ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
     printf '%-12s %5s %10s %9s %9s %8s %12s %9s\n' server conc conn/s p50_ms p99_ms errors vs_tcpserver vs_floor
