@@ -4,10 +4,14 @@
 //!
 //! Runs in the sentry. Every packet is hostile: it may be truncated, malformed, or forged in
 //! every field, so parsing goes through etherparse's checked slices and a failure only drops
-//! the packet. The socket table is refreshed at most every [`REFRESH`] and, before a report
-//! goes out, once more if it is older than [`RECHECK`] (a listener or connection that appeared
-//! since the last refresh is not mistaken for a stealth target); the rate limits are checked
-//! first, so a flood does not make the sentry read /proc in a loop.
+//! the packet. Whether a packet is the host's own is decided twice. First by the /proc/net
+//! socket table, re-read at most every [`REFRESH`] (it knows a port has a listener whatever
+//! the address the listener is bound to). Then, for a packet that passed that and the rate
+//! limits, by asking the kernel about that one packet ([`Sockets::lookup`], sock_diag's exact
+//! lookup in the sentry): asked after the packet arrived, so a connection or UDP socket
+//! younger than the table's copy is still found. A host that cannot answer that (no
+//! tcp_diag/udp_diag) gets the older check: the table, re-read if older than [`RECHECK`].
+//! The rate limits come first, so a flood costs neither /proc reads nor lookups.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +25,7 @@ use super::report::{check_report, mode_for};
 
 /// The socket table is re-read at most this often in the ordinary course.
 pub const REFRESH: Duration = Duration::from_millis(200);
-/// Before reporting, the table is re-read if it is older than this.
+/// Without exact lookups: before reporting, the table is re-read if it is older than this.
 pub const RECHECK: Duration = Duration::from_millis(10);
 /// The same (source, port, kind) is reported at most once per this period.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(1);
@@ -130,6 +134,9 @@ pub fn parse(bytes: &[u8]) -> Option<Packet> {
 /// Where the socket table comes from (the /proc files in the sentry, text in tests).
 pub trait Sockets {
     fn read(&mut self) -> Option<SocketTable>;
+    /// The kernel's answer, asked now, for this one packet (arrived on `ifindex`): does it
+    /// belong to one of the host's sockets? None when the host cannot say.
+    fn lookup(&mut self, p: &Packet, ifindex: u32) -> Option<bool>;
 }
 
 /// The detection state.
@@ -168,6 +175,10 @@ impl<S: Sockets> Detector<S> {
             dropped: 0,
             self_sourced: 0,
         }
+    }
+
+    pub fn sockets_mut(&mut self) -> &mut S {
+        &mut self.sockets
     }
 
     pub fn settings(&self) -> &SentrySettings {
@@ -209,8 +220,9 @@ impl<S: Sockets> Detector<S> {
         self.table.has_listener(p.proto, p.dst.port()) || self.table.owns(p.proto, p.dst, p.src)
     }
 
-    /// The report for the packet `bytes`, if it is a probe to report now.
-    pub fn examine(&mut self, bytes: &[u8], now: Instant) -> Option<ProbeReport> {
+    /// The report for the packet `bytes` (captured on interface `ifindex`), if it is a probe
+    /// to report now.
+    pub fn examine(&mut self, bytes: &[u8], ifindex: u32, now: Instant) -> Option<ProbeReport> {
         let p = parse(bytes)?;
         let kind = p.kind?;
         let port = p.dst.port();
@@ -241,8 +253,9 @@ impl<S: Sockets> Detector<S> {
         if self.is_hosts_own(&p) {
             return None;
         }
-        // ORDER: the per-second cap before the re-check, so that a flood past the cap (forged
-        // sources, every port) costs no more /proc reads than REFRESH allows.
+        // ORDER: the per-second cap before the lookup or re-check, so that a flood past the cap
+        // (forged sources, every port) costs no lookups and no more /proc reads than REFRESH
+        // allows.
         if now.saturating_duration_since(self.second) >= Duration::from_secs(1) {
             self.second = now;
             self.in_second = 0;
@@ -253,8 +266,16 @@ impl<S: Sockets> Detector<S> {
             self.dropped += 1;
             return None;
         }
-        self.refresh(now, RECHECK);
-        if self.is_hosts_own(&p) {
+        let owned = match self.sockets.lookup(&p, ifindex) {
+            Some(owned) => owned,
+            // No exact lookup: a connection opened since the last re-read (RECHECK or READ_SHARE
+            // reads' cost ago) is not in the copy, and its packet would be reported.
+            None => {
+                self.refresh(now, RECHECK);
+                self.is_hosts_own(&p)
+            }
+        };
+        if owned {
             return None;
         }
         if self.recent.len() >= MAX_RECENT {
@@ -286,18 +307,31 @@ mod tests {
     use std::cell::Cell;
     use std::rc::Rc;
 
-    /// A socket table from fixed text, counting reads.
+    /// A socket table from fixed text, counting reads; and, when `live` holds the kernel's
+    /// current sockets as text, exact lookups in them, counted too.
     struct Fake {
         text: Rc<Cell<&'static str>>,
         reads: Rc<Cell<u32>>,
+        live: Option<Rc<Cell<&'static str>>>,
+        lookups: Rc<Cell<u32>>,
+    }
+
+    fn table(text: &str) -> SocketTable {
+        let mut t = SocketTable::default();
+        t.add_text(Proto::Tcp, text);
+        t
     }
 
     impl Sockets for Fake {
         fn read(&mut self) -> Option<SocketTable> {
             self.reads.set(self.reads.get() + 1);
-            let mut t = SocketTable::default();
-            t.add_text(Proto::Tcp, self.text.get());
-            Some(t)
+            Some(table(self.text.get()))
+        }
+
+        fn lookup(&mut self, p: &Packet, _ifindex: u32) -> Option<bool> {
+            let live = table(self.live.as_ref()?.get());
+            self.lookups.set(self.lookups.get() + 1);
+            Some(live.owns(p.proto, p.dst, p.src) || live.has_listener(p.proto, p.dst.port()))
         }
     }
 
@@ -326,6 +360,8 @@ mod tests {
             Fake {
                 text: t.clone(),
                 reads: r.clone(),
+                live: None,
+                lookups: Rc::default(),
             },
             Instant::now(),
         );
@@ -378,7 +414,7 @@ mod tests {
     fn reports_watched_ports_only() {
         let (mut d, _, _) = detector(EMPTY);
         let now = Instant::now();
-        let r = d.examine(&tcp4(22, "S"), now).unwrap();
+        let r = d.examine(&tcp4(22, "S"), 0, now).unwrap();
         assert_eq!(
             (r.src, r.dst, r.port, r.mode, r.kind),
             (
@@ -390,17 +426,21 @@ mod tests {
             )
         );
         assert_eq!(
-            d.examine(&tcp6(80, "FPU"), now).map(|r| r.mode),
+            d.examine(&tcp6(80, "FPU"), 0, now).map(|r| r.mode),
             Some(SentryMode::Atcp)
         );
         assert_eq!(
-            d.examine(&udp4(69, b"x"), now).map(|r| r.mode),
+            d.examine(&udp4(69, b"x"), 0, now).map(|r| r.mode),
             Some(SentryMode::Sudp)
         );
-        assert_eq!(d.examine(&udp4(70, b"x"), now), None, "udp port not listed");
-        assert_eq!(d.examine(&tcp4(113, "S"), now), None, "excepted");
-        assert_eq!(d.examine(&tcp4(6000, "S"), now), None, "not below");
-        assert_eq!(d.examine(&tcp4(23, "A"), now), None, "no probe");
+        assert_eq!(
+            d.examine(&udp4(70, b"x"), 0, now),
+            None,
+            "udp port not listed"
+        );
+        assert_eq!(d.examine(&tcp4(113, "S"), 0, now), None, "excepted");
+        assert_eq!(d.examine(&tcp4(6000, "S"), 0, now), None, "not below");
+        assert_eq!(d.examine(&tcp4(23, "A"), 0, now), None, "no probe");
     }
 
     #[test]
@@ -408,12 +448,12 @@ mod tests {
         let (mut d, text, reads) = detector(BUSY);
         let now = Instant::now();
         assert_eq!(
-            d.examine(&tcp4(22, "S"), now),
+            d.examine(&tcp4(22, "S"), 0, now),
             None,
             "port 22 has a listener"
         );
         // A FIN from 10.99.0.2:40000 to 10.99.0.1:5000 belongs to the established socket.
-        assert_eq!(d.examine(&tcp4(5000, "F"), now), None);
+        assert_eq!(d.examine(&tcp4(5000, "F"), 0, now), None);
         assert_eq!(
             reads.get(),
             1,
@@ -422,30 +462,83 @@ mod tests {
         // The listener goes away: after REFRESH the port is a stealth target again.
         text.set(EMPTY);
         let later = now + REFRESH;
-        assert!(d.examine(&tcp4(22, "S"), later).is_some());
+        assert!(d.examine(&tcp4(22, "S"), 0, later).is_some());
         // It gains a listener while running: the re-check before reporting sees it at once.
         text.set(BUSY);
         let soon = later + RECHECK;
-        assert_eq!(d.examine(&tcp4(22, "F"), soon), None);
+        assert_eq!(d.examine(&tcp4(22, "F"), 0, soon), None);
+    }
+
+    #[test]
+    fn a_connection_younger_than_the_table_is_found_by_the_exact_lookup() {
+        let text = Rc::new(Cell::new(EMPTY));
+        let live = Rc::new(Cell::new(EMPTY));
+        let (reads, lookups) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+        let mut d = Detector::new(
+            settings(),
+            Fake {
+                text: text.clone(),
+                reads: reads.clone(),
+                live: Some(live.clone()),
+                lookups: lookups.clone(),
+            },
+            Instant::now(),
+        );
+        let now = Instant::now();
+        assert!(d.examine(&tcp4(22, "S"), 0, now).is_some());
+        // The host opens 10.99.0.1:5000 <-> 10.99.0.2:40000 after that read; a FIN forged on
+        // its 4-tuple arrives 1 ms later, long before the table may be read again.
+        text.set(BUSY);
+        live.set(BUSY);
+        let soon = now + Duration::from_millis(1);
+        assert_eq!(d.examine(&tcp4(5000, "F"), 0, soon), None);
+        assert_eq!((reads.get(), lookups.get()), (1, 2));
+        // A FIN to a port with no socket is still a probe.
+        assert!(d.examine(&tcp4(5001, "F"), 0, soon).is_some());
+        // Past the per-source cap, no lookups at all.
+        let t = now + DUPLICATE_WINDOW * 2;
+        for p in 1000..1100u16 {
+            d.examine(&tcp4(p, "S"), 0, t);
+        }
+        assert_eq!(
+            lookups.get(),
+            3 + MAX_REPORTS_PER_SOURCE_PER_SEC,
+            "lookups only for reports the caps let through"
+        );
+    }
+
+    #[test]
+    fn without_exact_lookups_a_young_connection_is_only_found_after_recheck() {
+        let (mut d, text, reads) = detector(EMPTY);
+        let now = Instant::now();
+        assert!(d.examine(&tcp4(22, "S"), 0, now).is_some());
+        text.set(BUSY);
+        // The fallback's known limit: within RECHECK of the last read, the copy decides.
+        let soon = now + Duration::from_millis(1);
+        assert!(d.examine(&tcp4(5000, "F"), 0, soon).is_some());
+        assert_eq!(d.examine(&tcp4(5000, ""), 0, now + RECHECK), None);
+        assert_eq!(reads.get(), 2);
     }
 
     #[test]
     fn duplicates_and_floods_are_limited() {
         let (mut d, _, reads) = detector(EMPTY);
         let now = Instant::now();
-        assert!(d.examine(&tcp4(22, "S"), now).is_some());
+        assert!(d.examine(&tcp4(22, "S"), 0, now).is_some());
         let n = reads.get();
         for _ in 0..1000 {
-            assert_eq!(d.examine(&tcp4(22, "S"), now), None);
+            assert_eq!(d.examine(&tcp4(22, "S"), 0, now), None);
         }
         assert_eq!(reads.get(), n, "duplicates cost no /proc read");
-        assert!(d.examine(&tcp4(22, "F"), now).is_some(), "another kind");
-        assert!(d.examine(&tcp4(22, "S"), now + DUPLICATE_WINDOW).is_some());
+        assert!(d.examine(&tcp4(22, "F"), 0, now).is_some(), "another kind");
+        assert!(d
+            .examine(&tcp4(22, "S"), 0, now + DUPLICATE_WINDOW)
+            .is_some());
         // Many ports in one second from one source: capped per source, the excess counted;
         // a second scanner in the same second is still reported.
         let t = now + DUPLICATE_WINDOW * 3;
         let sent = (1..=1000u16)
-            .filter(|p| *p != 113 && d.examine(&tcp4(*p, "S"), t).is_some())
+            .filter(|p| *p != 113 && d.examine(&tcp4(*p, "S"), 0, t).is_some())
             .count();
         assert_eq!(sent, MAX_REPORTS_PER_SOURCE_PER_SEC as usize);
         assert_eq!(
@@ -453,14 +546,15 @@ mod tests {
             999 - u64::from(MAX_REPORTS_PER_SOURCE_PER_SEC)
         );
         assert!(
-            d.examine(&tcp4_from([10, 99, 0, 3], 22, "S"), t).is_some(),
+            d.examine(&tcp4_from([10, 99, 0, 3], 22, "S"), 0, t)
+                .is_some(),
             "another scanner is not hidden by the first"
         );
         // Many sources (a forged flood): the global cap holds.
         let sent = (0..1000u32)
             .filter(|i| {
                 let src = [10, 98, (i / 200) as u8, (i % 200) as u8 + 1];
-                d.examine(&tcp4_from(src, 22, "S"), t).is_some()
+                d.examine(&tcp4_from(src, 22, "S"), 0, t).is_some()
             })
             .count();
         assert_eq!(
@@ -471,7 +565,7 @@ mod tests {
         // Past the cap, packets within one REFRESH cost no /proc read at all.
         let n = reads.get();
         for p in 1001..2000u16 {
-            assert_eq!(d.examine(&tcp4(p, "S"), t + RECHECK * 5), None);
+            assert_eq!(d.examine(&tcp4(p, "S"), 0, t + RECHECK * 5), None);
         }
         assert_eq!(reads.get(), n);
         assert_eq!(d.take_dropped(), 999);

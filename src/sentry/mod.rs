@@ -5,7 +5,8 @@
 //! [CHROOT]`, fd 3 = its channel to the parent, nothing else), demoted by the role main to an
 //! unprivileged uid/gid that keeps exactly CAP_NET_RAW (bounding, permitted, effective),
 //! no_new_privs, chrooted into the empty directory. The role main opens the /proc/net tables
-//! ([`netstat::NetTables`]) before the drop; this module opens the capture socket after it. It
+//! ([`netstat::NetTables`]) before the drop; this module opens the capture socket and the
+//! sock_diag socket ([`diag::SockDiag`], exact lookups of one packet's socket) after it. It
 //! handles bytes from the network (every captured packet, hostile; parsed with etherparse in
 //! [`detect`]) and from the parent (trusted, but decoded with the usual limits).
 //!
@@ -17,7 +18,8 @@
 //!    `SentryToParent::Hello { build }`; if the socket cannot be opened we still say Hello,
 //!    then `Log` the reason at LOG_CRIT and exit 111;
 //! 3. from then on `Probe(ProbeReport)` for each probe (see [`detect`] for what is reported
-//!    and the rate limits) and `Log` records (a once-a-second summary of suppressed reports).
+//!    and the rate limits) and `Log` records (a once-a-second summary of suppressed reports
+//!    and failed lookups; at start, a warning if the kernel answers no exact lookups).
 //!
 //! Starting it (the parent's side, not wired yet): only when nanny.conf has a `stealth` line;
 //! one socketpair (CLOEXEC), `spawn_worker(Role::Sentry, vec![its_end], &RoleArgs { uid, gid,
@@ -34,6 +36,7 @@
 pub mod bpf;
 pub mod capture;
 pub mod detect;
+pub mod diag;
 pub mod netstat;
 pub mod report;
 
@@ -48,7 +51,8 @@ use privsep::{Channel, ChannelError};
 use crate::exit::{EXIT_OK, EXIT_SYSTEM};
 
 use capture::Capture;
-use detect::{Detector, Sockets};
+use detect::{Detector, Packet, Sockets};
+use diag::SockDiag;
 use netstat::{NetTables, SocketTable};
 
 /// Packets handled per wakeup before the parent channel is looked at again.
@@ -58,9 +62,30 @@ const TICK: Duration = Duration::from_secs(1);
 
 type ToParent = Channel<SentryToParent, ParentToSentry>;
 
-impl Sockets for NetTables {
+/// The host's sockets as the sentry sees them: the /proc/net tables, and sock_diag's exact
+/// lookups when the kernel answers them.
+pub struct HostSockets {
+    tables: NetTables,
+    diag: Option<SockDiag>,
+    /// Lookups that failed since the last summary (the table decided those), and why.
+    failed: u64,
+    last_failure: String,
+}
+
+impl Sockets for HostSockets {
     fn read(&mut self) -> Option<SocketTable> {
-        NetTables::read(self).ok()
+        self.tables.read().ok()
+    }
+
+    fn lookup(&mut self, p: &Packet, ifindex: u32) -> Option<bool> {
+        match self.diag.as_mut()?.owns(p.proto, p.dst, p.src, ifindex) {
+            Ok(owned) => Some(owned),
+            Err(e) => {
+                self.failed += 1;
+                self.last_failure = e.to_string();
+                None
+            }
+        }
     }
 }
 
@@ -143,7 +168,29 @@ pub fn serve(mut parent: ToParent, tables: NetTables, forbid_processes: bool) ->
             return ExitCode::from(EXIT_SYSTEM);
         }
     };
-    let mut detector = Detector::new(settings, tables, Instant::now());
+    // Exact lookups need no privilege and no path; without them the table decides alone.
+    let diag = SockDiag::open().and_then(|mut d| d.check().map(|()| d));
+    if let Err(e) = &diag {
+        let said = log(
+            &mut parent,
+            LogLevel::Warning,
+            format!(
+                "exact socket lookups unavailable ({e}): probes are checked against /proc/net \
+                 only, so a packet of a connection opened in the last few milliseconds may be \
+                 reported (load the tcp_diag and udp_diag modules)"
+            ),
+        );
+        if said.is_err() {
+            return ExitCode::from(EXIT_SYSTEM);
+        }
+    }
+    let sockets = HostSockets {
+        tables,
+        diag: diag.ok(),
+        failed: 0,
+        last_failure: String::new(),
+    };
+    let mut detector = Detector::new(settings, sockets, Instant::now());
     match watch(&mut parent, &mut capture, &mut detector) {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {
@@ -154,10 +201,10 @@ pub fn serve(mut parent: ToParent, tables: NetTables, forbid_processes: bool) ->
 }
 
 /// The poll loop. Ok(()) when the parent closed the channel.
-fn watch<S: Sockets>(
+fn watch(
     parent: &mut ToParent,
     capture: &mut Capture,
-    detector: &mut Detector<S>,
+    detector: &mut Detector<HostSockets>,
 ) -> Result<(), String> {
     let mut buf = [0u8; bpf::SNAP as usize];
     let mut tick = Instant::now() + TICK;
@@ -188,7 +235,10 @@ fn watch<S: Sockets>(
             for _ in 0..BATCH {
                 let now = Instant::now();
                 let report = match capture.recv(&mut buf) {
-                    Ok(Some(pkt)) => detector.examine(pkt.bytes, now),
+                    Ok(Some(pkt)) => {
+                        let ifindex = u32::try_from(pkt.ifindex).unwrap_or(0);
+                        detector.examine(pkt.bytes, ifindex, now)
+                    }
                     Ok(None) => break,
                     Err(e) => return Err(format!("capture: {e}")),
                 };
@@ -211,6 +261,21 @@ fn watch<S: Sockets>(
                     format!(
                         "{own} probes forged with this host's own address as their source \
                          ignored (never reported, never blocked)"
+                    ),
+                );
+                if !sent(sent_log)? {
+                    return Ok(());
+                }
+            }
+            let sockets = detector.sockets_mut();
+            if sockets.failed > 0 {
+                let sent_log = log(
+                    parent,
+                    LogLevel::Warning,
+                    format!(
+                        "{} exact socket lookups failed (last: {}); the /proc/net table decided",
+                        std::mem::take(&mut sockets.failed),
+                        sockets.last_failure
                     ),
                 );
                 if !sent(sent_log)? {
