@@ -235,6 +235,7 @@ impl Lab {
 struct Watcher {
     ch: ToSentry,
     seen: Vec<ProbeReport>,
+    logs: Vec<String>,
 }
 
 impl Watcher {
@@ -245,7 +246,10 @@ impl Watcher {
             while let Some(m) = self.ch.try_recv().unwrap() {
                 match m {
                     SentryToParent::Probe(r) => self.seen.push(r),
-                    SentryToParent::Log(l) => println!("sentry log: {l:?}"),
+                    SentryToParent::Log(l) => {
+                        println!("sentry log: {l:?}");
+                        self.logs.push(l.text);
+                    }
                     SentryToParent::Hello { .. } => panic!("second Hello"),
                 }
             }
@@ -271,7 +275,9 @@ impl Watcher {
                     .collect::<Vec<_>>(),
                 self.seen
             );
-            self.pump(Duration::from_millis(100));
+            // Short steps: a test that acts right after a report (see the own connection
+            // below) needs to hear of it at once.
+            self.pump(Duration::from_millis(2));
         }
     }
 
@@ -430,6 +436,7 @@ fn sentry_reports_scans_from_another_namespace() {
     let mut watcher = Watcher {
         ch,
         seen: Vec::new(),
+        logs: Vec::new(),
     };
     // Its Hello first (within the bound), then nothing else yet.
     let deadline = Instant::now() + REPORT_TIMEOUT;
@@ -508,9 +515,13 @@ fn sentry_reports_scans_from_another_namespace() {
     // The host's own outgoing connection, from a watched local port (1500) to a server in the
     // scanner namespace, then closed both ways: its packets (SYN-ACK, data, FIN-ACK) carry
     // ACK or belong to the host's socket, and a bare FIN forged with its exact 4-tuple is
-    // the host's own too. A bare FIN from another port is a probe.
+    // the host's own too. A bare FIN from another port is a probe. The connection is opened
+    // right after a probe made the sentry read its socket table, so the table's copy cannot
+    // know it (re-reads are spaced out): the sentry's exact lookup must.
     lab.enter(&lab.scan.clone());
     let server = TcpListener::bind(format!("{SCAN4}:79")).unwrap();
+    send_raw(tcp4(sa("10.201.0.2:80"), sa("10.201.0.1:1502"), "S"));
+    watcher.expect(&[probe(SCAN4, HOST4, 1502, Atcp, Syn)]);
     lab.enter(&lab.host.clone());
     let client = bind_connect(
         SocketAddr::new(HOST4.parse().unwrap(), 1500),
@@ -552,6 +563,11 @@ fn sentry_reports_scans_from_another_namespace() {
     watcher.never("listener port", |r| matches!(r.port, 25 | 26 | 1434));
     watcher.never("unwatched port", |r| matches!(r.port, 113 | 3000 | 53));
     watcher.never("own connection", |r| r.port == 1500);
+    assert!(
+        !watcher.logs.iter().any(|l| l.contains("lookup")),
+        "exact socket lookups must work here: {:?}",
+        watcher.logs
+    );
     let scanners: BTreeSet<IpAddr> = [SCAN4.parse().unwrap(), SCAN6.parse().unwrap()].into();
     watcher.never("other source", |r| !scanners.contains(&r.src));
     let kinds: BTreeSet<ProbeKind> = watcher.seen.iter().map(|r| r.kind).collect();
