@@ -90,6 +90,9 @@ fn tree(body: &[u8]) -> Result<Node, String> {
             }
             Event::Empty(e) => {
                 nodes += 1;
+                if nodes > MAX_NODES {
+                    return Err(format!("more than {MAX_NODES} elements"));
+                }
                 let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
                 if let Some(top) = stack.last_mut() {
                     top.children.push(Node {
@@ -261,6 +264,17 @@ pub fn decode_call(body: &[u8]) -> Result<Call, String> {
     Ok(Call { method, params })
 }
 
+/// Text escaped for any XML 1.0 reader: the five markup characters, and CR as a character
+/// reference (a reader turns a raw CR or CRLF into LF: Python's expat does).
+fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    let e = quick_xml::escape::escape(s);
+    if e.contains('\r') {
+        std::borrow::Cow::Owned(e.replace('\r', "&#13;"))
+    } else {
+        e
+    }
+}
+
 fn encode_value(out: &mut String, v: &Value) {
     out.push_str("<value>");
     match v {
@@ -274,13 +288,13 @@ fn encode_value(out: &mut String, v: &Value) {
             let _ = write!(out, "<boolean>{}</boolean>", u8::from(*b));
         }
         Value::Str(s) => {
-            let _ = write!(out, "<string>{}</string>", quick_xml::escape::escape(s));
+            let _ = write!(out, "<string>{}</string>", escape(s));
         }
         Value::Double(d) => {
             let _ = write!(out, "<double>{d}</double>");
         }
         Value::Other(t, s) => {
-            let _ = write!(out, "<{t}>{}</{t}>", quick_xml::escape::escape(s));
+            let _ = write!(out, "<{t}>{}</{t}>", escape(s));
         }
         Value::Nil => out.push_str("<nil/>"),
         Value::Array(items) => {
@@ -293,11 +307,7 @@ fn encode_value(out: &mut String, v: &Value) {
         Value::Struct(members) => {
             out.push_str("<struct>");
             for (k, v) in members {
-                let _ = write!(
-                    out,
-                    "<member><name>{}</name>",
-                    quick_xml::escape::escape(k.as_str())
-                );
+                let _ = write!(out, "<member><name>{}</name>", escape(k.as_str()));
                 encode_value(out, v);
                 out.push_str("</member>");
             }
@@ -327,6 +337,53 @@ pub fn encode_fault(code: i32, message: &str) -> Vec<u8> {
     );
     out.push_str("</fault></methodResponse>\n");
     out.into_bytes()
+}
+
+/// A `methodCall` body (what a frontend sends): for the round-trip property below and tests.
+pub fn encode_call(call: &Call) -> Vec<u8> {
+    let mut out = String::from("<?xml version=\"1.0\"?>\n<methodCall><methodName>");
+    out.push_str(&escape(call.method.as_str()));
+    out.push_str("</methodName><params>");
+    for p in &call.params {
+        out.push_str("<param>");
+        encode_value(&mut out, p);
+        out.push_str("</param>");
+    }
+    out.push_str("</params></methodCall>\n");
+    out.into_bytes()
+}
+
+/// Bodies up to this size are round-tripped by [`check_call`]: re-encoding a bare-text value
+/// adds an element, so a body near [`MAX_NODES`] may legitimately not decode again.
+pub const ROUND_TRIP_MAX: usize = 16 * 1024;
+
+/// The decoder's property, for the fuzz target and the tests (beyond "no panic"): `body`
+/// either is refused, or decodes to a call that, encoded, decodes to a call with the same
+/// encoding (what a client sent is what procedures see, and a second pass changes nothing).
+/// Ok(true) when it decoded.
+pub fn check_call(body: &[u8]) -> Result<bool, String> {
+    let Ok(call) = decode_call(body) else {
+        return Ok(false);
+    };
+    if body.len() > ROUND_TRIP_MAX {
+        return Ok(true);
+    }
+    let once = encode_call(&call);
+    let again = decode_call(&once).map_err(|e| {
+        format!(
+            "{call:?} encoded as {} does not decode: {e}",
+            String::from_utf8_lossy(&once)
+        )
+    })?;
+    let twice = encode_call(&again);
+    if once != twice {
+        return Err(format!(
+            "{call:?} became {again:?}: {} then {}",
+            String::from_utf8_lossy(&once),
+            String::from_utf8_lossy(&twice)
+        ));
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -395,6 +452,61 @@ mod tests {
     }
 
     #[test]
+    fn round_trip_property_on_seeds_and_mutations() {
+        let seed = br#"<?xml version='1.0'?>
+<methodCall><methodName>view</methodName><params>
+<param><value><string>a&amp;b &#13;&#10;c</string></value></param>
+<param><value><struct><member><name>n&lt;</name><value><double>-1.5e3</double></value></member>
+<member><value><i8>-9223372036854775808</i8></value><name>x</name></member></struct></value></param>
+<param><value>bare <![CDATA[<c>]]> text</value></param>
+<param><value><array><data><value><i4>+7</i4></value><value><boolean> 1 </boolean></value>
+<value><nil/></value><value><base64>AAE=</base64></value><value><dateTime.iso8601>20261206T03:00:00</dateTime.iso8601></value>
+<value><double>nan</double></value><value><double>-inf</double></value></data></array></value></param>
+</params></methodCall>"#;
+        assert_eq!(check_call(seed), Ok(true));
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let pieces: [&[u8]; 8] = [
+            b"<value>",
+            b"</value>",
+            b"&#13;",
+            b"&amp;",
+            b"<string>",
+            b"\r\n",
+            b"<![CDATA[\r]]>",
+            b"<i8>",
+        ];
+        let mut decoded = 0;
+        for case in 0..20_000 {
+            let mut data = seed.to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % data.len() as u64) as usize;
+                match next() % 5 {
+                    0 => data[at] ^= 1 << (next() % 8),
+                    1 => data.truncate(at.max(1)),
+                    2 => data.insert(at, next() as u8),
+                    3 => {
+                        let p = pieces[(next() % pieces.len() as u64) as usize];
+                        data.splice(at..at, p.iter().copied());
+                    }
+                    _ => data[at] = next() as u8,
+                }
+            }
+            match check_call(&data) {
+                Ok(ok) => decoded += usize::from(ok),
+                Err(e) => panic!("case {case}: {e}"),
+            }
+        }
+        // Mutations must not all be refused, or the test proves little.
+        assert!(decoded > 300, "{decoded}");
+    }
+
+    #[test]
     fn encodes_responses_and_faults_that_decode_back() {
         let v = Value::Struct(vec![
             ("a<b".into(), Value::Int(1 << 40)),
@@ -420,5 +532,8 @@ mod tests {
             "{f}"
         );
         assert!(f.contains("no such &lt;method&gt;"), "{f}");
+        // A CR survives a reader that normalises line ends.
+        let r = String::from_utf8(encode_response(&Value::Str("a\r\nb".into()))).unwrap();
+        assert!(r.contains("<string>a&#13;\nb</string>"), "{r}");
     }
 }
