@@ -18,8 +18,9 @@
 //!    `SentryToParent::Hello { build }`; if the socket cannot be opened we still say Hello,
 //!    then `Log` the reason at LOG_CRIT and exit 111;
 //! 3. from then on `Probe(ProbeReport)` for each probe (see [`detect`] for what is reported
-//!    and the rate limits) and `Log` records (a once-a-second summary of suppressed reports
-//!    and failed lookups; at start, a warning if the kernel answers no exact lookups).
+//!    and the rate limits) and `Log` records (a once-a-second summary of suppressed reports,
+//!    packets the capture ring dropped and failed lookups; at start, a warning if the kernel
+//!    answers no exact lookups).
 //!
 //! Starting it (the parent's side, not wired yet): only when nanny.conf has a `stealth` line;
 //! one socketpair (CLOEXEC), `spawn_worker(Role::Sentry, vec![its_end], &RoleArgs { uid, gid,
@@ -262,6 +263,17 @@ fn watch(
                         "{own} probes forged with this host's own address as their source \
                          ignored (never reported, never blocked)"
                     ),
+                );
+                if !sent(sent_log)? {
+                    return Ok(());
+                }
+            }
+            let drops = capture.take_drops();
+            if drops > 0 {
+                let sent_log = log(
+                    parent,
+                    LogLevel::Warning,
+                    format!("{drops} packets dropped by the kernel: the capture ring was full"),
                 );
                 if !sent(sent_log)? {
                     return Ok(());
