@@ -4,14 +4,15 @@
 //!
 //! Runs in the sentry. Every packet is hostile: it may be truncated, malformed, or forged in
 //! every field, so parsing goes through etherparse's checked slices and a failure only drops
-//! the packet. Whether a packet is the host's own is decided twice. First by the /proc/net
-//! socket table, re-read at most every [`REFRESH`] (it knows a port has a listener whatever
-//! the address the listener is bound to). Then, for a packet that passed that and the rate
-//! limits, by asking the kernel about that one packet ([`Sockets::lookup`], sock_diag's exact
-//! lookup in the sentry): asked after the packet arrived, so a connection or UDP socket
-//! younger than the table's copy is still found. A host that cannot answer that (no
-//! tcp_diag/udp_diag) gets the older check: the table, re-read if older than [`RECHECK`].
-//! The rate limits come first, so a flood costs neither /proc reads nor lookups.
+//! the packet. Whether a packet is the host's own is decided twice. First by the socket
+//! table, re-read at most every [`REFRESH`] (it knows a port has a listener whatever the
+//! address the listener is bound to; in the sentry it comes from sock_diag's listener dumps,
+//! or /proc/net). Then, for a packet that passed that and the rate limits, by asking the
+//! kernel about that one packet ([`Sockets::lookup`], sock_diag's exact lookup in the sentry):
+//! asked after the packet arrived, so a connection or UDP socket younger than the table's copy
+//! is still found. A host that cannot answer that (no tcp_diag/udp_diag) gets the older check:
+//! the /proc/net table, which also lists connections, re-read if older than [`RECHECK`]. The
+//! rate limits come first, so a flood costs neither table reads nor lookups.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

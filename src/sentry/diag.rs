@@ -11,9 +11,15 @@
 //! sockets), so re-reads are spaced out, and a connection younger than the last read is not in
 //! the copy. Messages are built and parsed by netlink-packet-sock-diag.
 //!
+//! The ports with a listener come from here too ([`SockDiag::listeners`]): dumps of the TCP
+//! sockets in LISTEN and of every UDP socket walk only the listening and UDP hashes, not the
+//! connection hash a /proc/net/tcp read walks: 0.09 ms here against 8.4 ms for the four /proc
+//! tables, whatever the number of connections and TIME_WAIT sockets.
+//!
 //! The kernel's two lookups name the ends differently: TCP's takes the local end as the source
 //! and falls back to a listener on the local address; UDP's takes the remote end as the
-//! source. The tests below pin both against real sockets.
+//! source. (Answers always give the local end as the source.) The tests below pin both against
+//! real sockets.
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,12 +34,17 @@ use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, Stat
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
 
-use super::netstat::Proto;
+use super::netstat::{Proto, SocketTable};
 
 /// The kernel answers within the send; this only bounds a kernel that never does.
 const RECV_TIMEOUT: Duration = Duration::from_secs(1);
-/// One answer is one inet_diag_msg (72 bytes) with no attributes asked for.
-const RECV_BUF: usize = 8 * 1024;
+/// One datagram of a dump (the kernel sizes them to what the reader takes, 32 KiB at most).
+const RECV_BUF: usize = 64 * 1024;
+/// Most sockets a listener dump keeps (as the /proc reader's byte cap, about 100,000): a host
+/// with more is seen partially rather than making every refresh arbitrarily slow.
+const MAX_DUMPED: usize = 1 << 17;
+/// TCP_LISTEN as a state bit.
+const LISTEN: u32 = 1 << 10;
 /// INET_DIAG_NOCOOKIE: match any socket, not one particular incarnation.
 const NO_COOKIE: [u8; 8] = [0xff; 8];
 
@@ -48,11 +59,11 @@ pub struct SockDiag {
     buf: Vec<u8>,
 }
 
-/// What the kernel said to one request.
+/// One message the kernel sent in answer to a request.
 #[derive(Debug, PartialEq, Eq)]
 enum Answer {
-    /// A socket (an exact lookup's reply).
-    Found,
+    /// A socket (an exact lookup's reply, or one entry of a dump): its protocol's local port.
+    Socket(u16),
     /// The end of a dump, with its errno (0: the dump ran).
     Done(i32),
     /// An error message's errno (ENOENT: no such socket, or no handler for the protocol).
@@ -83,25 +94,37 @@ impl SockDiag {
     /// that matches no state, whose end carries the handler's errno.
     pub fn check(&mut self) -> io::Result<()> {
         for (protocol, name) in [(IPPROTO_TCP, "tcp_diag"), (IPPROTO_UDP, "udp_diag")] {
-            let request = InetRequest {
-                family: AF_INET,
-                protocol,
-                extensions: ExtensionFlags::empty(),
-                states: StateFlags::empty(),
-                socket_id: SocketId::new_v4(),
-            };
-            match self.ask(NLM_F_REQUEST | NLM_F_DUMP, request)? {
-                Answer::Done(0) => {}
-                Answer::Done(e) | Answer::Error(e) => {
-                    return Err(other(format!(
-                        "{name}: {}",
-                        io::Error::from_raw_os_error(e.saturating_neg())
-                    )))
-                }
-                Answer::Found => return Err(other(format!("{name}: a dump of no state answered"))),
+            match self.dump(AF_INET, protocol, StateFlags::empty(), |_| {}) {
+                Ok(()) => {}
+                Err(e) => return Err(other(format!("{name}: {e}"))),
             }
         }
         Ok(())
+    }
+
+    /// The ports with a listener, whatever its address: TCP sockets in LISTEN and every UDP
+    /// socket bound to a port, of both families.
+    pub fn listeners(&mut self) -> io::Result<SocketTable> {
+        let mut table = SocketTable::default();
+        let mut kept = 0usize;
+        for (protocol, proto, states) in [
+            (
+                IPPROTO_TCP,
+                Proto::Tcp,
+                StateFlags::from_bits_retain(LISTEN),
+            ),
+            (IPPROTO_UDP, Proto::Udp, StateFlags::all()),
+        ] {
+            for family in [AF_INET, AF_INET6] {
+                self.dump(family, protocol, states.clone(), |port| {
+                    if port != 0 && kept < MAX_DUMPED {
+                        kept += 1;
+                        table.add_listener(proto, port);
+                    }
+                })?;
+            }
+        }
+        Ok(table)
     }
 
     /// Whether a packet from `remote` to `local`, arriving on interface `ifindex`, belongs to
@@ -136,16 +159,58 @@ impl SockDiag {
                 cookie: NO_COOKIE,
             },
         };
-        match self.ask(NLM_F_REQUEST, request)? {
-            Answer::Found => Ok(true),
-            Answer::Error(e) if e == -libc::ENOENT => Ok(false),
-            Answer::Error(e) | Answer::Done(e) => {
-                Err(io::Error::from_raw_os_error(e.saturating_neg()))
+        let seq = self.send(NLM_F_REQUEST, request)?;
+        // Bounded: the kernel answers an exact lookup with one message.
+        loop {
+            if let Some(answer) = self.receive(seq)?.into_iter().next() {
+                return match answer {
+                    Answer::Socket(_) => Ok(true),
+                    Answer::Error(e) if e == -libc::ENOENT => Ok(false),
+                    Answer::Error(e) | Answer::Done(e) => {
+                        Err(io::Error::from_raw_os_error(e.saturating_neg()))
+                    }
+                };
             }
         }
     }
 
-    fn ask(&mut self, flags: u16, request: InetRequest) -> io::Result<Answer> {
+    /// Dumps the sockets of one family and protocol in `states`, handing each one's local
+    /// port to `each`; Err if the dump ended with an error.
+    fn dump(
+        &mut self,
+        family: u8,
+        protocol: u8,
+        states: StateFlags,
+        mut each: impl FnMut(u16),
+    ) -> io::Result<()> {
+        let socket_id = if family == AF_INET6 {
+            SocketId::new_v6()
+        } else {
+            SocketId::new_v4()
+        };
+        let request = InetRequest {
+            family,
+            protocol,
+            extensions: ExtensionFlags::empty(),
+            states,
+            socket_id,
+        };
+        let seq = self.send(NLM_F_REQUEST | NLM_F_DUMP, request)?;
+        // Bounded: a dump ends (the kernel's tables are finite) or the receive times out.
+        loop {
+            for answer in self.receive(seq)? {
+                match answer {
+                    Answer::Socket(port) => each(port),
+                    Answer::Done(0) => return Ok(()),
+                    Answer::Done(e) | Answer::Error(e) => {
+                        return Err(io::Error::from_raw_os_error(e.saturating_neg()))
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, flags: u16, request: InetRequest) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
         let mut hdr = NetlinkHeader::default();
         hdr.flags = flags;
@@ -158,19 +223,21 @@ impl SockDiag {
         let mut out = vec![0; packet.buffer_len()];
         packet.serialize(&mut out);
         self.sock.send(&out, 0)?;
-        loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            if let Some(answer) = answer_to(self.buf.get(..n).unwrap_or_default(), self.seq)? {
-                return Ok(answer);
-            }
-        }
+        Ok(self.seq)
+    }
+
+    /// The answers to request `seq` in the next datagram.
+    fn receive(&mut self, seq: u32) -> io::Result<Vec<Answer>> {
+        let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+        answers(self.buf.get(..n).unwrap_or_default(), seq)
     }
 }
 
-/// The answer to request `seq` in one datagram, if it holds one (an answer to an earlier
-/// request that timed out is skipped).
-fn answer_to(datagram: &[u8], seq: u32) -> io::Result<Option<Answer>> {
+/// The answers to request `seq` in one datagram, in order (an answer to an earlier request
+/// that timed out is skipped).
+fn answers(datagram: &[u8], seq: u32) -> io::Result<Vec<Answer>> {
     let undecodable = |e| other(format!("sock_diag: undecodable message: {e}"));
+    let mut out = Vec::new();
     let mut off = 0usize;
     while off < datagram.len() {
         let bytes = datagram.get(off..).unwrap_or_default();
@@ -185,8 +252,10 @@ fn answer_to(datagram: &[u8], seq: u32) -> io::Result<Option<Answer>> {
             continue;
         }
         let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(bytes).map_err(undecodable)?;
-        return Ok(Some(match msg.payload {
-            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(_)) => Answer::Found,
+        out.push(match msg.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                Answer::Socket(r.header.socket_id.source_port)
+            }
             NetlinkPayload::Done(d) => Answer::Done(d.code),
             NetlinkPayload::Error(e) => Answer::Error(e.code.map_or(0, |c| c.get())),
             other_payload => {
@@ -194,9 +263,9 @@ fn answer_to(datagram: &[u8], seq: u32) -> io::Result<Option<Answer>> {
                     "sock_diag: unexpected answer {other_payload:?}"
                 )))
             }
-        }));
+        });
     }
-    Ok(None)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -274,6 +343,31 @@ mod tests {
     }
 
     #[test]
+    fn listeners_are_dumped_for_both_protocols() {
+        let mut d = SockDiag::open().unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // A connected TCP socket's port is no listener.
+        let client = TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let t = d.listeners().unwrap();
+        assert!(t.has_listener(Proto::Tcp, tcp.local_addr().unwrap().port()));
+        assert!(t.has_listener(Proto::Udp, udp.local_addr().unwrap().port()));
+        assert!(!t.has_listener(Proto::Tcp, client.local_addr().unwrap().port()));
+        assert!(!t.has_listener(Proto::Udp, tcp.local_addr().unwrap().port()));
+        // The same ports as the /proc tables give.
+        let proc = super::super::netstat::NetTables::open()
+            .unwrap()
+            .read()
+            .unwrap();
+        for (proto, port) in [
+            (Proto::Tcp, tcp.local_addr().unwrap().port()),
+            (Proto::Udp, udp.local_addr().unwrap().port()),
+        ] {
+            assert_eq!(proc.has_listener(proto, port), t.has_listener(proto, port));
+        }
+    }
+
+    #[test]
     fn answers_are_matched_by_sequence_number() {
         // An ENOENT error for request 7 (nlmsghdr, then nlmsgerr: errno and the request's
         // header), a stale one for request 6 before it, and a dump's end with errno 0.
@@ -291,10 +385,10 @@ mod tests {
         let mut two = error(6, -libc::EPERM);
         two.extend(error(7, -libc::ENOENT));
         assert_eq!(
-            answer_to(&two, 7).unwrap(),
-            Some(Answer::Error(-libc::ENOENT))
+            answers(&two, 7).unwrap(),
+            vec![Answer::Error(-libc::ENOENT)]
         );
-        assert_eq!(answer_to(&two, 8).unwrap(), None);
+        assert_eq!(answers(&two, 8).unwrap(), vec![]);
         let mut done = Vec::new();
         done.extend_from_slice(&20u32.to_ne_bytes());
         done.extend_from_slice(&3u16.to_ne_bytes()); // NLMSG_DONE
@@ -303,11 +397,11 @@ mod tests {
         done.extend_from_slice(&0u32.to_ne_bytes());
         done.extend_from_slice(&(-libc::ENOENT).to_ne_bytes());
         assert_eq!(
-            answer_to(&done, 9).unwrap(),
-            Some(Answer::Done(-libc::ENOENT))
+            answers(&done, 9).unwrap(),
+            vec![Answer::Done(-libc::ENOENT)]
         );
         // Hostile bytes: an error, never a panic.
-        assert!(answer_to(&[0u8; 3], 1).is_err());
-        assert!(answer_to(&[0u8; 16], 1).is_err());
+        assert!(answers(&[0u8; 3], 1).is_err());
+        assert!(answers(&[0u8; 16], 1).is_err());
     }
 }

@@ -75,6 +75,17 @@ pub struct HostSockets {
 
 impl Sockets for HostSockets {
     fn read(&mut self) -> Option<SocketTable> {
+        // With sock_diag, the listeners alone (connections are asked about one by one), from
+        // dumps that do not walk the connection hash; /proc/net otherwise, or if that fails.
+        if let Some(d) = self.diag.as_mut() {
+            match d.listeners() {
+                Ok(t) => return Some(t),
+                Err(e) => {
+                    self.failed += 1;
+                    self.last_failure = format!("listener dump: {e}");
+                }
+            }
+        }
         self.tables.read().ok()
     }
 
