@@ -22,11 +22,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::bpf;
 
-/// One block of the ring (a multiple of the page size): about 180 packets cut to bpf::SNAP.
-const BLOCK_SIZE: usize = 32 * 1024;
+/// One block of the ring: about 360 packets cut to bpf::SNAP. The kernel wants a multiple of
+/// the page size, and 64 KiB is one for 4, 16 and 64 KiB pages alike.
+const BLOCK_SIZE: usize = 64 * 1024;
 /// Blocks in the ring: some 1,400 packets can wait for the sentry; beyond that the kernel
 /// drops (counted, see [`Capture::take_drops`]), which only loses reports.
-const BLOCK_NR: usize = 8;
+const BLOCK_NR: usize = 4;
 /// The frame size TPACKET_V3 validates the request against (its packets are packed, not put
 /// in fixed frames).
 const FRAME_SIZE: usize = 2048;
