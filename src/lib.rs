@@ -19,6 +19,7 @@ pub mod log;
 pub mod nannyctl;
 pub mod nannyctl_conntrack;
 pub mod netfilter;
+pub mod nlsock;
 pub mod noprocs;
 pub mod parent;
 pub mod resolver;

@@ -21,20 +21,21 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    parse_u16_be, parse_u32_be, parse_u64_be, DecodeError, DefaultNla, NetlinkBuffer,
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlaBuffer, NlasIterator, Parseable, NLM_F_ACK,
-    NLM_F_DUMP, NLM_F_REQUEST,
+    parse_u16_be, parse_u32_be, parse_u64_be, DecodeError, DefaultNla, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, NlaBuffer, NlasIterator, Parseable, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfoTCP, ProtoTuple, Protocol, Tuple,
 };
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use privsep::conntrack::{CtCounters, CtField, CtRow, CtTuple, TcpState, L3};
+
+use crate::nlsock::{self, undecodable};
 
 // The message types of a conntrack entry: (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
 // (what a dump sends) or IPCTNL_MSG_CT_GET (linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h).
@@ -96,22 +97,10 @@ pub struct Dump {
     pub skipped: u64,
 }
 
-fn other(why: impl Into<String>) -> io::Error {
-    io::Error::other(why.into())
-}
-
 impl Ctnetlink {
     /// Opens and connects the socket (needs CAP_NET_ADMIN to be of any use).
     pub fn open() -> io::Result<Ctnetlink> {
-        let mut sock = Socket::new(NETLINK_NETFILTER)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        let tv = nix::sys::time::TimeVal::new(RECV_TIMEOUT.as_secs().try_into().unwrap_or(10), 0);
-        let fd = sock.as_raw_fd();
-        // SAFETY: `fd` is the socket we own for this call; borrowing it only for setsockopt.
-        let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        nix::sys::socket::setsockopt(&bfd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
-            .map_err(io::Error::from)?;
+        let sock = nlsock::open(NETLINK_NETFILTER, RECV_TIMEOUT)?;
         // Best effort: a larger buffer only saves reads.
         let _ = sock.set_rx_buf_sz(1 << 20);
         Ok(Ctnetlink {
@@ -152,26 +141,10 @@ impl Ctnetlink {
         seq: u32,
         mut each: impl FnMut(&[u8]) -> Result<(), DecodeError>,
     ) -> io::Result<()> {
-        let undecodable = |e: DecodeError| other(format!("netlink: undecodable message: {e}"));
         loop {
             let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            let mut off = 0usize;
-            while off < n {
-                let bytes = self
-                    .buf
-                    .get(off..n)
-                    .ok_or_else(|| other("netlink: bad offset"))?;
-                // Checked: at least a header, and a length within the datagram.
-                let frame = NetlinkBuffer::new_checked(bytes).map_err(undecodable)?;
-                let len = usize::try_from(frame.length()).unwrap_or(0);
-                if len == 0 {
-                    return Err(other("netlink: a message of length 0"));
-                }
-                // Messages are 4-byte aligned in a datagram.
-                off = off.saturating_add(len.div_ceil(4) * 4);
-                if frame.sequence_number() != seq {
-                    continue;
-                }
+            for frame in nlsock::messages(self.buf.get(..n).unwrap_or_default(), seq) {
+                let frame = frame?;
                 // A dump's entries: no message tree, the row is read from the attributes.
                 if matches!(frame.message_type(), CT_NEW | CT_GET) {
                     let payload = frame.payload();
@@ -179,8 +152,8 @@ impl Ctnetlink {
                     each(payload.get(NFGENMSG_LEN..).unwrap_or(&[])).map_err(undecodable)?;
                     continue;
                 }
-                let msg =
-                    <NetlinkMessage<NetfilterMessage>>::deserialize(bytes).map_err(undecodable)?;
+                let msg = <NetlinkMessage<NetfilterMessage>>::deserialize(frame.into_inner())
+                    .map_err(undecodable)?;
                 match msg.payload {
                     NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(e) => {
@@ -486,6 +459,7 @@ fn row_of(attrs: &[u8]) -> Result<Option<CtRow>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::NetlinkBuffer;
     use netlink_packet_core::Nla;
     use netlink_packet_netfilter::conntrack::ProtoInfo;
 

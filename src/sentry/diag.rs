@@ -23,18 +23,18 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
 
 use super::netstat::{Proto, SocketTable};
+use crate::nlsock::{self, undecodable};
 
 /// The kernel answers within the send; this only bounds a kernel that never does.
 const RECV_TIMEOUT: Duration = Duration::from_secs(1);
@@ -72,17 +72,8 @@ enum Answer {
 
 impl SockDiag {
     pub fn open() -> io::Result<SockDiag> {
-        let mut sock = Socket::new(NETLINK_SOCK_DIAG)?;
-        sock.bind_auto()?;
-        sock.connect(&NlAddr::new(0, 0))?;
-        let tv = nix::sys::time::TimeVal::new(RECV_TIMEOUT.as_secs().try_into().unwrap_or(1), 0);
-        let fd = sock.as_raw_fd();
-        // SAFETY: `fd` is the socket we own for this call; borrowed only for setsockopt.
-        let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        nix::sys::socket::setsockopt(&bfd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
-            .map_err(io::Error::from)?;
         Ok(SockDiag {
-            sock,
+            sock: nlsock::open(NETLINK_SOCK_DIAG, RECV_TIMEOUT)?,
             seq: 0,
             buf: vec![0; RECV_BUF],
         })
@@ -233,25 +224,12 @@ impl SockDiag {
     }
 }
 
-/// The answers to request `seq` in one datagram, in order (an answer to an earlier request
-/// that timed out is skipped).
+/// The answers to request `seq` in one datagram, in order.
 fn answers(datagram: &[u8], seq: u32) -> io::Result<Vec<Answer>> {
-    let undecodable = |e| other(format!("sock_diag: undecodable message: {e}"));
     let mut out = Vec::new();
-    let mut off = 0usize;
-    while off < datagram.len() {
-        let bytes = datagram.get(off..).unwrap_or_default();
-        let frame = NetlinkBuffer::new_checked(bytes).map_err(undecodable)?;
-        let len = usize::try_from(frame.length()).unwrap_or(0);
-        if len == 0 {
-            return Err(other("sock_diag: a message of length 0"));
-        }
-        // Messages are 4-byte aligned in a datagram.
-        off = off.saturating_add(len.div_ceil(4) * 4);
-        if frame.sequence_number() != seq {
-            continue;
-        }
-        let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(bytes).map_err(undecodable)?;
+    for frame in nlsock::messages(datagram, seq) {
+        let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(frame?.into_inner())
+            .map_err(undecodable)?;
         out.push(match msg.payload {
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                 Answer::Socket(r.header.socket_id.source_port)
