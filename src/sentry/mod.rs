@@ -19,8 +19,8 @@
 //!    then `Log` the reason at LOG_CRIT and exit 111;
 //! 3. from then on `Probe(ProbeReport)` for each probe (see [`detect`] for what is reported
 //!    and the rate limits) and `Log` records (a once-a-second summary of suppressed reports,
-//!    packets the capture ring dropped and failed lookups; at start, a warning if the kernel
-//!    answers no exact lookups).
+//!    and of packets the capture ring dropped; at start, a warning if the kernel answers no
+//!    exact lookups, and an error if sock_diag fails later and is given up).
 //!
 //! Starting it (the parent's side, not wired yet): only when nanny.conf has a `stealth` line;
 //! one socketpair (CLOEXEC), `spawn_worker(Role::Sentry, vec![its_end], &RoleArgs { uid, gid,
@@ -63,27 +63,33 @@ const TICK: Duration = Duration::from_secs(1);
 
 type ToParent = Channel<SentryToParent, ParentToSentry>;
 
-/// The host's sockets as the sentry sees them: the /proc/net tables, and sock_diag's exact
-/// lookups when the kernel answers them.
+/// The host's sockets as the sentry sees them: sock_diag's listener dumps and exact lookups
+/// while the kernel answers them, the /proc/net tables otherwise.
 pub struct HostSockets {
     tables: NetTables,
     diag: Option<SockDiag>,
-    /// Lookups that failed since the last summary (the table decided those), and why.
-    failed: u64,
-    last_failure: String,
+    /// Why sock_diag was given up, until the next summary says so.
+    gave_up: Option<String>,
+}
+
+impl HostSockets {
+    /// A sock_diag request failed: something is wrong with it (a module unloaded, a security
+    /// policy), so it is not trusted again, and /proc/net answers from now on (lookups are
+    /// then the table's, re-read if older than RECHECK).
+    fn give_up(&mut self, what: &str, e: &std::io::Error) {
+        self.diag = None;
+        self.gave_up = Some(format!("{what}: {e}"));
+    }
 }
 
 impl Sockets for HostSockets {
     fn read(&mut self) -> Option<SocketTable> {
         // With sock_diag, the listeners alone (connections are asked about one by one), from
-        // dumps that do not walk the connection hash; /proc/net otherwise, or if that fails.
+        // dumps that do not walk the connection hash.
         if let Some(d) = self.diag.as_mut() {
             match d.listeners() {
                 Ok(t) => return Some(t),
-                Err(e) => {
-                    self.failed += 1;
-                    self.last_failure = format!("listener dump: {e}");
-                }
+                Err(e) => self.give_up("listener dump", &e),
             }
         }
         self.tables.read().ok()
@@ -93,8 +99,7 @@ impl Sockets for HostSockets {
         match self.diag.as_mut()?.owns(p.proto, p.dst, p.src, ifindex) {
             Ok(owned) => Some(owned),
             Err(e) => {
-                self.failed += 1;
-                self.last_failure = e.to_string();
+                self.give_up("exact lookup", &e);
                 None
             }
         }
@@ -199,8 +204,7 @@ pub fn serve(mut parent: ToParent, tables: NetTables, forbid_processes: bool) ->
     let sockets = HostSockets {
         tables,
         diag: diag.ok(),
-        failed: 0,
-        last_failure: String::new(),
+        gave_up: None,
     };
     let mut detector = Detector::new(settings, sockets, Instant::now());
     match watch(&mut parent, &mut capture, &mut detector) {
@@ -265,57 +269,37 @@ fn watch(
         if now >= tick {
             tick = now + TICK;
             detector.expire(now);
-            let own = detector.take_self_sourced();
-            if own > 0 {
-                let sent_log = log(
-                    parent,
-                    LogLevel::Warning,
-                    format!(
-                        "{own} probes forged with this host's own address as their source \
-                         ignored (never reported, never blocked)"
-                    ),
+            // The once-a-second summary: what was not reported, and why.
+            if let Some(why) = detector.sockets_mut().gave_up.take() {
+                let text = format!(
+                    "sock_diag failed ({why}): from now on /proc/net answers, and a packet of a \
+                     connection opened in the last few milliseconds may be reported"
                 );
-                if !sent(sent_log)? {
+                if !sent(log(parent, LogLevel::Err, text))? {
                     return Ok(());
                 }
             }
-            let drops = capture.take_drops();
-            if drops > 0 {
-                let sent_log = log(
-                    parent,
-                    LogLevel::Warning,
-                    format!("{drops} packets dropped by the kernel: the capture ring was full"),
-                );
-                if !sent(sent_log)? {
-                    return Ok(());
-                }
-            }
-            let sockets = detector.sockets_mut();
-            if sockets.failed > 0 {
-                let sent_log = log(
-                    parent,
-                    LogLevel::Warning,
+            let summary = [
+                (
+                    detector.take_self_sourced(),
+                    " probes forged with this host's own address as their source ignored \
+                     (never reported, never blocked)"
+                        .to_owned(),
+                ),
+                (
+                    u64::from(capture.take_drops()),
+                    " packets dropped by the kernel: the capture ring was full".to_owned(),
+                ),
+                (
+                    detector.take_dropped(),
                     format!(
-                        "{} exact socket lookups failed (last: {}); the /proc/net table decided",
-                        std::mem::take(&mut sockets.failed),
-                        sockets.last_failure
-                    ),
-                );
-                if !sent(sent_log)? {
-                    return Ok(());
-                }
-            }
-            let dropped = detector.take_dropped();
-            if dropped > 0 {
-                let sent_log = log(
-                    parent,
-                    LogLevel::Warning,
-                    format!(
-                        "{dropped} probe reports suppressed (more than {} a second)",
+                        " probe reports suppressed (more than {} a second)",
                         detect::MAX_REPORTS_PER_SEC
                     ),
-                );
-                if !sent(sent_log)? {
+                ),
+            ];
+            for (count, what) in summary {
+                if count > 0 && !sent(log(parent, LogLevel::Warning, format!("{count}{what}")))? {
                     return Ok(());
                 }
             }
