@@ -1,13 +1,15 @@
 //! What the netfilter worker's ctnetlink and the sentry's sock_diag conversations share: a
-//! netlink socket connected to the kernel with a receive timeout, and the walk over the
-//! messages of one received datagram (each frame checked by netlink-packet-core before its
+//! netlink socket connected to the kernel with a receive timeout, sending one request, and the
+//! walk over the messages of one received datagram (each frame checked by netlink-packet-core before its
 //! length is believed).
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use netlink_packet_core::{DecodeError, NetlinkBuffer};
+use netlink_packet_core::{
+    DecodeError, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+};
 use netlink_sys::{Socket, SocketAddr};
 
 fn other(why: impl Into<String>) -> io::Error {
@@ -28,6 +30,24 @@ pub fn open(protocol: isize, timeout: Duration) -> io::Result<Socket> {
     nix::sys::socket::setsockopt(&bfd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
         .map_err(io::Error::from)?;
     Ok(sock)
+}
+
+/// Sends one request: `inner` with these header flags, numbered `seq`.
+pub fn send<I: NetlinkSerializable>(
+    sock: &Socket,
+    flags: u16,
+    seq: u32,
+    inner: I,
+) -> io::Result<()> {
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = flags;
+    hdr.sequence_number = seq;
+    let mut packet = NetlinkMessage::new(hdr, NetlinkPayload::InnerMessage(inner));
+    packet.finalize();
+    let mut out = vec![0; packet.buffer_len()];
+    packet.serialize(&mut out);
+    sock.send(&out, 0)?;
+    Ok(())
 }
 
 /// The messages of one datagram that answer request `seq`, each whole (header included), in

@@ -24,9 +24,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    parse_u16_be, parse_u32_be, parse_u64_be, DecodeError, DefaultNla, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload, NlaBuffer, NlasIterator, Parseable, NLM_F_ACK, NLM_F_DUMP,
-    NLM_F_REQUEST,
+    parse_u16_be, parse_u32_be, parse_u64_be, DecodeError, DefaultNla, NetlinkMessage,
+    NetlinkPayload, NlaBuffer, NlasIterator, Parseable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfoTCP, ProtoTuple, Protocol, Tuple,
@@ -117,20 +116,12 @@ impl Ctnetlink {
         msg: ConntrackMessage,
     ) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
-        let mut hdr = NetlinkHeader::default();
-        hdr.flags = flags;
-        hdr.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(
-            hdr,
-            NetlinkPayload::from(NetfilterMessage::new(
-                NetfilterHeader::new(family, 0, 0),
-                msg,
-            )),
-        );
-        packet.finalize();
-        let mut out = vec![0; packet.buffer_len()];
-        packet.serialize(&mut out);
-        self.sock.send(&out, 0)?;
+        nlsock::send(
+            &self.sock,
+            flags,
+            self.seq,
+            NetfilterMessage::new(NetfilterHeader::new(family, 0, 0), msg),
+        )?;
         Ok(self.seq)
     }
 
@@ -459,8 +450,8 @@ fn row_of(attrs: &[u8]) -> Result<Option<CtRow>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::NetlinkBuffer;
     use netlink_packet_core::Nla;
+    use netlink_packet_core::{NetlinkBuffer, NetlinkHeader};
     use netlink_packet_netfilter::conntrack::ProtoInfo;
 
     /// An entry as the kernel would send it, through the crates' emit and parse.

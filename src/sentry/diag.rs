@@ -25,9 +25,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_packet_sock_diag::SockDiagMessage;
@@ -203,17 +201,12 @@ impl SockDiag {
 
     fn send(&mut self, flags: u16, request: InetRequest) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
-        let mut hdr = NetlinkHeader::default();
-        hdr.flags = flags;
-        hdr.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(
-            hdr,
-            NetlinkPayload::from(SockDiagMessage::InetRequest(request)),
-        );
-        packet.finalize();
-        let mut out = vec![0; packet.buffer_len()];
-        packet.serialize(&mut out);
-        self.sock.send(&out, 0)?;
+        nlsock::send(
+            &self.sock,
+            flags,
+            self.seq,
+            SockDiagMessage::InetRequest(request),
+        )?;
         Ok(self.seq)
     }
 
