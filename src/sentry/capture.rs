@@ -290,10 +290,11 @@ impl Capture {
             };
             let n = bytes.len().min(buf.len());
             buf[..n].copy_from_slice(&bytes[..n]);
-            if left <= 1 || next == 0 {
-                self.release();
-            } else {
-                self.cursor = Some((at + next, left - 1));
+            match at.checked_add(next) {
+                Some(following) if left > 1 && next != 0 => {
+                    self.cursor = Some((following, left - 1));
+                }
+                _ => self.release(),
             }
             if pkttype != libc::PACKET_HOST {
                 continue;
