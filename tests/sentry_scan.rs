@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsString};
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -353,6 +353,64 @@ fn udp4(src: SocketAddr, dst: SocketAddr) -> (Vec<u8>, Ipv4Addr) {
     (pkt, d)
 }
 
+/// An IPv6 TCP segment `src` → `dst` with these flags, behind a destination-options extension
+/// header (8 bytes of Pad1), which the kernel filter must step over.
+fn tcp6_with_dstopts(src: SocketAddr, dst: SocketAddr, flags: &str) -> (Vec<u8>, Ipv6Addr) {
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (src.ip(), dst.ip()) else {
+        panic!("IPv6 only")
+    };
+    let mut b = etherparse::PacketBuilder::ipv6(s.octets(), d.octets(), 64).tcp(
+        src.port(),
+        dst.port(),
+        12345,
+        1024,
+    );
+    for f in flags.chars() {
+        b = match f {
+            'S' => b.syn(),
+            'F' => b.fin(),
+            _ => panic!("flag {f}"),
+        };
+    }
+    let mut pkt = Vec::new();
+    b.write(&mut pkt, &[]).unwrap();
+    let tcp = pkt.split_off(40);
+    let mut dstopts = vec![0u8; 8];
+    dstopts[0] = pkt[6];
+    pkt[6] = 60;
+    let len = u16::try_from(dstopts.len() + tcp.len()).unwrap();
+    pkt[4..6].copy_from_slice(&len.to_be_bytes());
+    pkt.extend(dstopts);
+    pkt.extend(tcp);
+    (pkt, d)
+}
+
+/// Sends one raw IPv6 packet (header included: IPPROTO_RAW) from the caller's namespace.
+fn send_raw6((pkt, d): (Vec<u8>, Ipv6Addr)) {
+    // SAFETY: socket(2) with constant arguments; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    // SAFETY: an all-zero sockaddr_in6 is valid; the family and address are set below.
+    let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sin6.sin6_family = libc::AF_INET6 as u16;
+    sin6.sin6_addr.s6_addr = d.octets();
+    // SAFETY: pkt and sin6 are live for the call and the sizes passed are theirs.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            std::ptr::from_ref(&sin6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is the socket opened above, closed once.
+    unsafe { libc::close(fd) };
+    assert_eq!(n, pkt.len() as isize, "{err}");
+}
+
 /// Sends one raw IPv4 packet (header included) from the caller's namespace.
 fn send_raw((pkt, d): (Vec<u8>, Ipv4Addr)) {
     // SAFETY: socket(2) with constant arguments; closed below.
@@ -511,6 +569,11 @@ fn sentry_reports_scans_from_another_namespace() {
     }
     lab.nmap(&["-6", "-sU", "-p", "69,1434", HOST6]);
     watcher.expect(&[probe(SCAN6, HOST6, 69, Sudp, Udp)]);
+    // IPv6 behind an extension header: the filter steps over it.
+    lab.enter(&lab.scan.clone());
+    let (s6, h6) = (format!("[{SCAN6}]:40001"), format!("[{HOST6}]:27"));
+    send_raw6(tcp6_with_dstopts(sa(&s6), sa(&h6), "S"));
+    watcher.expect(&[probe(SCAN6, HOST6, 27, Atcp, Syn)]);
 
     // The host's own outgoing connection, from a watched local port (1500) to a server in the
     // scanner namespace, then closed both ways: its packets (SYN-ACK, data, FIN-ACK) carry
@@ -671,7 +734,10 @@ fn capture_filter_on_a_real_socket() {
         let mut fds = [PollFd::new(cap.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, PollTimeout::from(100u16));
         while let Some(pkt) = cap.recv(&mut buf).unwrap() {
-            assert!(pkt.bytes.len() <= 128, "cut to the snap length");
+            assert!(
+                pkt.bytes.len() <= portnanny::sentry::bpf::SNAP as usize,
+                "cut to the snap length"
+            );
             let p = parse(pkt.bytes).expect("the filter passes only parsable packets");
             assert_eq!(p.src.ip(), s.parse::<IpAddr>().unwrap(), "{p:?}");
             got.insert((p.dst.port(), p.kind));

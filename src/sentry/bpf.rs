@@ -1,8 +1,9 @@
 //! The classic BPF program the sentry attaches to its capture socket, so that the kernel hands
 //! it only what could be a probe: packets addressed to this host (not outgoing, not broadcast
-//! or multicast, not on the loopback interface), unfragmented IPv4 or IPv6 without extension
-//! headers, carrying either a TCP segment without ACK to a destination port below the TCP limit,
-//! or a UDP datagram to a port below the UDP limit. Everything else (an established
+//! or multicast, not on the loopback interface), unfragmented IPv4 or IPv6 (stepping over up to
+//! [`IPV6_EXT_MAX`] hop-by-hop, routing and destination-options headers), carrying either a TCP
+//! segment without ACK to a destination port below the TCP limit, or a UDP datagram to a port
+//! below the UDP limit. Everything else (an established
 //! connection's traffic above all) is dropped in the kernel before it is queued, so a flood of
 //! ordinary traffic costs the sentry nothing. Accepted packets are cut to [`SNAP`] bytes: the
 //! headers are all the sentry reads.
@@ -12,15 +13,22 @@
 //! small interpreter in the tests on packets built with etherparse.
 //!
 //! Not seen (PortSentry has the same blind spots, or worse): IPv4 fragments (`nmap -f` splits
-//! the TCP header itself), IPv6 with extension headers before TCP/UDP, and probes with flag
-//! combinations that include ACK (`nmap -sA`, `-sW`, `-sM`), which look like stray segments
-//! of real connections.
+//! the TCP header itself), IPv6 with a fragment header or more than [`IPV6_EXT_MAX`] extension
+//! headers, a TCP header that ends past [`SNAP`], and probes with flag combinations that include
+//! ACK (`nmap -sA`, `-sW`, `-sM`), which look like stray segments of real connections.
 
 use libc::sock_filter;
 
-/// Bytes of an accepted packet passed to the sentry: a 60-byte IPv4 header (or a 40-byte IPv6
-/// one) plus a 60-byte TCP header.
-pub const SNAP: u32 = 128;
+/// Bytes of an accepted packet passed to the sentry: a 60-byte IPv4 header plus a 60-byte TCP
+/// header, or an IPv6 header with extension headers of up to 136 bytes in all before one.
+pub const SNAP: u32 = 256;
+/// IPv6 extension headers the filter steps over (hop-by-hop options, routing, destination
+/// options, in any order); a packet with more is dropped.
+pub const IPV6_EXT_MAX: usize = 3;
+// Next-header values of the extension headers stepped over.
+const IPV6_HOPOPTS: u32 = 0;
+const IPV6_ROUTING: u32 = 43;
+const IPV6_DSTOPTS: u32 = 60;
 
 const SKF_AD_OFF: u32 = 0xFFFF_F000; // -0x1000 as u32
 const SKF_AD_PKTTYPE: u32 = 4;
@@ -31,8 +39,9 @@ const TCP_ACK: u32 = 0x10;
 
 // Instruction classes and modes (linux/filter.h); the libc constants are u32 too.
 use libc::{
-    BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IMM, BPF_IND, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JMP,
-    BPF_JSET, BPF_K, BPF_LD, BPF_LDX, BPF_MSH, BPF_RET, BPF_W,
+    BPF_ABS, BPF_ADD, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IMM, BPF_IND, BPF_JA, BPF_JEQ, BPF_JGE,
+    BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_LDX, BPF_LSH, BPF_MEM, BPF_MISC, BPF_MSH, BPF_RET,
+    BPF_ST, BPF_TAX, BPF_W, BPF_X,
 };
 
 /// A jump target while assembling.
@@ -43,6 +52,8 @@ enum L {
     Accept,
     V4,
     V6,
+    /// The n-th IPv6 extension header.
+    Ext(usize),
     Proto,
     Tcp,
     Udp,
@@ -63,7 +74,7 @@ enum I {
 /// protocol; 0 drops the protocol entirely) and the loopback interface's index.
 pub fn program(tcp_limit: u32, udp_limit: u32, lo_ifindex: u32) -> Vec<sock_filter> {
     use I::{Ja, Label, J, S};
-    let src = [
+    let mut src = vec![
         S(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_PKTTYPE),
         J(BPF_JMP | BPF_JEQ | BPF_K, PACKET_HOST, L::Next, L::Drop),
         S(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_IFINDEX),
@@ -83,6 +94,27 @@ pub fn program(tcp_limit: u32, udp_limit: u32, lo_ifindex: u32) -> Vec<sock_filt
         Label(L::V6),
         S(BPF_LDX | BPF_W | BPF_IMM, 40),
         S(BPF_LD | BPF_B | BPF_ABS, 6),
+    ];
+    // A = the next header, X = where it starts. Each extension header stepped over: its own
+    // next-header byte becomes A (kept in M[0] meanwhile), and X moves by its length,
+    // 8 * (Hdr Ext Len + 1).
+    for n in 0..IPV6_EXT_MAX {
+        src.extend([
+            J(BPF_JMP | BPF_JEQ | BPF_K, IPV6_HOPOPTS, L::Ext(n), L::Next),
+            J(BPF_JMP | BPF_JEQ | BPF_K, IPV6_ROUTING, L::Ext(n), L::Next),
+            J(BPF_JMP | BPF_JEQ | BPF_K, IPV6_DSTOPTS, L::Ext(n), L::Proto),
+            Label(L::Ext(n)),
+            S(BPF_LD | BPF_B | BPF_IND, 0),
+            S(BPF_ST, 0),
+            S(BPF_LD | BPF_B | BPF_IND, 1),
+            S(BPF_ALU | BPF_ADD | BPF_K, 1),
+            S(BPF_ALU | BPF_LSH | BPF_K, 3),
+            S(BPF_ALU | BPF_ADD | BPF_X, 0),
+            S(BPF_MISC | BPF_TAX, 0),
+            S(BPF_LD | BPF_MEM, 0),
+        ]);
+    }
+    src.extend([
         Label(L::Proto),
         J(
             BPF_JMP | BPF_JEQ | BPF_K,
@@ -108,7 +140,7 @@ pub fn program(tcp_limit: u32, udp_limit: u32, lo_ifindex: u32) -> Vec<sock_filt
         S(BPF_RET | BPF_K, SNAP),
         Label(L::Drop),
         S(BPF_RET | BPF_K, 0),
-    ];
+    ]);
     assemble(&src)
 }
 
@@ -183,6 +215,7 @@ pub(crate) mod tests {
     /// semantics: an out-of-bounds load drops the packet.
     pub fn run(prog: &[sock_filter], pkt: &[u8], meta: Meta) -> u32 {
         let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let mut mem = [0u32; 16];
         let load = |off: u32, size: usize| -> Option<u32> {
             let o = off as usize;
             let b = pkt.get(o..o + size)?;
@@ -203,6 +236,10 @@ pub(crate) mod tests {
                     let off = match code & 0xe0 {
                         m if m == BPF_ABS => ins.k,
                         m if m == BPF_IND => x.wrapping_add(ins.k),
+                        m if m == BPF_MEM => {
+                            a = mem[ins.k as usize];
+                            continue;
+                        }
                         m => panic!("ld mode {m:#x}"),
                     };
                     a = if off == SKF_AD_OFF + SKF_AD_PKTTYPE {
@@ -224,9 +261,19 @@ pub(crate) mod tests {
                     m if m == BPF_IMM => x = ins.k,
                     m => panic!("ldx mode {m:#x}"),
                 },
+                c if c == BPF_ST => mem[ins.k as usize] = a,
+                c if c == BPF_MISC => {
+                    assert_eq!(code & 0xf8, BPF_TAX);
+                    x = a;
+                }
                 c if c == BPF_ALU => {
-                    assert_eq!(code & 0xf0, BPF_AND);
-                    a &= ins.k;
+                    let operand = if code & BPF_X != 0 { x } else { ins.k };
+                    match code & 0xf0 {
+                        op if op == BPF_AND => a &= operand,
+                        op if op == BPF_ADD => a = a.wrapping_add(operand),
+                        op if op == BPF_LSH => a = a.wrapping_shl(operand),
+                        op => panic!("alu op {op:#x}"),
+                    }
                 }
                 c if c == BPF_JMP => {
                     let op = code & 0xf0;
@@ -307,6 +354,27 @@ pub(crate) mod tests {
         out
     }
 
+    /// `pkt` (an IPv6 packet) with extension headers inserted after its fixed header: (next
+    /// header value, Hdr Ext Len) each, filled with Pad1 options.
+    fn with_ext(pkt: Vec<u8>, exts: &[(u8, u8)]) -> Vec<u8> {
+        let (fixed, payload) = pkt.split_at(40);
+        let mut out = fixed.to_vec();
+        let mut chain = Vec::new();
+        let kinds: Vec<u8> = exts.iter().map(|e| e.0).chain([fixed[6]]).collect();
+        for (i, (_, len)) in exts.iter().enumerate() {
+            let mut h = vec![0u8; 8 * (usize::from(*len) + 1)];
+            h[0] = kinds[i + 1];
+            h[1] = *len;
+            chain.extend(h);
+        }
+        out[6] = kinds[0];
+        let total = u16::try_from(chain.len() + payload.len()).unwrap();
+        out[4..6].copy_from_slice(&total.to_be_bytes());
+        out.extend(chain);
+        out.extend_from_slice(payload);
+        out
+    }
+
     #[test]
     fn the_filter_passes_probes_only() {
         let p = program(1024, 200, 1);
@@ -381,6 +449,46 @@ pub(crate) mod tests {
         assert_eq!(run(&p, &with_opts, HOST), 0, "ack after options");
         with_opts[24 + 13] = 0x02;
         assert_eq!(run(&p, &with_opts, HOST), SNAP, "syn after options");
+        // IPv6 extension headers: up to IPV6_EXT_MAX are stepped over, in any order, and the
+        // detector reads the same probe from what the filter passes.
+        let rows: [(&str, Vec<u8>, bool); 7] = [
+            ("hop-by-hop, syn", with_ext(tcp6(22, "S"), &[(0, 0)]), true),
+            ("hop-by-hop, ack", with_ext(tcp6(22, "A"), &[(0, 0)]), false),
+            (
+                "three headers, fin",
+                with_ext(tcp6(23, "F"), &[(0, 1), (43, 0), (60, 2)]),
+                true,
+            ),
+            (
+                "destination options, udp",
+                with_ext(udp6(161), &[(60, 0)]),
+                true,
+            ),
+            (
+                "four headers",
+                with_ext(tcp6(22, "S"), &[(0, 0), (60, 0), (60, 0), (60, 0)]),
+                false,
+            ),
+            (
+                "fragment header",
+                with_ext(tcp6(22, "S"), &[(44, 0)]),
+                false,
+            ),
+            (
+                "above the limit after a header",
+                with_ext(tcp6(1024, "S"), &[(60, 0)]),
+                false,
+            ),
+        ];
+        for (label, pkt, want) in rows {
+            let got = run(&p, &pkt, HOST);
+            assert_eq!(got != 0, want, "{label}");
+            if want {
+                let seen = &pkt[..pkt.len().min(got as usize)];
+                let parsed = crate::sentry::detect::parse(seen).expect(label);
+                assert!(parsed.kind.is_some(), "{label}: {parsed:?}");
+            }
+        }
         // No watch for a protocol: limit 0 drops it all.
         let none = program(0, 0, 1);
         assert_eq!(run(&none, &tcp4(1, "S"), HOST), 0);

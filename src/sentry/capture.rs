@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::bpf;
 
-/// One block of the ring: about 360 packets cut to bpf::SNAP. The kernel wants a multiple of
-/// the page size, and 64 KiB is one for 4, 16 and 64 KiB pages alike.
+/// One block of the ring: several hundred probes (each cut to bpf::SNAP). The kernel wants a
+/// multiple of the page size, and 64 KiB is one for 4, 16 and 64 KiB pages alike.
 const BLOCK_SIZE: usize = 64 * 1024;
 /// Blocks in the ring: some 1,400 packets can wait for the sentry; beyond that the kernel
 /// drops (counted, see [`Capture::take_drops`]), which only loses reports.
