@@ -313,17 +313,15 @@ fn cpu_ticks(pid: Pid) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-/// An IPv4 TCP segment `src` → `dst` with these flags (S F R P A U), built with etherparse.
-fn tcp4(src: SocketAddr, dst: SocketAddr, flags: &str) -> (Vec<u8>, Ipv4Addr) {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
-        panic!("IPv4 only")
-    };
-    let mut b = etherparse::PacketBuilder::ipv4(s.octets(), d.octets(), 64).tcp(
-        src.port(),
-        dst.port(),
-        12345,
-        1024,
-    );
+/// A TCP segment `src_port` → `dst_port` with these flags (S F R P A U) on the IP header `b`,
+/// built with etherparse.
+fn tcp_on(
+    b: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+    src_port: u16,
+    dst_port: u16,
+    flags: &str,
+) -> Vec<u8> {
+    let mut b = b.tcp(src_port, dst_port, 12345, 1024);
     for f in flags.chars() {
         b = match f {
             'S' => b.syn(),
@@ -337,7 +335,16 @@ fn tcp4(src: SocketAddr, dst: SocketAddr, flags: &str) -> (Vec<u8>, Ipv4Addr) {
     }
     let mut pkt = Vec::new();
     b.write(&mut pkt, &[]).unwrap();
-    (pkt, d)
+    pkt
+}
+
+/// An IPv4 TCP segment `src` → `dst` with these flags.
+fn tcp4(src: SocketAddr, dst: SocketAddr, flags: &str) -> (Vec<u8>, Ipv4Addr) {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("IPv4 only")
+    };
+    let ip = etherparse::PacketBuilder::ipv4(s.octets(), d.octets(), 64);
+    (tcp_on(ip, src.port(), dst.port(), flags), d)
 }
 
 /// An IPv4 UDP datagram `src` → `dst`.
@@ -359,21 +366,8 @@ fn tcp6_with_dstopts(src: SocketAddr, dst: SocketAddr, flags: &str) -> (Vec<u8>,
     let (IpAddr::V6(s), IpAddr::V6(d)) = (src.ip(), dst.ip()) else {
         panic!("IPv6 only")
     };
-    let mut b = etherparse::PacketBuilder::ipv6(s.octets(), d.octets(), 64).tcp(
-        src.port(),
-        dst.port(),
-        12345,
-        1024,
-    );
-    for f in flags.chars() {
-        b = match f {
-            'S' => b.syn(),
-            'F' => b.fin(),
-            _ => panic!("flag {f}"),
-        };
-    }
-    let mut pkt = Vec::new();
-    b.write(&mut pkt, &[]).unwrap();
+    let ip = etherparse::PacketBuilder::ipv6(s.octets(), d.octets(), 64);
+    let mut pkt = tcp_on(ip, src.port(), dst.port(), flags);
     let tcp = pkt.split_off(40);
     let mut dstopts = vec![0u8; 8];
     dstopts[0] = pkt[6];
