@@ -83,10 +83,8 @@ impl SockDiag {
     /// that matches no state, whose end carries the handler's errno.
     pub fn check(&mut self) -> io::Result<()> {
         for (protocol, name) in [(IPPROTO_TCP, "tcp_diag"), (IPPROTO_UDP, "udp_diag")] {
-            match self.dump(AF_INET, protocol, StateFlags::empty(), |_| {}) {
-                Ok(()) => {}
-                Err(e) => return Err(other(format!("{name}: {e}"))),
-            }
+            self.dump(AF_INET, protocol, StateFlags::empty(), |_| {})
+                .map_err(|e| other(format!("{name}: {e}")))?;
         }
         Ok(())
     }
