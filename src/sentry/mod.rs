@@ -22,14 +22,14 @@
 //!    and of packets the capture ring dropped; at start, a warning if the kernel answers no
 //!    exact lookups, and an error if sock_diag fails later and is given up).
 //!
-//! Starting it (the parent's side, not wired yet): only when nanny.conf has a `stealth` line;
-//! one socketpair (CLOEXEC), `spawn_worker(Role::Sentry, vec![its_end], &RoleArgs { uid, gid,
-//! chroot }.to_words())` with the classifier's privsep user and empty chroot directory; it is a
-//! restart group of its own (`Role::Sentry.restart_group()`). Then send `Hello { build:
-//! build_id(), settings }`, expect `Hello` with the same build within the start timeout, and pass
-//! every `Probe` through `report::check_report(&settings, &report)` before believing it: a
-//! refusal is a violation (LOG_CRIT, kill, restart with back-off). A parent without root (or
-//! CAP_NET_RAW) gets a sentry that says Hello, logs why the capture socket failed and exits 111.
+//! Starting it (the parent's side, parent/from_sentry.rs and workers.rs): only when nanny.conf
+//! has a `stealth` line; one socketpair (CLOEXEC), `spawn_worker(Role::Sentry, ...)` with the
+//! classifier's privsep user and empty chroot directory; it is a restart group of its own
+//! (`Role::Sentry.restart_group()`). Then send `Hello { build: build_id(), settings }`, expect
+//! `Hello` with the same build within the start timeout, and pass every `Probe` through
+//! `report::check_report(&settings, &report)` before believing it: a refusal is a violation
+//! (LOG_CRIT, kill, restart with back-off). A parent without root (or CAP_NET_RAW) gets a
+//! sentry that says Hello, logs why the capture socket failed and exits 111.
 //!
 //! Exit codes: 0 when the parent closes the channel, 111 on anything else (a second parent
 //! message is a protocol violation, a broken channel or capture socket a system error).
