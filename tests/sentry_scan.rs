@@ -379,24 +379,21 @@ fn tcp6_with_dstopts(src: SocketAddr, dst: SocketAddr, flags: &str) -> (Vec<u8>,
     (pkt, d)
 }
 
-/// Sends one raw IPv6 packet (header included: IPPROTO_RAW) from the caller's namespace.
-fn send_raw6((pkt, d): (Vec<u8>, Ipv6Addr)) {
+/// Sends one raw packet, IP header included (IPPROTO_RAW), to the socket address `to` of
+/// `family`, from the caller's namespace.
+fn send_raw_ip<A>(family: libc::c_int, pkt: &[u8], to: &A) {
     // SAFETY: socket(2) with constant arguments; closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-    // SAFETY: an all-zero sockaddr_in6 is valid; the family and address are set below.
-    let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    sin6.sin6_family = libc::AF_INET6 as u16;
-    sin6.sin6_addr.s6_addr = d.octets();
-    // SAFETY: pkt and sin6 are live for the call and the sizes passed are theirs.
+    // SAFETY: pkt and `to` are live for the call and the sizes passed are theirs.
     let n = unsafe {
         libc::sendto(
             fd,
             pkt.as_ptr().cast(),
             pkt.len(),
             0,
-            std::ptr::from_ref(&sin6).cast(),
-            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            std::ptr::from_ref(to).cast(),
+            std::mem::size_of::<A>() as libc::socklen_t,
         )
     };
     let err = std::io::Error::last_os_error();
@@ -405,11 +402,17 @@ fn send_raw6((pkt, d): (Vec<u8>, Ipv6Addr)) {
     assert_eq!(n, pkt.len() as isize, "{err}");
 }
 
+/// Sends one raw IPv6 packet (header included) from the caller's namespace.
+fn send_raw6((pkt, d): (Vec<u8>, Ipv6Addr)) {
+    // SAFETY: an all-zero sockaddr_in6 is valid; the family and address are set below.
+    let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sin6.sin6_family = libc::AF_INET6 as u16;
+    sin6.sin6_addr.s6_addr = d.octets();
+    send_raw_ip(libc::AF_INET6, &pkt, &sin6);
+}
+
 /// Sends one raw IPv4 packet (header included) from the caller's namespace.
 fn send_raw((pkt, d): (Vec<u8>, Ipv4Addr)) {
-    // SAFETY: socket(2) with constant arguments; closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: 0,
@@ -418,20 +421,7 @@ fn send_raw((pkt, d): (Vec<u8>, Ipv4Addr)) {
         },
         sin_zero: [0; 8],
     };
-    // SAFETY: pkt and sin are live for the call and the sizes passed are theirs.
-    let n = unsafe {
-        libc::sendto(
-            fd,
-            pkt.as_ptr().cast(),
-            pkt.len(),
-            0,
-            std::ptr::from_ref(&sin).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(n, pkt.len() as isize, "{}", std::io::Error::last_os_error());
-    // SAFETY: fd is the socket opened above, not used again.
-    unsafe { libc::close(fd) };
+    send_raw_ip(libc::AF_INET, &pkt, &sin);
 }
 
 fn sa(s: &str) -> SocketAddr {
