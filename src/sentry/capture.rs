@@ -111,7 +111,8 @@ pub struct Capture {
 /// on.
 pub struct Received<'a> {
     pub bytes: &'a [u8],
-    pub ifindex: i32,
+    /// As sock_diag takes it (the kernel's int, never negative for a real interface).
+    pub ifindex: u32,
 }
 
 fn check(r: libc::c_int, what: &str) -> io::Result<()> {
@@ -273,11 +274,7 @@ impl Capture {
                     let next = u32_at(b, at + PKT_NEXT)? as usize;
                     let snaplen = u32_at(b, at + PKT_SNAPLEN)? as usize;
                     let net = usize::from(u16_at(b, at + PKT_NET)?);
-                    let ifindex = i32::from_ne_bytes(
-                        b.get(at + PKT_SLL + SLL_IFINDEX..at + PKT_SLL + SLL_IFINDEX + 4)?
-                            .try_into()
-                            .ok()?,
-                    );
+                    let ifindex = u32_at(b, at + PKT_SLL + SLL_IFINDEX)?;
                     let pkttype = *b.get(at + PKT_SLL + SLL_PKTTYPE)?;
                     let bytes =
                         b.get(at.checked_add(net)?..at.checked_add(net)?.checked_add(snaplen)?)?;

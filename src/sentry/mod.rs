@@ -251,10 +251,7 @@ fn watch(
             for _ in 0..BATCH {
                 let now = Instant::now();
                 let report = match capture.recv(&mut buf) {
-                    Ok(Some(pkt)) => {
-                        let ifindex = u32::try_from(pkt.ifindex).unwrap_or(0);
-                        detector.examine(pkt.bytes, ifindex, now)
-                    }
+                    Ok(Some(pkt)) => detector.examine(pkt.bytes, pkt.ifindex, now),
                     Ok(None) => break,
                     Err(e) => return Err(format!("capture: {e}")),
                 };
